@@ -1,3 +1,58 @@
-"""duality_kernels: SSL losses computed on the cheaper side of the contrastive/non-contrastive duality."""
+"""duality_kernels: self-supervised losses computed on the cheaper side of the duality between
+contrastive and non-contrastive criteria (Garrido et al., ICLR 2023). See SPEC in the README."""
+
+from ._backend import BackendUnavailableError
+from .functional import (
+    barlow_twins_loss,
+    covariance,
+    cross_correlation,
+    dcl_loss,
+    dimension_contrastive_criterion,
+    duality_terms,
+    infonce_loss,
+    normalized_gram,
+    ntxent_loss,
+    sample_contrastive_criterion,
+    spectral_contrastive_loss,
+    vicreg_ctr_loss,
+    vicreg_exp_loss,
+    vicreg_loss,
+)
+from .modules import (
+    BarlowTwinsLoss,
+    DCLLoss,
+    InfoNCELoss,
+    NTXentLoss,
+    SpectralContrastiveLoss,
+    VICRegCtrLoss,
+    VICRegExpLoss,
+    VICRegLoss,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "barlow_twins_loss",
+    "covariance",
+    "cross_correlation",
+    "dcl_loss",
+    "dimension_contrastive_criterion",
+    "duality_terms",
+    "infonce_loss",
+    "normalized_gram",
+    "ntxent_loss",
+    "sample_contrastive_criterion",
+    "spectral_contrastive_loss",
+    "vicreg_ctr_loss",
+    "vicreg_exp_loss",
+    "vicreg_loss",
+    "BarlowTwinsLoss",
+    "DCLLoss",
+    "InfoNCELoss",
+    "NTXentLoss",
+    "SpectralContrastiveLoss",
+    "VICRegCtrLoss",
+    "VICRegExpLoss",
+    "VICRegLoss",
+]

@@ -1,0 +1,1 @@
+"""Compiled backends: ops/cuda.py (duality_kernels._C) and ops/triton/."""

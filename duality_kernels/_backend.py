@@ -1,0 +1,74 @@
+"""Backend selection: "auto" | "torch" | "triton" | "cuda", and the DUALITY_KERNELS_BACKEND override.
+
+Rules (decided from shapes, dtypes and devices only, so no host-device synchronization):
+
+- An explicit ``backend=`` argument other than "auto" is used as given.
+- ``backend="auto"`` takes the value of the environment variable DUALITY_KERNELS_BACKEND when it
+  is set (any of the four names), otherwise the automatic choice.
+- The automatic choice is the torch reference on CPU tensors. On CUDA tensors it is also the torch
+  reference in this version: the compiled backends have not yet been measured against it on a GPU,
+  and "auto" switches only on measured crossovers (DESIGN.md; the kernel issues add them).
+- A backend that cannot run an op raises ``BackendUnavailableError`` (a RuntimeError) that says
+  why and what to do; an unknown name raises ValueError (SPEC §6).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+ENV_VAR = "DUALITY_KERNELS_BACKEND"
+
+# Which ops each compiled backend implements. The torch reference implements all of them.
+_IMPLEMENTED = {
+    "triton": frozenset(),
+    "cuda": frozenset({"covariance", "cross_correlation", "vicreg_loss", "barlow_twins_loss"}),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run this op on this machine or these tensors."""
+
+
+def _check_name(value, source: str) -> str:
+    if not isinstance(value, str) or value not in BACKENDS:
+        raise ValueError(
+            f"{source} must be one of {', '.join(repr(b) for b in BACKENDS)}; got {value!r}"
+        )
+    return value
+
+
+def requested(backend) -> str:
+    """The backend asked for, after the environment override of "auto"."""
+    backend = _check_name(backend, "backend")
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env:
+            backend = _check_name(env, f"environment variable {ENV_VAR}")
+    return backend
+
+
+def resolve(backend, op: str, z: torch.Tensor) -> str:
+    """The concrete backend ("torch", "triton" or "cuda") that runs ``op`` on tensor ``z``."""
+    choice = requested(backend)
+    if choice == "auto":
+        return "torch"
+    if choice == "torch":
+        return choice
+    if op not in _IMPLEMENTED[choice]:
+        have = sorted(_IMPLEMENTED[choice])
+        raise BackendUnavailableError(
+            f"backend={choice!r} does not implement {op} in this version"
+            + (f" (it implements: {', '.join(have)})" if have else "")
+            + "; use backend='torch' or 'auto'"
+        )
+    if choice == "cuda":
+        from .ops import cuda as cuda_ops
+
+        if not cuda_ops.is_available():
+            raise BackendUnavailableError(f"backend='cuda' is unavailable: {cuda_ops.unavailable_reason()}")
+        if z.device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {z.device}")
+    return choice

@@ -1,0 +1,264 @@
+"""Public functions of ../shared/SPEC.md: validate (SPEC §6), pick the backend, call the op.
+
+Every function takes keyword-only ``backend="auto"|"torch"|"triton"|"cuda"`` (see ``_backend``).
+Functions with a sum of squared Gram entries also take ``side="auto"|"sample"|"dimension"``
+(SPEC §2): "auto" computes it on the cheaper side, the others force one; values and gradients
+agree to rounding. Composite losses take ``return_terms=True`` to return ``(loss, terms)`` where
+``terms`` is a dict of the named, unweighted terms, for logging.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import _backend, _cost
+from . import _validation as V
+from . import distributed as _dist
+from . import reference as R
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "normalized_gram",
+    "covariance",
+    "cross_correlation",
+    "sample_contrastive_criterion",
+    "dimension_contrastive_criterion",
+    "duality_terms",
+    "vicreg_loss",
+    "vicreg_exp_loss",
+    "vicreg_ctr_loss",
+    "barlow_twins_loss",
+    "ntxent_loss",
+    "dcl_loss",
+    "infonce_loss",
+    "spectral_contrastive_loss",
+]
+
+
+def _column_stats(backend: str):
+    """The per-column statistics implementation of ``backend`` (None: the inline torch one)."""
+    if backend == "cuda":
+        from .ops import cuda as cuda_ops
+
+        return cuda_ops.column_stats
+    return None
+
+
+def _out(loss: Tensor, terms: dict, return_terms: bool):
+    return (loss, terms) if return_terms else loss
+
+
+def _gather(op: str, gather_distributed) -> None:
+    if _dist.check_gather(gather_distributed):
+        _dist.require_single_rank(op)
+
+
+# --------------------------------------------------------------------------------------------
+# §1 primitives
+
+
+def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
+    """Cosine similarities l2n(z1)·l2n(z2 or z1)ᵀ, shape (N, N) (SPEC §1)."""
+    if z2 is None:
+        V.check_tensor(z1, "z1")
+    else:
+        V.check_pair(z1, z2)
+    _backend.resolve(backend, "normalized_gram", z1)
+    return R.normalized_gram(z1, z2)
+
+
+def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tensor:
+    """center(z)ᵀ center(z) / (N − correction), shape (D, D) (SPEC §1)."""
+    V.check_tensor(z, "z")
+    if isinstance(correction, bool) or not isinstance(correction, int):
+        raise TypeError(f"correction must be an int, got {correction!r} ({type(correction).__name__})")
+    if correction < 0:
+        raise ValueError(f"correction must be >= 0, got {correction}")
+    if z.shape[0] - correction < 1:
+        raise ValueError(
+            f"z needs more than correction={correction} rows for a covariance, got N={z.shape[0]}"
+        )
+    be = _backend.resolve(backend, "covariance", z)
+    return R.covariance(z, correction, _column_stats(be))
+
+
+def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, *, backend: str = "auto") -> Tensor:
+    """BatchNorm-standardized views' s(z1)ᵀ s(z2) / N, shape (D, D) (SPEC §1)."""
+    V.check_pair(z1, z2, min_rows=2, what="a batch variance needs two rows")
+    eps = V.check_nonnegative(eps, "eps")
+    be = _backend.resolve(backend, "cross_correlation", z1)
+    return R.cross_correlation(z1, z2, eps, _column_stats(be))
+
+
+# --------------------------------------------------------------------------------------------
+# §2 criteria
+
+
+def _criterion_args(z, side, backend, op) -> str:
+    V.check_tensor(z, "z")
+    side = V.check_side(side)
+    _backend.resolve(backend, op, z)
+    return _cost.resolve_side(side, *z.shape)
+
+
+def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
+    """L_c = Σ_{i≠j} (z zᵀ)_ij² (paper eq. for sample-contrastive methods; SPEC §2)."""
+    s = _criterion_args(z, side, backend, "sample_contrastive_criterion")
+    return R.sample_contrastive_criterion(z, s)
+
+
+def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
+    """L_nc = Σ_{k≠l} (zᵀ z)_kl² (SPEC §2)."""
+    s = _criterion_args(z, side, backend, "dimension_contrastive_criterion")
+    return R.dimension_contrastive_criterion(z, s)
+
+
+def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram; L_nc + Σ_k = L_c + Σ_i (paper Thm 3.3)."""
+    s = _criterion_args(z, side, backend, "duality_terms")
+    return R.duality_terms(z, s)
+
+
+# --------------------------------------------------------------------------------------------
+# §3 covariance family
+
+
+def _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, min_cols=1, what=""):
+    V.check_pair(z1, z2, min_rows=2, min_cols=min_cols, what=what or "a batch variance needs two rows")
+    return (
+        V.check_finite(inv_weight, "inv_weight"),
+        V.check_finite(var_weight, "var_weight"),
+        V.check_finite(cov_weight, "cov_weight"),
+        V.check_finite(gamma, "gamma"),
+        V.check_nonnegative(eps, "eps"),
+    )
+
+
+def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4, *,
+                side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
+                backend: str = "auto"):
+    """VICReg (Bardes et al. 2022), SPEC §3; the covariance term on the cheaper side.
+
+    terms: "invariance" (mean squared difference), "variance" ((v(z1)+v(z2))/2), "covariance"
+    (c(z1)+c(z2)); loss = inv_weight·invariance + var_weight·variance + cov_weight·covariance.
+    """
+    w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps)
+    side = V.check_side(side)
+    V.check_flag(return_terms, "return_terms")
+    _gather("vicreg_loss", gather_distributed)
+    be = _backend.resolve(backend, "vicreg_loss", z1)
+    side = _cost.resolve_side(side, *z1.shape)
+    loss, terms = R.vicreg(z1, z2, *w, side=side, stats=_column_stats(be))
+    return _out(loss, terms, return_terms)
+
+
+def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
+                    cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
+                    temperature: float = 0.1, *, gather_distributed: bool = False,
+                    return_terms: bool = False, backend: str = "auto"):
+    """VICReg-exp (paper eq. 11–12), SPEC §3: covariance term = mean row log-sum-exp of C/τ off the diagonal."""
+    w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, min_cols=2,
+                     what="a batch variance needs two rows and an off-diagonal term two columns")
+    t = V.check_positive(temperature, "temperature")
+    V.check_flag(return_terms, "return_terms")
+    _gather("vicreg_exp_loss", gather_distributed)
+    _backend.resolve(backend, "vicreg_exp_loss", z1)
+    loss, terms = R.vicreg_exp(z1, z2, *w, temperature=t)
+    return _out(loss, terms, return_terms)
+
+
+def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
+                    cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
+                    temperature: float = 0.1, *, gather_distributed: bool = False,
+                    return_terms: bool = False, backend: str = "auto"):
+    """VICReg-ctr (paper eq. 13), SPEC §3: variance and log-sum-exp terms on the N×N sample side."""
+    w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, min_cols=2,
+                     what="a row variance needs two columns and the sample term two rows")
+    t = V.check_positive(temperature, "temperature")
+    V.check_flag(return_terms, "return_terms")
+    _gather("vicreg_ctr_loss", gather_distributed)
+    _backend.resolve(backend, "vicreg_ctr_loss", z1)
+    loss, terms = R.vicreg_ctr(z1, z2, *w, temperature=t)
+    return _out(loss, terms, return_terms)
+
+
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps: float = 1e-5, *,
+                      side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
+                      backend: str = "auto"):
+    """Barlow Twins (Zbontar et al. 2021), SPEC §3; the off-diagonal term on the cheaper side.
+
+    terms: "on_diagonal" Σ_k (1 − C_kk)², "off_diagonal" Σ_{k≠l} C_kl²; loss = on + λ·off.
+    """
+    V.check_pair(z1, z2, min_rows=2, what="a batch variance needs two rows")
+    lam = V.check_finite(lambda_param, "lambda_param")
+    eps = V.check_nonnegative(eps, "eps")
+    side = V.check_side(side)
+    V.check_flag(return_terms, "return_terms")
+    _gather("barlow_twins_loss", gather_distributed)
+    be = _backend.resolve(backend, "barlow_twins_loss", z1)
+    side = _cost.resolve_side(side, *z1.shape)
+    loss, terms = R.barlow_twins(z1, z2, lam, eps, side, _column_stats(be))
+    return _out(loss, terms, return_terms)
+
+
+# --------------------------------------------------------------------------------------------
+# §4 sample-contrastive family
+
+
+def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
+                normalization: str = "l2", reduction: str = "mean", *,
+                gather_distributed: bool = False, backend: str = "auto") -> Tensor:
+    """NT-Xent / SimCLR over the 2N rows [z1; z2], positive kept in the denominator (SPEC §4)."""
+    V.check_pair(z1, z2)
+    t = V.check_positive(temperature, "temperature")
+    V.check_choice(similarity, "similarity", V.SIMILARITIES)
+    V.check_choice(normalization, "normalization", V.NORMALIZATIONS)
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    _gather("ntxent_loss", gather_distributed)
+    _backend.resolve(backend, "ntxent_loss", z1)
+    return R.ntxent(z1, z2, t, similarity, normalization, reduction)
+
+
+def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
+             reduction: str = "mean", *, gather_distributed: bool = False, backend: str = "auto") -> Tensor:
+    """Decoupled contrastive loss: NT-Xent without the positive in the denominator (SPEC §4)."""
+    V.check_pair(z1, z2, min_rows=2, what="every anchor needs at least one negative")
+    t = V.check_positive(temperature, "temperature")
+    V.check_choice(similarity, "similarity", V.SIMILARITIES)
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    _gather("dcl_loss", gather_distributed)
+    _backend.resolve(backend, "dcl_loss", z1)
+    return R.dcl(z1, z2, t, similarity, reduction)
+
+
+def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: str = "mean", *,
+                 gather_distributed: bool = False, backend: str = "auto") -> Tensor:
+    """Cross-view InfoNCE in the CLIP form, ½[CE(S) + CE(Sᵀ)] (SPEC §4)."""
+    V.check_pair(z1, z2)
+    t = V.check_positive(temperature, "temperature")
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    _gather("infonce_loss", gather_distributed)
+    _backend.resolve(backend, "infonce_loss", z1)
+    return R.infonce(z1, z2, t, reduction)
+
+
+def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: str = "auto",
+                              gather_distributed: bool = False, return_terms: bool = False,
+                              backend: str = "auto"):
+    """Spectral contrastive loss (HaoChen et al. 2021), SPEC §4; its N×N term on the cheaper side.
+
+    terms: "positive" −(2/N)Σ_i z1_i·z2_i / mu, "negative" offsq(z1 z2ᵀ)/(N(N−1)) / mu.
+    """
+    V.check_pair(z1, z2, min_rows=2, what="the off-diagonal term needs two rows")
+    mu = V.check_positive(mu, "mu")
+    side = V.check_side(side)
+    V.check_flag(return_terms, "return_terms")
+    _gather("spectral_contrastive_loss", gather_distributed)
+    _backend.resolve(backend, "spectral_contrastive_loss", z1)
+    side = _cost.resolve_side(side, *z1.shape)
+    loss, terms = R.spectral(z1, z2, mu, side)
+    return _out(loss, terms, return_terms)
