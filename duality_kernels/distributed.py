@@ -1,14 +1,38 @@
-"""gather_distributed support (SPEC §5).
+"""gather_distributed (SPEC §5): autograd-correct collectives and the per-rank context.
 
-This version implements the single-process case: without an initialized process group (or with a
-group of one rank) ``gather_distributed=True`` behaves as W = 1, as SPEC §5 says. With W > 1 it
-raises NotImplementedError rather than return a loss with the wrong semantics; the all-gather with
-a gradient-summing backward is the distributed issue's work.
+Semantics: with W ranks of N rows each, the mean over ranks of the returned losses equals the
+single-process loss on the concatenated global batch of W·N rows, and after DistributedDataParallel's
+1/W averaging the parameter gradients equal that loss's gradient. Two rules make that hold:
+
+- every collective's backward SUMS the incoming gradients over ranks (an all-gather's backward is a
+  reduce-scatter, an all-reduce's backward an all-reduce), so the W copies of a global term, one on
+  each rank, contribute W·(1/W) = 1 times its gradient after DDP's averaging;
+- a rank's loss = (its share of the global loss) · W: the covariance family computes the global
+  terms on every rank (the invariance term stays local, as in the official VICReg code), the Gram
+  family computes the terms of its own anchors against all ranks' rows.
+
+Without an initialized process group (or with one rank) ``gather_distributed=True`` is W = 1.
+Every collective is bounded by the process group's timeout (``init_process_group(timeout=...)``);
+the inputs' shapes, dtypes and devices are checked across ranks first, so a mismatch raises a
+ValueError on every rank instead of hanging or gathering garbage.
+
+Strategy for the covariance family: gather the rows, or all-reduce the D×D statistics. Gathering
+costs W·N·D communication and a global Gram on the cheaper side; all-reducing costs D² and a local
+N·D² Gram. The cost model (``_cost.cheaper_side`` on the global batch) picks: all-reduce when the
+global problem's cheaper side is the dimension side (D ≤ W·N), gather otherwise. The environment
+variable DUALITY_KERNELS_DIST_STRATEGY=gather|allreduce forces one (tests and benchmarks use it).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+
+STRATEGY_ENV = "DUALITY_KERNELS_DIST_STRATEGY"
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 
 
 def is_supported() -> bool:
@@ -35,11 +59,152 @@ def world_size() -> int:
     return 1
 
 
-def require_single_rank(op: str) -> None:
-    """Called when gather_distributed=True: fine for W = 1, refused (for now) for W > 1."""
-    w = world_size()
-    if w > 1:
-        raise NotImplementedError(
-            f"{op}(gather_distributed=True) across {w} ranks is not implemented in this version; "
-            "call it with gather_distributed=False (each rank's local batch) for now"
+def _backend_name() -> str:
+    return str(torch.distributed.get_backend())
+
+
+# --------------------------------------------------------------------------------------------
+# autograd-aware collectives (backward sums over ranks)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather along dim 0; backward: the sum over ranks of the gradients of this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x):
+        dist = torch.distributed
+        w = dist.get_world_size()
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(w)]
+        dist.all_gather(parts, x)  # the list form: every backend, every torch version we support
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dist = torch.distributed
+        grad = grad.contiguous()
+        n = ctx.rows
+        if _backend_name() == "nccl":
+            out = grad.new_empty((n,) + tuple(grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        # gloo has no reduce-scatter: all-reduce the whole gradient, keep this rank's slice
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        r = dist.get_rank()
+        return grad[r * n:(r + 1) * n]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    return _GatherRows.apply(x)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x)
+
+
+# --------------------------------------------------------------------------------------------
+# the per-call context
+
+
+@dataclass(frozen=True)
+class Context:
+    """rank and world size of a call; W = 1 without a group or without gather_distributed."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return gather_rows(x) if self.active else x
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(x) if self.active else x
+
+
+LOCAL = Context()
+
+
+def _check_consistent(z: torch.Tensor, op: str) -> None:
+    """Shapes, dtype and device type equal on every rank; one small all-gather of metadata."""
+    dist = torch.distributed
+    w = dist.get_world_size()
+    dev = z.device if _backend_name() == "nccl" else torch.device("cpu")
+    meta = torch.tensor([z.shape[0], z.shape[1], _DTYPE_CODES[z.dtype], 1 if z.device.type == "cuda" else 0],
+                        dtype=torch.int64, device=dev)
+    parts = [torch.empty_like(meta) for _ in range(w)]
+    try:
+        dist.all_gather(parts, meta)
+    except RuntimeError as err:  # a timeout (the group's) or a peer that left
+        raise RuntimeError(
+            f"{op}(gather_distributed=True): the input check across {w} ranks failed; every rank must "
+            f"call the loss with gather_distributed=True at the same point. Cause: {err}"
+        ) from err
+    everyone = torch.stack(parts).cpu()
+    if not bool((everyone == meta.cpu()).all()):
+        names = {v: k for k, v in _DTYPE_CODES.items()}
+        rows = [f"rank {r}: shape ({a}, {b}), {names[int(c)]}, {'cuda' if d else 'cpu'}"
+                for r, (a, b, c, d) in enumerate(everyone.tolist())]
+        raise ValueError(
+            f"{op}(gather_distributed=True) needs the same input shape, dtype and device type on every "
+            f"rank (equal per-rank batch sizes); got " + "; ".join(rows)
         )
+
+
+def context(gather_distributed: bool, z: torch.Tensor, op: str) -> Context:
+    """Validate the flag and, with a group of several ranks, the inputs across ranks."""
+    if not check_gather(gather_distributed):
+        return LOCAL
+    w = world_size()
+    if w == 1:
+        return LOCAL
+    _check_consistent(z, op)
+    return Context(rank=torch.distributed.get_rank(), world=w)
+
+
+def strategy(ctx: Context, n_local: int, d: int) -> str:
+    """'gather' or 'allreduce' for the covariance family (see the module docstring)."""
+    forced = os.environ.get(STRATEGY_ENV, "").strip()
+    if forced:
+        if forced not in ("gather", "allreduce"):
+            raise ValueError(f"environment variable {STRATEGY_ENV} must be 'gather' or 'allreduce'; got {forced!r}")
+        return forced
+    from ._cost import cheaper_side
+
+    return "allreduce" if cheaper_side(ctx.world * n_local, d) == "dimension" else "gather"
+
+
+def merged_moments(ctx: Context, mean: torch.Tensor, m2: torch.Tensor, n_local: int,
+                   gram: Optional[torch.Tensor] = None):
+    """Global (mean, m2[, centered Gram]) from each rank's local ones (Chan's parallel formulas).
+
+    mean, m2: this rank's column mean and centered sum of squares; gram: its centered xᵀx (D×D).
+    Returns the global mean, m2 and centered Gram of the W·N rows, differentiable.
+    """
+    means = ctx.gather(mean[None])           # (W, D)
+    m2s = ctx.gather(m2[None])               # (W, D)
+    g_mean = means.mean(dim=0)
+    delta = means - g_mean                   # (W, D)
+    g_m2 = m2s.sum(dim=0) + n_local * (delta * delta).sum(dim=0)
+    if gram is None:
+        return g_mean, g_m2, None
+    g_gram = ctx.all_reduce(gram) + n_local * (delta.T @ delta)
+    return g_mean, g_m2, g_gram

@@ -51,9 +51,8 @@ def _out(loss: Tensor, terms: dict, return_terms: bool):
     return (loss, terms) if return_terms else loss
 
 
-def _gather(op: str, gather_distributed) -> None:
-    if _dist.check_gather(gather_distributed):
-        _dist.require_single_rank(op)
+def _ctx(op: str, gather_distributed, z: Tensor) -> _dist.Context:
+    return _dist.context(gather_distributed, z, op)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,10 +148,12 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps)
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
-    _gather("vicreg_loss", gather_distributed)
     be = _backend.resolve(backend, "vicreg_loss", z1)
-    side = _cost.resolve_side(side, *z1.shape)
-    loss, terms = R.vicreg(z1, z2, *w, side=side, stats=_column_stats(be))
+    ctx = _ctx("vicreg_loss", gather_distributed, z1)
+    n, d = z1.shape
+    side = _cost.resolve_side(side, ctx.world * n, d)
+    loss, terms = R.vicreg(z1, z2, *w, side=side, stats=_column_stats(be), ctx=ctx,
+                           strategy=_dist.strategy(ctx, n, d))
     return _out(loss, terms, return_terms)
 
 
@@ -165,9 +166,9 @@ def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                      what="a batch variance needs two rows and an off-diagonal term two columns")
     t = V.check_positive(temperature, "temperature")
     V.check_flag(return_terms, "return_terms")
-    _gather("vicreg_exp_loss", gather_distributed)
     _backend.resolve(backend, "vicreg_exp_loss", z1)
-    loss, terms = R.vicreg_exp(z1, z2, *w, temperature=t)
+    ctx = _ctx("vicreg_exp_loss", gather_distributed, z1)
+    loss, terms = R.vicreg_exp(z1, z2, *w, temperature=t, ctx=ctx, strategy=_dist.strategy(ctx, *z1.shape))
     return _out(loss, terms, return_terms)
 
 
@@ -180,9 +181,9 @@ def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                      what="a row variance needs two columns and the sample term two rows")
     t = V.check_positive(temperature, "temperature")
     V.check_flag(return_terms, "return_terms")
-    _gather("vicreg_ctr_loss", gather_distributed)
     _backend.resolve(backend, "vicreg_ctr_loss", z1)
-    loss, terms = R.vicreg_ctr(z1, z2, *w, temperature=t)
+    ctx = _ctx("vicreg_ctr_loss", gather_distributed, z1)
+    loss, terms = R.vicreg_ctr(z1, z2, *w, temperature=t, ctx=ctx)
     return _out(loss, terms, return_terms)
 
 
@@ -198,10 +199,12 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
     eps = V.check_nonnegative(eps, "eps")
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
-    _gather("barlow_twins_loss", gather_distributed)
     be = _backend.resolve(backend, "barlow_twins_loss", z1)
-    side = _cost.resolve_side(side, *z1.shape)
-    loss, terms = R.barlow_twins(z1, z2, lam, eps, side, _column_stats(be))
+    ctx = _ctx("barlow_twins_loss", gather_distributed, z1)
+    n, d = z1.shape
+    side = _cost.resolve_side(side, ctx.world * n, d)
+    loss, terms = R.barlow_twins(z1, z2, lam, eps, side, _column_stats(be), ctx=ctx,
+                                 strategy=_dist.strategy(ctx, n, d))
     return _out(loss, terms, return_terms)
 
 
@@ -218,9 +221,9 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     V.check_choice(similarity, "similarity", V.SIMILARITIES)
     V.check_choice(normalization, "normalization", V.NORMALIZATIONS)
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    _gather("ntxent_loss", gather_distributed)
     _backend.resolve(backend, "ntxent_loss", z1)
-    return R.ntxent(z1, z2, t, similarity, normalization, reduction)
+    ctx = _ctx("ntxent_loss", gather_distributed, z1)
+    return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
 def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
@@ -230,9 +233,9 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     t = V.check_positive(temperature, "temperature")
     V.check_choice(similarity, "similarity", V.SIMILARITIES)
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    _gather("dcl_loss", gather_distributed)
     _backend.resolve(backend, "dcl_loss", z1)
-    return R.dcl(z1, z2, t, similarity, reduction)
+    ctx = _ctx("dcl_loss", gather_distributed, z1)
+    return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
 def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: str = "mean", *,
@@ -241,9 +244,9 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     V.check_pair(z1, z2)
     t = V.check_positive(temperature, "temperature")
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    _gather("infonce_loss", gather_distributed)
     _backend.resolve(backend, "infonce_loss", z1)
-    return R.infonce(z1, z2, t, reduction)
+    ctx = _ctx("infonce_loss", gather_distributed, z1)
+    return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 
 def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: str = "auto",
@@ -257,8 +260,9 @@ def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: 
     mu = V.check_positive(mu, "mu")
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
-    _gather("spectral_contrastive_loss", gather_distributed)
     _backend.resolve(backend, "spectral_contrastive_loss", z1)
-    side = _cost.resolve_side(side, *z1.shape)
-    loss, terms = R.spectral(z1, z2, mu, side)
+    ctx = _ctx("spectral_contrastive_loss", gather_distributed, z1)
+    n, d = z1.shape
+    side = _cost.resolve_side(side, ctx.world * n, d)
+    loss, terms = R.spectral(z1, z2, mu, side, ctx=ctx)
     return _out(loss, terms, return_terms)

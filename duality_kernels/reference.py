@@ -21,6 +21,8 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .distributed import LOCAL, Context, merged_moments
+
 Tensor = torch.Tensor
 # (z) -> (mean, m2): per-column mean and centered sum of squares, in the compute dtype.
 ColumnStats = Callable[[Tensor], Tuple[Tensor, Tensor]]
@@ -140,6 +142,11 @@ def dimension_contrastive_criterion(z: Tensor, side: str) -> Tensor:
 
 # --------------------------------------------------------------------------------------------
 # §3 covariance family
+#
+# ``ctx`` (distributed.Context) is LOCAL for one process. With W ranks (SPEC §5) every batch
+# statistic is the global batch's, obtained by ``strategy`` "gather" (all rows to every rank, then
+# the single-process math) or "allreduce" (merge per-rank moments and D×D Grams); the invariance
+# term stays local.
 
 
 def invariance(z1: Tensor, z2: Tensor) -> Tensor:
@@ -150,77 +157,131 @@ def _variance_hinge(std: Tensor, gamma: float) -> Tensor:
     return F.relu(gamma - std).mean()
 
 
+def _local_moments(z: Tensor, stats: Optional[ColumnStats], gram: bool):
+    """(mean, m2, centered xᵀx or None) of this rank's rows."""
+    if stats is None:
+        zz = _up(z)
+        mean = zz.mean(dim=0)
+        x = zz - mean
+        m2 = (x * x).sum(dim=0)
+    else:
+        mean, m2 = stats(z)
+        x = _up(z) - mean
+    return mean, m2, (x.T @ x if gram else None)
+
+
 def vicreg_view(z: Tensor, gamma: float, eps: float, side: str,
-                stats: Optional[ColumnStats] = None) -> Tuple[Tensor, Tensor]:
+                stats: Optional[ColumnStats] = None, ctx: Context = LOCAL,
+                strategy: str = "gather") -> Tuple[Tensor, Tensor]:
     """(v(z), c(z)) of SPEC §3 VICReg for one view.
 
     c(z) = offsq(xᵀx/(N−1))/D = [‖xᵀx‖² − Σ_k (Σ_i x_ik²)²] / ((N−1)²·D), where the first term is
     computed on ``side`` and the diagonal is the column sums of squares already needed by v(z).
     """
-    n, d = z.shape
-    x, m2 = _centered(z, stats)
+    d = z.shape[1]
+    if ctx.active and strategy == "allreduce":
+        n_local = z.shape[0]
+        mean, m2, gram = _local_moments(z, stats, gram=True)
+        _, m2, gram = merged_moments(ctx, mean, m2, n_local, gram)
+        n = ctx.world * n_local
+        fro2 = _sq_sum(gram)
+    else:
+        z = ctx.gather(z)
+        n = z.shape[0]
+        x, m2 = _centered(z, stats)
+        fro2 = gram_fro2(x, None, side)
     v = _variance_hinge(torch.sqrt(m2 / (n - 1) + eps), gamma)
-    c = (gram_fro2(x, None, side) - _sq_sum(m2)) / ((n - 1) ** 2 * d)
+    c = (fro2 - _sq_sum(m2)) / ((n - 1) ** 2 * d)
     return v, c
 
 
-def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
-           gamma: float, eps: float, side: str, stats: Optional[ColumnStats] = None):
-    inv = invariance(z1, z2)
-    v1, c1 = vicreg_view(z1, gamma, eps, side, stats)
-    v2, c2 = vicreg_view(z2, gamma, eps, side, stats)
-    var = (v1 + v2) / 2
-    cov = c1 + c2
+def _vicreg_combine(inv, vs, cs, inv_weight, var_weight, cov_weight):
+    var = (vs[0] + vs[1]) / 2
+    cov = cs[0] + cs[1]
     loss = inv_weight * inv + var_weight * var + cov_weight * cov
     return loss, {"invariance": inv, "variance": var, "covariance": cov}
 
 
-def _offdiag_lse_mean(g: Tensor, temperature: float) -> Tensor:
-    """(1/M) Σ_k log Σ_{l≠k} exp(g_kl / temperature) for a square M×M matrix g."""
-    eye = torch.eye(g.shape[0], dtype=torch.bool, device=g.device)
-    logits = (g / temperature).masked_fill(eye, float("-inf"))
-    return torch.logsumexp(logits, dim=1).mean()
+def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
+           gamma: float, eps: float, side: str, stats: Optional[ColumnStats] = None,
+           ctx: Context = LOCAL, strategy: str = "gather"):
+    inv = invariance(z1, z2)
+    v1, c1 = vicreg_view(z1, gamma, eps, side, stats, ctx, strategy)
+    v2, c2 = vicreg_view(z2, gamma, eps, side, stats, ctx, strategy)
+    return _vicreg_combine(inv, (v1, v2), (c1, c2), inv_weight, var_weight, cov_weight)
+
+
+def _offdiag_lse(g: Tensor, temperature: float, self_col: Optional[Tensor] = None) -> Tensor:
+    """Per row k: log Σ_{l ≠ self(k)} exp(g_kl / temperature); self(k) = k unless given."""
+    if self_col is None:
+        self_col = torch.arange(g.shape[0], device=g.device)
+    mask = torch.arange(g.shape[1], device=g.device)[None, :] == self_col[:, None]
+    return torch.logsumexp((g / temperature).masked_fill(mask, float("-inf")), dim=1)
 
 
 def vicreg_exp(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
-               gamma: float, eps: float, temperature: float):
+               gamma: float, eps: float, temperature: float, ctx: Context = LOCAL,
+               strategy: str = "gather"):
     """Paper eq. 11–12: VICReg with c replaced by the row-wise log-sum-exp of the covariance."""
     inv = invariance(z1, z2)
     vs, cs = [], []
     for z in (z1, z2):
-        n = z.shape[0]
-        x, m2 = _centered(z, None)
+        if ctx.active and strategy == "allreduce":
+            n_local = z.shape[0]
+            mean, m2, gram = _local_moments(z, None, gram=True)
+            _, m2, gram = merged_moments(ctx, mean, m2, n_local, gram)
+            n = ctx.world * n_local
+        else:
+            z = ctx.gather(z)
+            n = z.shape[0]
+            x, m2 = _centered(z, None)
+            gram = x.T @ x
         vs.append(_variance_hinge(torch.sqrt(m2 / (n - 1) + eps), gamma))
-        cs.append(_offdiag_lse_mean((x.T @ x) / (n - 1), temperature))
-    var = (vs[0] + vs[1]) / 2
-    cov = cs[0] + cs[1]
-    loss = inv_weight * inv + var_weight * var + cov_weight * cov
-    return loss, {"invariance": inv, "variance": var, "covariance": cov}
+        cs.append(_offdiag_lse(gram / (n - 1), temperature).mean())
+    return _vicreg_combine(inv, vs, cs, inv_weight, var_weight, cov_weight)
 
 
 def vicreg_ctr(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
-               gamma: float, eps: float, temperature: float):
-    """Paper eq. 13: the sample-contrastive twin of VICReg-exp (terms on the transposed matrix)."""
+               gamma: float, eps: float, temperature: float, ctx: Context = LOCAL):
+    """Paper eq. 13: the sample-contrastive twin of VICReg-exp (terms on the transposed matrix).
+
+    With W ranks each rank takes its own rows as anchors against all W·N rows (global column
+    centering): the mean over ranks of the per-anchor means is the global mean.
+    """
     inv = invariance(z1, z2)
     vs, cs = [], []
     for z in (z1, z2):
-        d = z.shape[1]
-        x, _ = _centered(z, None)
+        n_local, d = z.shape
+        zg = ctx.gather(_up(z))
+        x = zg - zg.mean(dim=0)
         y = x - x.mean(dim=1, keepdim=True)
-        vs.append(_variance_hinge(torch.sqrt((y * y).sum(dim=1) / (d - 1) + eps), gamma))
-        cs.append(_offdiag_lse_mean((y @ y.T) / (d - 1), temperature))
-    var = (vs[0] + vs[1]) / 2
-    cov = cs[0] + cs[1]
-    loss = inv_weight * inv + var_weight * var + cov_weight * cov
-    return loss, {"invariance": inv, "variance": var, "covariance": cov}
+        own = torch.arange(ctx.rank * n_local, (ctx.rank + 1) * n_local, device=z.device)
+        y_own = y[ctx.rank * n_local:(ctx.rank + 1) * n_local]
+        vs.append(_variance_hinge(torch.sqrt((y_own * y_own).sum(dim=1) / (d - 1) + eps), gamma))
+        cs.append(_offdiag_lse((y_own @ y.T) / (d - 1), temperature, own).mean())
+    return _vicreg_combine(inv, vs, cs, inv_weight, var_weight, cov_weight)
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str,
-                 stats: Optional[ColumnStats] = None):
-    """Σ_k (1 − C_kk)² + λ·offsq(C), C = a ᵀb / N with a, b BatchNorm-standardized views.
+                 stats: Optional[ColumnStats] = None, ctx: Context = LOCAL, strategy: str = "gather"):
+    """Σ_k (1 − C_kk)² + λ·offsq(C), C = aᵀb / N with a, b BatchNorm-standardized views.
 
     offsq(C) = ‖aᵀb‖²/N² − Σ_k C_kk², the first term on ``side`` (N×N: ⟨a aᵀ, b bᵀ⟩).
     """
+    if ctx.active and strategy == "allreduce":
+        n_local = z1.shape[0]
+        n = ctx.world * n_local
+        ab = []
+        for z in (z1, z2):
+            mean, m2, _ = _local_moments(z, stats, gram=False)
+            g_mean, g_m2, _ = merged_moments(ctx, mean, m2, n_local)
+            ab.append((_up(z) - g_mean) / torch.sqrt(g_m2 / n + eps))
+        c = ctx.all_reduce(ab[0].T @ ab[1]) / n
+        diag = torch.diagonal(c)
+        on = _sq_sum(1 - diag)
+        off = _sq_sum(c) - _sq_sum(diag)
+        return on + lambda_param * off, {"on_diagonal": on, "off_diagonal": off}
+    z1, z2 = ctx.gather(z1), ctx.gather(z2)
     n = z1.shape[0]
     a = standardize(z1, eps, stats)
     b = standardize(z2, eps, stats)
@@ -232,6 +293,9 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
 
 # --------------------------------------------------------------------------------------------
 # §4 sample-contrastive family
+#
+# With W ranks each rank's anchors are its own rows, scored against the rows of all ranks
+# (SPEC §5); rows are numbered globally, rank r owning [r·N, (r+1)·N) of each view.
 
 
 def _view_normalize(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor, Tensor]:
@@ -258,14 +322,19 @@ def _reduce(terms: Tensor, reduction: str) -> Tensor:
 
 
 def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str,
-                           normalization: str, drop_positive: bool) -> Tensor:
-    """Per-anchor NT-Xent (drop_positive=False) or DCL (True) terms over the 2N rows [z1; z2]."""
-    n1, n2 = _view_normalize(z1, z2, normalization)
-    u = torch.cat([n1, n2], dim=0)
-    m = u.shape[0]
-    n = m // 2
-    dots = u @ u.T
-    pos = (n1 * n2).sum(dim=1) / temperature
+                           normalization: str, drop_positive: bool, ctx: Context = LOCAL) -> Tensor:
+    """Per-anchor NT-Xent (drop_positive=False) or DCL (True) terms of this rank's 2N anchors
+    (its rows of z1, then of z2) against all 2·W·N rows [z1_global; z2_global]."""
+    n_local = z1.shape[0]
+    n1, n2 = _view_normalize(ctx.gather(z1), ctx.gather(z2), normalization)
+    m = n1.shape[0]
+    lo = ctx.rank * n_local
+    a1, a2 = n1[lo:lo + n_local], n2[lo:lo + n_local]
+    own = torch.arange(lo, lo + n_local, device=n1.device)
+    self_col = torch.cat([own, own + m])
+    pos_col = torch.cat([own + m, own])
+    dots = torch.cat([a1, a2]) @ torch.cat([n1, n2]).T          # (2N, 2WN)
+    pos = (a1 * a2).sum(dim=1) / temperature
     pos = torch.cat([pos, pos])
     if similarity == "abs":
         logits = dots.abs() / temperature
@@ -273,10 +342,9 @@ def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarit
         logits = (dots * dots) / temperature
     else:
         logits = dots / temperature
-    idx = torch.arange(m, device=u.device)
-    self_mask = idx[:, None] == idx[None, :]
-    pos_mask = idx[None, :] == ((idx + n) % m)[:, None]
-    logits = logits.masked_fill(self_mask, float("-inf"))
+    cols = torch.arange(2 * m, device=n1.device)[None, :]
+    logits = logits.masked_fill(cols == self_col[:, None], float("-inf"))
+    pos_mask = cols == pos_col[:, None]
     if drop_positive:
         logits = logits.masked_fill(pos_mask, float("-inf"))
     elif similarity != "dot":
@@ -285,20 +353,32 @@ def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarit
     return torch.logsumexp(logits, dim=1) - pos
 
 
-def ntxent(z1, z2, temperature, similarity, normalization, reduction):
-    return _reduce(pair_contrastive_terms(z1, z2, temperature, similarity, normalization, False), reduction)
+def ntxent(z1, z2, temperature, similarity, normalization, reduction, ctx: Context = LOCAL):
+    return _reduce(pair_contrastive_terms(z1, z2, temperature, similarity, normalization, False, ctx), reduction)
 
 
-def dcl(z1, z2, temperature, similarity, reduction):
-    return _reduce(pair_contrastive_terms(z1, z2, temperature, similarity, "l2", True), reduction)
+def dcl(z1, z2, temperature, similarity, reduction, ctx: Context = LOCAL):
+    return _reduce(pair_contrastive_terms(z1, z2, temperature, similarity, "l2", True, ctx), reduction)
 
 
-def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str) -> Tensor:
-    """CLIP form: ½[CE(S, arange) + CE(Sᵀ, arange)], S = l2n(z1) l2n(z2)ᵀ / temperature."""
-    s = (l2n(z1) @ l2n(z2).T) / temperature
-    diag = s.diagonal()
-    terms = torch.cat([torch.logsumexp(s, dim=1) - diag, torch.logsumexp(s, dim=0) - diag])
-    return _reduce(terms, reduction)
+def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx: Context = LOCAL) -> Tensor:
+    """CLIP form: ½[CE(S, arange) + CE(Sᵀ, arange)], S = l2n(z1) l2n(z2)ᵀ / temperature.
+
+    Terms: this rank's rows of S (its z1 anchors against all z2 rows), then its rows of Sᵀ.
+    """
+    n_local = z1.shape[0]
+    if not ctx.active:
+        s = (l2n(z1) @ l2n(z2).T) / temperature
+        diag = s.diagonal()
+        terms = torch.cat([torch.logsumexp(s, dim=1) - diag, torch.logsumexp(s, dim=0) - diag])
+        return _reduce(terms, reduction)
+    n1, n2 = l2n(ctx.gather(z1)), l2n(ctx.gather(z2))
+    lo = ctx.rank * n_local
+    a1, a2 = n1[lo:lo + n_local], n2[lo:lo + n_local]
+    diag = (a1 * a2).sum(dim=1) / temperature
+    rows = torch.logsumexp((a1 @ n2.T) / temperature, dim=1) - diag
+    cols = torch.logsumexp((a2 @ n1.T) / temperature, dim=1) - diag
+    return _reduce(torch.cat([rows, cols]), reduction)
 
 
 def clamp_row_norms(z: Tensor, mu: float) -> Tensor:
@@ -309,15 +389,19 @@ def clamp_row_norms(z: Tensor, mu: float) -> Tensor:
     return torch.where(keep, z, F.normalize(z, p=2.0, dim=1, eps=L2_EPS) * r)
 
 
-def spectral(z1: Tensor, z2: Tensor, mu: float, side: str):
+def spectral(z1: Tensor, z2: Tensor, mu: float, side: str, ctx: Context = LOCAL):
     """[−(2/N) Σ_i a_i·b_i + offsq(a bᵀ)/(N(N−1))] / mu on the norm-clamped rows a, b.
 
     offsq(a bᵀ) = ‖a bᵀ‖² − Σ_i (a_i·b_i)², the first term on ``side`` (D×D: ⟨aᵀa, bᵀb⟩).
+    With W ranks: this rank's rows a_r against all rows of b, scaled so that the mean over ranks
+    is the global loss: [−(2/N) Σ_{i∈r} p_i + (‖a_r bᵀ‖² − Σ_{i∈r} p_i²)/(N(W·N−1))] / mu.
     """
-    n = z1.shape[0]
+    n_local = z1.shape[0]
     a = clamp_row_norms(z1, mu)
-    b = clamp_row_norms(z2, mu)
-    p = (a * b).sum(dim=1)
-    positive = -2.0 * p.sum() / n / mu
-    negative = (cross_fro2(a, b, side) - _sq_sum(p)) / (n * (n - 1)) / mu
+    b_all = clamp_row_norms(ctx.gather(z2), mu)
+    m = b_all.shape[0]
+    lo = ctx.rank * n_local
+    p = (a * b_all[lo:lo + n_local]).sum(dim=1)
+    positive = -2.0 * p.sum() / n_local / mu
+    negative = (cross_fro2(a, b_all, side) - _sq_sum(p)) / (n_local * (m - 1)) / mu
     return positive + negative, {"positive": positive, "negative": negative}
