@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The one script for the GPU machine: install, import the extension, CUDA tests, headline benchmarks.
+#
+#   bash benchmarks/gpu_check.sh            # from anywhere; OUT=/tmp/dk_out unless set
+#
+# Ends within ~8 minutes (GPU_CHECK_BUDGET_S, default 470 s): every step runs under `timeout`, a
+# benchmark step that no longer fits is skipped. It continues past a failing step and exits 1 at
+# the end if any step failed or was skipped (0 otherwise); the summary table comes last.
+# Files in $OUT (no subfolders, at most 8): gpu_check.log (everything printed), install.log,
+# pytest_cuda.log, pytest_cuda.xml (junit), bench.log (sweep output), sweep_gpu.csv (benchmark rows).
+#
+# Knobs (environment): OUT, GPU_CHECK_BUDGET_S, GPU_CHECK_PROVIDERS (e.g. "eager torch triton cuda"
+# to leave out compile and lightly when time is short; default: every provider that applies),
+# DK_GIT_SHA (recorded in the CSV when the copy has no .git), MAX_JOBS, TORCH_CUDA_ARCH_LIST.
+# Third-party providers: wheels in .wheels/ (lightly 1.6.0 + hydra-core, omegaconf,
+# antlr4-python3-runtime; inf-cl 1.2.1) are installed with --no-deps when present. The folder is
+# git-ignored: name it in the device tool's `carry`.
+set -euo pipefail
+
+OUT=${OUT:-/tmp/dk_out}
+mkdir -p "$OUT"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+export PYTHONUNBUFFERED=1
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-470}
+PY=${PYTHON:-python}
+CSV="$OUT/sweep_gpu.csv"
+PROVIDERS=()
+if [[ -n "${GPU_CHECK_PROVIDERS:-}" ]]; then
+    read -r -a PROVIDERS <<<"$GPU_CHECK_PROVIDERS"
+fi
+
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+TEE_PID=$!
+
+T0=$SECONDS
+NAMES=()
+STATUS=()
+TIMES=()
+FAILED=0
+
+remaining() { echo $((BUDGET_S - (SECONDS - T0))); }
+
+# step NAME LIMIT_S LOG -- command...   (LOG "-" = console only; else appended to LOG and console)
+step() {
+    local name=$1 limit=$2 log=$3
+    shift 4
+    local left; left=$(remaining)
+    if ((left - 10 < limit)); then limit=$((left - 10)); fi
+    if ((limit < 20)); then
+        echo "=== [skip] $name: only ${left}s of the ${BUDGET_S}s budget left"
+        NAMES+=("$name"); STATUS+=("SKIPPED (time)"); TIMES+=(0); FAILED=1
+        return 0
+    fi
+    echo "=== [$(date -u +%H:%M:%S)] $name (timeout ${limit}s)"
+    local t=$SECONDS rc=0
+    if [[ $log == - ]]; then
+        timeout -k 15 "$limit" "$@" || rc=$?
+    else
+        { timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$log"; } || rc=$?
+    fi
+    local dt=$((SECONDS - t)) st
+    case $rc in
+        0) st="ok" ;;
+        124 | 137) st="TIMEOUT"; FAILED=1 ;;
+        *) st="FAIL (rc $rc)"; FAILED=1 ;;
+    esac
+    echo "=== $name: $st in ${dt}s"
+    NAMES+=("$name"); STATUS+=("$st"); TIMES+=("$dt")
+    return 0
+}
+
+echo "gpu_check: $(date -u '+%Y-%m-%dT%H:%M:%SZ') in $ROOT, OUT=$OUT, budget ${BUDGET_S}s"
+if [[ -z "${DK_GIT_SHA:-}" ]] && ! git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
+    echo "note: no git metadata here and DK_GIT_SHA unset: the CSV records git_sha=unknown"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+$PY -c 'import sys, torch, triton; print("python", sys.version.split()[0], "| torch", torch.__version__, "| triton", triton.__version__, "| cuda", torch.version.cuda, "|", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")' || true
+
+# 1. third-party wheels (optional), then the package itself
+if compgen -G ".wheels/*.whl" >/dev/null; then
+    step "wheels (.wheels/*.whl)" 120 "$OUT/install.log" -- \
+        $PY -m pip install --no-index --no-deps --no-cache-dir .wheels/*.whl
+fi
+step "pip install -e . (install.log)" 300 - -- \
+    bash -c "$PY -m pip install --no-index --no-build-isolation --no-deps -v -e . >>'$OUT/install.log' 2>&1 || { tail -n 40 '$OUT/install.log'; exit 1; }"
+step "import duality_kernels._C" 60 - -- \
+    $PY -c "import duality_kernels, duality_kernels._C as C; print('ok:', C.__file__)"
+
+# 2. CUDA tests (rc 5 = no test collected: reported, not a failure)
+left=$(remaining); lim=$((left - 10 < 240 ? left - 10 : 240))
+if ((lim < 20)); then
+    echo "=== [skip] pytest -m cuda: only ${left}s left"
+    NAMES+=("pytest -m cuda"); STATUS+=("SKIPPED (time)"); TIMES+=(0); FAILED=1
+else
+    echo "=== [$(date -u +%H:%M:%S)] pytest -m cuda (timeout ${lim}s)"
+    t=$SECONDS; rc=0
+    { timeout -k 15 "$lim" $PY -m pytest -m cuda -q -p no:cacheprovider \
+        --junitxml="$OUT/pytest_cuda.xml" 2>&1 | tee "$OUT/pytest_cuda.log"; } || rc=$?
+    case $rc in
+        0) st="ok"
+           # every CUDA test skipped on the GPU machine means the GPU or the build went missing
+           if ! grep -q " passed" "$OUT/pytest_cuda.log"; then st="ALL SKIPPED"; FAILED=1; fi ;;
+        5) st="no tests collected" ;;
+        124 | 137) st="TIMEOUT"; FAILED=1 ;;
+        *) st="FAIL (rc $rc)"; FAILED=1 ;;
+    esac
+    NAMES+=("pytest -m cuda"); STATUS+=("$st"); TIMES+=($((SECONDS - t)))
+    echo "=== pytest -m cuda: $st in $((SECONDS - t))s"
+fi
+
+# 3. headline benchmarks (shapes of the issues), most important first
+bench() {  # bench NAME LIMIT_S sweep-args...
+    local name=$1 limit=$2
+    shift 2
+    local extra=()
+    if ((${#PROVIDERS[@]})); then extra=(--providers "${PROVIDERS[@]}"); fi
+    step "bench $name" "$limit" "$OUT/bench.log" -- \
+        $PY benchmarks/sweep.py --device cuda --csv "$CSV" --no-plot "$@" "${extra[@]}"
+}
+bench "vicreg bf16"          120 --loss vicreg --dtype bfloat16 --shapes 2048x8192 2048x256 16384x2048
+bench "vicreg fp32 high"      60 --loss vicreg --dtype float32 --precision high --shapes 2048x8192
+bench "vicreg fp32 highest"   60 --loss vicreg --dtype float32 --precision highest --shapes 2048x8192
+bench "barlow bf16"           60 --loss barlow --dtype bfloat16 --shapes 2048x8192
+bench "spectral bf16"         60 --loss spectral --dtype bfloat16 --shapes 16384x256
+bench "ntxent bf16"           90 --loss ntxent --dtype bfloat16 --shapes 2048x256 16384x256
+
+# 4. summary: the benchmark rows, then the steps
+if [[ -s "$CSV" ]]; then
+    echo
+    $PY benchmarks/sweep.py --summarize "$CSV" || true
+fi
+echo
+echo "==================== gpu_check summary ($((SECONDS - T0))s of ${BUDGET_S}s) ===================="
+for i in "${!NAMES[@]}"; do
+    printf '  %-34s %-20s %5ss\n' "${NAMES[$i]}" "${STATUS[$i]}" "${TIMES[$i]}"
+done
+echo "files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+if ((FAILED)); then echo "gpu_check: FAILED (see the steps above)"; else echo "gpu_check: all steps ok"; fi
+
+# let tee write the last lines before the script ends
+exec 1>&- 2>&-
+wait "$TEE_PID" 2>/dev/null || true
+exit "$FAILED"
