@@ -110,9 +110,13 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-try:  # functional collectives trace under torch.compile; their gather's backward is a reduce-scatter
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd as _fc_gather
-except ImportError:  # pragma: no cover - older torch
+# Functional collectives trace under torch.compile; their gather's backward is a reduce-scatter.
+# torch 2.14 renamed all_gather_tensor_autograd (deprecated there) to all_gather_single_autograd.
+try:
+    import torch.distributed._functional_collectives as _fc
+
+    _fc_gather = getattr(_fc, "all_gather_single_autograd", None) or getattr(_fc, "all_gather_tensor_autograd", None)
+except ImportError:  # pragma: no cover - torch without distributed support
     _fc_gather = None
 
 
