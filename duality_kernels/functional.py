@@ -157,19 +157,33 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     return _out(loss, terms, return_terms)
 
 
+def _exp_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx):
+    return R.vicreg_exp(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx=ctx, strategy=_dist.strategy(ctx, *z1.shape))
+
+
+def _ctr_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx):
+    return R.vicreg_ctr(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx=ctx)
+
+
+def _vicreg_lse(op, compute, z1, z2, weights, temperature, gather_distributed, return_terms, backend, what):
+    """VICReg-exp / VICReg-ctr: the same checks, then ``compute(z1, z2, *weights, temperature, ctx)``."""
+    w = _vicreg_args(z1, z2, *weights, min_cols=2, what=what)
+    t = V.check_positive(temperature, "temperature")
+    V.check_flag(return_terms, "return_terms")
+    _backend.resolve(backend, op, z1)
+    ctx = _ctx(op, gather_distributed, z1)
+    loss, terms = compute(z1, z2, *w, t, ctx)
+    return _out(loss, terms, return_terms)
+
+
 def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
                     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
     """VICReg-exp (paper eq. 11–12), SPEC §3: covariance term = mean row log-sum-exp of C/τ off the diagonal."""
-    w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, min_cols=2,
-                     what="a batch variance needs two rows and an off-diagonal term two columns")
-    t = V.check_positive(temperature, "temperature")
-    V.check_flag(return_terms, "return_terms")
-    _backend.resolve(backend, "vicreg_exp_loss", z1)
-    ctx = _ctx("vicreg_exp_loss", gather_distributed, z1)
-    loss, terms = R.vicreg_exp(z1, z2, *w, temperature=t, ctx=ctx, strategy=_dist.strategy(ctx, *z1.shape))
-    return _out(loss, terms, return_terms)
+    return _vicreg_lse("vicreg_exp_loss", _exp_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
+                       gather_distributed, return_terms, backend,
+                       "a batch variance needs two rows and an off-diagonal term two columns")
 
 
 def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
@@ -177,14 +191,9 @@ def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
     """VICReg-ctr (paper eq. 13), SPEC §3: variance and log-sum-exp terms on the N×N sample side."""
-    w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, min_cols=2,
-                     what="a row variance needs two columns and the sample term two rows")
-    t = V.check_positive(temperature, "temperature")
-    V.check_flag(return_terms, "return_terms")
-    _backend.resolve(backend, "vicreg_ctr_loss", z1)
-    ctx = _ctx("vicreg_ctr_loss", gather_distributed, z1)
-    loss, terms = R.vicreg_ctr(z1, z2, *w, temperature=t, ctx=ctx)
-    return _out(loss, terms, return_terms)
+    return _vicreg_lse("vicreg_ctr_loss", _ctr_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
+                       gather_distributed, return_terms, backend,
+                       "a row variance needs two columns and the sample term two rows")
 
 
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps: float = 1e-5, *,

@@ -44,22 +44,21 @@ def l2n(z: Tensor) -> Tensor:
     return F.normalize(_up(z), p=2.0, dim=1, eps=L2_EPS)
 
 
-def torch_column_stats(z: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-column mean and centered sum of squares, in the compute dtype."""
-    z = _up(z)
-    mean = z.mean(dim=0)
-    x = z - mean
-    return mean, (x * x).sum(dim=0)
+def _moments(z: Tensor, stats: Optional[ColumnStats]) -> Tuple[Tensor, Tensor, Tensor]:
+    """(mean, x, m2): column means, z minus them, and Σ_i x_ik² per column (``stats`` when given)."""
+    if stats is None:
+        z = _up(z)
+        mean = z.mean(dim=0)
+        x = z - mean
+        return mean, x, (x * x).sum(dim=0)
+    mean, m2 = stats(z)
+    return mean, _up(z) - mean, m2
 
 
 def _centered(z: Tensor, stats: Optional[ColumnStats]) -> Tuple[Tensor, Tensor]:
     """(x, m2): z minus its column means, and Σ_i x_ik² per column."""
-    if stats is None:
-        z = _up(z)
-        x = z - z.mean(dim=0)
-        return x, (x * x).sum(dim=0)
-    mean, m2 = stats(z)
-    return _up(z) - mean, m2
+    _, x, m2 = _moments(z, stats)
+    return x, m2
 
 
 def _sq_sum(g: Tensor) -> Tensor:
@@ -157,17 +156,12 @@ def _variance_hinge(std: Tensor, gamma: float) -> Tensor:
     return F.relu(gamma - std).mean()
 
 
-def _local_moments(z: Tensor, stats: Optional[ColumnStats], gram: bool):
-    """(mean, m2, centered xᵀx or None) of this rank's rows."""
-    if stats is None:
-        zz = _up(z)
-        mean = zz.mean(dim=0)
-        x = zz - mean
-        m2 = (x * x).sum(dim=0)
-    else:
-        mean, m2 = stats(z)
-        x = _up(z) - mean
-    return mean, m2, (x.T @ x if gram else None)
+def _merged_gram(z: Tensor, stats: Optional[ColumnStats], ctx: Context) -> Tuple[int, Tensor, Tensor]:
+    """"allreduce" strategy: (W·N, global m2, global centered D×D Gram) from this rank's rows."""
+    n_local = z.shape[0]
+    mean, x, m2 = _moments(z, stats)
+    _, m2, gram = merged_moments(ctx, mean, m2, n_local, x.T @ x)
+    return ctx.world * n_local, m2, gram
 
 
 def vicreg_view(z: Tensor, gamma: float, eps: float, side: str,
@@ -180,10 +174,7 @@ def vicreg_view(z: Tensor, gamma: float, eps: float, side: str,
     """
     d = z.shape[1]
     if ctx.active and strategy == "allreduce":
-        n_local = z.shape[0]
-        mean, m2, gram = _local_moments(z, stats, gram=True)
-        _, m2, gram = merged_moments(ctx, mean, m2, n_local, gram)
-        n = ctx.world * n_local
+        n, m2, gram = _merged_gram(z, stats, ctx)
         fro2 = _sq_sum(gram)
     else:
         z = ctx.gather(z)
@@ -227,10 +218,7 @@ def vicreg_exp(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov
     vs, cs = [], []
     for z in (z1, z2):
         if ctx.active and strategy == "allreduce":
-            n_local = z.shape[0]
-            mean, m2, gram = _local_moments(z, None, gram=True)
-            _, m2, gram = merged_moments(ctx, mean, m2, n_local, gram)
-            n = ctx.world * n_local
+            n, m2, gram = _merged_gram(z, None, ctx)
         else:
             z = ctx.gather(z)
             n = z.shape[0]
@@ -273,7 +261,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
         n = ctx.world * n_local
         ab = []
         for z in (z1, z2):
-            mean, m2, _ = _local_moments(z, stats, gram=False)
+            mean, _, m2 = _moments(z, stats)
             g_mean, g_m2, _ = merged_moments(ctx, mean, m2, n_local)
             ab.append((_up(z) - g_mean) / torch.sqrt(g_m2 / n + eps))
         c = ctx.all_reduce(ab[0].T @ ab[1]) / n
@@ -333,7 +321,9 @@ def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarit
     own = torch.arange(lo, lo + n_local, device=n1.device)
     self_col = torch.cat([own, own + m])
     pos_col = torch.cat([own + m, own])
-    dots = torch.cat([a1, a2]) @ torch.cat([n1, n2]).T          # (2N, 2WN)
+    keys = torch.cat([n1, n2])
+    anchors = torch.cat([a1, a2]) if ctx.active else keys         # one rank: the anchors are all rows
+    dots = anchors @ keys.T                                       # (2N, 2WN)
     pos = (a1 * a2).sum(dim=1) / temperature
     pos = torch.cat([pos, pos])
     if similarity == "abs":

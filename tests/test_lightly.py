@@ -35,13 +35,7 @@ RTOL = 1e-10
 ATOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Many tiny float64 ops: one thread avoids oversubscription on a 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 def make_pair(n, d, *key):

@@ -39,14 +39,7 @@ RTOL64 = 1e-10
 ATOL64 = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Hundreds of tiny float64 matmuls: one thread is several times faster than two contending
-    # ones on a 2-core machine (30 s vs 100 s for this file under load). Restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------
