@@ -6,8 +6,12 @@ Rules (decided from shapes, dtypes and devices only, so no host-device synchroni
 - ``backend="auto"`` takes the value of the environment variable DUALITY_KERNELS_BACKEND when it
   is set (any of the four names), otherwise the automatic choice.
 - The automatic choice is the torch reference on CPU tensors. On CUDA tensors it is also the torch
-  reference in this version: the compiled backends have not yet been measured against it on a GPU,
-  and "auto" switches only on measured crossovers (DESIGN.md; the kernel issues add them).
+  reference in this version: the Triton kernels have only run under the Triton interpreter and the
+  CUDA extension has not run on a GPU yet, and "auto" switches only on measured crossovers
+  (DESIGN.md). ``benchmarks/gpu_check.sh`` measures them.
+- "triton" runs on CUDA tensors, and on CPU tensors under the Triton interpreter
+  (TRITON_INTERPRET=1), which is how the test suite checks the kernels without a GPU. It runs one
+  process's batch: with an active ``gather_distributed`` group it raises BackendUnavailableError.
 - A backend that cannot run an op raises ``BackendUnavailableError`` (a RuntimeError) that says
   why and what to do; an unknown name raises ValueError (SPEC §6).
 """
@@ -23,7 +27,7 @@ ENV_VAR = "DUALITY_KERNELS_BACKEND"
 
 # Which ops each compiled backend implements. The torch reference implements all of them.
 _IMPLEMENTED = {
-    "triton": frozenset(),
+    "triton": frozenset({"ntxent_loss", "dcl_loss", "infonce_loss", "vicreg_exp_loss", "vicreg_ctr_loss"}),
     "cuda": frozenset({"covariance", "cross_correlation", "vicreg_loss", "barlow_twins_loss"}),
 }
 
@@ -64,6 +68,14 @@ def resolve(backend, op: str, z: torch.Tensor) -> str:
             + (f" (it implements: {', '.join(have)})" if have else "")
             + "; use backend='torch' or 'auto'"
         )
+    if choice == "triton":
+        from .ops.triton import _common
+
+        if not _common.is_available():
+            raise BackendUnavailableError(f"backend='triton' is unavailable: {_common.unavailable_reason()}")
+        why = _common.device_problem(z)
+        if why:
+            raise ValueError(why)
     if choice == "cuda":
         from .ops import cuda as cuda_ops
 
@@ -72,3 +84,12 @@ def resolve(backend, op: str, z: torch.Tensor) -> str:
         if z.device.type != "cuda":
             raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {z.device}")
     return choice
+
+
+def require_single_process(backend: str, op: str, ctx) -> None:
+    """The Triton kernels compute one process's batch; SPEC §5's gathered form stays with torch."""
+    if backend == "triton" and ctx.active:
+        raise BackendUnavailableError(
+            f"backend='triton' does not implement {op} with gather_distributed=True across "
+            f"{ctx.world} processes in this version; use backend='torch' or 'auto'"
+        )

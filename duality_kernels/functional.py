@@ -47,6 +47,14 @@ def _column_stats(backend: str):
     return None
 
 
+def _triton(op: str, ctx: _dist.Context):
+    """The Triton op module for ``op`` (imported lazily: ``import duality_kernels`` needs no triton)."""
+    _backend.require_single_process("triton", op, ctx)
+    from .ops.triton import lse
+
+    return lse
+
+
 def _out(loss: Tensor, terms: dict, return_terms: bool):
     return (loss, terms) if return_terms else loss
 
@@ -157,22 +165,26 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     return _out(loss, terms, return_terms)
 
 
-def _exp_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx):
+def _exp_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx, be="torch"):
+    if be == "triton":
+        return _triton("vicreg_exp_loss", ctx).vicreg_exp(z1, z2, inv_w, var_w, cov_w, gamma, eps, t)
     return R.vicreg_exp(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx=ctx, strategy=_dist.strategy(ctx, *z1.shape))
 
 
-def _ctr_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx):
+def _ctr_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx, be="torch"):
+    if be == "triton":
+        return _triton("vicreg_ctr_loss", ctx).vicreg_ctr(z1, z2, inv_w, var_w, cov_w, gamma, eps, t)
     return R.vicreg_ctr(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx=ctx)
 
 
 def _vicreg_lse(op, compute, z1, z2, weights, temperature, gather_distributed, return_terms, backend, what):
-    """VICReg-exp / VICReg-ctr: the same checks, then ``compute(z1, z2, *weights, temperature, ctx)``."""
+    """VICReg-exp / VICReg-ctr: the same checks, then ``compute(z1, z2, *weights, temperature, ctx, be)``."""
     w = _vicreg_args(z1, z2, *weights, min_cols=2, what=what)
     t = V.check_positive(temperature, "temperature")
     V.check_flag(return_terms, "return_terms")
-    _backend.resolve(backend, op, z1)
+    be = _backend.resolve(backend, op, z1)
     ctx = _ctx(op, gather_distributed, z1)
-    loss, terms = compute(z1, z2, *w, t, ctx)
+    loss, terms = compute(z1, z2, *w, t, ctx, be)
     return _out(loss, terms, return_terms)
 
 
@@ -230,8 +242,10 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     V.check_choice(similarity, "similarity", V.SIMILARITIES)
     V.check_choice(normalization, "normalization", V.NORMALIZATIONS)
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    _backend.resolve(backend, "ntxent_loss", z1)
+    be = _backend.resolve(backend, "ntxent_loss", z1)
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
+    if be == "triton":
+        return _triton("ntxent_loss", ctx).ntxent(z1, z2, t, similarity, normalization, reduction)
     return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
@@ -242,8 +256,10 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     t = V.check_positive(temperature, "temperature")
     V.check_choice(similarity, "similarity", V.SIMILARITIES)
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    _backend.resolve(backend, "dcl_loss", z1)
+    be = _backend.resolve(backend, "dcl_loss", z1)
     ctx = _ctx("dcl_loss", gather_distributed, z1)
+    if be == "triton":
+        return _triton("dcl_loss", ctx).dcl(z1, z2, t, similarity, reduction)
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
@@ -253,8 +269,10 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     V.check_pair(z1, z2)
     t = V.check_positive(temperature, "temperature")
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    _backend.resolve(backend, "infonce_loss", z1)
+    be = _backend.resolve(backend, "infonce_loss", z1)
     ctx = _ctx("infonce_loss", gather_distributed, z1)
+    if be == "triton":
+        return _triton("infonce_loss", ctx).infonce(z1, z2, t, reduction)
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 

@@ -1,5 +1,14 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU the Triton kernels run under the Triton interpreter on CPU tensors (DESIGN
+# convention 10). The variable must be set before triton is first imported, so here, before any
+# test module loads duality_kernels.ops.triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -200,8 +200,10 @@ def test_env_override_of_auto(monkeypatch):
         dk.vicreg_loss(z(), z())
     # an explicit argument wins over the environment
     assert torch.isfinite(dk.vicreg_loss(z(), z(), backend="torch"))
+    # "triton" from the environment reaches the Triton path: CPU tensors outside the interpreter
     monkeypatch.setenv(_backend.ENV_VAR, "triton")
-    with pytest.raises(dk.BackendUnavailableError, match=r"backend='triton' does not implement ntxent_loss"):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors, got tensors on cpu"):
         dk.ntxent_loss(z(), z())
 
 
@@ -211,9 +213,17 @@ def test_auto_on_cpu_is_torch(monkeypatch):
         assert _backend.resolve("auto", op, z()) == "torch"
 
 
-def test_triton_unavailable_is_clear():
-    with pytest.raises(dk.BackendUnavailableError, match=r"triton.*vicreg_loss.*backend='torch'"):
-        dk.vicreg_loss(z(), z(), backend="triton")
+def test_triton_rules_are_clear(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors, got tensors on cpu"):
+        dk.dcl_loss(z(), z(), backend="triton")
+
+    class TwoRanks:  # what distributed.context returns inside an initialized group of 2
+        active, world = True, 2
+
+    with pytest.raises(dk.BackendUnavailableError, match=r"triton.*ntxent_loss.*gather_distributed=True.*2 proc"):
+        _backend.require_single_process("triton", "ntxent_loss", TwoRanks())
+    _backend.require_single_process("torch", "ntxent_loss", TwoRanks())  # torch implements SPEC §5
 
 
 def test_cuda_backend_on_cpu_tensors_or_unsupported_op():

@@ -1,0 +1,493 @@
+"""Triton kernels of the log-sum-exp family (SPEC §3 VICReg-exp/-ctr, §4 NT-Xent, DCL, InfoNCE).
+
+UNTESTED ON GPU: these kernels have only run under the Triton interpreter (TRITON_INTERPRET=1) on
+CPU tensors in float32/float64. ``benchmarks/gpu_check.sh`` runs their ``cuda`` tests on the H200.
+
+One kernel pair serves every loss of the family (DESIGN "Gram-reduce" / "Gram-apply" for the
+log-sum-exp case, flash-attention style, so memory stays O(rows) and no Gram matrix is written):
+
+``_lse_fwd_kernel``: for a block of rows a of A (M×K) and every row b of B (MB×K), the tile
+    dot_ab = r_a r_b · (A_a · B_b) is computed on chip (``tl.dot`` over K in chunks; r = optional
+    per-row inverse norms, which fuses the l2 normalization into the tile), turned into logits
+    t(dot_ab)/temperature with the masks (self b = a, positive p(a), optional removal of the
+    positive = DCL) and the transform of negatives (abs / square, paper §5), and reduced by an
+    online max / sum-exp into lse_a. It stores lse_a and the row's term lse_a − s_{a,p(a)}.
+``_lse_bwd_kernel``: recomputes the same tiles from the saved lse (no N×N buffer) and applies
+    C_ab = ∂L/∂dot_ab + ∂L/∂dot_ba to the rows of B in one pass:
+        ∂L/∂logit = g_a·exp(logit_ab − lse_a) + g_b·exp(logit_ab − lseB_b) − [b = p(a)](g_a + g_b)
+    The second softmax is the transposed matrix's: for the symmetric matrix of both views
+    (NT-Xent, DCL, VICReg-exp/-ctr) logit_ba = logit_ab, so ONE pass over the rows gives the whole
+    gradient; for InfoNCE's cross-view matrix the second pass swaps A and B (Sᵀ). The l2
+    normalization's Jacobian is fused in the epilogue: with n_a = r_a·u_a,
+        ∂L/∂u_a = r_a·(Σ_b C_ab n_b − [‖u_a‖ > 1e-12]·n_a·Σ_b C_ab dot_ab),
+    and Σ_b C_ab dot_ab is a row reduction of the same tiles (it equals n_a·∂L/∂n_a).
+
+Left in torch, around the ops (O(N·D) elementwise work, autograd-tracked): the concatenation of the
+two views, the column centering of center_l2 / dim_std / VICReg-exp/-ctr and the column scaling of
+dim_std, VICReg-exp/-ctr's variance hinge and invariance terms, and the reductions over rows.
+
+Custom ops (DESIGN conventions 1–3; forward and backward separate, fakes registered, autograd
+registered, no host-device synchronization):
+
+- ``duality_kernels::gram_lse_fwd(u, temperature, normalize, half, self_mask, drop_positive, transform)
+  -> (terms, lse, rinv, keep)``: rows of u against themselves. ``half > 0``: the positive of row a
+  is a ± half (the two views stacked); ``half = 0``: no positive (terms = lse).
+- ``duality_kernels::gram_lse_bwd(...) -> du``.
+- ``duality_kernels::cross_lse_fwd(u1, u2, temperature) -> (terms, lse, rinv)``: InfoNCE, the rows of
+  S = l2n(u1) l2n(u2)ᵀ/temperature, then the rows of Sᵀ, positive on the diagonal.
+- ``duality_kernels::cross_lse_bwd(...) -> (du1, du2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from ._common import acc_dtype, dot_block, input_precision, interpreting, tl, triton
+
+Tensor = torch.Tensor
+
+L2_EPS = 1e-12  # torch.nn.functional.normalize's eps (SPEC "Notation")
+TRANSFORMS = {"dot": 0, "abs": 1, "square": 2}
+_NO_POS, _POS_PAIR, _POS_DIAG = 0, 1, 2
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+
+
+@triton.jit
+def _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K, s_am, s_ak, s_bm, s_bk, ra, rb,
+              SCALE_ROWS: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) tile of A·Bᵀ, accumulated in ACC over K in chunks of BLOCK_K."""
+    s = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        ks64 = ks.to(tl.int64)
+        a = tl.load(a_ptr + rows64[:, None] * s_am + ks64[None, :] * s_ak,
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptr + cols64[None, :] * s_bm + ks64[:, None] * s_bk,
+                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if SCALE_ROWS:
+            a = (a * ra[:, None]).to(a.dtype)
+            b = (b * rb[None, :]).to(b.dtype)
+        s = tl.dot(a, b, s, input_precision=IP)
+    return s
+
+
+@triton.jit
+def _positive_col(rows, HALF, POS: tl.constexpr):
+    if POS == 1:  # two views stacked: a ↔ a ± half
+        return tl.where(rows < HALF, rows + HALF, rows - HALF)
+    else:  # diagonal (POS == 2) or unused (POS == 0)
+        return rows
+
+
+@triton.jit
+def _logits(s, rows, cols, pos, col_ok, inv_t,
+            SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr, TRANSFORM: tl.constexpr):
+    """Masked logits of SPEC §4: t(dot)/temperature, positive raw (or removed), self and padding −inf."""
+    if TRANSFORM == 1:
+        t = tl.abs(s)
+    elif TRANSFORM == 2:
+        t = s * s
+    else:
+        t = s
+    is_pos = cols[None, :] == pos[:, None]
+    if POS != 0:
+        if TRANSFORM != 0:
+            t = tl.where(is_pos, s, t)  # the positive's own term stays s_{a,p(a)}
+    logit = t * inv_t
+    dead = col_ok[None, :] == 0
+    if SELF:
+        dead = dead | (cols[None, :] == rows[:, None])
+    if POS != 0:
+        if DROP_POS:
+            dead = dead | is_pos
+    return tl.where(dead, float("-inf"), logit)
+
+
+@triton.jit
+def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
+                    M, MB, K, HALF, inv_t,
+                    s_am, s_ak, s_bm, s_bk,
+                    SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr,
+                    TRANSFORM: tl.constexpr, SCALE_ROWS: tl.constexpr,
+                    ACC: tl.constexpr, IP: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)
+    pos = _positive_col(rows, HALF, POS)
+    if SCALE_ROWS:
+        ra = tl.load(ra_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    else:
+        ra = 0.0
+    # Online log-sum-exp (flash-attention): m starts finite so that a fully masked tile gives
+    # exp(-inf - m) = 0 instead of NaN; real logits are far above -1e30.
+    m_i = tl.full((BLOCK_M,), -1e30, dtype=ACC)
+    l_i = tl.zeros((BLOCK_M,), dtype=ACC)
+    p_i = tl.zeros((BLOCK_M,), dtype=ACC)
+    for n0 in range(0, MB, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < MB
+        if SCALE_ROWS:
+            rb = tl.load(rb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+        else:
+            rb = 0.0
+        s = _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols.to(tl.int64), col_ok, K,
+                      s_am, s_ak, s_bm, s_bk, ra, rb, SCALE_ROWS, ACC, IP, BLOCK_M, BLOCK_N, BLOCK_K)
+        logit = _logits(s, rows, cols, pos, col_ok, inv_t, SELF, POS, DROP_POS, TRANSFORM)
+        m_new = tl.maximum(m_i, tl.max(logit, axis=1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logit - m_new[:, None]), axis=1)
+        m_i = m_new
+        if POS != 0:
+            p_i += tl.sum(tl.where(cols[None, :] == pos[:, None], s, 0.0), axis=1)
+    lse = m_i + tl.log(l_i)
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+    if POS != 0:
+        tl.store(term_ptr + rows, lse - p_i * inv_t, mask=row_ok)
+    else:
+        tl.store(term_ptr + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb_ptr, gb_ptr, out_ptr,
+                    M, MB, K, HALF, inv_t,
+                    s_am, s_ak, s_bm, s_bk, s_om, s_ok,
+                    SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr,
+                    TRANSFORM: tl.constexpr, SCALE_ROWS: tl.constexpr,
+                    ACC: tl.constexpr, IP: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """dA[rows, d-chunk] for one (row block, column chunk of A) program; see the module docstring."""
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)
+    ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = ds < K
+    ds64 = ds.to(tl.int64)
+    pos = _positive_col(rows, HALF, POS)
+    lse_a = tl.load(lsea_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    g_a = tl.load(ga_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    if SCALE_ROWS:
+        ra = tl.load(ra_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    else:
+        ra = 0.0
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
+    rowsum = tl.zeros((BLOCK_M,), dtype=ACC)
+    for n0 in range(0, MB, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < MB
+        cols64 = cols.to(tl.int64)
+        if SCALE_ROWS:
+            rb = tl.load(rb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+        else:
+            rb = 0.0
+        s = _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K,
+                      s_am, s_ak, s_bm, s_bk, ra, rb, SCALE_ROWS, ACC, IP, BLOCK_M, BLOCK_N, BLOCK_K)
+        logit = _logits(s, rows, cols, pos, col_ok, inv_t, SELF, POS, DROP_POS, TRANSFORM)
+        lse_b = tl.load(lseb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+        g_b = tl.load(gb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+        w = g_a[:, None] * tl.exp(logit - lse_a[:, None]) + g_b[None, :] * tl.exp(logit - lse_b[None, :])
+        is_pos = cols[None, :] == pos[:, None]
+        # chain rule through the transform of negatives (d|s| = sign(s) ds, d s² = 2s ds)
+        if TRANSFORM == 1:
+            c = tl.where(s > 0, w, tl.where(s < 0, -w, 0.0))
+        elif TRANSFORM == 2:
+            c = 2.0 * s * w
+        else:
+            c = w
+        if POS != 0:
+            if TRANSFORM != 0:
+                if not DROP_POS:
+                    c = tl.where(is_pos, w, c)
+            c = tl.where(is_pos, c - (g_a[:, None] + g_b[None, :]), c)  # −s_{a,p(a)} of rows a and p(a)
+        c = c * inv_t
+        b = tl.load(b_ptr + cols64[:, None] * s_bm + ds64[None, :] * s_bk,
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        if SCALE_ROWS:
+            rowsum += tl.sum(c * s, axis=1)
+            c = c * rb[None, :]
+        acc = tl.dot(c.to(b.dtype), b, acc, input_precision=IP)
+    if SCALE_ROWS:
+        keep = tl.load(ka_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        a = tl.load(a_ptr + rows64[:, None] * s_am + ds64[None, :] * s_ak,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(ACC)
+        acc = ra[:, None] * (acc - (keep * ra * rowsum)[:, None] * a)
+    tl.store(out_ptr + rows64[:, None] * s_om + ds64[None, :] * s_ok, acc.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+
+
+def _blocks(m: int, k: int):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_D, num_warps). Small blocks in the interpreter (speed);
+    on the GPU 64×64 tiles, K chunks of 64 and the whole row (≤ 256) in one backward program
+    (no recomputation of the tiles per column chunk for D ≤ 256). Untuned: no GPU measurement yet."""
+    if interpreting():
+        return 16 if m <= 16 else 32, 16 if m <= 16 else 32, dot_block(k, 32), dot_block(k, 32), 4
+    return 64, 64, dot_block(k, 64), dot_block(k, 256), 4
+
+
+def _row_scales(u: Tensor) -> Tuple[Tensor, Tensor]:
+    """(1/max(‖u_a‖, 1e-12), [‖u_a‖ > 1e-12]) in the accumulation dtype: l2n's scale and whether
+    the norm (rather than the eps) is in the denominator, i.e. whether its Jacobian has the
+    −n_a n_aᵀ part."""
+    norm = torch.linalg.vector_norm(u.to(acc_dtype(u.dtype)), dim=1)
+    return 1.0 / norm.clamp_min(L2_EPS), (norm > L2_EPS).to(norm.dtype)
+
+
+def _lse_fwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], inv_t: float, half: int,
+             self_mask: bool, pos: int, drop_positive: bool, transform: int) -> Tuple[Tensor, Tensor]:
+    m, k = a.shape
+    acc = acc_dtype(a.dtype)
+    lse = torch.empty(m, device=a.device, dtype=acc)
+    terms = torch.empty(m, device=a.device, dtype=acc)
+    bm, bn, bk, _, warps = _blocks(m, k)
+    scale = ra is not None
+    _lse_fwd_kernel[(triton.cdiv(m, bm),)](
+        a, b, ra if scale else lse, rb if scale else lse, lse, terms,
+        m, b.shape[0], k, half, inv_t,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+        SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, IP=input_precision(a.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    return terms, lse
+
+
+def _lse_bwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], keep: Optional[Tensor],
+             lse_a: Tensor, g_a: Tensor, lse_b: Tensor, g_b: Tensor, inv_t: float, half: int,
+             self_mask: bool, pos: int, drop_positive: bool, transform: int) -> Tensor:
+    m, k = a.shape
+    acc = acc_dtype(a.dtype)
+    out = torch.empty_like(a)
+    bm, bn, bk, bd, warps = _blocks(m, k)
+    scale = ra is not None
+    _lse_bwd_kernel[(triton.cdiv(m, bm), triton.cdiv(k, bd))](
+        a, b, ra if scale else lse_a, rb if scale else lse_a, keep if scale else lse_a,
+        lse_a, g_a, lse_b, g_b, out,
+        m, b.shape[0], k, half, inv_t,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, IP=input_precision(a.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, num_warps=warps)
+    return out
+
+
+def _grad_vector(g: Optional[Tensor], like: Tensor) -> Tensor:
+    # Unused outputs come back as None; a mean's gradient arrives expanded (stride 0).
+    if g is None:
+        return torch.zeros_like(like)
+    return g.to(like.dtype).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# gram_lse: rows of u against themselves (NT-Xent, DCL: u = [z1; z2]; VICReg-exp: u = xᵀ;
+# VICReg-ctr: u = y)
+
+
+@torch.library.custom_op("duality_kernels::gram_lse_fwd", mutates_args=())
+def gram_lse_fwd(u: Tensor, temperature: float, normalize: bool, half: int, self_mask: bool,
+                 drop_positive: bool, transform: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if normalize:
+        rinv, keep = _row_scales(u)
+    else:
+        rinv, keep = (u.new_empty((0,), dtype=acc_dtype(u.dtype)) for _ in range(2))  # no aliased outputs
+    r = rinv if normalize else None
+    terms, lse = _lse_fwd(u, u, r, r, 1.0 / temperature, half, self_mask,
+                          _POS_PAIR if half > 0 else _NO_POS, drop_positive, transform)
+    return terms, lse, rinv, keep
+
+
+@gram_lse_fwd.register_fake
+def _(u, temperature, normalize, half, self_mask, drop_positive, transform):
+    acc = acc_dtype(u.dtype)
+    m = u.shape[0]
+    r = m if normalize else 0
+    return (u.new_empty((m,), dtype=acc), u.new_empty((m,), dtype=acc),
+            u.new_empty((r,), dtype=acc), u.new_empty((r,), dtype=acc))
+
+
+@torch.library.custom_op("duality_kernels::gram_lse_bwd", mutates_args=())
+def gram_lse_bwd(u: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms: Tensor,
+                 temperature: float, normalize: bool, half: int, self_mask: bool,
+                 drop_positive: bool, transform: int) -> Tensor:
+    r = rinv if normalize else None
+    return _lse_bwd(u, u, r, r, keep if normalize else None, lse, grad_terms, lse, grad_terms,
+                    1.0 / temperature, half, self_mask, _POS_PAIR if half > 0 else _NO_POS,
+                    drop_positive, transform)
+
+
+@gram_lse_bwd.register_fake
+def _(u, rinv, keep, lse, grad_terms, temperature, normalize, half, self_mask, drop_positive, transform):
+    return torch.empty_like(u)
+
+
+def _gram_lse_setup(ctx, inputs, output):
+    u, temperature, normalize, half, self_mask, drop_positive, transform = inputs
+    _, lse, rinv, keep = output
+    ctx.save_for_backward(u, rinv, keep, lse)
+    ctx.args = (temperature, normalize, half, self_mask, drop_positive, transform)
+    ctx.mark_non_differentiable(lse, rinv, keep)
+
+
+def _gram_lse_backward(ctx, g_terms, g_lse, g_rinv, g_keep):
+    u, rinv, keep, lse = ctx.saved_tensors
+    du = gram_lse_bwd(u, rinv, keep, lse, _grad_vector(g_terms, lse), *ctx.args)
+    return du, None, None, None, None, None, None
+
+
+gram_lse_fwd.register_autograd(_gram_lse_backward, setup_context=_gram_lse_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# cross_lse: InfoNCE's S = l2n(u1) l2n(u2)ᵀ / temperature, row and column log-sum-exps
+
+
+@torch.library.custom_op("duality_kernels::cross_lse_fwd", mutates_args=())
+def cross_lse_fwd(u1: Tensor, u2: Tensor, temperature: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    r1, k1 = _row_scales(u1)
+    r2, k2 = _row_scales(u2)
+    inv_t = 1.0 / temperature
+    t_rows, lse_rows = _lse_fwd(u1, u2, r1, r2, inv_t, 0, False, _POS_DIAG, False, 0)
+    t_cols, lse_cols = _lse_fwd(u2, u1, r2, r1, inv_t, 0, False, _POS_DIAG, False, 0)
+    return (torch.cat([t_rows, t_cols]), torch.cat([lse_rows, lse_cols]),
+            torch.cat([r1, r2]), torch.cat([k1, k2]))
+
+
+@cross_lse_fwd.register_fake
+def _(u1, u2, temperature):
+    acc = acc_dtype(u1.dtype)
+    m = 2 * u1.shape[0]
+    return tuple(u1.new_empty((m,), dtype=acc) for _ in range(4))
+
+
+@torch.library.custom_op("duality_kernels::cross_lse_bwd", mutates_args=())
+def cross_lse_bwd(u1: Tensor, u2: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms: Tensor,
+                  temperature: float) -> Tuple[Tensor, Tensor]:
+    n = u1.shape[0]
+    r1, r2, k1, k2 = rinv[:n], rinv[n:], keep[:n], keep[n:]
+    l1, l2, g1, g2 = lse[:n], lse[n:], grad_terms[:n], grad_terms[n:]
+    inv_t = 1.0 / temperature
+    du1 = _lse_bwd(u1, u2, r1, r2, k1, l1, g1, l2, g2, inv_t, 0, False, _POS_DIAG, False, 0)
+    du2 = _lse_bwd(u2, u1, r2, r1, k2, l2, g2, l1, g1, inv_t, 0, False, _POS_DIAG, False, 0)
+    return du1, du2
+
+
+@cross_lse_bwd.register_fake
+def _(u1, u2, rinv, keep, lse, grad_terms, temperature):
+    return torch.empty_like(u1), torch.empty_like(u2)
+
+
+def _cross_lse_setup(ctx, inputs, output):
+    u1, u2, temperature = inputs
+    _, lse, rinv, keep = output
+    ctx.save_for_backward(u1, u2, rinv, keep, lse)
+    ctx.temperature = temperature
+    ctx.mark_non_differentiable(lse, rinv, keep)
+
+
+def _cross_lse_backward(ctx, g_terms, g_lse, g_rinv, g_keep):
+    u1, u2, rinv, keep, lse = ctx.saved_tensors
+    du1, du2 = cross_lse_bwd(u1, u2, rinv, keep, lse, _grad_vector(g_terms, lse), ctx.temperature)
+    return du1, du2, None
+
+
+cross_lse_fwd.register_autograd(_cross_lse_backward, setup_context=_cross_lse_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# losses (inputs validated by functional.py; single process)
+
+
+def _reduce(terms: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return terms.mean()
+    if reduction == "sum":
+        return terms.sum()
+    return terms
+
+
+def _up(z: Tensor) -> Tensor:
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+def _stacked_views(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor, bool]:
+    """(u, normalize_in_kernel): the 2N rows before the kernel's fused l2 scaling (SPEC §4, paper
+    §5 Table 1). Centering and dim_std's column scaling are O(N·D) torch ops tracked by autograd."""
+    if normalization == "l2":
+        return torch.cat([z1, z2]), True
+    xs = [_up(z) - _up(z).mean(dim=0) for z in (z1, z2)]
+    if normalization == "center_l2":
+        return torch.cat(xs), True
+    n, d = z1.shape  # "dim_std": each column to L2 norm sqrt(N/D), no row normalization
+    scale = math.sqrt(n / d)
+    return torch.cat([x / torch.linalg.vector_norm(x, dim=0).clamp_min(L2_EPS) * scale for x in xs]), False
+
+
+def ntxent(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str,
+           reduction: str) -> Tensor:
+    u, normalize = _stacked_views(z1, z2, normalization)
+    terms = gram_lse_fwd(u.contiguous(), temperature, normalize, z1.shape[0], True, False,
+                         TRANSFORMS[similarity])[0]
+    return _reduce(terms, reduction)
+
+
+def dcl(z1: Tensor, z2: Tensor, temperature: float, similarity: str, reduction: str) -> Tensor:
+    u = torch.cat([z1, z2]).contiguous()
+    terms = gram_lse_fwd(u, temperature, True, z1.shape[0], True, True, TRANSFORMS[similarity])[0]
+    return _reduce(terms, reduction)
+
+
+def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str) -> Tensor:
+    terms = cross_lse_fwd(z1.contiguous(), z2.contiguous(), temperature)[0]
+    return _reduce(terms, reduction)
+
+
+def _variance_hinge(var: Tensor, gamma: float, eps: float) -> Tensor:
+    return torch.relu(gamma - torch.sqrt(var + eps)).mean()
+
+
+def _vicreg_terms(z1, z2, views, inv_weight, var_weight, cov_weight):
+    inv = torch.nn.functional.mse_loss(_up(z1), _up(z2))
+    var = (views[0][0] + views[1][0]) / 2
+    cov = views[0][1] + views[1][1]
+    return inv_weight * inv + var_weight * var + cov_weight * cov, {"invariance": inv, "variance": var,
+                                                                      "covariance": cov}
+
+
+def vicreg_exp(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature):
+    """SPEC §3 VICReg-exp: c_exp = mean_k log Σ_{l≠k} exp(C_kl/τ), C = xᵀx/(N−1): the kernel runs
+    over the D rows of xᵀ (a transposed view, no copy) with scale 1/(τ(N−1))."""
+    n = z1.shape[0]
+    views = []
+    for z in (z1, z2):
+        x = _up(z) - _up(z).mean(dim=0)
+        v = _variance_hinge((x * x).sum(dim=0) / (n - 1), gamma, eps)
+        c = gram_lse_fwd(x.t(), temperature * (n - 1), False, 0, True, False, 0)[0].mean()
+        views.append((v, c))
+    return _vicreg_terms(z1, z2, views, inv_weight, var_weight, cov_weight)
+
+
+def vicreg_ctr(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature):
+    """SPEC §3 VICReg-ctr: rows of y (column-, then row-centered) against each other, scale
+    1/(τ(D−1)); the variance hinge over rows."""
+    d = z1.shape[1]
+    views = []
+    for z in (z1, z2):
+        x = _up(z) - _up(z).mean(dim=0)
+        y = x - x.mean(dim=1, keepdim=True)
+        v = _variance_hinge((y * y).sum(dim=1) / (d - 1), gamma, eps)
+        c = gram_lse_fwd(y, temperature * (d - 1), False, 0, True, False, 0)[0].mean()
+        views.append((v, c))
+    return _vicreg_terms(z1, z2, views, inv_weight, var_weight, cov_weight)
