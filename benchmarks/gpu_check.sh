@@ -126,6 +126,8 @@ bench "vicreg fp32 highest"   60 --loss vicreg --dtype float32 --precision highe
 bench "barlow bf16"           60 --loss barlow --dtype bfloat16 --shapes 2048x8192
 bench "spectral bf16"         60 --loss spectral --dtype bfloat16 --shapes 16384x256
 bench "ntxent bf16"           90 --loss ntxent --dtype bfloat16 --shapes 2048x256 16384x256
+bench "ntxent bf16 65536"     60 --loss ntxent --dtype bfloat16 --shapes 65536x256 --providers triton
+bench "infonce fp32 high"     60 --loss infonce --dtype float32 --precision high --shapes 32768x256
 
 # 4. summary: the benchmark rows, then the steps
 if [[ -s "$CSV" ]]; then

@@ -213,11 +213,14 @@ def test_gpu_fp32(shape, precision):
     torch.set_float32_matmul_precision(precision)
     try:
         slack = 1e-6 if precision == "highest" else 2e-3  # TF32: 10-bit mantissa products
-        for sim in ("dot", "abs", "square"):
-            for norm in ("l2", "center_l2", "dim_std"):
-                check_against_reference(_ntxent(0.1, sim, norm, "none", "triton"),
-                                        _ntxent(0.1, sim, norm, "none", "torch"), shape, torch.float32,
-                                        device="cuda", slack=slack)
+        # every mode on one shape, two on the others (each mode is a kernel compile on the GPU)
+        modes = [(s, n) for s in ("dot", "abs", "square") for n in ("l2", "center_l2", "dim_std")]
+        if shape != GPU_SHAPES[1]:
+            modes = [("dot", "l2"), ("square", "center_l2")]
+        for sim, norm in modes:
+            check_against_reference(_ntxent(0.1, sim, norm, "none", "triton"),
+                                    _ntxent(0.1, sim, norm, "none", "torch"), shape, torch.float32,
+                                    device="cuda", slack=slack)
         check_against_reference(lambda a, b: dk.dcl_loss(a, b, 0.1, "dot", "none", backend="triton"),
                                 lambda a, b: dk.dcl_loss(a, b, 0.1, "dot", "none", backend="torch"),
                                 shape, torch.float32, device="cuda", slack=slack)

@@ -59,11 +59,14 @@ def input_precision(dtype: torch.dtype) -> str:
     """The ``tl.dot`` input precision that honors torch's float32 matmul setting (DESIGN convention 4).
 
     float32 under "highest" is IEEE; under "high"/"medium" TF32 is allowed, as for torch matmuls.
-    bf16/fp16 use tensor cores whatever the value ("ieee" is only a label for them); float64 is IEEE.
+    bf16/fp16 use tensor cores with fp32 accumulation (the value is triton's default, ignored for
+    them); float64 is IEEE.
     """
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "tf32"  # triton's default; has no effect on bf16/fp16 operands
 
 
 def dot_block(n: int, cap: int = 64) -> int:

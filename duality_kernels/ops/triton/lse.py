@@ -81,10 +81,10 @@ def _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K, s_am, s_ak, s_bm,
 
 @triton.jit
 def _positive_col(rows, HALF, POS: tl.constexpr):
+    pos = rows  # diagonal (POS == 2) or unused (POS == 0)
     if POS == 1:  # two views stacked: a ↔ a ± half
-        return tl.where(rows < HALF, rows + HALF, rows - HALF)
-    else:  # diagonal (POS == 2) or unused (POS == 0)
-        return rows
+        pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
+    return pos
 
 
 @triton.jit
@@ -236,7 +236,8 @@ def _blocks(m: int, k: int):
     (no recomputation of the tiles per column chunk for D ≤ 256). Untuned: no GPU measurement yet."""
     if interpreting():
         return 16 if m <= 16 else 32, 16 if m <= 16 else 32, dot_block(k, 32), dot_block(k, 32), 4
-    return 64, 64, dot_block(k, 64), dot_block(k, 256), 4
+    bd = dot_block(k, 256)
+    return 64, 64, dot_block(k, 64), bd, 8 if bd >= 128 else 4
 
 
 def _row_scales(u: Tensor) -> Tuple[Tensor, Tensor]:
