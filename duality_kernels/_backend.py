@@ -10,8 +10,9 @@ Rules (decided from shapes, dtypes and devices only, so no host-device synchroni
   CUDA extension has not run on a GPU yet, and "auto" switches only on measured crossovers
   (DESIGN.md). ``benchmarks/gpu_check.sh`` measures them.
 - "triton" runs on CUDA tensors, and on CPU tensors under the Triton interpreter
-  (TRITON_INTERPRET=1), which is how the test suite checks the kernels without a GPU. It runs one
-  process's batch: with an active ``gather_distributed`` group it raises BackendUnavailableError.
+  (TRITON_INTERPRET=1), which is how the test suite checks the kernels without a GPU. NT-Xent, DCL
+  and InfoNCE implement ``gather_distributed`` (SPEC §5) in the kernels; the other Triton ops
+  compute one process's batch and raise BackendUnavailableError inside an active group.
 - A backend that cannot run an op raises ``BackendUnavailableError`` (a RuntimeError) that says
   why and what to do; an unknown name raises ValueError (SPEC §6).
 """
@@ -87,7 +88,7 @@ def resolve(backend, op: str, z: torch.Tensor) -> str:
 
 
 def require_single_process(backend: str, op: str, ctx) -> None:
-    """The Triton kernels compute one process's batch; SPEC §5's gathered form stays with torch."""
+    """Triton ops without a gathered form compute one process's batch; SPEC §5 stays with torch."""
     if backend == "triton" and ctx.active:
         raise BackendUnavailableError(
             f"backend='triton' does not implement {op} with gather_distributed=True across "

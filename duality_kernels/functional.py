@@ -47,9 +47,11 @@ def _column_stats(backend: str):
     return None
 
 
-def _triton(op: str, ctx: _dist.Context):
-    """The Triton op module for ``op`` (imported lazily: ``import duality_kernels`` needs no triton)."""
-    _backend.require_single_process("triton", op, ctx)
+def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
+    """The Triton op module for ``op`` (imported lazily: ``import duality_kernels`` needs no triton).
+    ``gathers``: the op implements gather_distributed=True itself (SPEC §5)."""
+    if not gathers:
+        _backend.require_single_process("triton", op, ctx)
     from .ops.triton import lse
 
     return lse
@@ -245,7 +247,7 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     be = _backend.resolve(backend, "ntxent_loss", z1)
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
     if be == "triton":
-        return _triton("ntxent_loss", ctx).ntxent(z1, z2, t, similarity, normalization, reduction)
+        return _triton("ntxent_loss", ctx, True).ntxent(z1, z2, t, similarity, normalization, reduction, ctx)
     return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
@@ -259,7 +261,7 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     be = _backend.resolve(backend, "dcl_loss", z1)
     ctx = _ctx("dcl_loss", gather_distributed, z1)
     if be == "triton":
-        return _triton("dcl_loss", ctx).dcl(z1, z2, t, similarity, reduction)
+        return _triton("dcl_loss", ctx, True).dcl(z1, z2, t, similarity, reduction, ctx)
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
@@ -272,7 +274,7 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     be = _backend.resolve(backend, "infonce_loss", z1)
     ctx = _ctx("infonce_loss", gather_distributed, z1)
     if be == "triton":
-        return _triton("infonce_loss", ctx).infonce(z1, z2, t, reduction)
+        return _triton("infonce_loss", ctx, True).infonce(z1, z2, t, reduction, ctx)
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 

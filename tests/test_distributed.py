@@ -38,6 +38,11 @@ def _cases():
     c.append(("infonce", None, lambda a, b, g: dk.infonce_loss(a, b, 0.5, gather_distributed=g)))
     c.append(("spectral", None, lambda a, b, g: dk.spectral_contrastive_loss(a, b, mu=0.5, gather_distributed=g)))
     c.append(("spectral-sample", None, lambda a, b, g: dk.spectral_contrastive_loss(a, b, mu=0.5, side="sample", gather_distributed=g)))
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the Triton kernels on CPU tensors (tests/conftest.py)
+        c.append(("triton-ntxent-square-center_l2", None, lambda a, b, g: dk.ntxent_loss(
+            a, b, 0.5, "square", "center_l2", gather_distributed=g, backend="triton")))
+        c.append(("triton-dcl-abs", None, lambda a, b, g: dk.dcl_loss(a, b, 0.5, "abs", gather_distributed=g, backend="triton")))
+        c.append(("triton-infonce", None, lambda a, b, g: dk.infonce_loss(a, b, 0.5, gather_distributed=g, backend="triton")))
     return c
 
 

@@ -36,6 +36,12 @@ registered, no host-device synchronization):
 - ``duality_kernels::cross_lse_fwd(u1, u2, temperature) -> (terms, lse, rinv)``: InfoNCE, the rows of
   S = l2n(u1) l2n(u2)ᵀ/temperature, then the rows of Sᵀ, positive on the diagonal.
 - ``duality_kernels::cross_lse_bwd(...) -> (du1, du2)``.
+- ``duality_kernels::anchor_lse_fwd(anchors, keys, temperature, normalize, half_a, half_b, off,
+  self_mask, pos, drop_positive, transform) -> (terms, lse, ra, ka, rb, kb)`` and
+  ``anchor_lse_bwd(...) -> (d_anchors, d_keys)``: ``gather_distributed=True`` (SPEC §5) for NT-Xent,
+  DCL and InfoNCE: this rank's anchors against the gathered keys of all ranks. Only the anchors have
+  loss terms, so the backward takes two passes (anchors as rows; keys as rows with the masks read
+  column-wise); the gather's backward then sums the keys' gradients over ranks.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ Tensor = torch.Tensor
 L2_EPS = 1e-12  # torch.nn.functional.normalize's eps (SPEC "Notation")
 TRANSFORMS = {"dot": 0, "abs": 1, "square": 2}
 _NO_POS, _POS_PAIR, _POS_DIAG = 0, 1, 2
+_DIAG = (0, 0, 0, False, _POS_DIAG, False, 0)  # InfoNCE on one process: positive on the diagonal
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,15 +87,40 @@ def _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K, s_am, s_ak, s_bm,
 
 
 @triton.jit
-def _positive_col(rows, HALF, POS: tl.constexpr):
-    pos = rows  # diagonal (POS == 2) or unused (POS == 0)
-    if POS == 1:  # two views stacked: a ↔ a ± half
-        pos = tl.where(rows < HALF, rows + HALF, rows - HALF)
-    return pos
+def _partners(idx, HALF_A, HALF_B, OFF, POS: tl.constexpr):
+    """(self, positive) key indices of anchors ``idx``.
+
+    POS == 1 (two views stacked): anchor idx = v·HALF_A + i (view v, row i) is key v·HALF_B + OFF + i
+    and its positive the other view's key (1 − v)·HALF_B + OFF + i. One process: HALF_A = HALF_B = N,
+    OFF = 0 (a ↔ a ± N); with W ranks (SPEC §5) the anchors are this rank's rows, HALF_B = W·N and
+    OFF = rank·N. Otherwise (diagonal positive, or none) both are idx + OFF.
+    """
+    me = idx + OFF
+    pos = idx + OFF
+    if POS == 1:
+        v = idx // HALF_A
+        i = idx - v * HALF_A
+        me = v * HALF_B + OFF + i
+        pos = (1 - v) * HALF_B + OFF + i
+    return me, pos
 
 
 @triton.jit
-def _logits(s, rows, cols, pos, col_ok, inv_t,
+def _masks(rows, cols, HALF_A, HALF_B, OFF, POS: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """(is_self, is_pos) of a tile: rows are anchors and cols keys, or the reverse (TRANSPOSED)."""
+    if TRANSPOSED:
+        me, pos = _partners(cols, HALF_A, HALF_B, OFF, POS)
+        is_self = rows[:, None] == me[None, :]
+        is_pos = rows[:, None] == pos[None, :]
+    else:
+        me, pos = _partners(rows, HALF_A, HALF_B, OFF, POS)
+        is_self = cols[None, :] == me[:, None]
+        is_pos = cols[None, :] == pos[:, None]
+    return is_self, is_pos
+
+
+@triton.jit
+def _logits(s, is_self, is_pos, col_ok, inv_t,
             SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr, TRANSFORM: tl.constexpr):
     """Masked logits of SPEC §4: t(dot)/temperature, positive raw (or removed), self and padding −inf."""
     if TRANSFORM == 1:
@@ -97,14 +129,13 @@ def _logits(s, rows, cols, pos, col_ok, inv_t,
         t = s * s
     else:
         t = s
-    is_pos = cols[None, :] == pos[:, None]
     if POS != 0:
         if TRANSFORM != 0:
             t = tl.where(is_pos, s, t)  # the positive's own term stays s_{a,p(a)}
     logit = t * inv_t
     dead = col_ok[None, :] == 0
     if SELF:
-        dead = dead | (cols[None, :] == rows[:, None])
+        dead = dead | is_self
     if POS != 0:
         if DROP_POS:
             dead = dead | is_pos
@@ -113,17 +144,17 @@ def _logits(s, rows, cols, pos, col_ok, inv_t,
 
 @triton.jit
 def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
-                    M, MB, K, HALF, inv_t,
+                    M, MB, K, HALF_A, HALF_B, OFF, inv_t,
                     s_am, s_ak, s_bm, s_bk,
                     SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr,
                     TRANSFORM: tl.constexpr, SCALE_ROWS: tl.constexpr,
                     ACC: tl.constexpr, IP: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """lse and term of anchors (rows of A) against keys (rows of B)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     rows64 = rows.to(tl.int64)
-    pos = _positive_col(rows, HALF, POS)
     if SCALE_ROWS:
         ra = tl.load(ra_ptr + rows, mask=row_ok, other=0.0).to(ACC)
     else:
@@ -142,12 +173,13 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
             rb = 0.0
         s = _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols.to(tl.int64), col_ok, K,
                       s_am, s_ak, s_bm, s_bk, ra, rb, SCALE_ROWS, ACC, IP, BLOCK_M, BLOCK_N, BLOCK_K)
-        logit = _logits(s, rows, cols, pos, col_ok, inv_t, SELF, POS, DROP_POS, TRANSFORM)
+        is_self, is_pos = _masks(rows, cols, HALF_A, HALF_B, OFF, POS, False)
+        logit = _logits(s, is_self, is_pos, col_ok, inv_t, SELF, POS, DROP_POS, TRANSFORM)
         m_new = tl.maximum(m_i, tl.max(logit, axis=1))
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logit - m_new[:, None]), axis=1)
         m_i = m_new
         if POS != 0:
-            p_i += tl.sum(tl.where(cols[None, :] == pos[:, None], s, 0.0), axis=1)
+            p_i += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
     lse = m_i + tl.log(l_i)
     tl.store(lse_ptr + rows, lse, mask=row_ok)
     if POS != 0:
@@ -158,14 +190,20 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
 
 @triton.jit
 def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb_ptr, gb_ptr, out_ptr,
-                    M, MB, K, HALF, inv_t,
+                    M, MB, K, HALF_A, HALF_B, OFF, inv_t,
                     s_am, s_ak, s_bm, s_bk, s_om, s_ok,
                     SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr,
                     TRANSFORM: tl.constexpr, SCALE_ROWS: tl.constexpr,
+                    ROW_SIDE: tl.constexpr, COL_SIDE: tl.constexpr, TRANSPOSED: tl.constexpr,
                     ACC: tl.constexpr, IP: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_D: tl.constexpr):
-    """dA[rows, d-chunk] for one (row block, column chunk of A) program; see the module docstring."""
+    """dA[rows, d-chunk] for one (row block, column chunk of A) program; see the module docstring.
+
+    ROW_SIDE: the rows of A have loss terms (lse_a, g_a); COL_SIDE: the rows of B do (lse_b, g_b).
+    Both for the symmetric matrix of one process and InfoNCE's cross matrix; with W ranks the
+    anchors' pass has only ROW_SIDE and the keys' pass (TRANSPOSED: rows are keys) only COL_SIDE.
+    """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -174,9 +212,11 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb
     ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = ds < K
     ds64 = ds.to(tl.int64)
-    pos = _positive_col(rows, HALF, POS)
-    lse_a = tl.load(lsea_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    g_a = tl.load(ga_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    if ROW_SIDE:
+        lse_a = tl.load(lsea_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        g_a = tl.load(ga_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    else:
+        g_a = tl.zeros((BLOCK_M,), dtype=ACC)
     if SCALE_ROWS:
         ra = tl.load(ra_ptr + rows, mask=row_ok, other=0.0).to(ACC)
     else:
@@ -193,11 +233,17 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb
             rb = 0.0
         s = _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K,
                       s_am, s_ak, s_bm, s_bk, ra, rb, SCALE_ROWS, ACC, IP, BLOCK_M, BLOCK_N, BLOCK_K)
-        logit = _logits(s, rows, cols, pos, col_ok, inv_t, SELF, POS, DROP_POS, TRANSFORM)
-        lse_b = tl.load(lseb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-        g_b = tl.load(gb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-        w = g_a[:, None] * tl.exp(logit - lse_a[:, None]) + g_b[None, :] * tl.exp(logit - lse_b[None, :])
-        is_pos = cols[None, :] == pos[:, None]
+        is_self, is_pos = _masks(rows, cols, HALF_A, HALF_B, OFF, POS, TRANSPOSED)
+        logit = _logits(s, is_self, is_pos, col_ok, inv_t, SELF, POS, DROP_POS, TRANSFORM)
+        w = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        if ROW_SIDE:
+            w += g_a[:, None] * tl.exp(logit - lse_a[:, None])
+        if COL_SIDE:
+            lse_b = tl.load(lseb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+            g_b = tl.load(gb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+            w += g_b[None, :] * tl.exp(logit - lse_b[None, :])
+        else:
+            g_b = tl.zeros((BLOCK_N,), dtype=ACC)
         # chain rule through the transform of negatives (d|s| = sign(s) ds, d s² = 2s ds)
         if TRANSFORM == 1:
             c = tl.where(s > 0, w, tl.where(s < 0, -w, 0.0))
@@ -248,39 +294,54 @@ def _row_scales(u: Tensor) -> Tuple[Tensor, Tensor]:
     return 1.0 / norm.clamp_min(L2_EPS), (norm > L2_EPS).to(norm.dtype)
 
 
-def _lse_fwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], inv_t: float, half: int,
-             self_mask: bool, pos: int, drop_positive: bool, transform: int) -> Tuple[Tensor, Tensor]:
+# The masks of one problem: (half_a, half_b, off, self_mask, pos, drop_positive, transform); see
+# _partners for the first three.
+Masks = Tuple[int, int, int, bool, int, bool, int]
+
+
+def _acc_tl(dtype: torch.dtype):
+    return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
+
+
+def _lse_fwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], inv_t: float,
+             masks: Masks) -> Tuple[Tensor, Tensor]:
+    """(terms, lse) of the anchors (rows of a) against the keys (rows of b)."""
+    half_a, half_b, off, self_mask, pos, drop_positive, transform = masks
     m, k = a.shape
-    acc = acc_dtype(a.dtype)
-    lse = torch.empty(m, device=a.device, dtype=acc)
-    terms = torch.empty(m, device=a.device, dtype=acc)
+    lse = torch.empty(m, device=a.device, dtype=acc_dtype(a.dtype))
+    terms = torch.empty_like(lse)
     bm, bn, bk, _, warps = _blocks(m, k)
     scale = ra is not None
     _lse_fwd_kernel[(triton.cdiv(m, bm),)](
         a, b, ra if scale else lse, rb if scale else lse, lse, terms,
-        m, b.shape[0], k, half, inv_t,
+        m, b.shape[0], k, half_a, half_b, off, inv_t,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1),
         SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, IP=input_precision(a.dtype),
+        ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return terms, lse
 
 
-def _lse_bwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], keep: Optional[Tensor],
-             lse_a: Tensor, g_a: Tensor, lse_b: Tensor, g_b: Tensor, inv_t: float, half: int,
-             self_mask: bool, pos: int, drop_positive: bool, transform: int) -> Tensor:
+def _lse_bwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], keep_a: Optional[Tensor],
+             lse_a: Optional[Tensor], g_a: Optional[Tensor], lse_b: Optional[Tensor], g_b: Optional[Tensor],
+             inv_t: float, masks: Masks, transposed: bool = False) -> Tensor:
+    """∂L/∂(rows of a): (lse_a, g_a) are the rows' own loss terms (None: they have none), (lse_b,
+    g_b) the columns' (None: none). ``transposed``: a holds the keys and b the anchors."""
+    half_a, half_b, off, self_mask, pos, drop_positive, transform = masks
     m, k = a.shape
-    acc = acc_dtype(a.dtype)
     out = torch.empty_like(a)
     bm, bn, bk, bd, warps = _blocks(m, k)
     scale = ra is not None
+    dummy = next(t for t in (lse_a, lse_b) if t is not None)
     _lse_bwd_kernel[(triton.cdiv(m, bm), triton.cdiv(k, bd))](
-        a, b, ra if scale else lse_a, rb if scale else lse_a, keep if scale else lse_a,
-        lse_a, g_a, lse_b, g_b, out,
-        m, b.shape[0], k, half, inv_t,
+        a, b, ra if scale else dummy, rb if scale else dummy, keep_a if scale else dummy,
+        dummy if lse_a is None else lse_a, dummy if g_a is None else g_a,
+        dummy if lse_b is None else lse_b, dummy if g_b is None else g_b, out,
+        m, b.shape[0], k, half_a, half_b, off, inv_t,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, IP=input_precision(a.dtype),
+        ROW_SIDE=lse_a is not None, COL_SIDE=lse_b is not None, TRANSPOSED=transposed,
+        ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, num_warps=warps)
     return out
 
@@ -305,8 +366,8 @@ def gram_lse_fwd(u: Tensor, temperature: float, normalize: bool, half: int, self
     else:
         rinv, keep = (u.new_empty((0,), dtype=acc_dtype(u.dtype)) for _ in range(2))  # no aliased outputs
     r = rinv if normalize else None
-    terms, lse = _lse_fwd(u, u, r, r, 1.0 / temperature, half, self_mask,
-                          _POS_PAIR if half > 0 else _NO_POS, drop_positive, transform)
+    masks = (half, half, 0, self_mask, _POS_PAIR if half > 0 else _NO_POS, drop_positive, transform)
+    terms, lse = _lse_fwd(u, u, r, r, 1.0 / temperature, masks)
     return terms, lse, rinv, keep
 
 
@@ -324,9 +385,10 @@ def gram_lse_bwd(u: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms:
                  temperature: float, normalize: bool, half: int, self_mask: bool,
                  drop_positive: bool, transform: int) -> Tensor:
     r = rinv if normalize else None
+    masks = (half, half, 0, self_mask, _POS_PAIR if half > 0 else _NO_POS, drop_positive, transform)
+    # the matrix is symmetric: one pass over the rows gives both sides' contributions
     return _lse_bwd(u, u, r, r, keep if normalize else None, lse, grad_terms, lse, grad_terms,
-                    1.0 / temperature, half, self_mask, _POS_PAIR if half > 0 else _NO_POS,
-                    drop_positive, transform)
+                    1.0 / temperature, masks)
 
 
 @gram_lse_bwd.register_fake
@@ -360,8 +422,8 @@ def cross_lse_fwd(u1: Tensor, u2: Tensor, temperature: float) -> Tuple[Tensor, T
     r1, k1 = _row_scales(u1)
     r2, k2 = _row_scales(u2)
     inv_t = 1.0 / temperature
-    t_rows, lse_rows = _lse_fwd(u1, u2, r1, r2, inv_t, 0, False, _POS_DIAG, False, 0)
-    t_cols, lse_cols = _lse_fwd(u2, u1, r2, r1, inv_t, 0, False, _POS_DIAG, False, 0)
+    t_rows, lse_rows = _lse_fwd(u1, u2, r1, r2, inv_t, _DIAG)
+    t_cols, lse_cols = _lse_fwd(u2, u1, r2, r1, inv_t, _DIAG)
     return (torch.cat([t_rows, t_cols]), torch.cat([lse_rows, lse_cols]),
             torch.cat([r1, r2]), torch.cat([k1, k2]))
 
@@ -380,8 +442,8 @@ def cross_lse_bwd(u1: Tensor, u2: Tensor, rinv: Tensor, keep: Tensor, lse: Tenso
     r1, r2, k1, k2 = rinv[:n], rinv[n:], keep[:n], keep[n:]
     l1, l2, g1, g2 = lse[:n], lse[n:], grad_terms[:n], grad_terms[n:]
     inv_t = 1.0 / temperature
-    du1 = _lse_bwd(u1, u2, r1, r2, k1, l1, g1, l2, g2, inv_t, 0, False, _POS_DIAG, False, 0)
-    du2 = _lse_bwd(u2, u1, r2, r1, k2, l2, g2, l1, g1, inv_t, 0, False, _POS_DIAG, False, 0)
+    du1 = _lse_bwd(u1, u2, r1, r2, k1, l1, g1, l2, g2, inv_t, _DIAG)
+    du2 = _lse_bwd(u2, u1, r2, r1, k2, l2, g2, l1, g1, inv_t, _DIAG)
     return du1, du2
 
 
@@ -405,6 +467,77 @@ def _cross_lse_backward(ctx, g_terms, g_lse, g_rinv, g_keep):
 
 
 cross_lse_fwd.register_autograd(_cross_lse_backward, setup_context=_cross_lse_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# anchor_lse: this rank's anchors against the keys of all ranks (SPEC §5, gather_distributed=True)
+
+
+@torch.library.custom_op("duality_kernels::anchor_lse_fwd", mutates_args=())
+def anchor_lse_fwd(anchors: Tensor, keys: Tensor, temperature: float, normalize: bool, half_a: int,
+                   half_b: int, off: int, self_mask: bool, pos: int, drop_positive: bool,
+                   transform: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    acc = acc_dtype(anchors.dtype)
+    if normalize:
+        ra, ka = _row_scales(anchors)
+        rb, kb = _row_scales(keys)
+    else:
+        ra, ka, rb, kb = (anchors.new_empty((0,), dtype=acc) for _ in range(4))
+    masks = (half_a, half_b, off, self_mask, pos, drop_positive, transform)
+    terms, lse = _lse_fwd(anchors, keys, ra if normalize else None, rb if normalize else None,
+                          1.0 / temperature, masks)
+    return terms, lse, ra, ka, rb, kb
+
+
+@anchor_lse_fwd.register_fake
+def _(anchors, keys, temperature, normalize, half_a, half_b, off, self_mask, pos, drop_positive, transform):
+    acc = acc_dtype(anchors.dtype)
+    m, mb = anchors.shape[0], keys.shape[0]
+    ra = m if normalize else 0
+    rb = mb if normalize else 0
+    return (anchors.new_empty((m,), dtype=acc), anchors.new_empty((m,), dtype=acc),
+            anchors.new_empty((ra,), dtype=acc), anchors.new_empty((ra,), dtype=acc),
+            anchors.new_empty((rb,), dtype=acc), anchors.new_empty((rb,), dtype=acc))
+
+
+@torch.library.custom_op("duality_kernels::anchor_lse_bwd", mutates_args=())
+def anchor_lse_bwd(anchors: Tensor, keys: Tensor, ra: Tensor, ka: Tensor, rb: Tensor, kb: Tensor,
+                   lse: Tensor, grad_terms: Tensor, temperature: float, normalize: bool, half_a: int,
+                   half_b: int, off: int, self_mask: bool, pos: int, drop_positive: bool,
+                   transform: int) -> Tuple[Tensor, Tensor]:
+    masks = (half_a, half_b, off, self_mask, pos, drop_positive, transform)
+    inv_t = 1.0 / temperature
+    ra_, rb_ = (ra, rb) if normalize else (None, None)
+    # only the anchors have loss terms here: the anchors' pass uses their row softmax, the keys'
+    # pass (keys as rows, TRANSPOSED masks) the anchors' softmax read column-wise
+    d_anchors = _lse_bwd(anchors, keys, ra_, rb_, ka if normalize else None, lse, grad_terms, None, None,
+                         inv_t, masks)
+    d_keys = _lse_bwd(keys, anchors, rb_, ra_, kb if normalize else None, None, None, lse, grad_terms,
+                      inv_t, masks, transposed=True)
+    return d_anchors, d_keys
+
+
+@anchor_lse_bwd.register_fake
+def _(anchors, keys, ra, ka, rb, kb, lse, grad_terms, temperature, normalize, half_a, half_b, off,
+      self_mask, pos, drop_positive, transform):
+    return torch.empty_like(anchors), torch.empty_like(keys)
+
+
+def _anchor_lse_setup(ctx, inputs, output):
+    anchors, keys, *args = inputs
+    _, lse, ra, ka, rb, kb = output
+    ctx.save_for_backward(anchors, keys, ra, ka, rb, kb, lse)
+    ctx.args = tuple(args)
+    ctx.mark_non_differentiable(lse, ra, ka, rb, kb)
+
+
+def _anchor_lse_backward(ctx, g_terms, *unused):
+    anchors, keys, ra, ka, rb, kb, lse = ctx.saved_tensors
+    d_anchors, d_keys = anchor_lse_bwd(anchors, keys, ra, ka, rb, kb, lse, _grad_vector(g_terms, lse), *ctx.args)
+    return (d_anchors, d_keys) + (None,) * len(ctx.args)
+
+
+anchor_lse_fwd.register_autograd(_anchor_lse_backward, setup_context=_anchor_lse_setup)
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,23 +569,43 @@ def _stacked_views(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor, 
     return torch.cat([x / torch.linalg.vector_norm(x, dim=0).clamp_min(L2_EPS) * scale for x in xs]), False
 
 
+def _pair_terms(z1, z2, temperature, similarity, normalization, drop_positive, ctx):
+    """Per-anchor NT-Xent (drop_positive=False) / DCL (True) terms of this process's 2N anchors."""
+    transform = TRANSFORMS[similarity]
+    if ctx is None or not ctx.active:
+        u, normalize = _stacked_views(z1, z2, normalization)
+        return gram_lse_fwd(u.contiguous(), temperature, normalize, z1.shape[0], True, drop_positive,
+                            transform)[0]
+    # SPEC §5: own anchors against the 2·W·N rows of all ranks (normalized with global statistics)
+    n = z1.shape[0]
+    keys, normalize = _stacked_views(ctx.gather(z1), ctx.gather(z2), normalization)
+    m = keys.shape[0] // 2
+    lo = ctx.rank * n
+    anchors = torch.cat([keys[lo:lo + n], keys[m + lo:m + lo + n]])
+    return anchor_lse_fwd(anchors, keys.contiguous(), temperature, normalize, n, m, lo, True, _POS_PAIR,
+                          drop_positive, transform)[0]
+
+
 def ntxent(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str,
-           reduction: str) -> Tensor:
-    u, normalize = _stacked_views(z1, z2, normalization)
-    terms = gram_lse_fwd(u.contiguous(), temperature, normalize, z1.shape[0], True, False,
-                         TRANSFORMS[similarity])[0]
-    return _reduce(terms, reduction)
+           reduction: str, ctx=None) -> Tensor:
+    return _reduce(_pair_terms(z1, z2, temperature, similarity, normalization, False, ctx), reduction)
 
 
-def dcl(z1: Tensor, z2: Tensor, temperature: float, similarity: str, reduction: str) -> Tensor:
-    u = torch.cat([z1, z2]).contiguous()
-    terms = gram_lse_fwd(u, temperature, True, z1.shape[0], True, True, TRANSFORMS[similarity])[0]
-    return _reduce(terms, reduction)
+def dcl(z1: Tensor, z2: Tensor, temperature: float, similarity: str, reduction: str, ctx=None) -> Tensor:
+    return _reduce(_pair_terms(z1, z2, temperature, similarity, "l2", True, ctx), reduction)
 
 
-def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str) -> Tensor:
-    terms = cross_lse_fwd(z1.contiguous(), z2.contiguous(), temperature)[0]
-    return _reduce(terms, reduction)
+def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx=None) -> Tensor:
+    if ctx is None or not ctx.active:
+        terms = cross_lse_fwd(z1.contiguous(), z2.contiguous(), temperature)[0]
+        return _reduce(terms, reduction)
+    # SPEC §5: this rank's rows of S (its z1 against all z2), then its rows of Sᵀ
+    n = z1.shape[0]
+    k1, k2 = ctx.gather(z1).contiguous(), ctx.gather(z2).contiguous()
+    lo = ctx.rank * n
+    rows = anchor_lse_fwd(z1.contiguous(), k2, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
+    cols = anchor_lse_fwd(z2.contiguous(), k1, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
+    return _reduce(torch.cat([rows, cols]), reduction)
 
 
 def _variance_hinge(var: Tensor, gamma: float, eps: float) -> Tensor:
