@@ -143,8 +143,22 @@ def lse_scenarios(everything: bool):
         _backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 3)),
         _backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 1030)),
     ]
+    out += [_backward(lambda a, b: lse.ntxent(a, b, 0.1, "dot", "l2", "mean", _TwoRanks(a, b)), bf16),
+            _backward(lambda a, b: lse.infonce(a, b, 0.1, "mean", _TwoRanks(a, b)), bf16)]
     fp32_runs = [_backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp32)]
     return out, fp32_runs
+
+
+class _TwoRanks:
+    """Rank 1 of 2 for the gathered (anchor_lse) kernels: the "other rank" rows are a copy."""
+
+    active, rank, world = True, 1, 2
+
+    def __init__(self, a, b):
+        self._g = {id(a): torch.cat([a.detach(), a]), id(b): torch.cat([b.detach(), b])}
+
+    def gather(self, x):
+        return self._g[id(x)]
 
 
 def main(argv=None) -> int:
