@@ -28,7 +28,12 @@ ENV_VAR = "DUALITY_KERNELS_BACKEND"
 
 # Which ops each compiled backend implements. The torch reference implements all of them.
 _IMPLEMENTED = {
-    "triton": frozenset({"ntxent_loss", "dcl_loss", "infonce_loss", "vicreg_exp_loss", "vicreg_ctr_loss"}),
+    "triton": frozenset({
+        "normalized_gram", "covariance", "cross_correlation", "sample_contrastive_criterion",
+        "dimension_contrastive_criterion", "duality_terms", "vicreg_loss", "barlow_twins_loss",
+        "spectral_contrastive_loss",  # ops/triton/gram.py
+        "ntxent_loss", "dcl_loss", "infonce_loss", "vicreg_exp_loss", "vicreg_ctr_loss",  # ops/triton/lse.py
+    }),
     "cuda": frozenset({"covariance", "cross_correlation", "vicreg_loss", "barlow_twins_loss"}),
 }
 

@@ -57,6 +57,15 @@ def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
     return lse
 
 
+def _triton_gram(op: str, ctx: Optional[_dist.Context] = None):
+    """The Triton Gram-family module (one process's batch only, SPEC §5 stays with torch)."""
+    if ctx is not None:
+        _backend.require_single_process("triton", op, ctx)
+    from .ops.triton import gram
+
+    return gram
+
+
 def _out(loss: Tensor, terms: dict, return_terms: bool):
     return (loss, terms) if return_terms else loss
 
@@ -75,7 +84,8 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "
         V.check_tensor(z1, "z1")
     else:
         V.check_pair(z1, z2)
-    _backend.resolve(backend, "normalized_gram", z1)
+    if _backend.resolve(backend, "normalized_gram", z1) == "triton":
+        return _triton_gram("normalized_gram").normalized_gram(z1, z2)
     return R.normalized_gram(z1, z2)
 
 
@@ -91,6 +101,8 @@ def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tens
             f"z needs more than correction={correction} rows for a covariance, got N={z.shape[0]}"
         )
     be = _backend.resolve(backend, "covariance", z)
+    if be == "triton":
+        return _triton_gram("covariance").covariance(z, correction)
     return R.covariance(z, correction, _column_stats(be))
 
 
@@ -99,6 +111,8 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, *, backend: str
     V.check_pair(z1, z2, min_rows=2, what="a batch variance needs two rows")
     eps = V.check_nonnegative(eps, "eps")
     be = _backend.resolve(backend, "cross_correlation", z1)
+    if be == "triton":
+        return _triton_gram("cross_correlation").cross_correlation(z1, z2, eps)
     return R.cross_correlation(z1, z2, eps, _column_stats(be))
 
 
@@ -106,28 +120,34 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, *, backend: str
 # §2 criteria
 
 
-def _criterion_args(z, side, backend, op) -> str:
+def _criterion_args(z, side, backend, op) -> Tuple[str, str]:
     V.check_tensor(z, "z")
     side = V.check_side(side)
-    _backend.resolve(backend, op, z)
-    return _cost.resolve_side(side, *z.shape)
+    be = _backend.resolve(backend, op, z)
+    return _cost.resolve_side(side, *z.shape), be
 
 
 def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_c = Σ_{i≠j} (z zᵀ)_ij² (paper eq. for sample-contrastive methods; SPEC §2)."""
-    s = _criterion_args(z, side, backend, "sample_contrastive_criterion")
+    s, be = _criterion_args(z, side, backend, "sample_contrastive_criterion")
+    if be == "triton":
+        return _triton_gram("sample_contrastive_criterion").duality_terms(z, s)[0]
     return R.sample_contrastive_criterion(z, s)
 
 
 def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_nc = Σ_{k≠l} (zᵀ z)_kl² (SPEC §2)."""
-    s = _criterion_args(z, side, backend, "dimension_contrastive_criterion")
+    s, be = _criterion_args(z, side, backend, "dimension_contrastive_criterion")
+    if be == "triton":
+        return _triton_gram("dimension_contrastive_criterion").duality_terms(z, s)[1]
     return R.dimension_contrastive_criterion(z, s)
 
 
 def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram; L_nc + Σ_k = L_c + Σ_i (paper Thm 3.3)."""
-    s = _criterion_args(z, side, backend, "duality_terms")
+    s, be = _criterion_args(z, side, backend, "duality_terms")
+    if be == "triton":
+        return tuple(_triton_gram("duality_terms").duality_terms(z, s))
     return R.duality_terms(z, s)
 
 
@@ -162,6 +182,8 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     ctx = _ctx("vicreg_loss", gather_distributed, z1)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
+    if be == "triton":
+        return _out(*_triton_gram("vicreg_loss", ctx).vicreg(z1, z2, *w, side), return_terms)
     loss, terms = R.vicreg(z1, z2, *w, side=side, stats=_column_stats(be), ctx=ctx,
                            strategy=_dist.strategy(ctx, n, d))
     return _out(loss, terms, return_terms)
@@ -226,6 +248,8 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
     ctx = _ctx("barlow_twins_loss", gather_distributed, z1)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
+    if be == "triton":
+        return _out(*_triton_gram("barlow_twins_loss", ctx).barlow_twins(z1, z2, lam, eps, side), return_terms)
     loss, terms = R.barlow_twins(z1, z2, lam, eps, side, _column_stats(be), ctx=ctx,
                                  strategy=_dist.strategy(ctx, n, d))
     return _out(loss, terms, return_terms)
@@ -289,9 +313,11 @@ def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: 
     mu = V.check_positive(mu, "mu")
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
-    _backend.resolve(backend, "spectral_contrastive_loss", z1)
+    be = _backend.resolve(backend, "spectral_contrastive_loss", z1)
     ctx = _ctx("spectral_contrastive_loss", gather_distributed, z1)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
+    if be == "triton":
+        return _out(*_triton_gram("spectral_contrastive_loss", ctx).spectral(z1, z2, mu, side), return_terms)
     loss, terms = R.spectral(z1, z2, mu, side, ctx=ctx)
     return _out(loss, terms, return_terms)

@@ -33,7 +33,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 import duality_kernels as dk  # noqa: E402
 from duality_kernels.ops.triton import _common  # noqa: E402
-from duality_kernels.ops.triton import lse  # noqa: E402
+from duality_kernels.ops.triton import gram, lse  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)  # H200 (sm_90), warp size 32
 TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -42,13 +42,17 @@ TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "
 class Recorder:
     """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kwargs)`` records the launch."""
 
-    def __init__(self, module, name, launches):
-        self.module, self.name, self.launches = module, name, launches
+    def __init__(self, module, name, launches, fn):
+        self.module, self.name, self.launches, self.fn = module, name, launches, fn
 
     def __getitem__(self, grid):
         def launch(*args, num_warps=4, num_stages=None, **constexprs):
+            params = [p for p in self.fn.params if p.name not in constexprs]
             types = []
-            for a in args:
+            for p, a in zip(params, args):
+                if p.annotation and p.annotation != "constexpr":  # e.g. "fp64" (tl.float64)
+                    types.append(p.annotation)
+                    continue
                 if isinstance(a, torch.Tensor):
                     types.append("*" + TRITON_DTYPES[a.dtype])
                 elif isinstance(a, bool):
@@ -74,7 +78,7 @@ def record(modules, scenarios):
             obj = getattr(mod, name)
             if isinstance(obj, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
                 originals.append((mod, name, obj))
-                setattr(mod, name, Recorder(mod.__name__, name, launches))
+                setattr(mod, name, Recorder(mod.__name__, name, launches, obj))
     device_problem = _common.device_problem
     _common.device_problem = lambda z: ""  # accept CPU tensors; block sizes stay the GPU's
     try:
@@ -161,6 +165,37 @@ class _TwoRanks:
         return self._g[id(x)]
 
 
+def gram_scenarios(everything: bool):
+    """The Gram family through the public functions: both sides, every primitive, bf16 and fp16
+    (and float64, which the GPU runs with its own 32-wide tiles); fp32 runs come separately."""
+    def all_of(dtype, shape=(40, 70)):
+        def run():
+            z1, z2 = (torch.randn(*shape).to(dtype).requires_grad_() for _ in range(2))
+            outs = []
+            for side in ("sample", "dimension"):
+                outs += [dk.vicreg_loss(z1, z2, side=side, backend="triton"),
+                         dk.barlow_twins_loss(z1, z2, side=side, backend="triton"),
+                         dk.spectral_contrastive_loss(z1, z2, side=side, backend="triton"),
+                         *dk.duality_terms(z1, side=side, backend="triton")]
+            outs += [dk.covariance(z1, backend="triton").sum(), dk.cross_correlation(z1, z2, backend="triton").sum(),
+                     dk.normalized_gram(z1, backend="triton").sum(), dk.normalized_gram(z1, z2, backend="triton").sum()]
+            sum(o.float() for o in outs).backward()
+        return run
+
+    def vicreg_only(dtype):  # fp16 takes bf16's code paths: one loss per side is enough
+        def run():
+            z1, z2 = (torch.randn(40, 70).to(dtype).requires_grad_() for _ in range(2))
+            sum(dk.vicreg_loss(z1, z2, side=s, backend="triton") for s in ("sample", "dimension")).backward()
+        return run
+
+    runs = [all_of(torch.bfloat16), vicreg_only(torch.float16), all_of(torch.float64)]
+    if everything:
+        runs.append(all_of(torch.float16))
+    if everything:
+        runs.append(all_of(torch.bfloat16, (300, 1030)))
+    return runs, [all_of(torch.float32)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--all", action="store_true", help="every loss mode, not one launch per kernel feature")
@@ -168,9 +203,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     launches = {}
     runs, fp32_runs = lse_scenarios(args.all)
+    g_runs, g_fp32_runs = gram_scenarios(args.all)
+    runs, fp32_runs = runs + g_runs, fp32_runs + g_fp32_runs
     for precision in ("highest", "high"):  # fp32: IEEE and TF32 dots
         torch.set_float32_matmul_precision(precision)
-        launches.update(record([lse], (runs if precision == "highest" else []) + fp32_runs))
+        launches.update(record([lse, gram], (runs if precision == "highest" else []) + fp32_runs))
     print(f"{len(launches)} kernel variants to compile for {TARGET}, {args.jobs} processes")
     t0 = time.time()
     failures = 0

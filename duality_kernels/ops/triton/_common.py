@@ -8,6 +8,7 @@ without a GPU (DESIGN convention 10).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -50,6 +51,11 @@ def device_problem(z: torch.Tensor) -> str:
             "(CPU tensors run only under the Triton interpreter, TRITON_INTERPRET=1)")
 
 
+def device_guard(z: torch.Tensor):
+    """Triton launches on the current CUDA device: make it z's (multi-GPU processes)."""
+    return torch.cuda.device(z.device) if z.device.type == "cuda" else contextlib.nullcontext()
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """SPEC notation: reductions in float32, float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -75,3 +81,14 @@ def dot_block(n: int, cap: int = 64) -> int:
     while b < n and b < cap:
         b *= 2
     return b
+
+
+if triton is not None:
+
+    @triton.jit
+    def scalar(s, ACC: tl.constexpr):
+        """A float64 kernel argument (annotated ``tl.float64``) as an ACC scalar. A plain Python
+        float argument is passed as float32, which costs float64 inputs ~1e-8 relative accuracy;
+        under the interpreter the argument stays a Python float, where ``tl.cast`` would round it
+        through float32 first, hence the sum."""
+        return tl.sum(tl.zeros((1,), ACC) + s, axis=0).to(ACC)

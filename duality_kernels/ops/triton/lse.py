@@ -51,7 +51,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._common import acc_dtype, dot_block, input_precision, interpreting, tl, triton
+from ._common import acc_dtype, device_guard, dot_block, input_precision, interpreting, scalar, tl, triton
 
 Tensor = torch.Tensor
 
@@ -82,7 +82,7 @@ def _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K, s_am, s_ak, s_bm,
         if SCALE_ROWS:
             a = (a * ra[:, None]).to(a.dtype)
             b = (b * rb[None, :]).to(b.dtype)
-        s = tl.dot(a, b, s, input_precision=IP)
+        s = tl.dot(a, b, s, input_precision=IP, out_dtype=ACC)  # triton 3.6: fp64 needs out_dtype
     return s
 
 
@@ -144,7 +144,7 @@ def _logits(s, is_self, is_pos, col_ok, inv_t,
 
 @triton.jit
 def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
-                    M, MB, K, HALF_A, HALF_B, OFF, inv_t,
+                    M, MB, K, HALF_A, HALF_B, OFF, inv_t: tl.float64,
                     s_am, s_ak, s_bm, s_bk,
                     SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr,
                     TRANSFORM: tl.constexpr, SCALE_ROWS: tl.constexpr,
@@ -152,6 +152,7 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """lse and term of anchors (rows of A) against keys (rows of B)."""
     pid = tl.program_id(0)
+    inv_t = scalar(inv_t, ACC)  # a float64 argument (see _common.scalar)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     rows64 = rows.to(tl.int64)
@@ -190,7 +191,7 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
 
 @triton.jit
 def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb_ptr, gb_ptr, out_ptr,
-                    M, MB, K, HALF_A, HALF_B, OFF, inv_t,
+                    M, MB, K, HALF_A, HALF_B, OFF, inv_t: tl.float64,
                     s_am, s_ak, s_bm, s_bk, s_om, s_ok,
                     SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr,
                     TRANSFORM: tl.constexpr, SCALE_ROWS: tl.constexpr,
@@ -206,6 +207,7 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb
     """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
+    inv_t = scalar(inv_t, ACC)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     rows64 = rows.to(tl.int64)
@@ -262,7 +264,7 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb
         if SCALE_ROWS:
             rowsum += tl.sum(c * s, axis=1)
             c = c * rb[None, :]
-        acc = tl.dot(c.to(b.dtype), b, acc, input_precision=IP)
+        acc = tl.dot(c.to(b.dtype), b, acc, input_precision=IP, out_dtype=ACC)
     if SCALE_ROWS:
         keep = tl.load(ka_ptr + rows, mask=row_ok, other=0.0).to(ACC)
         a = tl.load(a_ptr + rows64[:, None] * s_am + ds64[None, :] * s_ak,
@@ -312,13 +314,14 @@ def _lse_fwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], i
     terms = torch.empty_like(lse)
     bm, bn, bk, _, warps = _blocks(m, k)
     scale = ra is not None
-    _lse_fwd_kernel[(triton.cdiv(m, bm),)](
-        a, b, ra if scale else lse, rb if scale else lse, lse, terms,
-        m, b.shape[0], k, half_a, half_b, off, inv_t,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
-        ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    with device_guard(a):
+        _lse_fwd_kernel[(triton.cdiv(m, bm),)](
+            a, b, ra if scale else lse, rb if scale else lse, lse, terms,
+            m, b.shape[0], k, half_a, half_b, off, inv_t,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
+            ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return terms, lse
 
 
@@ -333,16 +336,17 @@ def _lse_bwd(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], k
     bm, bn, bk, bd, warps = _blocks(m, k)
     scale = ra is not None
     dummy = next(t for t in (lse_a, lse_b) if t is not None)
-    _lse_bwd_kernel[(triton.cdiv(m, bm), triton.cdiv(k, bd))](
-        a, b, ra if scale else dummy, rb if scale else dummy, keep_a if scale else dummy,
-        dummy if lse_a is None else lse_a, dummy if g_a is None else g_a,
-        dummy if lse_b is None else lse_b, dummy if g_b is None else g_b, out,
-        m, b.shape[0], k, half_a, half_b, off, inv_t,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
-        ROW_SIDE=lse_a is not None, COL_SIDE=lse_b is not None, TRANSPOSED=transposed,
-        ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, num_warps=warps)
+    with device_guard(a):
+        _lse_bwd_kernel[(triton.cdiv(m, bm), triton.cdiv(k, bd))](
+            a, b, ra if scale else dummy, rb if scale else dummy, keep_a if scale else dummy,
+            dummy if lse_a is None else lse_a, dummy if g_a is None else g_a,
+            dummy if lse_b is None else lse_b, dummy if g_b is None else g_b, out,
+            m, b.shape[0], k, half_a, half_b, off, inv_t,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+            SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, SCALE_ROWS=scale,
+            ROW_SIDE=lse_a is not None, COL_SIDE=lse_b is not None, TRANSPOSED=transposed,
+            ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, num_warps=warps)
     return out
 
 

@@ -1,0 +1,80 @@
+"""backend="triton" through the public functions: every function dispatches to its Triton op and
+agrees with backend="torch" (values, terms and gradients; float64, so agreement is to rounding).
+
+The kernels' accuracy over dtypes, shapes and modes is in test_triton_gram.py / test_triton_lse.py;
+this file checks the wiring in functional.py (arguments, side, return_terms, dispatch)."""
+
+import pytest
+import torch
+
+import duality_kernels as dk
+from duality_kernels import _backend
+
+ONE = [
+    ("covariance", lambda z, be: dk.covariance(z, 0, backend=be)),
+    ("normalized_gram", lambda z, be: dk.normalized_gram(z, backend=be)),
+    ("sample_contrastive_criterion", lambda z, be: dk.sample_contrastive_criterion(z, side="dimension", backend=be)),
+    ("dimension_contrastive_criterion", lambda z, be: dk.dimension_contrastive_criterion(z, side="sample", backend=be)),
+    ("duality_terms", lambda z, be: torch.stack(dk.duality_terms(z, backend=be))),
+]
+TWO = [
+    ("cross_correlation", lambda a, b, be: dk.cross_correlation(a, b, 1e-3, backend=be)),
+    ("normalized_gram", lambda a, b, be: dk.normalized_gram(a, b, backend=be)),
+    ("vicreg_loss", lambda a, b, be: dk.vicreg_loss(a, b, 2.0, 3.0, 4.0, 1.5, 1e-3, side="dimension",
+                                                    return_terms=True, backend=be)),
+    ("barlow_twins_loss", lambda a, b, be: dk.barlow_twins_loss(a, b, 0.2, 1e-3, side="sample",
+                                                                return_terms=True, backend=be)),
+    ("spectral_contrastive_loss", lambda a, b, be: dk.spectral_contrastive_loss(a, b, 9.0, return_terms=True,
+                                                                                backend=be)),
+    ("vicreg_exp_loss", lambda a, b, be: dk.vicreg_exp_loss(a, b, 2.0, 3.0, 4.0, 1.5, 1e-3, 0.3,
+                                                            return_terms=True, backend=be)),
+    ("vicreg_ctr_loss", lambda a, b, be: dk.vicreg_ctr_loss(a, b, 2.0, 3.0, 4.0, 1.5, 1e-3, 0.3,
+                                                            return_terms=True, backend=be)),
+    ("ntxent_loss", lambda a, b, be: dk.ntxent_loss(a, b, 0.4, "abs", "dim_std", "sum", backend=be)),
+    ("dcl_loss", lambda a, b, be: dk.dcl_loss(a, b, 0.4, "square", "none", backend=be)),
+    ("infonce_loss", lambda a, b, be: dk.infonce_loss(a, b, 0.4, "none", backend=be)),
+]
+
+
+def _flat(out):
+    if isinstance(out, tuple):  # (loss, terms)
+        return [out[0], *out[1].values()]
+    return [out]
+
+
+def _compare(fn, inputs):
+    results = []
+    for be in ("triton", "torch"):
+        xs = [x.clone().requires_grad_() for x in inputs]
+        outs = _flat(fn(*xs, be))
+        total = sum((o * (i + 1)).sum() for i, o in enumerate(outs))
+        results.append((outs, torch.autograd.grad(total, xs)))
+    (o_t, g_t), (o_r, g_r) = results
+    for a, b in zip(o_t + list(g_t), o_r + list(g_r)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_every_function_is_implemented():
+    assert _backend._IMPLEMENTED["triton"] == {name for name, _ in ONE + TWO}
+
+
+@pytest.mark.parametrize("name,fn", ONE, ids=[n for n, _ in ONE])
+def test_one_input(name, fn):
+    _compare(fn, [torch.randn(11, 19, dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("name,fn", TWO, ids=[n for n, _ in TWO])
+def test_two_inputs(name, fn):
+    g = torch.Generator().manual_seed(3)
+    _compare(fn, [torch.randn(13, 9, generator=g, dtype=torch.float64) for _ in range(2)])
+
+
+def test_gram_ops_refuse_a_process_group():
+    class TwoRanks:
+        active, world, rank = True, 2, 0
+
+    from duality_kernels import functional as F
+
+    for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss", "vicreg_exp_loss"):
+        with pytest.raises(dk.BackendUnavailableError, match=rf"{op} with gather_distributed=True"):
+            F._triton_gram(op, TwoRanks()) if op != "vicreg_exp_loss" else F._triton(op, TwoRanks())
