@@ -89,44 +89,56 @@ step "pip install -e . (install.log)" 300 - -- \
 step "import duality_kernels._C" 60 - -- \
     $PY -c "import duality_kernels, duality_kernels._C as C; print('ok:', C.__file__)"
 
-# 2. CUDA tests, one pytest process per test file in parallel: most of their time is Triton
-#    compiling kernel variants (single-threaded per process), and the machine has 16 cores.
-#    (rc 5 = no test collected in a file: reported, not a failure)
+# 2. CUDA tests in parallel shards: most of their time is Triton compiling kernel variants, one
+#    at a time per process, and the machine has 16 cores. The cuda-marked test ids are collected
+#    once and cut into GPU_CHECK_SHARDS contiguous chunks (neighbouring tests share kernel
+#    variants), each run by its own pytest process. (no test collected: reported, not a failure)
 left=$(remaining); lim=$((left - 10 < 240 ? left - 10 : 240))
-if ((lim < 20)); then
+SHARDS=${GPU_CHECK_SHARDS:-12}
+if ((lim < 30)); then
     echo "=== [skip] pytest -m cuda: only ${left}s left"
     NAMES+=("pytest -m cuda"); STATUS+=("SKIPPED (time)"); TIMES+=(0); FAILED=1
 else
-    echo "=== [$(date -u +%H:%M:%S)] pytest -m cuda, one process per file (timeout ${lim}s)"
+    echo "=== [$(date -u +%H:%M:%S)] pytest -m cuda in $SHARDS shards (timeout ${lim}s)"
     t=$SECONDS
-    FILES=(tests/test_*.py)
-    PIDS=()
-    for f in "${FILES[@]}"; do
-        b=$(basename "$f" .py)
-        timeout -k 15 "$lim" $PY -m pytest -m cuda -q -p no:cacheprovider "$f" \
-            --junitxml="$OUT/tmp_junit_$b.xml" >"$OUT/tmp_pytest_$b.log" 2>&1 &
-        PIDS+=($!)
-    done
+    $PY -m pytest -m cuda --collect-only -q -p no:cacheprovider 2>/dev/null | grep '::' >"$OUT/tmp_ids.txt" || true
+    total=$(wc -l <"$OUT/tmp_ids.txt")
+    echo "  $total cuda tests"
     st="ok"; npassed=0
-    for i in "${!PIDS[@]}"; do
-        rc=0; wait "${PIDS[$i]}" || rc=$?
-        b=$(basename "${FILES[$i]}" .py)
-        { echo "----- ${FILES[$i]} (rc $rc)"; cat "$OUT/tmp_pytest_$b.log"; } >>"$OUT/pytest_cuda.log"
-        tail -n 3 "$OUT/tmp_pytest_$b.log" | sed "s|^|  $b: |"
-        if grep -q " passed" "$OUT/tmp_pytest_$b.log"; then npassed=$((npassed + 1)); fi
-        case $rc in
-            0 | 5) ;;
-            124 | 137) st="TIMEOUT"; FAILED=1 ;;
-            *) [[ $st == ok ]] && st="FAIL (${FILES[$i]})"; FAILED=1 ;;
-        esac
-    done
-    # one junit file: the per-file ones concatenated inside a <testsuites> root
-    { echo '<?xml version="1.0" encoding="utf-8"?><testsuites>'
-      for x in "$OUT"/tmp_junit_*.xml; do [[ -s $x ]] && sed -e 's/<?xml[^>]*?>//' -e 's|<testsuites[^>]*>||g' -e 's|</testsuites>||g' "$x"; done
-      echo '</testsuites>'; } >"$OUT/pytest_cuda.xml"
-    rm -f "$OUT"/tmp_junit_*.xml "$OUT"/tmp_pytest_*.log
-    # every CUDA test skipped on the GPU machine means the GPU or the build went missing
-    if [[ $st == ok ]] && ((npassed == 0)); then st="ALL SKIPPED"; FAILED=1; fi
+    if ((total == 0)); then
+        st="no tests collected"
+    else
+        per=$(((total + SHARDS - 1) / SHARDS))
+        split -l "$per" -d -a 2 "$OUT/tmp_ids.txt" "$OUT/tmp_shard_"
+        PIDS=(); SHARD_FILES=("$OUT"/tmp_shard_*)
+        for f in "${SHARD_FILES[@]}"; do
+            b=$(basename "$f")
+            # xargs: one test id per line as one argument (ids may contain brackets and dashes)
+            timeout -k 15 "$((lim - 5))" xargs -a "$f" -d '\n' $PY -m pytest -q -p no:cacheprovider \
+                --junitxml="$OUT/tmp_junit_$b.xml" >"$OUT/tmp_log_$b.log" 2>&1 &
+            PIDS+=($!)
+        done
+        for i in "${!PIDS[@]}"; do
+            rc=0; wait "${PIDS[$i]}" || rc=$?
+            b=$(basename "${SHARD_FILES[$i]}")
+            { echo "----- shard $b (rc $rc)"; cat "$OUT/tmp_log_$b.log"; } >>"$OUT/pytest_cuda.log"
+            echo "  $b: $(tail -n 1 "$OUT/tmp_log_$b.log")"
+            if grep -q " passed" "$OUT/tmp_log_$b.log"; then npassed=$((npassed + 1)); fi
+            case $rc in
+                0) ;;
+                124 | 137) st="TIMEOUT"; FAILED=1 ;;
+                *) [[ $st == ok ]] && st="FAIL (rc $rc in shard $b)"; FAILED=1 ;;
+            esac
+        done
+        grep -h -E "^(FAILED|ERROR) " "$OUT"/tmp_log_*.log | sed 's/^/  /' || true
+        # one junit file: the shards' files concatenated inside a <testsuites> root
+        { echo '<?xml version="1.0" encoding="utf-8"?><testsuites>'
+          for x in "$OUT"/tmp_junit_*.xml; do [[ -s $x ]] && sed -e 's/<?xml[^>]*?>//' -e 's|<testsuites[^>]*>||g' -e 's|</testsuites>||g' "$x"; done
+          echo '</testsuites>'; } >"$OUT/pytest_cuda.xml"
+        # every CUDA test skipped on the GPU machine means the GPU or the build went missing
+        if [[ $st == ok ]] && ((npassed == 0)); then st="ALL SKIPPED"; FAILED=1; fi
+    fi
+    rm -f "$OUT"/tmp_ids.txt "$OUT"/tmp_shard_* "$OUT"/tmp_junit_*.xml "$OUT"/tmp_log_*.log
     NAMES+=("pytest -m cuda"); STATUS+=("$st"); TIMES+=($((SECONDS - t)))
     echo "=== pytest -m cuda: $st in $((SECONDS - t))s"
 fi
