@@ -145,6 +145,19 @@ def test_zero_row_and_nan_propagate_like_the_reference():
         assert torch.equal(torch.isnan(ours), torch.isnan(ref)), (ours, ref)
 
 
+def test_scales_on_the_dot_tile(monkeypatch):
+    """The bf16/fp16 placement of the l2 scales (on the fp32 dot tile, SCALE_ROWS=2), run here in
+    float32/float64 because the interpreter cannot run bf16."""
+    from duality_kernels.ops.triton import lse
+
+    monkeypatch.setattr(lse, "_LOAD_SCALE_DTYPES", ())
+    for dtype in DTYPES:
+        check_against_reference(_ntxent(0.3, "square", "center_l2", "none", "triton"),
+                                _ntxent(0.3, "square", "center_l2", "none", "torch"), (17, 33), dtype)
+        check_against_reference(lambda a, b: dk.infonce_loss(a, b, 0.3, "none", backend="triton"),
+                                lambda a, b: dk.infonce_loss(a, b, 0.3, "none", backend="torch"), (31, 70), dtype)
+
+
 def test_noncontiguous_inputs():
     z1 = torch.randn(40, 18)[:, ::2]
     z2 = torch.randn(9, 40).t()
