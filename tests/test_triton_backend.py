@@ -78,3 +78,14 @@ def test_gram_ops_refuse_a_process_group():
     for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss", "vicreg_exp_loss"):
         with pytest.raises(dk.BackendUnavailableError, match=rf"{op} with gather_distributed=True"):
             F._triton_gram(op, TwoRanks()) if op != "vicreg_exp_loss" else F._triton(op, TwoRanks())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter warns on NaN
+@pytest.mark.parametrize("name,fn", TWO, ids=[n for n, _ in TWO])
+def test_nan_and_inf_propagate_like_the_reference(name, fn):
+    """SPEC §6: NaN or Inf in the input propagates as in the reference; no kernel crashes."""
+    z1, z2 = torch.randn(9, 13, dtype=torch.float64), torch.randn(9, 13, dtype=torch.float64)
+    z1[2, 3] = float("nan")
+    z2[0, 0] = float("inf")
+    for a, b in zip(_flat(fn(z1, z2, "triton")), _flat(fn(z1, z2, "torch"))):
+        assert torch.equal(torch.isnan(a), torch.isnan(b)), name
