@@ -271,7 +271,8 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     be = _backend.resolve(backend, "ntxent_loss", z1)
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
     if be == "triton":
-        return _triton("ntxent_loss", ctx, True).ntxent(z1, z2, t, similarity, normalization, reduction, ctx)
+        terms = _triton("ntxent_loss", ctx, True).ntxent_terms(z1, z2, t, similarity, normalization, ctx)
+        return R.reduce_terms(terms, reduction)
     return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
@@ -285,7 +286,7 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     be = _backend.resolve(backend, "dcl_loss", z1)
     ctx = _ctx("dcl_loss", gather_distributed, z1)
     if be == "triton":
-        return _triton("dcl_loss", ctx, True).dcl(z1, z2, t, similarity, reduction, ctx)
+        return R.reduce_terms(_triton("dcl_loss", ctx, True).dcl_terms(z1, z2, t, similarity, ctx), reduction)
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
@@ -298,7 +299,7 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     be = _backend.resolve(backend, "infonce_loss", z1)
     ctx = _ctx("infonce_loss", gather_distributed, z1)
     if be == "triton":
-        return _triton("infonce_loss", ctx, True).infonce(z1, z2, t, reduction, ctx)
+        return R.reduce_terms(_triton("infonce_loss", ctx, True).infonce_terms(z1, z2, t, ctx), reduction)
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 

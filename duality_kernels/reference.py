@@ -301,7 +301,8 @@ def _view_normalize(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor,
     return out[0], out[1]
 
 
-def _reduce(terms: Tensor, reduction: str) -> Tensor:
+def reduce_terms(terms: Tensor, reduction: str) -> Tensor:
+    """SPEC §4 ``reduction``: mean or sum over the terms, or the terms themselves ("none")."""
     if reduction == "mean":
         return terms.mean()
     if reduction == "sum":
@@ -344,11 +345,11 @@ def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarit
 
 
 def ntxent(z1, z2, temperature, similarity, normalization, reduction, ctx: Context = LOCAL):
-    return _reduce(pair_contrastive_terms(z1, z2, temperature, similarity, normalization, False, ctx), reduction)
+    return reduce_terms(pair_contrastive_terms(z1, z2, temperature, similarity, normalization, False, ctx), reduction)
 
 
 def dcl(z1, z2, temperature, similarity, reduction, ctx: Context = LOCAL):
-    return _reduce(pair_contrastive_terms(z1, z2, temperature, similarity, "l2", True, ctx), reduction)
+    return reduce_terms(pair_contrastive_terms(z1, z2, temperature, similarity, "l2", True, ctx), reduction)
 
 
 def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx: Context = LOCAL) -> Tensor:
@@ -361,14 +362,14 @@ def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx: Con
         s = (l2n(z1) @ l2n(z2).T) / temperature
         diag = s.diagonal()
         terms = torch.cat([torch.logsumexp(s, dim=1) - diag, torch.logsumexp(s, dim=0) - diag])
-        return _reduce(terms, reduction)
+        return reduce_terms(terms, reduction)
     n1, n2 = l2n(ctx.gather(z1)), l2n(ctx.gather(z2))
     lo = ctx.rank * n_local
     a1, a2 = n1[lo:lo + n_local], n2[lo:lo + n_local]
     diag = (a1 * a2).sum(dim=1) / temperature
     rows = torch.logsumexp((a1 @ n2.T) / temperature, dim=1) - diag
     cols = torch.logsumexp((a2 @ n1.T) / temperature, dim=1) - diag
-    return _reduce(torch.cat([rows, cols]), reduction)
+    return reduce_terms(torch.cat([rows, cols]), reduction)
 
 
 def clamp_row_norms(z: Tensor, mu: float) -> Tensor:

@@ -341,9 +341,9 @@ def test_gathered_anchor_terms(case, dtype):
     ref = {"ntxent": lambda a, b, c: R.ntxent(a, b, 0.3, sim, norm, "none", ctx=c),
            "dcl": lambda a, b, c: R.dcl(a, b, 0.3, sim, "none", ctx=c),
            "infonce": lambda a, b, c: R.infonce(a, b, 0.3, "none", ctx=c)}[loss]
-    ours = {"ntxent": lambda a, b, c: lse.ntxent(a, b, 0.3, sim, norm, "none", c),
-            "dcl": lambda a, b, c: lse.dcl(a, b, 0.3, sim, "none", c),
-            "infonce": lambda a, b, c: lse.infonce(a, b, 0.3, "none", c)}[loss]
+    ours = {"ntxent": lambda a, b, c: lse.ntxent_terms(a, b, 0.3, sim, norm, c),
+            "dcl": lambda a, b, c: lse.dcl_terms(a, b, 0.3, sim, c),
+            "infonce": lambda a, b, c: lse.infonce_terms(a, b, 0.3, c)}[loss]
     for rank in range(world):
         t_truth, g_truth = run(ref, torch.float64, rank)
         t_eager, g_eager = run(ref, dtype, rank)

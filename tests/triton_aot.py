@@ -147,8 +147,8 @@ def lse_scenarios(everything: bool):
         _backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 3)),
         _backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 1030)),
     ]
-    out += [_backward(lambda a, b: lse.ntxent(a, b, 0.1, "dot", "l2", "mean", _TwoRanks(a, b)), bf16),
-            _backward(lambda a, b: lse.infonce(a, b, 0.1, "mean", _TwoRanks(a, b)), bf16)]
+    out += [_backward(lambda a, b: lse.ntxent_terms(a, b, 0.1, "dot", "l2", _TwoRanks(a, b)).mean(), bf16),
+            _backward(lambda a, b: lse.infonce_terms(a, b, 0.1, _TwoRanks(a, b)).mean(), bf16)]
     fp32_runs = [_backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp32)]
     return out, fp32_runs
 

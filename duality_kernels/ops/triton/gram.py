@@ -104,6 +104,15 @@ _SAMPLE, _DIMENSION = 0, 1
 
 
 @triton.jit
+def _pick(view, first, second):
+    """``first`` for view 0, ``second`` for view 1 (kernels whose grid axis 2 is the view)."""
+    r = first
+    if view != 0:
+        r = second
+    return r
+
+
+@triton.jit
 def _sqrt(x):
     """Correctly rounded square root (``tl.sqrt`` is approximate in fp32; ``sqrt_rn`` is fp32-only)."""
     if x.dtype == tl.float64:
@@ -468,16 +477,10 @@ def _gram_reduce_kernel(a_ptr, am_ptr, ac_ptr, ar_ptr, b_ptr, bm_ptr, bc_ptr, br
         M = D
         R = N
     if MODE == 0:
-        if view == 0:
-            pz = a_ptr
-            pm = am_ptr
-            pc = ac_ptr
-            pr = ar_ptr
-        else:
-            pz = b_ptr
-            pm = bm_ptr
-            pc = bc_ptr
-            pr = br_ptr
+        pz = _pick(view, a_ptr, b_ptr)
+        pm = _pick(view, am_ptr, bm_ptr)
+        pc = _pick(view, ac_ptr, bc_ptr)
+        pr = _pick(view, ar_ptr, br_ptr)
     else:
         pz = a_ptr
         pm = am_ptr
@@ -712,12 +715,8 @@ def _vicreg_bwd_kernel(z1_ptr, z2_ptr, g_ptr, mean_ptr, m2_ptr, dz1_ptr, dz2_ptr
     pid_i = tl.program_id(0)
     pid_k = tl.program_id(1)
     view = tl.program_id(2)
-    if view == 0:
-        zp = z1_ptr
-        dzp = dz1_ptr
-    else:
-        zp = z2_ptr
-        dzp = dz2_ptr
+    zp = _pick(view, z1_ptr, z2_ptr)
+    dzp = _pick(view, dz1_ptr, dz2_ptr)
     if SIDE == 0:
         M = N
     else:
@@ -825,12 +824,8 @@ def _bn_bwd_kernel(z1_ptr, z2_ptr, mean_ptr, cs_ptr, m_ptr, sm0, sm1, co_ptr, da
     pid_k = tl.program_id(1)
     view = tl.program_id(2)
     nbi = tl.num_programs(0)
-    if view == 0:
-        sz = z1_ptr
-        oz = z2_ptr
-    else:
-        sz = z2_ptr
-        oz = z1_ptr
+    sz = _pick(view, z1_ptr, z2_ptr)
+    oz = _pick(view, z2_ptr, z1_ptr)
     sm = mean_ptr + view * D
     om = mean_ptr + (1 - view) * D
     scs = cs_ptr + view * D
@@ -890,14 +885,9 @@ def _spectral_bwd_kernel(z1_ptr, z2_ptr, g_ptr, info_ptr, s2_ptr, dz1_ptr, dz2_p
     pid_k = tl.program_id(1)
     view = tl.program_id(2)
     nbk = tl.num_programs(1)
-    if view == 0:
-        sz = z1_ptr
-        oz = z2_ptr
-        dzp = dz1_ptr
-    else:
-        sz = z2_ptr
-        oz = z1_ptr
-        dzp = dz2_ptr
+    sz = _pick(view, z1_ptr, z2_ptr)
+    oz = _pick(view, z2_ptr, z1_ptr)
+    dzp = _pick(view, dz1_ptr, dz2_ptr)
     st = info_ptr + view * N          # t of self
     ot = info_ptr + (1 - view) * N    # t of other
     offs_i = pid_i * BM + tl.arange(0, BM)
@@ -951,12 +941,8 @@ def _proj_finish_kernel(z1_ptr, z2_ptr, mean_ptr, scale_ptr, proj_ptr, da_ptr, p
     pid_i = tl.program_id(0)
     pid_k = tl.program_id(1)
     view = tl.program_id(2)
-    if view == 0:
-        zp = z1_ptr
-        dzp = dz1_ptr
-    else:
-        zp = z2_ptr
-        dzp = dz2_ptr
+    zp = _pick(view, z1_ptr, z2_ptr)
+    dzp = _pick(view, dz1_ptr, dz2_ptr)
     offs_i = pid_i * BM + tl.arange(0, BM)
     offs_k = pid_k * BM + tl.arange(0, BM)
     imask = offs_i < N
@@ -1020,14 +1006,9 @@ def _ngram_bwd_kernel(z1_ptr, z2_ptr, info_ptr, go_ptr, sg0, sg1, q_ptr, dz1_ptr
         zp = z1_ptr
         dzp = dz1_ptr
     else:
-        if view == 0:
-            zp = z1_ptr
-            oz = z2_ptr
-            dzp = dz1_ptr
-        else:
-            zp = z2_ptr
-            oz = z1_ptr
-            dzp = dz2_ptr
+        zp = _pick(view, z1_ptr, z2_ptr)
+        oz = _pick(view, z2_ptr, z1_ptr)
+        dzp = _pick(view, dz1_ptr, dz2_ptr)
         rs = info_ptr + view * N
         fl = info_ptr + (2 + view) * N
         ors = info_ptr + (1 - view) * N

@@ -87,6 +87,15 @@ def _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K, s_am, s_ak, s_bm,
 
 
 @triton.jit
+def _row_scale(r_ptr, idx, ok, SCALE_ROWS: tl.constexpr, ACC: tl.constexpr):
+    """The l2 scales of rows ``idx`` (0.0, unused, without row scaling)."""
+    r = 0.0
+    if SCALE_ROWS:
+        r = tl.load(r_ptr + idx, mask=ok, other=0.0).to(ACC)
+    return r
+
+
+@triton.jit
 def _partners(idx, HALF_A, HALF_B, OFF, POS: tl.constexpr):
     """(self, positive) key indices of anchors ``idx``.
 
@@ -156,10 +165,7 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     rows64 = rows.to(tl.int64)
-    if SCALE_ROWS:
-        ra = tl.load(ra_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    else:
-        ra = 0.0
+    ra = _row_scale(ra_ptr, rows, row_ok, SCALE_ROWS, ACC)
     # Online log-sum-exp (flash-attention): m starts finite so that a fully masked tile gives
     # exp(-inf - m) = 0 instead of NaN; real logits are far above -1e30.
     m_i = tl.full((BLOCK_M,), -1e30, dtype=ACC)
@@ -168,10 +174,7 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, term_ptr,
     for n0 in range(0, MB, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < MB
-        if SCALE_ROWS:
-            rb = tl.load(rb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-        else:
-            rb = 0.0
+        rb = _row_scale(rb_ptr, cols, col_ok, SCALE_ROWS, ACC)
         s = _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols.to(tl.int64), col_ok, K,
                       s_am, s_ak, s_bm, s_bk, ra, rb, SCALE_ROWS, ACC, IP, BLOCK_M, BLOCK_N, BLOCK_K)
         if SCALE_ROWS == 2:  # bf16/fp16: exact tensor-core operands, the scales on the fp32 tile
@@ -221,20 +224,14 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, ka_ptr, lsea_ptr, ga_ptr, lseb
         g_a = tl.load(ga_ptr + rows, mask=row_ok, other=0.0).to(ACC)
     else:
         g_a = tl.zeros((BLOCK_M,), dtype=ACC)
-    if SCALE_ROWS:
-        ra = tl.load(ra_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    else:
-        ra = 0.0
+    ra = _row_scale(ra_ptr, rows, row_ok, SCALE_ROWS, ACC)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
     rowsum = tl.zeros((BLOCK_M,), dtype=ACC)
     for n0 in range(0, MB, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < MB
         cols64 = cols.to(tl.int64)
-        if SCALE_ROWS:
-            rb = tl.load(rb_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-        else:
-            rb = 0.0
+        rb = _row_scale(rb_ptr, cols, col_ok, SCALE_ROWS, ACC)
         s = _dot_tile(a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K,
                       s_am, s_ak, s_bm, s_bk, ra, rb, SCALE_ROWS, ACC, IP, BLOCK_M, BLOCK_N, BLOCK_K)
         if SCALE_ROWS == 2:  # bf16/fp16: exact tensor-core operands, the scales on the fp32 tile
@@ -565,16 +562,8 @@ anchor_lse_fwd.register_autograd(_anchor_lse_backward, setup_context=_anchor_lse
 # losses (inputs validated by functional.py; single process)
 
 
-def _reduce(terms: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return terms.mean()
-    if reduction == "sum":
-        return terms.sum()
-    return terms
-
-
 def _up(z: Tensor) -> Tensor:
-    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+    return z.to(acc_dtype(z.dtype))  # SPEC: fp16/bf16 inputs computed in fp32, as the reference
 
 
 def _stacked_views(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor, bool]:
@@ -607,26 +596,28 @@ def _pair_terms(z1, z2, temperature, similarity, normalization, drop_positive, c
                           drop_positive, transform)[0]
 
 
-def ntxent(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str,
-           reduction: str, ctx=None) -> Tensor:
-    return _reduce(_pair_terms(z1, z2, temperature, similarity, normalization, False, ctx), reduction)
+def ntxent_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str,
+                 ctx=None) -> Tensor:
+    """Per-anchor NT-Xent terms (SPEC §4); the caller reduces them."""
+    return _pair_terms(z1, z2, temperature, similarity, normalization, False, ctx)
 
 
-def dcl(z1: Tensor, z2: Tensor, temperature: float, similarity: str, reduction: str, ctx=None) -> Tensor:
-    return _reduce(_pair_terms(z1, z2, temperature, similarity, "l2", True, ctx), reduction)
+def dcl_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str, ctx=None) -> Tensor:
+    """Per-anchor DCL terms (SPEC §4); the caller reduces them."""
+    return _pair_terms(z1, z2, temperature, similarity, "l2", True, ctx)
 
 
-def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx=None) -> Tensor:
+def infonce_terms(z1: Tensor, z2: Tensor, temperature: float, ctx=None) -> Tensor:
+    """InfoNCE's 2N per-row terms (rows of S, then of Sᵀ; SPEC §4); the caller reduces them."""
     if ctx is None or not ctx.active:
-        terms = cross_lse_fwd(z1.contiguous(), z2.contiguous(), temperature)[0]
-        return _reduce(terms, reduction)
+        return cross_lse_fwd(z1.contiguous(), z2.contiguous(), temperature)[0]
     # SPEC §5: this rank's rows of S (its z1 against all z2), then its rows of Sᵀ
     n = z1.shape[0]
     k1, k2 = ctx.gather(z1).contiguous(), ctx.gather(z2).contiguous()
     lo = ctx.rank * n
     rows = anchor_lse_fwd(z1.contiguous(), k2, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
     cols = anchor_lse_fwd(z2.contiguous(), k1, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
-    return _reduce(torch.cat([rows, cols]), reduction)
+    return torch.cat([rows, cols])
 
 
 def _variance_hinge(var: Tensor, gamma: float, eps: float) -> Tensor:
