@@ -106,6 +106,7 @@ def _worker_mismatch(rank, world, init_file, out_dir, kind):
             time.sleep(8)
             with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
                 f.write("did not call")
+            dist.destroy_process_group()
             return
     try:
         dk.vicreg_loss(z, z.clone(), gather_distributed=True)
@@ -114,6 +115,9 @@ def _worker_mismatch(rank, world, init_file, out_dir, kind):
         msg = f"{type(err).__name__}: {err}"
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
         f.write(msg)
+    # without it gloo's threads are torn down at interpreter exit, which aborted a worker once
+    # ("terminate called without an active exception", SIGABRT) under load
+    dist.destroy_process_group()
 
 
 def _spawn(fn, world, args, limit_s=150):
