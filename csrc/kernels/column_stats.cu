@@ -23,9 +23,7 @@
 
 #include "column_stats.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "common.cuh"
 
 #include <climits>
 #include <cstdint>
@@ -33,51 +31,22 @@
 namespace duality_kernels {
 namespace {
 
+using detail::AccType;
+using detail::ceil_div;
+using detail::from_acc;
+using detail::to_acc;
+
 constexpr int kCols = 32;   // columns per block = one warp across consecutive columns
 constexpr int kLanes = 8;   // row lanes per block; kCols * kLanes = 256 threads
 constexpr int kThreads = kCols * kLanes;
 
-// Stage-1 sizing: aim at about kTargetBlocks blocks (an H200 has 132 SMs x 8 blocks of 256
-// threads resident), but give each block at least kMinRowsPerChunk rows so that stage 2 has
-// few partials to merge. Unmeasured starting points; later issues tune them.
-constexpr int64_t kTargetBlocks = 1024;
-constexpr int64_t kMinRowsPerChunk = 64;
-constexpr int64_t kMaxGridY = 65535;
+// Stage-1 sizing: detail::col_plan (common.cuh).
+using detail::kMaxGridY;
+static_assert(kCols == detail::kPlanCols, "column tiles as in col_plan");
 // Backward: a grid-stride elementwise kernel; cap the grid at about this many blocks.
 constexpr int64_t kBwdTargetBlocks = 8192;
 // Workspace per (chunk, column): sum, shifted mean, m2 (the count follows from the chunk index).
 constexpr int64_t kPartialFields = 3;
-
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename AccType<T>::type x);
-template <>
-__device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double x) { return x; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-
-__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 // Partial statistics of a set of rows of one column. The rows are shifted by the column's first
 // element (shift = z[0, col]) before mean/m2 are accumulated: m2 is shift-invariant, and the
@@ -242,27 +211,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-struct Plan {
-  int64_t col_tiles;
-  int64_t rows_per_chunk;
-  int64_t num_chunks;
-};
+using Plan = detail::ColPlan;
 
-// A function of (n, d) only: the reduction order, hence every bit of the result, is fixed by
-// the shape. Requires n >= 1, d >= 1.
-Plan make_plan(int64_t n, int64_t d) {
-  Plan p;
-  p.col_tiles = ceil_div(d, kCols);
-  int64_t chunks = kTargetBlocks / p.col_tiles;
-  if (chunks < 1) chunks = 1;
-  const int64_t by_rows = ceil_div(n, kMinRowsPerChunk);
-  if (chunks > by_rows) chunks = by_rows;
-  if (chunks > kMaxGridY) chunks = kMaxGridY;
-  p.rows_per_chunk = ceil_div(n, chunks);
-  // Recount so that no chunk is empty: the last one has n - (num_chunks-1)*rows_per_chunk >= 1.
-  p.num_chunks = ceil_div(n, p.rows_per_chunk);
-  return p;
-}
+Plan make_plan(int64_t n, int64_t d) { return detail::col_plan(n, d); }
 
 template <typename T>
 cudaError_t launch_fwd(const void* z_, int64_t n, int64_t d, void* mean_, void* m2_,
@@ -276,22 +227,23 @@ cudaError_t launch_fwd(const void* z_, int64_t n, int64_t d, void* mean_, void* 
   const dim3 block(kCols, kLanes);
 
   if (p.num_chunks == 1) {
-    column_stats_partial_kernel<T><<<dim3(static_cast<unsigned>(p.col_tiles), 1), block, 0, stream>>>(
-        z, n, d, p.rows_per_chunk, /*final=*/true, mean, m2, nullptr, nullptr, nullptr);
+    DK_LAUNCH(column_stats_partial_kernel<T>, dim3(static_cast<unsigned>(p.col_tiles), 1), block,
+              stream, z, n, d, p.rows_per_chunk, /*final=*/true, mean, m2, nullptr, nullptr,
+              nullptr);
     return cudaGetLastError();
   }
   if (workspace_ == nullptr) return cudaErrorInvalidValue;
   acc_t* part_sum = static_cast<acc_t*>(workspace_);
   acc_t* part_mean = part_sum + p.num_chunks * d;
   acc_t* part_m2 = part_mean + p.num_chunks * d;
-  column_stats_partial_kernel<T>
-      <<<dim3(static_cast<unsigned>(p.col_tiles), static_cast<unsigned>(p.num_chunks)), block, 0,
-         stream>>>(z, n, d, p.rows_per_chunk, /*final=*/false, nullptr, nullptr, part_sum,
-                   part_mean, part_m2);
+  DK_LAUNCH(column_stats_partial_kernel<T>,
+            dim3(static_cast<unsigned>(p.col_tiles), static_cast<unsigned>(p.num_chunks)), block,
+            stream, z, n, d, p.rows_per_chunk, /*final=*/false, nullptr, nullptr, part_sum,
+            part_mean, part_m2);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  column_stats_merge_kernel<acc_t><<<dim3(static_cast<unsigned>(p.col_tiles), 1), block, 0, stream>>>(
-      part_sum, part_mean, part_m2, n, d, p.rows_per_chunk, p.num_chunks, mean, m2);
+  DK_LAUNCH(column_stats_merge_kernel<acc_t>, dim3(static_cast<unsigned>(p.col_tiles), 1), block,
+            stream, part_sum, part_mean, part_m2, n, d, p.rows_per_chunk, p.num_chunks, mean, m2);
   return cudaGetLastError();
 }
 
@@ -307,12 +259,11 @@ cudaError_t launch_bwd(const void* z_, const void* mean_, const void* grad_mean_
   const int64_t row_tiles = ceil_div(n, kLanes);
   if (grid_y > row_tiles) grid_y = row_tiles;
   if (grid_y > kMaxGridY) grid_y = kMaxGridY;
-  column_stats_bwd_kernel<T>
-      <<<dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(grid_y)),
-         dim3(kCols, kLanes), 0, stream>>>(
-          static_cast<const T*>(z_), static_cast<const acc_t*>(mean_),
-          static_cast<const acc_t*>(grad_mean_), static_cast<const acc_t*>(grad_m2_), n, d,
-          static_cast<T*>(dz_));
+  DK_LAUNCH(column_stats_bwd_kernel<T>,
+            dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(grid_y)),
+            dim3(kCols, kLanes), stream, static_cast<const T*>(z_),
+            static_cast<const acc_t*>(mean_), static_cast<const acc_t*>(grad_mean_),
+            static_cast<const acc_t*>(grad_m2_), n, d, static_cast<T*>(dz_));
   return cudaGetLastError();
 }
 

@@ -8,19 +8,11 @@
 
 #include <cstdint>
 
-#include <cuda_runtime.h>
+#include "api.h"
 
 namespace duality_kernels {
 
-// dtype codes shared with bindings.cpp. The accumulator/output type ("acc") is float for
-// kFloat32/kFloat16/kBFloat16 and double for kFloat64 (SPEC notation: reductions accumulate in
-// float32, float64 for float64 inputs).
-enum ColumnStatsDType : int {
-  kFloat32 = 0,
-  kFloat64 = 1,
-  kFloat16 = 2,
-  kBFloat16 = 3,
-};
+// dtype codes: see api.h.
 
 // Number of acc-typed elements of scratch memory that column_stats_fwd needs for this shape
 // (0 when a single pass suffices). Depends on (n, d) only, never on the device, so a given shape
