@@ -167,7 +167,11 @@ def _extensions_and_cmdclass():
 
     ext = cpp_extension.CUDAExtension(
         name="duality_kernels._C",
-        sources=[rel("csrc", "bindings.cpp"), rel("csrc", "kernels", "column_stats.cu")],
+        sources=[
+            rel("csrc", "bindings.cpp"),
+            rel("csrc", "kernels", "column_stats.cu"),
+            rel("csrc", "kernels", "gram_ops.cu"),
+        ],
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={
             "cxx": ["-O3"],

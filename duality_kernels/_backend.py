@@ -13,6 +13,9 @@ Rules (decided from shapes, dtypes and devices only, so no host-device synchroni
   (TRITON_INTERPRET=1), which is how the test suite checks the kernels without a GPU. NT-Xent, DCL
   and InfoNCE implement ``gather_distributed`` (SPEC §5) in the kernels; the other Triton ops
   compute one process's batch and raise BackendUnavailableError inside an active group.
+- "cuda" runs on CUDA tensors (duality_kernels._C); the test suite also runs it on CPU tensors
+  through a CPU simulator of the same C++ source (tests/csim.py, ``ops.cuda.simulating()``). Its
+  ops compute one process's batch and raise BackendUnavailableError inside an active group.
 - A backend that cannot run an op raises ``BackendUnavailableError`` (a RuntimeError) that says
   why and what to do; an unknown name raises ValueError (SPEC §6).
 """
@@ -34,7 +37,11 @@ _IMPLEMENTED = {
         "spectral_contrastive_loss",  # ops/triton/gram.py
         "ntxent_loss", "dcl_loss", "infonce_loss", "vicreg_exp_loss", "vicreg_ctr_loss",  # ops/triton/lse.py
     }),
-    "cuda": frozenset({"covariance", "cross_correlation", "vicreg_loss", "barlow_twins_loss"}),
+    "cuda": frozenset({
+        "normalized_gram", "covariance", "cross_correlation", "sample_contrastive_criterion",
+        "dimension_contrastive_criterion", "duality_terms", "vicreg_loss", "barlow_twins_loss",
+        "spectral_contrastive_loss",  # ops/cuda.py over csrc/bindings.cpp + csrc/kernels/gram_ops.cu
+    }),
 }
 
 
@@ -87,15 +94,15 @@ def resolve(backend, op: str, z: torch.Tensor) -> str:
 
         if not cuda_ops.is_available():
             raise BackendUnavailableError(f"backend='cuda' is unavailable: {cuda_ops.unavailable_reason()}")
-        if z.device.type != "cuda":
+        if z.device.type != "cuda" and not (z.device.type == "cpu" and cuda_ops.simulating()):
             raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {z.device}")
     return choice
 
 
 def require_single_process(backend: str, op: str, ctx) -> None:
-    """Triton ops without a gathered form compute one process's batch; SPEC §5 stays with torch."""
-    if backend == "triton" and ctx.active:
+    """Compiled ops without a gathered form compute one process's batch; SPEC §5 stays with torch."""
+    if backend in ("triton", "cuda") and ctx.active:
         raise BackendUnavailableError(
-            f"backend='triton' does not implement {op} with gather_distributed=True across "
+            f"backend={backend!r} does not implement {op} with gather_distributed=True across "
             f"{ctx.world} processes in this version; use backend='torch' or 'auto'"
         )

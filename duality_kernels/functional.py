@@ -38,15 +38,6 @@ __all__ = [
 ]
 
 
-def _column_stats(backend: str):
-    """The per-column statistics implementation of ``backend`` (None: the inline torch one)."""
-    if backend == "cuda":
-        from .ops import cuda as cuda_ops
-
-        return cuda_ops.column_stats
-    return None
-
-
 def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
     """The Triton op module for ``op`` (imported lazily: ``import duality_kernels`` needs no triton).
     ``gathers``: the op implements gather_distributed=True itself (SPEC §5)."""
@@ -57,10 +48,18 @@ def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
     return lse
 
 
-def _triton_gram(op: str, ctx: Optional[_dist.Context] = None):
-    """The Triton Gram-family module (one process's batch only, SPEC §5 stays with torch)."""
+def _gram_ops(be: str, op: str, ctx: Optional[_dist.Context] = None):
+    """The compiled covariance-family module of backend ``be`` ("triton": ops/triton/gram.py,
+    "cuda": ops/cuda.py; the same function names), or None for the torch reference. Both compute
+    one process's batch (SPEC §5 stays with the reference)."""
+    if be == "torch":
+        return None
     if ctx is not None:
-        _backend.require_single_process("triton", op, ctx)
+        _backend.require_single_process(be, op, ctx)
+    if be == "cuda":
+        from .ops import cuda
+
+        return cuda
     from .ops.triton import gram
 
     return gram
@@ -84,8 +83,9 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "
         V.check_tensor(z1, "z1")
     else:
         V.check_pair(z1, z2)
-    if _backend.resolve(backend, "normalized_gram", z1) == "triton":
-        return _triton_gram("normalized_gram").normalized_gram(z1, z2)
+    ops = _gram_ops(_backend.resolve(backend, "normalized_gram", z1), "normalized_gram")
+    if ops is not None:
+        return ops.normalized_gram(z1, z2)
     return R.normalized_gram(z1, z2)
 
 
@@ -100,20 +100,20 @@ def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tens
         raise ValueError(
             f"z needs more than correction={correction} rows for a covariance, got N={z.shape[0]}"
         )
-    be = _backend.resolve(backend, "covariance", z)
-    if be == "triton":
-        return _triton_gram("covariance").covariance(z, correction)
-    return R.covariance(z, correction, _column_stats(be))
+    ops = _gram_ops(_backend.resolve(backend, "covariance", z), "covariance")
+    if ops is not None:
+        return ops.covariance(z, correction)
+    return R.covariance(z, correction)
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, *, backend: str = "auto") -> Tensor:
     """BatchNorm-standardized views' s(z1)ᵀ s(z2) / N, shape (D, D) (SPEC §1)."""
     V.check_pair(z1, z2, min_rows=2, what="a batch variance needs two rows")
     eps = V.check_nonnegative(eps, "eps")
-    be = _backend.resolve(backend, "cross_correlation", z1)
-    if be == "triton":
-        return _triton_gram("cross_correlation").cross_correlation(z1, z2, eps)
-    return R.cross_correlation(z1, z2, eps, _column_stats(be))
+    ops = _gram_ops(_backend.resolve(backend, "cross_correlation", z1), "cross_correlation")
+    if ops is not None:
+        return ops.cross_correlation(z1, z2, eps)
+    return R.cross_correlation(z1, z2, eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,24 +130,27 @@ def _criterion_args(z, side, backend, op) -> Tuple[str, str]:
 def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_c = Σ_{i≠j} (z zᵀ)_ij² (paper eq. for sample-contrastive methods; SPEC §2)."""
     s, be = _criterion_args(z, side, backend, "sample_contrastive_criterion")
-    if be == "triton":
-        return _triton_gram("sample_contrastive_criterion").duality_terms(z, s)[0]
+    ops = _gram_ops(be, "sample_contrastive_criterion")
+    if ops is not None:
+        return ops.duality_terms(z, s)[0]
     return R.sample_contrastive_criterion(z, s)
 
 
 def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_nc = Σ_{k≠l} (zᵀ z)_kl² (SPEC §2)."""
     s, be = _criterion_args(z, side, backend, "dimension_contrastive_criterion")
-    if be == "triton":
-        return _triton_gram("dimension_contrastive_criterion").duality_terms(z, s)[1]
+    ops = _gram_ops(be, "dimension_contrastive_criterion")
+    if ops is not None:
+        return ops.duality_terms(z, s)[1]
     return R.dimension_contrastive_criterion(z, s)
 
 
 def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram; L_nc + Σ_k = L_c + Σ_i (paper Thm 3.3)."""
     s, be = _criterion_args(z, side, backend, "duality_terms")
-    if be == "triton":
-        return tuple(_triton_gram("duality_terms").duality_terms(z, s))
+    ops = _gram_ops(be, "duality_terms")
+    if ops is not None:
+        return tuple(ops.duality_terms(z, s))
     return R.duality_terms(z, s)
 
 
@@ -182,9 +185,10 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     ctx = _ctx("vicreg_loss", gather_distributed, z1)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
-    if be == "triton":
-        return _out(*_triton_gram("vicreg_loss", ctx).vicreg(z1, z2, *w, side), return_terms)
-    loss, terms = R.vicreg(z1, z2, *w, side=side, stats=_column_stats(be), ctx=ctx,
+    ops = _gram_ops(be, "vicreg_loss", ctx)
+    if ops is not None:
+        return _out(*ops.vicreg(z1, z2, *w, side), return_terms)
+    loss, terms = R.vicreg(z1, z2, *w, side=side, ctx=ctx,
                            strategy=_dist.strategy(ctx, n, d))
     return _out(loss, terms, return_terms)
 
@@ -248,9 +252,10 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
     ctx = _ctx("barlow_twins_loss", gather_distributed, z1)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
-    if be == "triton":
-        return _out(*_triton_gram("barlow_twins_loss", ctx).barlow_twins(z1, z2, lam, eps, side), return_terms)
-    loss, terms = R.barlow_twins(z1, z2, lam, eps, side, _column_stats(be), ctx=ctx,
+    ops = _gram_ops(be, "barlow_twins_loss", ctx)
+    if ops is not None:
+        return _out(*ops.barlow_twins(z1, z2, lam, eps, side), return_terms)
+    loss, terms = R.barlow_twins(z1, z2, lam, eps, side, ctx=ctx,
                                  strategy=_dist.strategy(ctx, n, d))
     return _out(loss, terms, return_terms)
 
@@ -318,7 +323,8 @@ def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: 
     ctx = _ctx("spectral_contrastive_loss", gather_distributed, z1)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
-    if be == "triton":
-        return _out(*_triton_gram("spectral_contrastive_loss", ctx).spectral(z1, z2, mu, side), return_terms)
+    ops = _gram_ops(be, "spectral_contrastive_loss", ctx)
+    if ops is not None:
+        return _out(*ops.spectral(z1, z2, mu, side), return_terms)
     loss, terms = R.spectral(z1, z2, mu, side, ctx=ctx)
     return _out(loss, terms, return_terms)

@@ -76,8 +76,11 @@ def test_gram_ops_refuse_a_process_group():
     from duality_kernels import functional as F
 
     for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss", "vicreg_exp_loss"):
-        with pytest.raises(dk.BackendUnavailableError, match=rf"{op} with gather_distributed=True"):
-            F._triton_gram(op, TwoRanks()) if op != "vicreg_exp_loss" else F._triton(op, TwoRanks())
+        with pytest.raises(dk.BackendUnavailableError, match=rf"'triton'.*{op} with gather_distributed=True"):
+            F._gram_ops("triton", op, TwoRanks()) if op != "vicreg_exp_loss" else F._triton(op, TwoRanks())
+    for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss"):  # the CUDA ops too
+        with pytest.raises(dk.BackendUnavailableError, match=rf"'cuda'.*{op} with gather_distributed=True"):
+            F._gram_ops("cuda", op, TwoRanks())
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter warns on NaN

@@ -27,6 +27,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from duality_kernels import reference as ref  # noqa: E402
+
+from .accuracy import (  # noqa: E402
+    _check, _check_compiled, _check_deterministic, _check_fakes_on_meta, _check_low_precision, _check_opcheck,
+    _check_relative,
+    _spectral_mu, views,
+)
 from duality_kernels.ops.triton import _common  # noqa: E402
 
 if not _common.is_available():  # pragma: no cover
@@ -57,95 +63,7 @@ requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a
 
 
 def _views(n, d, dtype, seed, device=DEVICE):
-    """Two correlated views with per-column scales spread around 1 (so VICReg's hinge is active
-    on some columns only) and a nonzero mean (so centering matters)."""
-    gen = torch.Generator().manual_seed(seed)
-    scale = torch.linspace(0.4, 1.6, d, dtype=torch.float64)
-    z1 = torch.randn(n, d, generator=gen, dtype=torch.float64) * scale + 0.3
-    z2 = 0.6 * z1 + 0.5 * torch.randn(n, d, generator=gen, dtype=torch.float64) - 0.1
-    return z1.to(device=device, dtype=dtype), z2.to(device=device, dtype=dtype)
-
-
-def _flat(out):
-    """loss/terms/matrices of any function here as a flat list of tensors."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return list(out.values())
-    items = []
-    for o in out:
-        items.extend(_flat(o))
-    return items
-
-
-def _run(fn, inputs, weights):
-    """Outputs of fn(*inputs) and the gradients of Σ_o ⟨w_o, o⟩ w.r.t. every input."""
-    xs = [x.detach().clone().requires_grad_() for x in inputs]
-    outs = _flat(fn(*xs))
-    total = sum((o.double() * w.to(o.device)).sum() for o, w in zip(outs, weights))
-    grads = torch.autograd.grad(total, xs, allow_unused=True)
-    # an input the function does not use gets None (the same for kernel and reference)
-    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
-    return [o.detach() for o in outs], grads
-
-
-def _err(a, b):
-    return (a.detach().double() - b.detach().double()).abs().max().item() if a.numel() else 0.0
-
-
-def _half_ulp(truth, dtype):
-    """Half the spacing of ``dtype`` numbers at |truth| (0-dim): the final rounding of a result."""
-    t = truth.detach().abs().to(dtype)
-    return 0.5 * (torch.nextafter(t, torch.full_like(t, float("inf"))) - t).double().item()
-
-
-def _assert_rule(name, kernel, eager, truth, factor):
-    """DESIGN convention 5. For a 0-dim output the bound also allows the output's own final
-    rounding (half an ulp of the truth in the output dtype): a kernel whose unrounded result is as
-    accurate as eager's can still round to the other neighbour of the truth, and a single number
-    (unlike the max over a tensor) has no statistics to absorb that (e.g. Barlow's off_diagonal,
-    ~70 in fp32: ulp 7.6e-6, eager 1.6e-6 from the truth, the kernel 6.0e-6)."""
-    assert kernel.shape == truth.shape, f"{name}: shape {tuple(kernel.shape)} != {tuple(truth.shape)}"
-    ke, ee = _err(kernel, truth), _err(eager, truth)
-    slack = 1e-6 + (_half_ulp(truth, kernel.dtype) if kernel.dim() == 0 else 0.0)
-    assert ke <= factor * ee + slack, (
-        f"{name}: max|kernel - truth| = {ke:.3e} > {factor}*max|eager - truth| + {slack:.3e} "
-        f"(eager error {ee:.3e})")
-
-
-def _weights(outs, seed):
-    """Upstream gradients for each output, exactly representable in fp32 (so the test dtype's
-    rounding of them is not part of the comparison)."""
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(o.shape, generator=gen, dtype=torch.float64).float().double() for o in outs]
-
-
-def _check(kernel_fn, ref_fn, inputs, seed=0):
-    """DESIGN convention 5 on every output (2×) and every input gradient (3×)."""
-    truth_inputs = [x.double() for x in inputs]
-    truth_outs = _flat(ref_fn(*truth_inputs))
-    weights = _weights(truth_outs, seed)
-    k_outs, k_grads = _run(kernel_fn, inputs, weights)
-    e_outs, e_grads = _run(ref_fn, inputs, weights)
-    t_outs, t_grads = _run(ref_fn, truth_inputs, weights)
-    acc = torch.float64 if inputs[0].dtype == torch.float64 else torch.float32
-    for i, (k, e, t) in enumerate(zip(k_outs, e_outs, t_outs)):
-        assert k.dtype == acc, f"output {i}: dtype {k.dtype}, expected {acc}"
-        assert k.device == inputs[0].device
-        assert not torch.isnan(k).any(), f"output {i} has NaN"
-        _assert_rule(f"output {i}", k, e, t, 2)
-    for i, (x, k, e, t) in enumerate(zip(inputs, k_grads, e_grads, t_grads)):
-        assert k.dtype == x.dtype, f"grad {i}: dtype {k.dtype}, expected {x.dtype}"
-        assert not torch.isnan(k).any(), f"grad {i} has NaN"
-        _assert_rule(f"grad of input {i}", k, e, t, 3)
-
-
-def _spectral_mu(z1):
-    """About half the rows clamped, half kept (both branches of the norm clamp), with sqrt(mu)
-    halfway between two rows' norms, so no row sits on the boundary where rounding decides."""
-    sq = z1.double().pow(2).sum(1).sort().values
-    k = (sq.numel() - 1) // 2
-    return float((sq[k] + sq[k + 1]) / 2)
+    return views(n, d, dtype, seed, device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,14 +196,7 @@ def test_zero_rows(dtype):
     cases = [(gram.normalized_gram, ref.normalized_gram, [z1, z2]),
              (lambda a: gram.normalized_gram(a), lambda a: ref.normalized_gram(a), [z1])]
     for kernel_fn, ref_fn, inputs in cases:
-        truth_inputs = [x.double() for x in inputs]
-        weights = _weights(_flat(ref_fn(*truth_inputs)), 0)
-        k_outs, k_grads = _run(kernel_fn, inputs, weights)
-        t_outs, t_grads = _run(ref_fn, truth_inputs, weights)
-        rtol = 1e-12 if dtype == torch.float64 else 1e-5
-        for k, t in zip(k_outs + k_grads, t_outs + t_grads):
-            assert torch.isfinite(k).all()
-            assert _err(k, t) <= rtol * t.abs().max().item() + 1e-6
+        _check_relative(kernel_fn, ref_fn, inputs, 1e-12 if dtype == torch.float64 else 1e-5)
     _check(lambda a, b: gram.spectral(a, b, 4.0, "sample"), lambda a, b: ref.spectral(a, b, 4.0, "sample"),
            [z1, z2])
 
@@ -305,12 +216,8 @@ def test_non_contiguous_inputs():
 def test_deterministic():
     """No atomics: two runs agree bit for bit (DESIGN convention 7)."""
     z1, z2 = _views(33, 40, torch.float32, seed=13)
-    for fn in (lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension"),
-               lambda a, b: gram.barlow_twins(a, b, 0.0051, 1e-5, "sample")):
-        w = _weights(_flat(fn(z1, z2)), 0)
-        first, g_first = _run(fn, [z1, z2], w)
-        again, g_again = _run(fn, [z1, z2], w)
-        assert all(torch.equal(a, b) for a, b in zip(first + g_first, again + g_again))
+    _check_deterministic((lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension"),
+               lambda a, b: gram.barlow_twins(a, b, 0.0051, 1e-5, "sample")), [z1, z2])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,22 +263,14 @@ def _op_cases(n, d, dtype):
 
 @pytest.mark.parametrize("shape", [(5, 3), (18, 33)], ids=["5x3", "18x33"])
 def test_opcheck(shape):
-    names = set()
-    for name, args in _op_cases(*shape, torch.float32):
-        names.add(name)
-        torch.library.opcheck(getattr(torch.ops.duality_kernels, name).default, args)
     expected = {f"{op}_{kind}" for op in ("vicreg", "barlow_twins", "spectral", "covariance",
                                          "cross_correlation", "normalized_gram", "duality_terms")
                 for kind in ("fwd", "bwd")}
-    assert names == expected
+    _check_opcheck(_op_cases(*shape, torch.float32), expected)
 
 
 def test_fake_shapes_on_meta():
-    for name, args in _op_cases(6, 10, torch.float64):
-        op = getattr(torch.ops.duality_kernels, name).default
-        real = _flat(op(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args]))
-        meta = _flat(op(*[a.detach().to("meta") if isinstance(a, torch.Tensor) else a for a in args]))
-        assert [(t.shape, t.dtype) for t in real] == [(t.shape, t.dtype) for t in meta], name
+    _check_fakes_on_meta(_op_cases(6, 10, torch.float64))
 
 
 def _compile_check(backend, device, dtype=torch.float32):
@@ -381,16 +280,7 @@ def _compile_check(backend, device, dtype=torch.float32):
         loss, terms = gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")
         return loss + 0.5 * terms["covariance"]
 
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True, backend=backend)
-    outs = []
-    for fn in (loss_fn, compiled):
-        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-        value = fn(a, b)
-        value.backward()
-        outs.append((value.detach(), a.grad, b.grad))
-    for eager, comp in zip(*outs):
-        torch.testing.assert_close(comp, eager, rtol=1e-6, atol=1e-6)
+    _check_compiled(loss_fn, z1, z2, backend)
 
 
 def test_compile_fullgraph_aot_eager():
@@ -441,20 +331,6 @@ def test_cuda_fp32_matches_reference(shape, side, matmul_precision):
             _check(kernel_fn, ref_fn, [z1, z2])
         except AssertionError as exc:
             raise AssertionError(f"{name} ({matmul_precision}): {exc}") from exc
-
-
-def _check_low_precision(kernel_fn, ref_fn, inputs, rtol):
-    """bf16/fp16: kernel vs the float64 reference on the same (rounded) inputs, each output and
-    gradient within rtol·max|truth| (eager bf16 is no oracle: the reference computes in fp32)."""
-    truth_inputs = [x.double() for x in inputs]
-    weights = _weights(_flat(ref_fn(*truth_inputs)), 0)
-    k_outs, k_grads = _run(kernel_fn, inputs, weights)
-    t_outs, t_grads = _run(ref_fn, truth_inputs, weights)
-    for i, (k, t) in enumerate(zip(k_outs + k_grads, t_outs + t_grads)):
-        scale = t.abs().max().item()
-        assert _err(k, t) <= rtol * scale + 1e-6, f"item {i}: error {_err(k, t):.3e}, scale {scale:.3e}"
-    for x, g in zip(inputs, k_grads):
-        assert g.dtype == x.dtype
 
 
 @pytest.mark.cuda

@@ -18,7 +18,7 @@ Kernels trust their inputs (DESIGN convention 6): public functions validate befo
 """
 
 import importlib
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -76,7 +76,25 @@ def unavailable_reason() -> str:
     )
 
 
-def _ext():
+# The CPU simulator of the extension (tests/csim.py), used for CPU tensors when set.
+_SIM = None
+
+
+def _set_simulator(module) -> None:
+    """Test hook: run these ops on CPU tensors through ``module`` (csrc/ built with
+    -DDK_HOST_SIM, see tests/csim.py); None turns it off."""
+    global _SIM
+    _SIM = module
+
+
+def simulating() -> bool:
+    """True when the CPU simulator is enabled (tests only)."""
+    return _SIM is not None
+
+
+def _ext(t: Optional[torch.Tensor] = None):
+    if _SIM is not None and t is not None and t.device.type == "cpu":
+        return _SIM
     if _C is None:
         raise RuntimeError(unavailable_reason())
     return _C
@@ -94,7 +112,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.library.custom_op("duality_kernels::column_stats_fwd", mutates_args=())
 def column_stats_fwd(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _ext().column_stats_fwd(z)
+    return _ext(z).column_stats_fwd(z)
 
 
 @column_stats_fwd.register_fake
@@ -108,7 +126,7 @@ def _column_stats_fwd_fake(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]
 def column_stats_bwd(
     z: torch.Tensor, mean: torch.Tensor, grad_mean: torch.Tensor, grad_m2: torch.Tensor
 ) -> torch.Tensor:
-    return _ext().column_stats_bwd(z, mean, grad_mean, grad_m2)
+    return _ext(z).column_stats_bwd(z, mean, grad_mean, grad_m2)
 
 
 @column_stats_bwd.register_fake
@@ -148,3 +166,395 @@ def column_stats(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     strides (copies to contiguous when needed); other validation is the caller's job.
     """
     return column_stats_fwd(z.contiguous())
+
+
+# --------------------------------------------------------------------------------------------
+# The covariance family as single-call ops (csrc/bindings.cpp + csrc/kernels/gram_ops.cu): each
+# forward and each backward is ONE call into _C: GEMMs through ATen/cuBLAS on the side of the
+# duality the caller picked, everything else in our kernels. Forward ops return, after the
+# documented results, the tensors their backward needs; autograd saves them.
+# --------------------------------------------------------------------------------------------
+
+Tensor = torch.Tensor
+
+
+def _acc_of(z: Tensor) -> torch.dtype:
+    return _acc_dtype(z.dtype)
+
+
+def _scalar_grad(g: Optional[Tensor], like: Tensor) -> Tensor:
+    """An incoming 0-dim gradient as a contiguous acc tensor (0 for an unused output)."""
+    if g is None:
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+    return g.to(like.dtype).contiguous()
+
+
+def _scalars(z: Tensor, count: int) -> List[Tensor]:
+    return [z.new_empty((), dtype=_acc_of(z)) for _ in range(count)]
+
+
+# ---- VICReg (SPEC §3)
+
+
+@torch.library.custom_op("duality_kernels::cuda_vicreg_fwd", mutates_args=())
+def cuda_vicreg_fwd(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
+                    gamma: float, eps: float, side: str) -> List[Tensor]:
+    """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), m2 (2, D) float64]."""
+    return _ext(z1).vicreg_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side == "sample")
+
+
+@cuda_vicreg_fwd.register_fake
+def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
+    n, d = z1.shape
+    m = n if side == "sample" else d
+    acc = _acc_of(z1)
+    return [*_scalars(z1, 4), z1.new_empty((2, n, d)), z1.new_empty((2, m, m), dtype=acc),
+            z1.new_empty((2, d), dtype=torch.float64)]
+
+
+@torch.library.custom_op("duality_kernels::cuda_vicreg_bwd", mutates_args=())
+def cuda_vicreg_bwd(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, m2: Tensor, g_loss: Tensor,
+                    g_inv: Tensor, g_var: Tensor, g_cov: Tensor, inv_weight: float, var_weight: float,
+                    cov_weight: float, gamma: float, eps: float, side: str) -> List[Tensor]:
+    return _ext(z1).vicreg_bwd(z1, z2, x, gram, m2, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight,
+                               cov_weight, gamma, eps, side == "sample")
+
+
+@cuda_vicreg_bwd.register_fake
+def _(z1, z2, *_args):
+    return [torch.empty_like(z1, memory_format=torch.contiguous_format),
+            torch.empty_like(z2, memory_format=torch.contiguous_format)]
+
+
+def _vicreg_setup(ctx, inputs, output):
+    z1, z2, *args = inputs
+    ctx.save_for_backward(z1, z2, *output[4:])
+    ctx.args = tuple(args)
+
+
+def _vicreg_backward(ctx, grads):
+    z1, z2, x, gram, m2 = ctx.saved_tensors
+    gs = [_scalar_grad(g, gram) for g in grads[:4]]
+    dz1, dz2 = cuda_vicreg_bwd(z1, z2, x, gram, m2, *gs, *ctx.args)
+    return dz1, dz2, None, None, None, None, None, None
+
+
+cuda_vicreg_fwd.register_autograd(_vicreg_backward, setup_context=_vicreg_setup)
+
+
+def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
+           gamma: float, eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """SPEC §3 VICReg: (loss, {"invariance", "variance", "covariance"})."""
+    loss, inv, var, cov, *_ = cuda_vicreg_fwd(z1.contiguous(), z2.contiguous(), float(inv_weight),
+                                              float(var_weight), float(cov_weight), float(gamma),
+                                              float(eps), side)
+    return loss, {"invariance": inv, "variance": var, "covariance": cov}
+
+
+# ---- Barlow Twins (SPEC §3)
+
+
+@torch.library.custom_op("duality_kernels::cuda_barlow_twins_fwd", mutates_args=())
+def cuda_barlow_twins_fwd(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
+                          ) -> List[Tensor]:
+    """-> [loss, on_diagonal, off_diagonal, x (2, N, D) standardized views, grams,
+    m2 (2, D) float64, cdiag (D)]; grams = aᵀb (1, D, D) on the dimension side, [a aᵀ, b bᵀ] (2, N, N) on the sample side."""
+    return _ext(z1).barlow_twins_fwd(z1, z2, lambda_param, eps, side == "sample")
+
+
+@cuda_barlow_twins_fwd.register_fake
+def _(z1, z2, lambda_param, eps, side):
+    n, d = z1.shape
+    acc = _acc_of(z1)
+    grams = (2, n, n) if side == "sample" else (1, d, d)
+    return [*_scalars(z1, 3), z1.new_empty((2, n, d)), z1.new_empty(grams, dtype=acc),
+            z1.new_empty((2, d), dtype=torch.float64), z1.new_empty((d,), dtype=acc)]
+
+
+@torch.library.custom_op("duality_kernels::cuda_barlow_twins_bwd", mutates_args=())
+def cuda_barlow_twins_bwd(x: Tensor, grams: Tensor, m2: Tensor, cdiag: Tensor, g_loss: Tensor,
+                          g_on: Tensor, g_off: Tensor, lambda_param: float, eps: float, side: str
+                          ) -> List[Tensor]:
+    return _ext(x).barlow_twins_bwd(x, grams, m2, cdiag, g_loss, g_on, g_off, lambda_param, eps,
+                                    side == "sample")
+
+
+@cuda_barlow_twins_bwd.register_fake
+def _(x, *_args):
+    return [x.new_empty(x.shape[1:]), x.new_empty(x.shape[1:])]
+
+
+def _barlow_setup(ctx, inputs, output):
+    _, _, lambda_param, eps, side = inputs
+    ctx.save_for_backward(*output[3:])
+    ctx.args = (lambda_param, eps, side)
+
+
+def _barlow_backward(ctx, grads):
+    x, grams, m2, cdiag = ctx.saved_tensors
+    gs = [_scalar_grad(g, cdiag) for g in grads[:3]]
+    dz1, dz2 = cuda_barlow_twins_bwd(x, grams, m2, cdiag, *gs, *ctx.args)
+    return dz1, dz2, None, None, None
+
+
+cuda_barlow_twins_fwd.register_autograd(_barlow_backward, setup_context=_barlow_setup)
+
+
+def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
+                 ) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """SPEC §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
+    loss, on, off, *_ = cuda_barlow_twins_fwd(z1.contiguous(), z2.contiguous(), float(lambda_param),
+                                              float(eps), side)
+    return loss, {"on_diagonal": on, "off_diagonal": off}
+
+
+# ---- spectral contrastive (SPEC §4)
+
+
+@torch.library.custom_op("duality_kernels::cuda_spectral_fwd", mutates_args=())
+def cuda_spectral_fwd(z1: Tensor, z2: Tensor, mu: float, side: str) -> List[Tensor]:
+    """-> [loss, positive, negative, x (2, N, D) clamped rows, grams, q (3, N)];
+    grams = a bᵀ (1, N, N) on the sample side, [aᵀa, bᵀb] (2, D, D) on the dimension side."""
+    return _ext(z1).spectral_fwd(z1, z2, mu, side == "sample")
+
+
+@cuda_spectral_fwd.register_fake
+def _(z1, z2, mu, side):
+    n, d = z1.shape
+    acc = _acc_of(z1)
+    grams = (1, n, n) if side == "sample" else (2, d, d)
+    return [*_scalars(z1, 3), z1.new_empty((2, n, d)), z1.new_empty(grams, dtype=acc),
+            z1.new_empty((3, n), dtype=acc)]
+
+
+@torch.library.custom_op("duality_kernels::cuda_spectral_bwd", mutates_args=())
+def cuda_spectral_bwd(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tensor, g_loss: Tensor,
+                      g_pos: Tensor, g_neg: Tensor, mu: float, side: str) -> List[Tensor]:
+    return _ext(z1).spectral_bwd(z1, z2, x, grams, q, g_loss, g_pos, g_neg, mu, side == "sample")
+
+
+@cuda_spectral_bwd.register_fake
+def _(z1, z2, *_args):
+    return [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+
+
+def _spectral_setup(ctx, inputs, output):
+    z1, z2, mu, side = inputs
+    ctx.save_for_backward(z1, z2, *output[3:])
+    ctx.args = (mu, side)
+
+
+def _spectral_backward(ctx, grads):
+    z1, z2, x, grams, q = ctx.saved_tensors
+    gs = [_scalar_grad(g, q) for g in grads[:3]]
+    dz1, dz2 = cuda_spectral_bwd(z1, z2, x, grams, q, *gs, *ctx.args)
+    return dz1, dz2, None, None
+
+
+cuda_spectral_fwd.register_autograd(_spectral_backward, setup_context=_spectral_setup)
+
+
+def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """SPEC §4 spectral contrastive loss: (loss, {"positive", "negative"})."""
+    loss, pos, neg, *_ = cuda_spectral_fwd(z1.contiguous(), z2.contiguous(), float(mu), side)
+    return loss, {"positive": pos, "negative": neg}
+
+
+# ---- covariance (SPEC §1)
+
+
+@torch.library.custom_op("duality_kernels::cuda_covariance_fwd", mutates_args=())
+def cuda_covariance_fwd(z: Tensor, correction: int) -> List[Tensor]:
+    """-> [C (D, D), x (N, D) centered]."""
+    return _ext(z).covariance_fwd(z, correction)
+
+
+@cuda_covariance_fwd.register_fake
+def _(z, correction):
+    d = z.shape[1]
+    return [z.new_empty((d, d), dtype=_acc_of(z)), z.new_empty(z.shape)]
+
+
+@torch.library.custom_op("duality_kernels::cuda_covariance_bwd", mutates_args=())
+def cuda_covariance_bwd(x: Tensor, grad: Tensor, correction: int) -> Tensor:
+    return _ext(x).covariance_bwd(x, grad, correction)
+
+
+@cuda_covariance_bwd.register_fake
+def _(x, grad, correction):
+    return x.new_empty(x.shape)
+
+
+def _covariance_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.correction = inputs[1]
+
+
+def _covariance_backward(ctx, grads):
+    (x,) = ctx.saved_tensors
+    grad = grads[0]
+    if grad is None:
+        return None, None
+    return cuda_covariance_bwd(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
+
+
+cuda_covariance_fwd.register_autograd(_covariance_backward, setup_context=_covariance_setup)
+
+
+def covariance(z: Tensor, correction: int = 1) -> Tensor:
+    """SPEC §1 covariance: center(z)ᵀ center(z) / (N − correction), (D, D)."""
+    return cuda_covariance_fwd(z.contiguous(), int(correction))[0]
+
+
+# ---- cross_correlation (SPEC §1)
+
+
+@torch.library.custom_op("duality_kernels::cuda_cross_correlation_fwd", mutates_args=())
+def cuda_cross_correlation_fwd(z1: Tensor, z2: Tensor, eps: float) -> List[Tensor]:
+    """-> [C (D, D), x (2, N, D) standardized views, m2 (2, D) float64]."""
+    return _ext(z1).cross_correlation_fwd(z1, z2, eps)
+
+
+@cuda_cross_correlation_fwd.register_fake
+def _(z1, z2, eps):
+    n, d = z1.shape
+    acc = _acc_of(z1)
+    return [z1.new_empty((d, d), dtype=acc), z1.new_empty((2, n, d)),
+            z1.new_empty((2, d), dtype=torch.float64)]
+
+
+@torch.library.custom_op("duality_kernels::cuda_cross_correlation_bwd", mutates_args=())
+def cuda_cross_correlation_bwd(x: Tensor, m2: Tensor, grad: Tensor, eps: float) -> List[Tensor]:
+    return _ext(x).cross_correlation_bwd(x, m2, grad, eps)
+
+
+@cuda_cross_correlation_bwd.register_fake
+def _(x, m2, grad, eps):
+    return [x.new_empty(x.shape[1:]), x.new_empty(x.shape[1:])]
+
+
+def _xcorr_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2])
+    ctx.eps = inputs[2]
+
+
+def _xcorr_backward(ctx, grads):
+    x, m2 = ctx.saved_tensors
+    grad = grads[0]
+    if grad is None:
+        return None, None, None
+    dz1, dz2 = cuda_cross_correlation_bwd(x, m2, grad.to(_acc_of(x)).contiguous(), ctx.eps)
+    return dz1, dz2, None
+
+
+cuda_cross_correlation_fwd.register_autograd(_xcorr_backward, setup_context=_xcorr_setup)
+
+
+def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
+    """SPEC §1 cross_correlation: s(z1)ᵀ s(z2) / N with BatchNorm standardization, (D, D)."""
+    return cuda_cross_correlation_fwd(z1.contiguous(), z2.contiguous(), float(eps))[0]
+
+
+# ---- normalized_gram (SPEC §1)
+
+
+@torch.library.custom_op("duality_kernels::cuda_normalized_gram_fwd", mutates_args=())
+def cuda_normalized_gram_fwd(z1: Tensor, z2: Optional[Tensor]) -> List[Tensor]:
+    """-> [K (N, N), x (V, N, D) normalized rows, q (1 or 3, N) row sums of squares]."""
+    return _ext(z1).normalized_gram_fwd(z1, z2)
+
+
+@cuda_normalized_gram_fwd.register_fake
+def _(z1, z2):
+    n, d = z1.shape
+    acc = _acc_of(z1)
+    v = 1 if z2 is None else 2
+    return [z1.new_empty((n, n), dtype=acc), z1.new_empty((v, n, d)),
+            z1.new_empty((1 if v == 1 else 3, n), dtype=acc)]
+
+
+@torch.library.custom_op("duality_kernels::cuda_normalized_gram_bwd", mutates_args=())
+def cuda_normalized_gram_bwd(z1: Tensor, z2: Optional[Tensor], x: Tensor, q: Tensor, grad: Tensor
+                             ) -> List[Tensor]:
+    """-> [dz1] without z2, [dz1, dz2] with it."""
+    return _ext(z1).normalized_gram_bwd(z1, z2, x, q, grad)
+
+
+@cuda_normalized_gram_bwd.register_fake
+def _(z1, z2, x, q, grad):
+    return [z1.new_empty(z1.shape)] if z2 is None else [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+
+
+def _ngram_setup(ctx, inputs, output):
+    z1, z2 = inputs
+    ctx.single = z2 is None
+    ctx.save_for_backward(z1, z1 if z2 is None else z2, output[1], output[2])
+
+
+def _ngram_backward(ctx, grads):
+    z1, z2, x, q = ctx.saved_tensors
+    grad = grads[0]
+    if grad is None:
+        return None, None
+    grad = grad.to(q.dtype).contiguous()
+    if ctx.single:
+        return cuda_normalized_gram_bwd(z1, None, x, q, grad)[0], None
+    dz1, dz2 = cuda_normalized_gram_bwd(z1, z2, x, q, grad)
+    return dz1, dz2
+
+
+cuda_normalized_gram_fwd.register_autograd(_ngram_backward, setup_context=_ngram_setup)
+
+
+def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
+    """SPEC §1 normalized_gram: l2n(z1) · l2n(z2 or z1)ᵀ, (N, N)."""
+    return cuda_normalized_gram_fwd(z1.contiguous(), None if z2 is None else z2.contiguous())[0]
+
+
+# ---- duality_terms (SPEC §2)
+
+
+@torch.library.custom_op("duality_kernels::cuda_duality_terms_fwd", mutates_args=())
+def cuda_duality_terms_fwd(z: Tensor, side: str) -> List[Tensor]:
+    """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M), q (N), c (D) float64]."""
+    return _ext(z).duality_terms_fwd(z, side == "sample")
+
+
+@cuda_duality_terms_fwd.register_fake
+def _(z, side):
+    n, d = z.shape
+    m = n if side == "sample" else d
+    acc = _acc_of(z)
+    return [*_scalars(z, 4), z.new_empty((m, m), dtype=acc), z.new_empty((n,), dtype=acc),
+            z.new_empty((d,), dtype=torch.float64)]
+
+
+@torch.library.custom_op("duality_kernels::cuda_duality_terms_bwd", mutates_args=())
+def cuda_duality_terms_bwd(z: Tensor, gram: Tensor, q: Tensor, c: Tensor, g_lc: Tensor, g_lnc: Tensor,
+                           g_r4: Tensor, g_c4: Tensor, side: str) -> Tensor:
+    return _ext(z).duality_terms_bwd(z, gram, q, c, g_lc, g_lnc, g_r4, g_c4, side == "sample")
+
+
+@cuda_duality_terms_bwd.register_fake
+def _(z, *_args):
+    return z.new_empty(z.shape)
+
+
+def _duality_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], *output[4:])
+    ctx.side = inputs[1]
+
+
+def _duality_backward(ctx, grads):
+    z, gram, q, c = ctx.saved_tensors
+    gs = [_scalar_grad(g, q) for g in grads[:4]]
+    return cuda_duality_terms_bwd(z, gram, q, c, *gs, ctx.side), None
+
+
+cuda_duality_terms_fwd.register_autograd(_duality_backward, setup_context=_duality_setup)
+
+
+def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴) from one Gram on ``side``."""
+    out = cuda_duality_terms_fwd(z.contiguous(), side)
+    return out[0], out[1], out[2], out[3]
