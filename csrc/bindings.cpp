@@ -230,10 +230,9 @@ at::Tensor sum_of(const at::Tensor& a, const at::Tensor* b, int64_t count, int64
 }
 
 // Per-column float64 sums over rows of f(a_v, b_v) for views v (see gram_ops.h col_sum); a and
-// b hold the views' (n, d) matrices, sum the kColSumPlain result for kColSumCentSq. Returns
-// (views, d), or (d) for one view.
+// b hold the views' (n, d) matrices. Returns (views, d), or (d) for one view.
 at::Tensor col_sums(std::vector<at::Tensor> a, std::vector<at::Tensor> b, int mode,
-                    const at::Tensor* sum, const char* fn) {
+                    const char* fn) {
   const int views = static_cast<int>(a.size());
   const int64_t n = a[0].size(0), d = a[0].size(1);
   at::Tensor out = at::empty(views == 1 ? std::vector<int64_t>{d} : std::vector<int64_t>{views, d},
@@ -244,7 +243,6 @@ at::Tensor col_sums(std::vector<at::Tensor> a, std::vector<at::Tensor> b, int mo
   for (int v = 0; v < views; ++v) {
     c.a[v] = ptr(a[v]);
     c.b[v] = b.empty() ? nullptr : ptr(b[v]);
-    c.sum[v] = sum ? sum->data_ptr<double>() + v * d : nullptr;
   }
   c.n = n;
   c.d = d;
@@ -265,21 +263,37 @@ void run_finalize(dk::FinalizeArgs f, const at::Tensor& part, const at::Tensor& 
 }
 
 // Centered (or standardized) views of z1 [, z2] into x (views, n, d) in z's dtype, from float64
-// column statistics (two passes: sums, then centered squares); returns (x, m2 (views, d) float64).
-std::tuple<at::Tensor, at::Tensor> centered_views(const at::Tensor& z1, const at::Tensor* z2,
-                                                  bool bn, double eps, const char* fn) {
+// column statistics (one pass, col_moments); returns (x, m2 (views, d) float64, and with sqdiff
+// the per-column Σ(z1 - z2)² (d) float64, else an empty tensor).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> centered_views(const at::Tensor& z1,
+                                                              const at::Tensor* z2, bool bn,
+                                                              double eps, bool sqdiff,
+                                                              const char* fn) {
   const int views = z2 ? 2 : 1;
   const int64_t n = z1.size(0), d = z1.size(1);
-  std::vector<at::Tensor> zs{z1};
-  if (z2) zs.push_back(*z2);
-  at::Tensor sum = col_sums(zs, {}, dk::kColSumPlain, nullptr, fn).reshape({views, d});
-  at::Tensor m2 = col_sums(zs, {}, dk::kColSumCentSq, &sum, fn).reshape({views, d});
+  const auto f64 = z1.options().dtype(at::kDouble);
+  at::Tensor mean = at::empty({views, d}, f64), m2 = at::empty({views, d}, f64);
+  at::Tensor sq = sqdiff ? at::empty({d}, f64) : at::Tensor();
+  const int64_t ws = dk::col_moments_workspace_elems(n, d, views);
+  at::Tensor work = at::empty({ws > 0 ? ws : 1}, f64);
+  dk::ColMomentsArgs st{};
+  st.z[0] = ptr(z1);
+  st.z[1] = z2 ? ptr(*z2) : nullptr;
+  st.n = n;
+  st.d = d;
+  st.views = views;
+  st.sqdiff = sqdiff && z2;
+  st.mean = mean.data_ptr<double>();
+  st.m2 = m2.data_ptr<double>();
+  st.sq = sqdiff ? sq.data_ptr<double>() : nullptr;
+  st.workspace = ws > 0 ? work.data_ptr<double>() : nullptr;
+  check_cuda(dk::col_moments(st, dtype_code(z1.scalar_type()), stream_of(z1)), fn);
   at::Tensor x = at::empty({views, n, d}, z1.options());
   dk::CenterScaleArgs c{};
   for (int v = 0; v < views; ++v) {
-    c.z[v] = ptr(zs[v]);
+    c.z[v] = v == 0 ? ptr(z1) : ptr(*z2);
     c.out[v] = ptr(x[v]);
-    c.sum[v] = sum.data_ptr<double>() + v * d;
+    c.mean[v] = mean.data_ptr<double>() + v * d;
     c.m2[v] = m2.data_ptr<double>() + v * d;
   }
   c.n = n;
@@ -289,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor> centered_views(const at::Tensor& z1, const at
   c.row_mode = dk::kRowNone;
   c.eps = eps;
   check_cuda(dk::center_scale(c, dtype_code(z1.scalar_type()), stream_of(z1)), fn);
-  return {x, m2};
+  return {x, m2, sq};
 }
 
 // Rows of z1 [, z2] scaled by a per-row factor (l2n or the spectral clamp) into x (views, n, d);
@@ -329,8 +343,7 @@ std::vector<at::Tensor> vicreg_fwd(const at::Tensor& z1, const at::Tensor& z2, d
   check_pair(z1, z2, fn);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
-  auto [x, m2] = centered_views(z1, &z2, false, 0.0, fn);
-  const at::Tensor sq = col_sums({z1}, {z2}, dk::kColSumSqDiff, nullptr, fn);
+  auto [x, m2, sq] = centered_views(z1, &z2, false, 0.0, true, fn);
   const at::Tensor g = sample ? mm_sum(x, x.transpose(1, 2)) : mm_sum(x.transpose(1, 2), x);
   const at::Tensor part = sum_of(g, nullptr, g.numel(), sample ? n : d, fn);
   const at::Tensor gram = g.to(acc_dtype(z1.scalar_type()));
@@ -343,7 +356,7 @@ std::vector<at::Tensor> vicreg_fwd(const at::Tensor& z1, const at::Tensor& z2, d
   f.dv[0] = sq.data_ptr<double>();
   at::Tensor diag;  // Σ_i x_ik² of the very x the N×N Grams were made of
   if (sample) {
-    diag = col_sums({x[0], x[1]}, {}, dk::kColSumSq, nullptr, fn);
+    diag = col_sums({x[0], x[1]}, {}, dk::kColSumSq, fn);
     f.dv[1] = diag.data_ptr<double>();
   }
   f.w[0] = inv_w;
@@ -456,7 +469,7 @@ std::vector<at::Tensor> cross_correlation_fwd(const at::Tensor& z1, const at::Te
   constexpr const char* fn = "cross_correlation_fwd";
   check_pair(z1, z2, fn);
   DK_DEVICE_GUARD(z1);
-  auto [x, m2] = centered_views(z1, &z2, true, eps, fn);
+  auto [x, m2, unused] = centered_views(z1, &z2, true, eps, false, fn);
   at::Tensor c = mm_acc(x[0].t(), x[1]);
   c.mul_(1.0 / static_cast<double>(z1.size(0)));
   return {c, x, m2};
@@ -484,7 +497,7 @@ std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor&
   check_pair(z1, z2, fn);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
-  auto [x, m2] = centered_views(z1, &z2, true, eps, fn);
+  auto [x, m2, unused] = centered_views(z1, &z2, true, eps, false, fn);
   dk::FinalizeArgs f{};
   f.mode = dk::kFinBarlow;
   f.sample = sample;
@@ -498,7 +511,7 @@ std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor&
     const at::Tensor b = g[1];
     part = sum_of(g[0], &b, n * n, 0, fn);
     grams = g.to(acc_dtype(z1.scalar_type()));
-    diag = col_sums({x[0]}, {x[1]}, dk::kColSumDot, nullptr, fn);
+    diag = col_sums({x[0]}, {x[1]}, dk::kColSumDot, fn);
     f.dv[0] = diag.data_ptr<double>();
   } else {
     const at::Tensor g = mm_sum(x[0].t(), x[1]).unsqueeze(0);  // raw aᵀb (1, D, D)
@@ -557,7 +570,7 @@ std::vector<at::Tensor> covariance_fwd(const at::Tensor& z, int64_t correction) 
   constexpr const char* fn = "covariance_fwd";
   check_z(z, fn);
   DK_DEVICE_GUARD(z);
-  auto [x, m2] = centered_views(z, nullptr, false, 0.0, fn);
+  auto [x, m2, unused] = centered_views(z, nullptr, false, 0.0, false, fn);
   at::Tensor c = mm_acc(x[0].t(), x[0]);
   c.mul_(1.0 / static_cast<double>(z.size(0) - correction));
   return {c, x[0]};
@@ -743,7 +756,7 @@ std::vector<at::Tensor> duality_terms_fwd(const at::Tensor& z, bool sample) {
   const int dt = dtype_code(z.scalar_type());
   at::Tensor q = acc_empty({n}, z);
   check_cuda(dk::row_stats(ptr(z), nullptr, n, d, dt, ptr(q), nullptr, nullptr, stream_of(z)), fn);
-  const at::Tensor c = col_sums({z}, {}, dk::kColSumSq, nullptr, fn);  // float64 (d)
+  const at::Tensor c = col_sums({z}, {}, dk::kColSumSq, fn);  // float64 (d)
   const at::Tensor g = sample ? mm_sum(z, z.t()) : mm_sum(z.t(), z);
   const at::Tensor part = sum_of(g, nullptr, g.numel(), sample ? n : d, fn);
   const at::Tensor gram = g.to(acc_dtype(z.scalar_type()));

@@ -29,9 +29,10 @@ if ON_GPU and not cuda_ops.is_available():  # pragma: no cover
 
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["fp32", "fp64"]
-# N=2; primes; 31/33 straddle the 32-wide column tiles; 65 and 130 rows give two and three row
-# chunks of 64 in the column reductions; N > D and N < D.
-SHAPES = [(2, 5), (7, 3), (31, 17), (17, 33), (33, 48), (130, 9)]
+# N=2; primes; 31/33 straddle the 32-wide column tiles; 130 rows give three row chunks of 64 in
+# the column reductions (and a 130² Gram several sum blocks); D = 300 takes the 256-thread row
+# kernels round their loop twice; N > D and N < D.
+SHAPES = [(2, 5), (7, 3), (31, 17), (17, 33), (33, 48), (130, 9), (9, 300)]
 SHAPE_IDS = [f"{n}x{d}" for n, d in SHAPES]
 SIDES = ["sample", "dimension"]
 

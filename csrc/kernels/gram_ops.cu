@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) center_scale_kernel(CenterScaleArgs 
   // the sums of squares over it (measured: 2 ulp on Barlow's fp32 off_diagonal, 2026-11-30).
   if (a.col_mode != kColNone) {
     const double n = static_cast<double>(a.n);
-    const double mu = a.sum[v][col] / n;
+    const double mu = a.mean[v][col];
     const double den = a.col_mode == kColBN ? sqrt(a.m2[v][col] / n + a.eps) : 1.0;
     const int64_t step = static_cast<int64_t>(gridDim.y) * kLanes;
     for (int64_t r = static_cast<int64_t>(blockIdx.y) * kLanes + threadIdx.y; r < a.n; r += step) {
@@ -195,16 +195,11 @@ __global__ void __launch_bounds__(kThreads)
   const T* b = static_cast<const T*>(args.b[view]);
   double s = 0;
   if (col < d) {
-    const double shift = mode == kColSumCentSq ? args.sum[view][col] / static_cast<double>(n) : 0.0;
     for (int64_t r = r0 + threadIdx.y; r < r1; r += kLanes) {
       const int64_t i = r * d + col;
       const double x = static_cast<double>(to_acc(a[i]));
       if (mode == kColSumSq) {
         s += x * x;
-      } else if (mode == kColSumPlain) {
-        s += x;
-      } else if (mode == kColSumCentSq) {
-        s += (x - shift) * (x - shift);
       } else {
         const double y = static_cast<double>(to_acc(b[i]));
         s += mode == kColSumSqDiff ? (x - y) * (x - y) : x * y;
@@ -213,6 +208,80 @@ __global__ void __launch_bounds__(kThreads)
   }
   s = lane_sum(s);
   if (threadIdx.y == 0 && col < d) dst[(view * chunks + chunk) * d + col] = s;
+}
+
+// col_moments. Stage 1: per (view, chunk, column) S = Σ(z - s), Q = Σ(z - s)² with the shift
+// s = z[0, col], and for view 0 with sqdiff R = Σ(z0 - z1)², into
+// part[((view * 3 + j) * chunks + chunk) * d + col]; with one chunk the statistics directly.
+template <typename T>
+__device__ __forceinline__ void moments_out(const ColMomentsArgs& a, int view, int64_t col,
+                                            double shift, double S, double Q, double R) {
+  const double n = static_cast<double>(a.n);
+  const double m2 = Q - S * S / n;
+  a.mean[view * a.d + col] = shift + S / n;
+  a.m2[view * a.d + col] = m2 > 0 ? m2 : 0.0;
+  if (a.sqdiff && view == 0) a.sq[col] = R;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    col_moments_partial_kernel(ColMomentsArgs a, int64_t rows_per_chunk, int64_t chunks) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  const int view = blockIdx.z;
+  const int64_t r0 = chunk * rows_per_chunk;
+  const int64_t r1 = min(a.n, r0 + rows_per_chunk);
+  const T* z = static_cast<const T*>(a.z[view]);
+  const T* other = static_cast<const T*>(a.z[1]);
+  const bool with_r = a.sqdiff && view == 0;
+  double S = 0, Q = 0, R = 0, shift = 0;
+  if (col < a.d) {
+    shift = static_cast<double>(to_acc(z[col]));
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kLanes) {
+      const int64_t i = r * a.d + col;
+      const double x = static_cast<double>(to_acc(z[i]));
+      S += x - shift;
+      Q += (x - shift) * (x - shift);
+      if (with_r) {
+        const double y = x - static_cast<double>(to_acc(other[i]));
+        R += y * y;
+      }
+    }
+  }
+  S = lane_sum(S);
+  Q = lane_sum(Q);
+  R = lane_sum(R);
+  if (threadIdx.y != 0 || col >= a.d) return;
+  if (chunks == 1) {
+    moments_out<T>(a, view, col, shift, S, Q, R);
+    return;
+  }
+  double* part = a.workspace;
+  part[((view * 3 + 0) * chunks + chunk) * a.d + col] = S;
+  part[((view * 3 + 1) * chunks + chunk) * a.d + col] = Q;
+  part[((view * 3 + 2) * chunks + chunk) * a.d + col] = R;
+}
+
+// Stage 2: merge the chunks of each (view, column) in chunk order, then the statistics.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) col_moments_merge_kernel(ColMomentsArgs a, int64_t chunks) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
+  const int view = blockIdx.z;
+  double S = 0, Q = 0, R = 0;
+  if (col < a.d) {
+    const double* part = a.workspace;
+    for (int64_t c = threadIdx.y; c < chunks; c += kLanes) {
+      S += part[((view * 3 + 0) * chunks + c) * a.d + col];
+      Q += part[((view * 3 + 1) * chunks + c) * a.d + col];
+      R += part[((view * 3 + 2) * chunks + c) * a.d + col];
+    }
+  }
+  S = lane_sum(S);
+  Q = lane_sum(Q);
+  R = lane_sum(R);
+  if (threadIdx.y != 0 || col >= a.d) return;
+  const double shift = static_cast<double>(to_acc(static_cast<const T*>(a.z[view])[col]));
+  moments_out<T>(a, view, col, shift, S, Q, R);
 }
 
 // out[g][k] = Σ_c part[g][c][k] in chunk order, for groups g = blockIdx.z.
@@ -617,6 +686,24 @@ cudaError_t launch_col_sum(const ColSumArgs& a, cudaStream_t stream) {
 }
 
 template <typename T>
+cudaError_t launch_col_moments(const ColMomentsArgs& a, cudaStream_t stream) {
+  const ColPlan p = col_plan(a.n, a.d);
+  if (!grid_ok(p.col_tiles)) return cudaErrorInvalidConfiguration;
+  if (p.num_chunks > 1 && a.workspace == nullptr) return cudaErrorInvalidValue;
+  const dim3 block(kCols, kLanes);
+  DK_LAUNCH(col_moments_partial_kernel<T>,
+            dim3(static_cast<unsigned>(p.col_tiles), static_cast<unsigned>(p.num_chunks),
+                 static_cast<unsigned>(a.views)),
+            block, stream, a, p.rows_per_chunk, p.num_chunks);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || p.num_chunks == 1) return err;
+  DK_LAUNCH(col_moments_merge_kernel<T>,
+            dim3(static_cast<unsigned>(p.col_tiles), 1, static_cast<unsigned>(a.views)), block,
+            stream, a, p.num_chunks);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t launch_sum_partials(const void* a, const void* b, int64_t count, int64_t m,
                                 double* part, cudaStream_t stream) {
   using acc_t = typename AccType<T>::type;
@@ -698,6 +785,17 @@ cudaError_t row_stats(const void* z1, const void* z2, int64_t n, int64_t d, int 
                       void* q2, void* q12, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   DK_DISPATCH(dtype, launch_row_stats, z1, z2, n, d, q1, q2, q12, stream)
+}
+
+int64_t col_moments_workspace_elems(int64_t n, int64_t d, int views) {
+  if (n <= 0 || d <= 0) return 0;
+  const ColPlan p = col_plan(n, d);
+  return p.num_chunks > 1 ? 3 * views * p.num_chunks * d : 0;
+}
+
+cudaError_t col_moments(const ColMomentsArgs& a, int dtype, cudaStream_t stream) {
+  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
+  DK_DISPATCH(dtype, launch_col_moments, a, stream)
 }
 
 int64_t col_sum_workspace_elems(int64_t n, int64_t d, int views) {

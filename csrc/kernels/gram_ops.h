@@ -32,13 +32,13 @@ enum ColMode : int {
 };
 
 // out_v[i, k] = (z_v[i, k] - mean_v[k]) / c_v[k] * s_v[i] for views v < views, computed in
-// float64 when the column statistics are given and rounded once to T (mean = sum / n,
-// c = sqrt(m2 / n + eps) for kColBN, else 1).
+// float64 when the column statistics are given and rounded once to T
+// (c = sqrt(m2 / n + eps) for kColBN, else 1).
 struct CenterScaleArgs {
   const void* z[2];
   void* out[2];
-  const double* sum[2];  // column sums (d), kColCenter / kColBN
-  const double* m2[2];   // centered column sums of squares (d), kColBN
+  const double* mean[2];  // column means (d), kColCenter / kColBN
+  const double* m2[2];    // centered column sums of squares (d), kColBN
   const void* rowq[2];  // acc (n), kRowL2 / kRowClamp
   int64_t n, d;
   int views, col_mode, row_mode;
@@ -50,21 +50,32 @@ cudaError_t center_scale(const CenterScaleArgs& a, int dtype, cudaStream_t strea
 cudaError_t row_stats(const void* z1, const void* z2, int64_t n, int64_t d, int dtype, void* q1,
                       void* q2, void* q12, cudaStream_t stream);
 
+// Per-column float64 moments of up to two (n x d) views in one pass over the rows (two-stage,
+// the shifted-data algorithm with each column's first element as the shift):
+// mean[v][k], m2[v][k] = Σ_i (z_v[i, k] - mean[v][k])², and with sqdiff sq[k] = Σ_i (z_0 - z_1)².
+// float64 so that the centered or standardized views round only once (a rounded per-column
+// statistic would shift or scale a whole column by the same error).
+struct ColMomentsArgs {
+  const void* z[2];
+  int64_t n, d;
+  int views, sqdiff;
+  double *mean, *m2, *sq;  // (views, d), (views, d), (d)
+  double* workspace;       // col_moments_workspace_elems
+};
+int64_t col_moments_workspace_elems(int64_t n, int64_t d, int views);  // float64 elements
+cudaError_t col_moments(const ColMomentsArgs& a, int dtype, cudaStream_t stream);
+
 // Per-column sums over rows of f(a_v[i, k], b_v[i, k]) for T arrays (n x d), accumulated and
-// written in float64 (out: views x d). float64 because the losses subtract these (or their
-// squares) from Gram sums that cancel to a small remainder, and because the column statistics
-// they give (mean = Σa/n, m2 = Σ(a - mean)²) then round only once into the centered views.
+// written in float64 (out: views x d): the losses subtract these (or their squares) from Gram
+// sums that cancel to a small remainder.
 enum ColSumMode : int {
   kColSumSq = 0,       // a^2
   kColSumSqDiff = 1,   // (a - b)^2
   kColSumDot = 2,      // a * b
-  kColSumPlain = 3,    // a
-  kColSumCentSq = 4,   // (a - sum_v[k] / n)^2, sum = the kColSumPlain result
 };
 struct ColSumArgs {
   const void* a[2];
   const void* b[2];
-  const double* sum[2];
   int64_t n, d;
   int views, mode;
   double* out;        // (views, d)
