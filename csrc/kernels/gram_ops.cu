@@ -116,10 +116,15 @@ __global__ void __launch_bounds__(kThreads) center_scale_kernel(CenterScaleArgs 
     const double n = static_cast<double>(a.n);
     const double mu = a.mean[v][col];
     const double den = a.col_mode == kColBN ? sqrt(a.m2[v][col] / n + a.eps) : 1.0;
+    // float64 inputs divide like the reference; narrower ones multiply by the float64 reciprocal
+    // (its rounding, 1e-16, is far below theirs, and it spares a float64 division per element).
+    const bool divide = sizeof(T) == sizeof(double);
+    const double inv = 1.0 / den;
     const int64_t step = static_cast<int64_t>(gridDim.y) * kLanes;
     for (int64_t r = static_cast<int64_t>(blockIdx.y) * kLanes + threadIdx.y; r < a.n; r += step) {
       const int64_t i = r * a.d + col;
-      out[i] = from_acc<T>(static_cast<acc_t>((static_cast<double>(to_acc(z[i])) - mu) / den));
+      const double c = static_cast<double>(to_acc(z[i])) - mu;
+      out[i] = from_acc<T>(static_cast<acc_t>(divide ? c / den : c * inv));
     }
     return;
   }
@@ -310,13 +315,29 @@ __global__ void __launch_bounds__(kSumThreads)
   // the result's; fp32 partial sums here measured up to 30x eager's error (simulator, 2026-11-30).
   const int tid = threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kSumThreads;
-  const int64_t mm = m * m;
   double s = 0, off = 0;  // off: summed separately, never as s minus the diagonal
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kSumThreads + tid; i < count; i += step) {
-    const double x = static_cast<double>(a[i]);
-    const double v = b == nullptr ? x * x : x * static_cast<double>(b[i]);
-    s += v;
-    if (m == 0 || (i % mm) % (m + 1) != 0) off += v;
+  if (m == 0) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kSumThreads + tid; i < count; i += step) {
+      const double x = static_cast<double>(a[i]);
+      s += b == nullptr ? x * x : x * static_cast<double>(b[i]);
+    }
+    off = s;
+  } else {
+    // Row by row (blocks stride over the rows of the stacked m x m matrices, threads over a row's
+    // columns): the diagonal column of row r is r % m, one integer division per row, not per
+    // element.
+    const int64_t rows = count / m;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+      const int64_t diag = r % m;
+      const acc_t* ar = a + r * m;
+      const acc_t* br = b == nullptr ? nullptr : b + r * m;
+      for (int64_t c = tid; c < m; c += kSumThreads) {
+        const double x = static_cast<double>(ar[c]);
+        const double v = br == nullptr ? x * x : x * static_cast<double>(br[c]);
+        s += v;
+        if (c != diag) off += v;
+      }
+    }
   }
   const double t = block_sum<double, kSumThreads>(s, tid);
   const double u = block_sum<double, kSumThreads>(off, tid);
