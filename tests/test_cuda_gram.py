@@ -314,16 +314,19 @@ def test_validation_in_bindings():
 # GPU only (benchmarks/gpu_check.sh): TF32, bf16/fp16, inductor, opcheck on CUDA
 
 
-@pytest.mark.cuda
-@requires_gpu
-@pytest.mark.parametrize("dtype,precision,rtol", [(torch.float32, "high", 2e-3), (torch.bfloat16, "highest", 2e-2),
-                                                  (torch.float16, "highest", 2e-2)], ids=["tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype,precision,rtol", [
+    pytest.param(torch.float32, "high", 2e-3, id="tf32", marks=[pytest.mark.cuda, requires_gpu]),
+    pytest.param(torch.bfloat16, "highest", 2e-2, id="bf16"),
+    pytest.param(torch.float16, "highest", 2e-2, id="fp16")])
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("shape", [(129, 70), (64, 512), (1000, 300)], ids=["129x70", "64x512", "1000x300"])
-def test_cuda_reduced_precision(dtype, precision, rtol, side, shape):
-    """TF32 GEMMs (fp32 under matmul precision "high", as eager under the same setting) and
-    bf16/fp16 tensor cores: every output and gradient within rtol of float64 truth on the same
+def test_reduced_precision(dtype, precision, rtol, side, shape):
+    """TF32 GEMMs (fp32 under matmul precision "high", as eager under the same setting; GPU only)
+    and bf16/fp16 (tensor cores on the GPU; in the simulator the kernels' bf16/fp16 conversions
+    with GEMMs in fp32): every output and gradient within rtol of float64 truth on the same
     rounded inputs, relative to its scale (eager bf16 is no oracle: the reference computes in fp32)."""
+    if not ON_GPU and shape[0] * shape[1] > 40000:
+        pytest.skip("the simulator runs the smaller shapes only (1000x300 takes minutes there)")
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
