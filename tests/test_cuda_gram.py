@@ -351,3 +351,31 @@ def test_cuda_compile_fullgraph_inductor():
 def test_cuda_opcheck_low_precision():
     for name, args in _op_cases(130, 70, torch.bfloat16, "cuda"):
         torch.library.opcheck(getattr(torch.ops.duality_kernels, name).default, args)
+
+
+def test_eager_path_matches_the_custom_ops():
+    """Eager calls run the ops as a torch.autograd.Function over the same _C calls (skipping
+    torch.library's Python dispatch); the registered custom ops with their autograd must give
+    the same bits, values and gradients."""
+    z1, z2 = _views(23, 12, torch.float32, seed=16)
+    ops = torch.ops.duality_kernels
+    cases = [
+        (lambda a, b: cuda_ops.vicreg(a, b, *V, "sample")[0], lambda a, b: ops.cuda_vicreg_fwd(a, b, *V, "sample")[0]),
+        (lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[1]["off_diagonal"],
+         lambda a, b: ops.cuda_barlow_twins_fwd(a, b, 0.0051, 1e-5, "dimension")[2]),
+        (lambda a, b: cuda_ops.spectral(a, b, 2.0, "sample")[0], lambda a, b: ops.cuda_spectral_fwd(a, b, 2.0, "sample")[0]),
+        (lambda a, b: cuda_ops.covariance(a, 1), lambda a, b: ops.cuda_covariance_fwd(a, 1)[0]),
+        (lambda a, b: cuda_ops.cross_correlation(a, b, 1e-5), lambda a, b: ops.cuda_cross_correlation_fwd(a, b, 1e-5)[0]),
+        (lambda a, b: cuda_ops.normalized_gram(a), lambda a, b: ops.cuda_normalized_gram_fwd(a, None)[0]),
+        (lambda a, b: cuda_ops.normalized_gram(a, b), lambda a, b: ops.cuda_normalized_gram_fwd(a, b)[0]),
+        (lambda a, b: cuda_ops.duality_terms(a, "dimension")[1], lambda a, b: ops.cuda_duality_terms_fwd(a, "dimension")[1]),
+    ]
+    for i, (direct, custom) in enumerate(cases):
+        results = []
+        for fn in (direct, custom):
+            a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+            out = fn(a, b)
+            w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+            grads = torch.autograd.grad((out * w).sum(), (a, b), allow_unused=True)
+            results.append([out.detach()] + [torch.zeros_like(z1) if g is None else g for g in grads])
+        assert all(torch.equal(x, y) for x, y in zip(*results)), f"case {i}"

@@ -18,7 +18,7 @@ Kernels trust their inputs (DESIGN convention 6): public functions validate befo
 """
 
 import importlib
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -193,14 +193,58 @@ def _scalars(z: Tensor, count: int) -> List[Tensor]:
     return [z.new_empty((), dtype=_acc_of(z)) for _ in range(count)]
 
 
+# Eager calls skip torch.library's Python dispatch: it costs more than these ops' kernels at small
+# sizes (a do-nothing custom_op forward + backward measured 480 us against 114 us for the same
+# work in a torch.autograd.Function, on the 2-core development machine, 2026-11-30). So outside
+# torch.compile each loss runs as a torch.autograd.Function (_Direct) whose forward and backward
+# call the same _C functions the custom ops wrap, with the same setup/backward code; while
+# compiling, the custom ops run, so torch.compile(fullgraph=True) sees ops with fakes (DESIGN 2).
+
+
+class _Spec(NamedTuple):
+    op: object        # the custom op (torch.compile path)
+    impl: object      # its implementation: one call into _C
+    setup: object     # setup_context(ctx, inputs, output)
+    backward: object  # backward(ctx, grads) -> gradients of the inputs
+    results: int      # how many leading outputs are results (the rest: saved for the backward)
+
+
+class _Direct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec, *inputs):
+        out = spec.impl(*inputs)
+        spec.setup(ctx, inputs, out)
+        ctx.direct = True
+        ctx.spec = spec
+        return tuple(out[:spec.results])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *ctx.spec.backward(ctx, grads))
+
+
+def _apply(spec: "_Spec", *inputs):
+    """spec's results (a list or tuple whose first spec.results items are the results)."""
+    if torch.compiler.is_compiling():
+        return spec.op(*inputs)
+    return _Direct.apply(spec, *inputs)
+
+
+def _pick(ctx, op, impl):
+    """The backward op: its _C call directly under _Direct, the custom op otherwise."""
+    return impl if getattr(ctx, "direct", False) else op
+
+
 # ---- VICReg (SPEC §3)
 
 
-@torch.library.custom_op("duality_kernels::cuda_vicreg_fwd", mutates_args=())
-def cuda_vicreg_fwd(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
+def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
                     gamma: float, eps: float, side: str) -> List[Tensor]:
     """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), m2 (2, D) float64]."""
     return _ext(z1).vicreg_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side == "sample")
+
+
+cuda_vicreg_fwd = torch.library.custom_op("duality_kernels::cuda_vicreg_fwd", mutates_args=())(_vicreg_fwd_impl)
 
 
 @cuda_vicreg_fwd.register_fake
@@ -212,12 +256,14 @@ def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
             z1.new_empty((2, d), dtype=torch.float64)]
 
 
-@torch.library.custom_op("duality_kernels::cuda_vicreg_bwd", mutates_args=())
-def cuda_vicreg_bwd(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, m2: Tensor, g_loss: Tensor,
+def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, m2: Tensor, g_loss: Tensor,
                     g_inv: Tensor, g_var: Tensor, g_cov: Tensor, inv_weight: float, var_weight: float,
                     cov_weight: float, gamma: float, eps: float, side: str) -> List[Tensor]:
     return _ext(z1).vicreg_bwd(z1, z2, x, gram, m2, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight,
                                cov_weight, gamma, eps, side == "sample")
+
+
+cuda_vicreg_bwd = torch.library.custom_op("duality_kernels::cuda_vicreg_bwd", mutates_args=())(_vicreg_bwd_impl)
 
 
 @cuda_vicreg_bwd.register_fake
@@ -235,17 +281,18 @@ def _vicreg_setup(ctx, inputs, output):
 def _vicreg_backward(ctx, grads):
     z1, z2, x, gram, m2 = ctx.saved_tensors
     gs = [_scalar_grad(g, gram) for g in grads[:4]]
-    dz1, dz2 = cuda_vicreg_bwd(z1, z2, x, gram, m2, *gs, *ctx.args)
+    dz1, dz2 = _pick(ctx, cuda_vicreg_bwd, _vicreg_bwd_impl)(z1, z2, x, gram, m2, *gs, *ctx.args)
     return dz1, dz2, None, None, None, None, None, None
 
 
 cuda_vicreg_fwd.register_autograd(_vicreg_backward, setup_context=_vicreg_setup)
+_VICREG = _Spec(cuda_vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backward, 4)
 
 
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
            gamma: float, eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 VICReg: (loss, {"invariance", "variance", "covariance"})."""
-    loss, inv, var, cov, *_ = cuda_vicreg_fwd(z1.contiguous(), z2.contiguous(), float(inv_weight),
+    loss, inv, var, cov, *_ = _apply(_VICREG, z1.contiguous(), z2.contiguous(), float(inv_weight),
                                               float(var_weight), float(cov_weight), float(gamma),
                                               float(eps), side)
     return loss, {"invariance": inv, "variance": var, "covariance": cov}
@@ -254,12 +301,14 @@ def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_wei
 # ---- Barlow Twins (SPEC §3)
 
 
-@torch.library.custom_op("duality_kernels::cuda_barlow_twins_fwd", mutates_args=())
-def cuda_barlow_twins_fwd(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
+def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                           ) -> List[Tensor]:
     """-> [loss, on_diagonal, off_diagonal, x (2, N, D) standardized views, grams,
     m2 (2, D) float64, cdiag (D)]; grams = aᵀb (1, D, D) on the dimension side, [a aᵀ, b bᵀ] (2, N, N) on the sample side."""
     return _ext(z1).barlow_twins_fwd(z1, z2, lambda_param, eps, side == "sample")
+
+
+cuda_barlow_twins_fwd = torch.library.custom_op("duality_kernels::cuda_barlow_twins_fwd", mutates_args=())(_barlow_twins_fwd_impl)
 
 
 @cuda_barlow_twins_fwd.register_fake
@@ -271,12 +320,14 @@ def _(z1, z2, lambda_param, eps, side):
             z1.new_empty((2, d), dtype=torch.float64), z1.new_empty((d,), dtype=acc)]
 
 
-@torch.library.custom_op("duality_kernels::cuda_barlow_twins_bwd", mutates_args=())
-def cuda_barlow_twins_bwd(x: Tensor, grams: Tensor, m2: Tensor, cdiag: Tensor, g_loss: Tensor,
+def _barlow_twins_bwd_impl(x: Tensor, grams: Tensor, m2: Tensor, cdiag: Tensor, g_loss: Tensor,
                           g_on: Tensor, g_off: Tensor, lambda_param: float, eps: float, side: str
                           ) -> List[Tensor]:
     return _ext(x).barlow_twins_bwd(x, grams, m2, cdiag, g_loss, g_on, g_off, lambda_param, eps,
                                     side == "sample")
+
+
+cuda_barlow_twins_bwd = torch.library.custom_op("duality_kernels::cuda_barlow_twins_bwd", mutates_args=())(_barlow_twins_bwd_impl)
 
 
 @cuda_barlow_twins_bwd.register_fake
@@ -293,17 +344,18 @@ def _barlow_setup(ctx, inputs, output):
 def _barlow_backward(ctx, grads):
     x, grams, m2, cdiag = ctx.saved_tensors
     gs = [_scalar_grad(g, cdiag) for g in grads[:3]]
-    dz1, dz2 = cuda_barlow_twins_bwd(x, grams, m2, cdiag, *gs, *ctx.args)
+    dz1, dz2 = _pick(ctx, cuda_barlow_twins_bwd, _barlow_twins_bwd_impl)(x, grams, m2, cdiag, *gs, *ctx.args)
     return dz1, dz2, None, None, None
 
 
 cuda_barlow_twins_fwd.register_autograd(_barlow_backward, setup_context=_barlow_setup)
+_BARLOW_TWINS = _Spec(cuda_barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setup, _barlow_backward, 3)
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
-    loss, on, off, *_ = cuda_barlow_twins_fwd(z1.contiguous(), z2.contiguous(), float(lambda_param),
+    loss, on, off, *_ = _apply(_BARLOW_TWINS, z1.contiguous(), z2.contiguous(), float(lambda_param),
                                               float(eps), side)
     return loss, {"on_diagonal": on, "off_diagonal": off}
 
@@ -311,11 +363,13 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
 # ---- spectral contrastive (SPEC §4)
 
 
-@torch.library.custom_op("duality_kernels::cuda_spectral_fwd", mutates_args=())
-def cuda_spectral_fwd(z1: Tensor, z2: Tensor, mu: float, side: str) -> List[Tensor]:
+def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str) -> List[Tensor]:
     """-> [loss, positive, negative, x (2, N, D) clamped rows, grams, q (3, N)];
     grams = a bᵀ (1, N, N) on the sample side, [aᵀa, bᵀb] (2, D, D) on the dimension side."""
     return _ext(z1).spectral_fwd(z1, z2, mu, side == "sample")
+
+
+cuda_spectral_fwd = torch.library.custom_op("duality_kernels::cuda_spectral_fwd", mutates_args=())(_spectral_fwd_impl)
 
 
 @cuda_spectral_fwd.register_fake
@@ -327,10 +381,12 @@ def _(z1, z2, mu, side):
             z1.new_empty((3, n), dtype=acc)]
 
 
-@torch.library.custom_op("duality_kernels::cuda_spectral_bwd", mutates_args=())
-def cuda_spectral_bwd(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tensor, g_loss: Tensor,
+def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tensor, g_loss: Tensor,
                       g_pos: Tensor, g_neg: Tensor, mu: float, side: str) -> List[Tensor]:
     return _ext(z1).spectral_bwd(z1, z2, x, grams, q, g_loss, g_pos, g_neg, mu, side == "sample")
+
+
+cuda_spectral_bwd = torch.library.custom_op("duality_kernels::cuda_spectral_bwd", mutates_args=())(_spectral_bwd_impl)
 
 
 @cuda_spectral_bwd.register_fake
@@ -347,26 +403,29 @@ def _spectral_setup(ctx, inputs, output):
 def _spectral_backward(ctx, grads):
     z1, z2, x, grams, q = ctx.saved_tensors
     gs = [_scalar_grad(g, q) for g in grads[:3]]
-    dz1, dz2 = cuda_spectral_bwd(z1, z2, x, grams, q, *gs, *ctx.args)
+    dz1, dz2 = _pick(ctx, cuda_spectral_bwd, _spectral_bwd_impl)(z1, z2, x, grams, q, *gs, *ctx.args)
     return dz1, dz2, None, None
 
 
 cuda_spectral_fwd.register_autograd(_spectral_backward, setup_context=_spectral_setup)
+_SPECTRAL = _Spec(cuda_spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectral_backward, 3)
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §4 spectral contrastive loss: (loss, {"positive", "negative"})."""
-    loss, pos, neg, *_ = cuda_spectral_fwd(z1.contiguous(), z2.contiguous(), float(mu), side)
+    loss, pos, neg, *_ = _apply(_SPECTRAL, z1.contiguous(), z2.contiguous(), float(mu), side)
     return loss, {"positive": pos, "negative": neg}
 
 
 # ---- covariance (SPEC §1)
 
 
-@torch.library.custom_op("duality_kernels::cuda_covariance_fwd", mutates_args=())
-def cuda_covariance_fwd(z: Tensor, correction: int) -> List[Tensor]:
+def _covariance_fwd_impl(z: Tensor, correction: int) -> List[Tensor]:
     """-> [C (D, D), x (N, D) centered]."""
     return _ext(z).covariance_fwd(z, correction)
+
+
+cuda_covariance_fwd = torch.library.custom_op("duality_kernels::cuda_covariance_fwd", mutates_args=())(_covariance_fwd_impl)
 
 
 @cuda_covariance_fwd.register_fake
@@ -375,9 +434,11 @@ def _(z, correction):
     return [z.new_empty((d, d), dtype=_acc_of(z)), z.new_empty(z.shape)]
 
 
-@torch.library.custom_op("duality_kernels::cuda_covariance_bwd", mutates_args=())
-def cuda_covariance_bwd(x: Tensor, grad: Tensor, correction: int) -> Tensor:
+def _covariance_bwd_impl(x: Tensor, grad: Tensor, correction: int) -> Tensor:
     return _ext(x).covariance_bwd(x, grad, correction)
+
+
+cuda_covariance_bwd = torch.library.custom_op("duality_kernels::cuda_covariance_bwd", mutates_args=())(_covariance_bwd_impl)
 
 
 @cuda_covariance_bwd.register_fake
@@ -395,24 +456,27 @@ def _covariance_backward(ctx, grads):
     grad = grads[0]
     if grad is None:
         return None, None
-    return cuda_covariance_bwd(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
+    return _pick(ctx, cuda_covariance_bwd, _covariance_bwd_impl)(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
 
 
 cuda_covariance_fwd.register_autograd(_covariance_backward, setup_context=_covariance_setup)
+_COVARIANCE = _Spec(cuda_covariance_fwd, _covariance_fwd_impl, _covariance_setup, _covariance_backward, 1)
 
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
     """SPEC §1 covariance: center(z)ᵀ center(z) / (N − correction), (D, D)."""
-    return cuda_covariance_fwd(z.contiguous(), int(correction))[0]
+    return _apply(_COVARIANCE, z.contiguous(), int(correction))[0]
 
 
 # ---- cross_correlation (SPEC §1)
 
 
-@torch.library.custom_op("duality_kernels::cuda_cross_correlation_fwd", mutates_args=())
-def cuda_cross_correlation_fwd(z1: Tensor, z2: Tensor, eps: float) -> List[Tensor]:
+def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float) -> List[Tensor]:
     """-> [C (D, D), x (2, N, D) standardized views, m2 (2, D) float64]."""
     return _ext(z1).cross_correlation_fwd(z1, z2, eps)
+
+
+cuda_cross_correlation_fwd = torch.library.custom_op("duality_kernels::cuda_cross_correlation_fwd", mutates_args=())(_cross_correlation_fwd_impl)
 
 
 @cuda_cross_correlation_fwd.register_fake
@@ -423,9 +487,11 @@ def _(z1, z2, eps):
             z1.new_empty((2, d), dtype=torch.float64)]
 
 
-@torch.library.custom_op("duality_kernels::cuda_cross_correlation_bwd", mutates_args=())
-def cuda_cross_correlation_bwd(x: Tensor, m2: Tensor, grad: Tensor, eps: float) -> List[Tensor]:
+def _cross_correlation_bwd_impl(x: Tensor, m2: Tensor, grad: Tensor, eps: float) -> List[Tensor]:
     return _ext(x).cross_correlation_bwd(x, m2, grad, eps)
+
+
+cuda_cross_correlation_bwd = torch.library.custom_op("duality_kernels::cuda_cross_correlation_bwd", mutates_args=())(_cross_correlation_bwd_impl)
 
 
 @cuda_cross_correlation_bwd.register_fake
@@ -443,25 +509,28 @@ def _xcorr_backward(ctx, grads):
     grad = grads[0]
     if grad is None:
         return None, None, None
-    dz1, dz2 = cuda_cross_correlation_bwd(x, m2, grad.to(_acc_of(x)).contiguous(), ctx.eps)
+    dz1, dz2 = _pick(ctx, cuda_cross_correlation_bwd, _cross_correlation_bwd_impl)(x, m2, grad.to(_acc_of(x)).contiguous(), ctx.eps)
     return dz1, dz2, None
 
 
 cuda_cross_correlation_fwd.register_autograd(_xcorr_backward, setup_context=_xcorr_setup)
+_CROSS_CORRELATION = _Spec(cuda_cross_correlation_fwd, _cross_correlation_fwd_impl, _xcorr_setup, _xcorr_backward, 1)
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     """SPEC §1 cross_correlation: s(z1)ᵀ s(z2) / N with BatchNorm standardization, (D, D)."""
-    return cuda_cross_correlation_fwd(z1.contiguous(), z2.contiguous(), float(eps))[0]
+    return _apply(_CROSS_CORRELATION, z1.contiguous(), z2.contiguous(), float(eps))[0]
 
 
 # ---- normalized_gram (SPEC §1)
 
 
-@torch.library.custom_op("duality_kernels::cuda_normalized_gram_fwd", mutates_args=())
-def cuda_normalized_gram_fwd(z1: Tensor, z2: Optional[Tensor]) -> List[Tensor]:
+def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> List[Tensor]:
     """-> [K (N, N), x (V, N, D) normalized rows, q (1 or 3, N) row sums of squares]."""
     return _ext(z1).normalized_gram_fwd(z1, z2)
+
+
+cuda_normalized_gram_fwd = torch.library.custom_op("duality_kernels::cuda_normalized_gram_fwd", mutates_args=())(_normalized_gram_fwd_impl)
 
 
 @cuda_normalized_gram_fwd.register_fake
@@ -473,11 +542,13 @@ def _(z1, z2):
             z1.new_empty((1 if v == 1 else 3, n), dtype=acc)]
 
 
-@torch.library.custom_op("duality_kernels::cuda_normalized_gram_bwd", mutates_args=())
-def cuda_normalized_gram_bwd(z1: Tensor, z2: Optional[Tensor], x: Tensor, q: Tensor, grad: Tensor
+def _normalized_gram_bwd_impl(z1: Tensor, z2: Optional[Tensor], x: Tensor, q: Tensor, grad: Tensor
                              ) -> List[Tensor]:
     """-> [dz1] without z2, [dz1, dz2] with it."""
     return _ext(z1).normalized_gram_bwd(z1, z2, x, q, grad)
+
+
+cuda_normalized_gram_bwd = torch.library.custom_op("duality_kernels::cuda_normalized_gram_bwd", mutates_args=())(_normalized_gram_bwd_impl)
 
 
 @cuda_normalized_gram_bwd.register_fake
@@ -498,26 +569,29 @@ def _ngram_backward(ctx, grads):
         return None, None
     grad = grad.to(q.dtype).contiguous()
     if ctx.single:
-        return cuda_normalized_gram_bwd(z1, None, x, q, grad)[0], None
-    dz1, dz2 = cuda_normalized_gram_bwd(z1, z2, x, q, grad)
+        return _pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, None, x, q, grad)[0], None
+    dz1, dz2 = _pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, z2, x, q, grad)
     return dz1, dz2
 
 
 cuda_normalized_gram_fwd.register_autograd(_ngram_backward, setup_context=_ngram_setup)
+_NORMALIZED_GRAM = _Spec(cuda_normalized_gram_fwd, _normalized_gram_fwd_impl, _ngram_setup, _ngram_backward, 1)
 
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
     """SPEC §1 normalized_gram: l2n(z1) · l2n(z2 or z1)ᵀ, (N, N)."""
-    return cuda_normalized_gram_fwd(z1.contiguous(), None if z2 is None else z2.contiguous())[0]
+    return _apply(_NORMALIZED_GRAM, z1.contiguous(), None if z2 is None else z2.contiguous())[0]
 
 
 # ---- duality_terms (SPEC §2)
 
 
-@torch.library.custom_op("duality_kernels::cuda_duality_terms_fwd", mutates_args=())
-def cuda_duality_terms_fwd(z: Tensor, side: str) -> List[Tensor]:
+def _duality_terms_fwd_impl(z: Tensor, side: str) -> List[Tensor]:
     """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M), q (N), c (D) float64]."""
     return _ext(z).duality_terms_fwd(z, side == "sample")
+
+
+cuda_duality_terms_fwd = torch.library.custom_op("duality_kernels::cuda_duality_terms_fwd", mutates_args=())(_duality_terms_fwd_impl)
 
 
 @cuda_duality_terms_fwd.register_fake
@@ -529,10 +603,12 @@ def _(z, side):
             z.new_empty((d,), dtype=torch.float64)]
 
 
-@torch.library.custom_op("duality_kernels::cuda_duality_terms_bwd", mutates_args=())
-def cuda_duality_terms_bwd(z: Tensor, gram: Tensor, q: Tensor, c: Tensor, g_lc: Tensor, g_lnc: Tensor,
+def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, q: Tensor, c: Tensor, g_lc: Tensor, g_lnc: Tensor,
                            g_r4: Tensor, g_c4: Tensor, side: str) -> Tensor:
     return _ext(z).duality_terms_bwd(z, gram, q, c, g_lc, g_lnc, g_r4, g_c4, side == "sample")
+
+
+cuda_duality_terms_bwd = torch.library.custom_op("duality_kernels::cuda_duality_terms_bwd", mutates_args=())(_duality_terms_bwd_impl)
 
 
 @cuda_duality_terms_bwd.register_fake
@@ -548,13 +624,14 @@ def _duality_setup(ctx, inputs, output):
 def _duality_backward(ctx, grads):
     z, gram, q, c = ctx.saved_tensors
     gs = [_scalar_grad(g, q) for g in grads[:4]]
-    return cuda_duality_terms_bwd(z, gram, q, c, *gs, ctx.side), None
+    return _pick(ctx, cuda_duality_terms_bwd, _duality_terms_bwd_impl)(z, gram, q, c, *gs, ctx.side), None
 
 
 cuda_duality_terms_fwd.register_autograd(_duality_backward, setup_context=_duality_setup)
+_DUALITY_TERMS = _Spec(cuda_duality_terms_fwd, _duality_terms_fwd_impl, _duality_setup, _duality_backward, 4)
 
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴) from one Gram on ``side``."""
-    out = cuda_duality_terms_fwd(z.contiguous(), side)
+    out = _apply(_DUALITY_TERMS, z.contiguous(), side)
     return out[0], out[1], out[2], out[3]
