@@ -18,9 +18,11 @@ Kernels trust their inputs (DESIGN convention 6): public functions validate befo
 """
 
 import importlib
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from ._direct import Spec, apply, pick
 
 __all__ = [
     "REBUILD_COMMAND",
@@ -193,48 +195,6 @@ def _scalars(z: Tensor, count: int) -> List[Tensor]:
     return [z.new_empty((), dtype=_acc_of(z)) for _ in range(count)]
 
 
-# Eager calls skip torch.library's Python dispatch: it costs more than these ops' kernels at small
-# sizes (a do-nothing custom_op forward + backward measured 480 us against 114 us for the same
-# work in a torch.autograd.Function, on the 2-core development machine, 2026-11-30). So outside
-# torch.compile each loss runs as a torch.autograd.Function (_Direct) whose forward and backward
-# call the same _C functions the custom ops wrap, with the same setup/backward code; while
-# compiling, the custom ops run, so torch.compile(fullgraph=True) sees ops with fakes (DESIGN 2).
-
-
-class _Spec(NamedTuple):
-    op: object        # the custom op (torch.compile path)
-    impl: object      # its implementation: one call into _C
-    setup: object     # setup_context(ctx, inputs, output)
-    backward: object  # backward(ctx, grads) -> gradients of the inputs
-    results: int      # how many leading outputs are results (the rest: saved for the backward)
-
-
-class _Direct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, spec, *inputs):
-        out = spec.impl(*inputs)
-        spec.setup(ctx, inputs, out)
-        ctx.direct = True
-        ctx.spec = spec
-        return tuple(out[:spec.results])
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return (None, *ctx.spec.backward(ctx, grads))
-
-
-def _apply(spec: "_Spec", *inputs):
-    """spec's results (a list or tuple whose first spec.results items are the results)."""
-    if torch.compiler.is_compiling():
-        return spec.op(*inputs)
-    return _Direct.apply(spec, *inputs)
-
-
-def _pick(ctx, op, impl):
-    """The backward op: its _C call directly under _Direct, the custom op otherwise."""
-    return impl if getattr(ctx, "direct", False) else op
-
-
 # ---- VICReg (SPEC §3)
 
 
@@ -281,18 +241,18 @@ def _vicreg_setup(ctx, inputs, output):
 def _vicreg_backward(ctx, grads):
     z1, z2, x, gram, m2 = ctx.saved_tensors
     gs = [_scalar_grad(g, gram) for g in grads[:4]]
-    dz1, dz2 = _pick(ctx, cuda_vicreg_bwd, _vicreg_bwd_impl)(z1, z2, x, gram, m2, *gs, *ctx.args)
+    dz1, dz2 = pick(ctx, cuda_vicreg_bwd, _vicreg_bwd_impl)(z1, z2, x, gram, m2, *gs, *ctx.args)
     return dz1, dz2, None, None, None, None, None, None
 
 
 cuda_vicreg_fwd.register_autograd(_vicreg_backward, setup_context=_vicreg_setup)
-_VICREG = _Spec(cuda_vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backward, 4)
+_VICREG = Spec(cuda_vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backward, 4, listed=True)
 
 
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
            gamma: float, eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 VICReg: (loss, {"invariance", "variance", "covariance"})."""
-    loss, inv, var, cov, *_ = _apply(_VICREG, z1.contiguous(), z2.contiguous(), float(inv_weight),
+    loss, inv, var, cov, *_ = apply(_VICREG, z1.contiguous(), z2.contiguous(), float(inv_weight),
                                               float(var_weight), float(cov_weight), float(gamma),
                                               float(eps), side)
     return loss, {"invariance": inv, "variance": var, "covariance": cov}
@@ -344,18 +304,18 @@ def _barlow_setup(ctx, inputs, output):
 def _barlow_backward(ctx, grads):
     x, grams, m2, cdiag = ctx.saved_tensors
     gs = [_scalar_grad(g, cdiag) for g in grads[:3]]
-    dz1, dz2 = _pick(ctx, cuda_barlow_twins_bwd, _barlow_twins_bwd_impl)(x, grams, m2, cdiag, *gs, *ctx.args)
+    dz1, dz2 = pick(ctx, cuda_barlow_twins_bwd, _barlow_twins_bwd_impl)(x, grams, m2, cdiag, *gs, *ctx.args)
     return dz1, dz2, None, None, None
 
 
 cuda_barlow_twins_fwd.register_autograd(_barlow_backward, setup_context=_barlow_setup)
-_BARLOW_TWINS = _Spec(cuda_barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setup, _barlow_backward, 3)
+_BARLOW_TWINS = Spec(cuda_barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setup, _barlow_backward, 3, listed=True)
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
-    loss, on, off, *_ = _apply(_BARLOW_TWINS, z1.contiguous(), z2.contiguous(), float(lambda_param),
+    loss, on, off, *_ = apply(_BARLOW_TWINS, z1.contiguous(), z2.contiguous(), float(lambda_param),
                                               float(eps), side)
     return loss, {"on_diagonal": on, "off_diagonal": off}
 
@@ -403,17 +363,17 @@ def _spectral_setup(ctx, inputs, output):
 def _spectral_backward(ctx, grads):
     z1, z2, x, grams, q = ctx.saved_tensors
     gs = [_scalar_grad(g, q) for g in grads[:3]]
-    dz1, dz2 = _pick(ctx, cuda_spectral_bwd, _spectral_bwd_impl)(z1, z2, x, grams, q, *gs, *ctx.args)
+    dz1, dz2 = pick(ctx, cuda_spectral_bwd, _spectral_bwd_impl)(z1, z2, x, grams, q, *gs, *ctx.args)
     return dz1, dz2, None, None
 
 
 cuda_spectral_fwd.register_autograd(_spectral_backward, setup_context=_spectral_setup)
-_SPECTRAL = _Spec(cuda_spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectral_backward, 3)
+_SPECTRAL = Spec(cuda_spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectral_backward, 3, listed=True)
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §4 spectral contrastive loss: (loss, {"positive", "negative"})."""
-    loss, pos, neg, *_ = _apply(_SPECTRAL, z1.contiguous(), z2.contiguous(), float(mu), side)
+    loss, pos, neg, *_ = apply(_SPECTRAL, z1.contiguous(), z2.contiguous(), float(mu), side)
     return loss, {"positive": pos, "negative": neg}
 
 
@@ -456,16 +416,16 @@ def _covariance_backward(ctx, grads):
     grad = grads[0]
     if grad is None:
         return None, None
-    return _pick(ctx, cuda_covariance_bwd, _covariance_bwd_impl)(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
+    return pick(ctx, cuda_covariance_bwd, _covariance_bwd_impl)(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
 
 
 cuda_covariance_fwd.register_autograd(_covariance_backward, setup_context=_covariance_setup)
-_COVARIANCE = _Spec(cuda_covariance_fwd, _covariance_fwd_impl, _covariance_setup, _covariance_backward, 1)
+_COVARIANCE = Spec(cuda_covariance_fwd, _covariance_fwd_impl, _covariance_setup, _covariance_backward, 1, listed=True)
 
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
     """SPEC §1 covariance: center(z)ᵀ center(z) / (N − correction), (D, D)."""
-    return _apply(_COVARIANCE, z.contiguous(), int(correction))[0]
+    return apply(_COVARIANCE, z.contiguous(), int(correction))[0]
 
 
 # ---- cross_correlation (SPEC §1)
@@ -509,17 +469,17 @@ def _xcorr_backward(ctx, grads):
     grad = grads[0]
     if grad is None:
         return None, None, None
-    dz1, dz2 = _pick(ctx, cuda_cross_correlation_bwd, _cross_correlation_bwd_impl)(x, m2, grad.to(_acc_of(x)).contiguous(), ctx.eps)
+    dz1, dz2 = pick(ctx, cuda_cross_correlation_bwd, _cross_correlation_bwd_impl)(x, m2, grad.to(_acc_of(x)).contiguous(), ctx.eps)
     return dz1, dz2, None
 
 
 cuda_cross_correlation_fwd.register_autograd(_xcorr_backward, setup_context=_xcorr_setup)
-_CROSS_CORRELATION = _Spec(cuda_cross_correlation_fwd, _cross_correlation_fwd_impl, _xcorr_setup, _xcorr_backward, 1)
+_CROSS_CORRELATION = Spec(cuda_cross_correlation_fwd, _cross_correlation_fwd_impl, _xcorr_setup, _xcorr_backward, 1, listed=True)
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     """SPEC §1 cross_correlation: s(z1)ᵀ s(z2) / N with BatchNorm standardization, (D, D)."""
-    return _apply(_CROSS_CORRELATION, z1.contiguous(), z2.contiguous(), float(eps))[0]
+    return apply(_CROSS_CORRELATION, z1.contiguous(), z2.contiguous(), float(eps))[0]
 
 
 # ---- normalized_gram (SPEC §1)
@@ -569,18 +529,18 @@ def _ngram_backward(ctx, grads):
         return None, None
     grad = grad.to(q.dtype).contiguous()
     if ctx.single:
-        return _pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, None, x, q, grad)[0], None
-    dz1, dz2 = _pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, z2, x, q, grad)
+        return pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, None, x, q, grad)[0], None
+    dz1, dz2 = pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, z2, x, q, grad)
     return dz1, dz2
 
 
 cuda_normalized_gram_fwd.register_autograd(_ngram_backward, setup_context=_ngram_setup)
-_NORMALIZED_GRAM = _Spec(cuda_normalized_gram_fwd, _normalized_gram_fwd_impl, _ngram_setup, _ngram_backward, 1)
+_NORMALIZED_GRAM = Spec(cuda_normalized_gram_fwd, _normalized_gram_fwd_impl, _ngram_setup, _ngram_backward, 1, listed=True)
 
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
     """SPEC §1 normalized_gram: l2n(z1) · l2n(z2 or z1)ᵀ, (N, N)."""
-    return _apply(_NORMALIZED_GRAM, z1.contiguous(), None if z2 is None else z2.contiguous())[0]
+    return apply(_NORMALIZED_GRAM, z1.contiguous(), None if z2 is None else z2.contiguous())[0]
 
 
 # ---- duality_terms (SPEC §2)
@@ -624,14 +584,14 @@ def _duality_setup(ctx, inputs, output):
 def _duality_backward(ctx, grads):
     z, gram, q, c = ctx.saved_tensors
     gs = [_scalar_grad(g, q) for g in grads[:4]]
-    return _pick(ctx, cuda_duality_terms_bwd, _duality_terms_bwd_impl)(z, gram, q, c, *gs, ctx.side), None
+    return pick(ctx, cuda_duality_terms_bwd, _duality_terms_bwd_impl)(z, gram, q, c, *gs, ctx.side), None
 
 
 cuda_duality_terms_fwd.register_autograd(_duality_backward, setup_context=_duality_setup)
-_DUALITY_TERMS = _Spec(cuda_duality_terms_fwd, _duality_terms_fwd_impl, _duality_setup, _duality_backward, 4)
+_DUALITY_TERMS = Spec(cuda_duality_terms_fwd, _duality_terms_fwd_impl, _duality_setup, _duality_backward, 4, listed=True)
 
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴) from one Gram on ``side``."""
-    out = _apply(_DUALITY_TERMS, z.contiguous(), side)
+    out = apply(_DUALITY_TERMS, z.contiguous(), side)
     return out[0], out[1], out[2], out[3]

@@ -76,6 +76,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from .._direct import Spec, apply, pick
 from ._common import acc_dtype, input_precision, interpreting, tl, triton, unavailable_reason
 from ._common import device_guard as _device
 from ._common import scalar as _scalar
@@ -1205,8 +1206,7 @@ def _acc_of(z: Tensor) -> torch.dtype:
 # VICReg (SPEC §3)
 
 
-@torch.library.custom_op("duality_kernels::vicreg_fwd", mutates_args=())
-def vicreg_fwd(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
+def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
                gamma: float, eps: float, side: str
                ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, invariance, variance, covariance, gram (2, M, M), mean (2, D), m2 (2, D))."""
@@ -1226,6 +1226,9 @@ def vicreg_fwd(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov
     return (*outs, g, mean, m2)
 
 
+vicreg_fwd = torch.library.custom_op("duality_kernels::vicreg_fwd", mutates_args=())(_vicreg_fwd_impl)
+
+
 @vicreg_fwd.register_fake
 def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
     n, d = z1.shape
@@ -1236,8 +1239,7 @@ def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
             z1.new_empty((2, d), dtype=acc))
 
 
-@torch.library.custom_op("duality_kernels::vicreg_bwd", mutates_args=())
-def vicreg_bwd(z1: Tensor, z2: Tensor, gram: Tensor, mean: Tensor, m2: Tensor,
+def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, gram: Tensor, mean: Tensor, m2: Tensor,
                g_loss: Tensor, g_inv: Tensor, g_var: Tensor, g_cov: Tensor,
                inv_weight: float, var_weight: float, cov_weight: float, gamma: float, eps: float,
                side: str) -> Tuple[Tensor, Tensor]:
@@ -1252,6 +1254,9 @@ def vicreg_bwd(z1: Tensor, z2: Tensor, gram: Tensor, mean: Tensor, m2: Tensor,
             SIDE=_SAMPLE if side == "sample" else _DIMENSION, BM=cfg.BM, BK=cfg.BK,
             ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
     return dz1, dz2
+
+
+vicreg_bwd = torch.library.custom_op("duality_kernels::vicreg_bwd", mutates_args=())(_vicreg_bwd_impl)
 
 
 @vicreg_bwd.register_fake
@@ -1269,17 +1274,18 @@ def _vicreg_setup(ctx, inputs, output):
 def _vicreg_backward(ctx, g_loss, g_inv, g_var, g_cov, *_unused):
     z1, z2, gram, mean, m2 = ctx.saved_tensors
     gs = [_zeros0(mean, g) for g in (g_loss, g_inv, g_var, g_cov)]
-    dz1, dz2 = vicreg_bwd(z1, z2, gram, mean, m2, *gs, *ctx.args)
+    dz1, dz2 = pick(ctx, vicreg_bwd, _vicreg_bwd_impl)(z1, z2, gram, mean, m2, *gs, *ctx.args)
     return dz1, dz2, None, None, None, None, None, None
 
 
 vicreg_fwd.register_autograd(_vicreg_backward, setup_context=_vicreg_setup)
+_SPEC_VICREG = Spec(vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backward, 4)
 
 
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
            gamma: float, eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 VICReg (reference.vicreg with ctx LOCAL): (loss, {"invariance", "variance", "covariance"})."""
-    loss, inv, var, cov, *_ = vicreg_fwd(z1.contiguous(), z2.contiguous(), float(inv_weight),
+    loss, inv, var, cov, *_ = apply(_SPEC_VICREG, z1.contiguous(), z2.contiguous(), float(inv_weight),
                                          float(var_weight), float(cov_weight), float(gamma),
                                          float(eps), side)
     return loss, {"invariance": inv, "variance": var, "covariance": cov}
@@ -1289,8 +1295,7 @@ def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_wei
 # Barlow Twins (SPEC §3)
 
 
-@torch.library.custom_op("duality_kernels::barlow_twins_fwd", mutates_args=())
-def barlow_twins_fwd(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
+def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, on_diagonal, off_diagonal, grams, mean (2, D), cs (2, D), co (D)).
 
@@ -1309,6 +1314,9 @@ def barlow_twins_fwd(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, si
                                       float(lambda_param), NATIVE=side == "dimension",
                                       BV=cfg.BV, FIN=tl.float64, num_warps=cfg.warps)
     return (*outs, g, mean, cs, co)
+
+
+barlow_twins_fwd = torch.library.custom_op("duality_kernels::barlow_twins_fwd", mutates_args=())(_barlow_twins_fwd_impl)
 
 
 @barlow_twins_fwd.register_fake
@@ -1341,12 +1349,14 @@ def _bn_backward(z1, z2, mean, cs, m, co, gl, gon, goff, lambda_param, side, bar
     return dz1, dz2
 
 
-@torch.library.custom_op("duality_kernels::barlow_twins_bwd", mutates_args=())
-def barlow_twins_bwd(z1: Tensor, z2: Tensor, grams: Tensor, mean: Tensor, cs: Tensor, co: Tensor,
+def _barlow_twins_bwd_impl(z1: Tensor, z2: Tensor, grams: Tensor, mean: Tensor, cs: Tensor, co: Tensor,
                      g_loss: Tensor, g_on: Tensor, g_off: Tensor, lambda_param: float,
                      side: str) -> Tuple[Tensor, Tensor]:
     return _bn_backward(z1, z2, mean, cs, grams, co, g_loss, g_on, g_off, lambda_param, side, True,
                         _cfg(z1))
+
+
+barlow_twins_bwd = torch.library.custom_op("duality_kernels::barlow_twins_bwd", mutates_args=())(_barlow_twins_bwd_impl)
 
 
 @barlow_twins_bwd.register_fake
@@ -1363,17 +1373,18 @@ def _barlow_setup(ctx, inputs, output):
 def _barlow_backward(ctx, g_loss, g_on, g_off, *_unused):
     z1, z2, grams, mean, cs, co = ctx.saved_tensors
     gs = [_zeros0(mean, g) for g in (g_loss, g_on, g_off)]
-    dz1, dz2 = barlow_twins_bwd(z1, z2, grams, mean, cs, co, *gs, *ctx.args)
+    dz1, dz2 = pick(ctx, barlow_twins_bwd, _barlow_twins_bwd_impl)(z1, z2, grams, mean, cs, co, *gs, *ctx.args)
     return dz1, dz2, None, None, None
 
 
 barlow_twins_fwd.register_autograd(_barlow_backward, setup_context=_barlow_setup)
+_SPEC_BARLOW_TWINS = Spec(barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setup, _barlow_backward, 3)
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
-    loss, on, off, *_ = barlow_twins_fwd(z1.contiguous(), z2.contiguous(), float(lambda_param),
+    loss, on, off, *_ = apply(_SPEC_BARLOW_TWINS, z1.contiguous(), z2.contiguous(), float(lambda_param),
                                          float(eps), side)
     return loss, {"on_diagonal": on, "off_diagonal": off}
 
@@ -1382,8 +1393,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
 # Spectral contrastive (SPEC §4)
 
 
-@torch.library.custom_op("duality_kernels::spectral_fwd", mutates_args=())
-def spectral_fwd(z1: Tensor, z2: Tensor, mu: float, side: str
+def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str
                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, positive, negative, grams, info (5, N), s2).
 
@@ -1410,6 +1420,9 @@ def spectral_fwd(z1: Tensor, z2: Tensor, mu: float, side: str
     return (*outs, g, info, s2)
 
 
+spectral_fwd = torch.library.custom_op("duality_kernels::spectral_fwd", mutates_args=())(_spectral_fwd_impl)
+
+
 @spectral_fwd.register_fake
 def _(z1, z2, mu, side):
     n, d = z1.shape
@@ -1424,8 +1437,7 @@ def _(z1, z2, mu, side):
     return (*scalars, g, z1.new_empty((5, n), dtype=acc), s2)
 
 
-@torch.library.custom_op("duality_kernels::spectral_bwd", mutates_args=())
-def spectral_bwd(z1: Tensor, z2: Tensor, grams: Tensor, info: Tensor, s2: Tensor,
+def _spectral_bwd_impl(z1: Tensor, z2: Tensor, grams: Tensor, info: Tensor, s2: Tensor,
                  g_loss: Tensor, g_pos: Tensor, g_neg: Tensor, mu: float, side: str
                  ) -> Tuple[Tensor, Tensor]:
     cfg = _cfg(z1)
@@ -1453,6 +1465,9 @@ def spectral_bwd(z1: Tensor, z2: Tensor, grams: Tensor, info: Tensor, s2: Tensor
     return dz1, dz2
 
 
+spectral_bwd = torch.library.custom_op("duality_kernels::spectral_bwd", mutates_args=())(_spectral_bwd_impl)
+
+
 @spectral_bwd.register_fake
 def _(z1, z2, grams, info, s2, g_loss, g_pos, g_neg, mu, side):
     return torch.empty_like(z1), torch.empty_like(z2)
@@ -1467,16 +1482,17 @@ def _spectral_setup(ctx, inputs, output):
 def _spectral_backward(ctx, g_loss, g_pos, g_neg, *_unused):
     z1, z2, grams, info, s2 = ctx.saved_tensors
     gs = [_zeros0(info, g) for g in (g_loss, g_pos, g_neg)]
-    dz1, dz2 = spectral_bwd(z1, z2, grams, info, s2, *gs, *ctx.args)
+    dz1, dz2 = pick(ctx, spectral_bwd, _spectral_bwd_impl)(z1, z2, grams, info, s2, *gs, *ctx.args)
     return dz1, dz2, None, None
 
 
 spectral_fwd.register_autograd(_spectral_backward, setup_context=_spectral_setup)
+_SPEC_SPECTRAL = Spec(spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectral_backward, 3)
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §4 spectral contrastive: (loss, {"positive", "negative"})."""
-    loss, pos, neg, *_ = spectral_fwd(z1.contiguous(), z2.contiguous(), float(mu), side)
+    loss, pos, neg, *_ = apply(_SPEC_SPECTRAL, z1.contiguous(), z2.contiguous(), float(mu), side)
     return loss, {"positive": pos, "negative": neg}
 
 
@@ -1484,8 +1500,7 @@ def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict
 # covariance (SPEC §1)
 
 
-@torch.library.custom_op("duality_kernels::covariance_fwd", mutates_args=())
-def covariance_fwd(z: Tensor, correction: int) -> Tuple[Tensor, Tensor]:
+def _covariance_fwd_impl(z: Tensor, correction: int) -> Tuple[Tensor, Tensor]:
     """-> (center(z)ᵀcenter(z)/(N − correction) (D, D), column means (D,))."""
     cfg = _cfg(z)
     n, d = z.shape
@@ -1496,6 +1511,9 @@ def covariance_fwd(z: Tensor, correction: int) -> Tuple[Tensor, Tensor]:
     return g[0], mean[0]
 
 
+covariance_fwd = torch.library.custom_op("duality_kernels::covariance_fwd", mutates_args=())(_covariance_fwd_impl)
+
+
 @covariance_fwd.register_fake
 def _(z, correction):
     d = z.shape[1]
@@ -1503,8 +1521,7 @@ def _(z, correction):
     return z.new_empty((d, d), dtype=acc), z.new_empty((d,), dtype=acc)
 
 
-@torch.library.custom_op("duality_kernels::covariance_bwd", mutates_args=())
-def covariance_bwd(z: Tensor, mean: Tensor, grad: Tensor, correction: int) -> Tensor:
+def _covariance_bwd_impl(z: Tensor, mean: Tensor, grad: Tensor, correction: int) -> Tensor:
     cfg = _cfg(z)
     n, d = z.shape
     dz = torch.empty_like(z)
@@ -1513,6 +1530,9 @@ def covariance_bwd(z: Tensor, mean: Tensor, grad: Tensor, correction: int) -> Te
             z, mean, grad, grad.stride(0), grad.stride(1), dz, n, d, n - int(correction),
             BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
     return dz
+
+
+covariance_bwd = torch.library.custom_op("duality_kernels::covariance_bwd", mutates_args=())(_covariance_bwd_impl)
 
 
 @covariance_bwd.register_fake
@@ -1530,23 +1550,23 @@ def _covariance_backward(ctx, grad, _unused):
     z, mean = ctx.saved_tensors
     if grad is None:
         return None, None
-    return covariance_bwd(z, mean, grad, ctx.correction), None
+    return pick(ctx, covariance_bwd, _covariance_bwd_impl)(z, mean, grad, ctx.correction), None
 
 
 covariance_fwd.register_autograd(_covariance_backward, setup_context=_covariance_setup)
+_SPEC_COVARIANCE = Spec(covariance_fwd, _covariance_fwd_impl, _covariance_setup, _covariance_backward, 1)
 
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
     """SPEC §1 covariance: center(z)ᵀ center(z) / (N − correction), (D, D)."""
-    return covariance_fwd(z.contiguous(), int(correction))[0]
+    return apply(_SPEC_COVARIANCE, z.contiguous(), int(correction))[0]
 
 
 # ============================================================================================
 # cross_correlation (SPEC §1)
 
 
-@torch.library.custom_op("duality_kernels::cross_correlation_fwd", mutates_args=())
-def cross_correlation_fwd(z1: Tensor, z2: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     """-> (C = s(z1)ᵀ s(z2)/N (D, D), mean (2, D), cs (2, D))."""
     cfg = _cfg(z1)
     n, d = z1.shape
@@ -1557,6 +1577,9 @@ def cross_correlation_fwd(z1: Tensor, z2: Tensor, eps: float) -> Tuple[Tensor, T
     return g[0], mean, cs
 
 
+cross_correlation_fwd = torch.library.custom_op("duality_kernels::cross_correlation_fwd", mutates_args=())(_cross_correlation_fwd_impl)
+
+
 @cross_correlation_fwd.register_fake
 def _(z1, z2, eps):
     d = z1.shape[1]
@@ -1565,11 +1588,13 @@ def _(z1, z2, eps):
             z1.new_empty((2, d), dtype=acc))
 
 
-@torch.library.custom_op("duality_kernels::cross_correlation_bwd", mutates_args=())
-def cross_correlation_bwd(z1: Tensor, z2: Tensor, mean: Tensor, cs: Tensor, grad: Tensor
+def _cross_correlation_bwd_impl(z1: Tensor, z2: Tensor, mean: Tensor, cs: Tensor, grad: Tensor
                           ) -> Tuple[Tensor, Tensor]:
     return _bn_backward(z1, z2, mean, cs, grad, cs, grad, grad, grad, 0.0, "dimension", False,
                         _cfg(z1))
+
+
+cross_correlation_bwd = torch.library.custom_op("duality_kernels::cross_correlation_bwd", mutates_args=())(_cross_correlation_bwd_impl)
 
 
 @cross_correlation_bwd.register_fake
@@ -1586,24 +1611,24 @@ def _xcorr_backward(ctx, grad, *_unused):
     z1, z2, mean, cs = ctx.saved_tensors
     if grad is None:
         return None, None, None
-    dz1, dz2 = cross_correlation_bwd(z1, z2, mean, cs, grad)
+    dz1, dz2 = pick(ctx, cross_correlation_bwd, _cross_correlation_bwd_impl)(z1, z2, mean, cs, grad)
     return dz1, dz2, None
 
 
 cross_correlation_fwd.register_autograd(_xcorr_backward, setup_context=_xcorr_setup)
+_SPEC_CROSS_CORRELATION = Spec(cross_correlation_fwd, _cross_correlation_fwd_impl, _xcorr_setup, _xcorr_backward, 1)
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     """SPEC §1 cross_correlation: BatchNorm-standardized s(z1)ᵀ s(z2) / N, (D, D)."""
-    return cross_correlation_fwd(z1.contiguous(), z2.contiguous(), float(eps))[0]
+    return apply(_SPEC_CROSS_CORRELATION, z1.contiguous(), z2.contiguous(), float(eps))[0]
 
 
 # ============================================================================================
 # normalized_gram (SPEC §1)
 
 
-@torch.library.custom_op("duality_kernels::normalized_gram_fwd", mutates_args=())
-def normalized_gram_fwd(z1: Tensor, z2: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """-> (K = l2n(z1)·l2n(z2 or z1)ᵀ (N, N), info): info rows [1/max(‖z_v‖, eps) per view,
     [‖z_v‖ ≥ eps] per view] ((2, N) without z2, (4, N) with it)."""
     cfg = _cfg(z1)
@@ -1617,6 +1642,9 @@ def normalized_gram_fwd(z1: Tensor, z2: Optional[Tensor]) -> Tuple[Tensor, Tenso
     return g[0], info
 
 
+normalized_gram_fwd = torch.library.custom_op("duality_kernels::normalized_gram_fwd", mutates_args=())(_normalized_gram_fwd_impl)
+
+
 @normalized_gram_fwd.register_fake
 def _(z1, z2):
     n = z1.shape[0]
@@ -1624,8 +1652,7 @@ def _(z1, z2):
     return z1.new_empty((n, n), dtype=acc), z1.new_empty((2 if z2 is None else 4, n), dtype=acc)
 
 
-@torch.library.custom_op("duality_kernels::normalized_gram_bwd", mutates_args=())
-def normalized_gram_bwd(z1: Tensor, z2: Optional[Tensor], k: Tensor, info: Tensor, grad: Tensor
+def _normalized_gram_bwd_impl(z1: Tensor, z2: Optional[Tensor], k: Tensor, info: Tensor, grad: Tensor
                         ) -> List[Tensor]:
     """-> [dz1] without z2, [dz1, dz2] with it."""
     cfg = _cfg(z1)
@@ -1640,6 +1667,9 @@ def normalized_gram_bwd(z1: Tensor, z2: Optional[Tensor], k: Tensor, info: Tenso
             SINGLE=single, BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC,
             num_warps=cfg.warps)
     return [dz1] if single else [dz1, dz2]
+
+
+normalized_gram_bwd = torch.library.custom_op("duality_kernels::normalized_gram_bwd", mutates_args=())(_normalized_gram_bwd_impl)
 
 
 @normalized_gram_bwd.register_fake
@@ -1658,25 +1688,25 @@ def _ngram_backward(ctx, grad, _unused):
     if grad is None:
         return None, None
     if ctx.single:
-        return normalized_gram_bwd(z1, None, k, info, grad)[0], None
-    dz1, dz2 = normalized_gram_bwd(z1, z2, k, info, grad)
+        return pick(ctx, normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, None, k, info, grad)[0], None
+    dz1, dz2 = pick(ctx, normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, z2, k, info, grad)
     return dz1, dz2
 
 
 normalized_gram_fwd.register_autograd(_ngram_backward, setup_context=_ngram_setup)
+_SPEC_NORMALIZED_GRAM = Spec(normalized_gram_fwd, _normalized_gram_fwd_impl, _ngram_setup, _ngram_backward, 1)
 
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
     """SPEC §1 normalized_gram: l2n(z1) · l2n(z2 or z1)ᵀ, (N, N)."""
-    return normalized_gram_fwd(z1.contiguous(), None if z2 is None else z2.contiguous())[0]
+    return apply(_SPEC_NORMALIZED_GRAM, z1.contiguous(), None if z2 is None else z2.contiguous())[0]
 
 
 # ============================================================================================
 # duality_terms (SPEC §2)
 
 
-@torch.library.custom_op("duality_kernels::duality_terms_fwd", mutates_args=())
-def duality_terms_fwd(z: Tensor, side: str
+def _duality_terms_fwd_impl(z: Tensor, side: str
                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (L_c, L_nc, Σ_i‖z_i‖⁴, Σ_k‖z_:k‖⁴, gram (1, M, M), row sums of squares (N,),
     column sums of squares (D,)); the two sums of squares in float64 (``_rowstats``)."""
@@ -1694,6 +1724,9 @@ def duality_terms_fwd(z: Tensor, side: str
     return (*outs, g, r, c)
 
 
+duality_terms_fwd = torch.library.custom_op("duality_kernels::duality_terms_fwd", mutates_args=())(_duality_terms_fwd_impl)
+
+
 @duality_terms_fwd.register_fake
 def _(z, side):
     n, d = z.shape
@@ -1704,8 +1737,7 @@ def _(z, side):
             z.new_empty((d,), dtype=torch.float64))
 
 
-@torch.library.custom_op("duality_kernels::duality_terms_bwd", mutates_args=())
-def duality_terms_bwd(z: Tensor, gram: Tensor, r: Tensor, c: Tensor, g_lc: Tensor, g_lnc: Tensor,
+def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, r: Tensor, c: Tensor, g_lc: Tensor, g_lnc: Tensor,
                       g_r4: Tensor, g_c4: Tensor, side: str) -> Tensor:
     cfg = _cfg(z)
     n, d = z.shape
@@ -1716,6 +1748,9 @@ def duality_terms_bwd(z: Tensor, gram: Tensor, r: Tensor, c: Tensor, g_lc: Tenso
             SIDE=_SAMPLE if side == "sample" else _DIMENSION, BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC,
             DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
     return dz
+
+
+duality_terms_bwd = torch.library.custom_op("duality_kernels::duality_terms_bwd", mutates_args=())(_duality_terms_bwd_impl)
 
 
 @duality_terms_bwd.register_fake
@@ -1732,13 +1767,14 @@ def _duality_setup(ctx, inputs, output):
 def _duality_backward(ctx, g_lc, g_lnc, g_r4, g_c4, *_unused):
     z, gram, r, c = ctx.saved_tensors
     gs = [_zeros0(gram, g) for g in (g_lc, g_lnc, g_r4, g_c4)]
-    return duality_terms_bwd(z, gram, r, c, *gs, ctx.side), None
+    return pick(ctx, duality_terms_bwd, _duality_terms_bwd_impl)(z, gram, r, c, *gs, ctx.side), None
 
 
 duality_terms_fwd.register_autograd(_duality_backward, setup_context=_duality_setup)
+_SPEC_DUALITY_TERMS = Spec(duality_terms_fwd, _duality_terms_fwd_impl, _duality_setup, _duality_backward, 4)
 
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram on ``side``."""
-    lc, lnc, r4, c4, *_ = duality_terms_fwd(z.contiguous(), side)
+    lc, lnc, r4, c4, *_ = apply(_SPEC_DUALITY_TERMS, z.contiguous(), side)
     return lc, lnc, r4, c4

@@ -51,6 +51,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._direct import Spec, apply, pick
 from ._common import acc_dtype, device_guard, dot_block, input_precision, interpreting, scalar, tl, triton
 
 Tensor = torch.Tensor
@@ -376,8 +377,7 @@ def _grad_vector(g: Optional[Tensor], like: Tensor) -> Tensor:
 # VICReg-ctr: u = y)
 
 
-@torch.library.custom_op("duality_kernels::gram_lse_fwd", mutates_args=())
-def gram_lse_fwd(u: Tensor, temperature: float, normalize: bool, half: int, self_mask: bool,
+def _gram_lse_fwd_impl(u: Tensor, temperature: float, normalize: bool, half: int, self_mask: bool,
                  drop_positive: bool, transform: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     if normalize:
         rinv, keep = _row_scales(u)
@@ -389,6 +389,9 @@ def gram_lse_fwd(u: Tensor, temperature: float, normalize: bool, half: int, self
     return terms, lse, rinv, keep
 
 
+gram_lse_fwd = torch.library.custom_op("duality_kernels::gram_lse_fwd", mutates_args=())(_gram_lse_fwd_impl)
+
+
 @gram_lse_fwd.register_fake
 def _(u, temperature, normalize, half, self_mask, drop_positive, transform):
     acc = acc_dtype(u.dtype)
@@ -398,8 +401,7 @@ def _(u, temperature, normalize, half, self_mask, drop_positive, transform):
             u.new_empty((r,), dtype=acc), u.new_empty((r,), dtype=acc))
 
 
-@torch.library.custom_op("duality_kernels::gram_lse_bwd", mutates_args=())
-def gram_lse_bwd(u: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms: Tensor,
+def _gram_lse_bwd_impl(u: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms: Tensor,
                  temperature: float, normalize: bool, half: int, self_mask: bool,
                  drop_positive: bool, transform: int) -> Tensor:
     r = rinv if normalize else None
@@ -407,6 +409,9 @@ def gram_lse_bwd(u: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms:
     # the matrix is symmetric: one pass over the rows gives both sides' contributions
     return _lse_bwd(u, u, r, r, keep if normalize else None, lse, grad_terms, lse, grad_terms,
                     1.0 / temperature, masks)
+
+
+gram_lse_bwd = torch.library.custom_op("duality_kernels::gram_lse_bwd", mutates_args=())(_gram_lse_bwd_impl)
 
 
 @gram_lse_bwd.register_fake
@@ -424,19 +429,19 @@ def _gram_lse_setup(ctx, inputs, output):
 
 def _gram_lse_backward(ctx, g_terms, g_lse, g_rinv, g_keep):
     u, rinv, keep, lse = ctx.saved_tensors
-    du = gram_lse_bwd(u, rinv, keep, lse, _grad_vector(g_terms, lse), *ctx.args)
+    du = pick(ctx, gram_lse_bwd, _gram_lse_bwd_impl)(u, rinv, keep, lse, _grad_vector(g_terms, lse), *ctx.args)
     return du, None, None, None, None, None, None
 
 
 gram_lse_fwd.register_autograd(_gram_lse_backward, setup_context=_gram_lse_setup)
+_SPEC_GRAM_LSE = Spec(gram_lse_fwd, _gram_lse_fwd_impl, _gram_lse_setup, _gram_lse_backward, 1)
 
 
 # --------------------------------------------------------------------------------------------
 # cross_lse: InfoNCE's S = l2n(u1) l2n(u2)ᵀ / temperature, row and column log-sum-exps
 
 
-@torch.library.custom_op("duality_kernels::cross_lse_fwd", mutates_args=())
-def cross_lse_fwd(u1: Tensor, u2: Tensor, temperature: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _cross_lse_fwd_impl(u1: Tensor, u2: Tensor, temperature: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     r1, k1 = _row_scales(u1)
     r2, k2 = _row_scales(u2)
     inv_t = 1.0 / temperature
@@ -446,6 +451,9 @@ def cross_lse_fwd(u1: Tensor, u2: Tensor, temperature: float) -> Tuple[Tensor, T
             torch.cat([r1, r2]), torch.cat([k1, k2]))
 
 
+cross_lse_fwd = torch.library.custom_op("duality_kernels::cross_lse_fwd", mutates_args=())(_cross_lse_fwd_impl)
+
+
 @cross_lse_fwd.register_fake
 def _(u1, u2, temperature):
     acc = acc_dtype(u1.dtype)
@@ -453,8 +461,7 @@ def _(u1, u2, temperature):
     return tuple(u1.new_empty((m,), dtype=acc) for _ in range(4))
 
 
-@torch.library.custom_op("duality_kernels::cross_lse_bwd", mutates_args=())
-def cross_lse_bwd(u1: Tensor, u2: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms: Tensor,
+def _cross_lse_bwd_impl(u1: Tensor, u2: Tensor, rinv: Tensor, keep: Tensor, lse: Tensor, grad_terms: Tensor,
                   temperature: float) -> Tuple[Tensor, Tensor]:
     n = u1.shape[0]
     r1, r2, k1, k2 = rinv[:n], rinv[n:], keep[:n], keep[n:]
@@ -463,6 +470,9 @@ def cross_lse_bwd(u1: Tensor, u2: Tensor, rinv: Tensor, keep: Tensor, lse: Tenso
     du1 = _lse_bwd(u1, u2, r1, r2, k1, l1, g1, l2, g2, inv_t, _DIAG)
     du2 = _lse_bwd(u2, u1, r2, r1, k2, l2, g2, l1, g1, inv_t, _DIAG)
     return du1, du2
+
+
+cross_lse_bwd = torch.library.custom_op("duality_kernels::cross_lse_bwd", mutates_args=())(_cross_lse_bwd_impl)
 
 
 @cross_lse_bwd.register_fake
@@ -480,19 +490,19 @@ def _cross_lse_setup(ctx, inputs, output):
 
 def _cross_lse_backward(ctx, g_terms, g_lse, g_rinv, g_keep):
     u1, u2, rinv, keep, lse = ctx.saved_tensors
-    du1, du2 = cross_lse_bwd(u1, u2, rinv, keep, lse, _grad_vector(g_terms, lse), ctx.temperature)
+    du1, du2 = pick(ctx, cross_lse_bwd, _cross_lse_bwd_impl)(u1, u2, rinv, keep, lse, _grad_vector(g_terms, lse), ctx.temperature)
     return du1, du2, None
 
 
 cross_lse_fwd.register_autograd(_cross_lse_backward, setup_context=_cross_lse_setup)
+_SPEC_CROSS_LSE = Spec(cross_lse_fwd, _cross_lse_fwd_impl, _cross_lse_setup, _cross_lse_backward, 1)
 
 
 # --------------------------------------------------------------------------------------------
 # anchor_lse: this rank's anchors against the keys of all ranks (SPEC §5, gather_distributed=True)
 
 
-@torch.library.custom_op("duality_kernels::anchor_lse_fwd", mutates_args=())
-def anchor_lse_fwd(anchors: Tensor, keys: Tensor, temperature: float, normalize: bool, half_a: int,
+def _anchor_lse_fwd_impl(anchors: Tensor, keys: Tensor, temperature: float, normalize: bool, half_a: int,
                    half_b: int, off: int, self_mask: bool, pos: int, drop_positive: bool,
                    transform: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     acc = acc_dtype(anchors.dtype)
@@ -507,6 +517,9 @@ def anchor_lse_fwd(anchors: Tensor, keys: Tensor, temperature: float, normalize:
     return terms, lse, ra, ka, rb, kb
 
 
+anchor_lse_fwd = torch.library.custom_op("duality_kernels::anchor_lse_fwd", mutates_args=())(_anchor_lse_fwd_impl)
+
+
 @anchor_lse_fwd.register_fake
 def _(anchors, keys, temperature, normalize, half_a, half_b, off, self_mask, pos, drop_positive, transform):
     acc = acc_dtype(anchors.dtype)
@@ -518,8 +531,7 @@ def _(anchors, keys, temperature, normalize, half_a, half_b, off, self_mask, pos
             anchors.new_empty((rb,), dtype=acc), anchors.new_empty((rb,), dtype=acc))
 
 
-@torch.library.custom_op("duality_kernels::anchor_lse_bwd", mutates_args=())
-def anchor_lse_bwd(anchors: Tensor, keys: Tensor, ra: Tensor, ka: Tensor, rb: Tensor, kb: Tensor,
+def _anchor_lse_bwd_impl(anchors: Tensor, keys: Tensor, ra: Tensor, ka: Tensor, rb: Tensor, kb: Tensor,
                    lse: Tensor, grad_terms: Tensor, temperature: float, normalize: bool, half_a: int,
                    half_b: int, off: int, self_mask: bool, pos: int, drop_positive: bool,
                    transform: int) -> Tuple[Tensor, Tensor]:
@@ -533,6 +545,9 @@ def anchor_lse_bwd(anchors: Tensor, keys: Tensor, ra: Tensor, ka: Tensor, rb: Te
     d_keys = _lse_bwd(keys, anchors, rb_, ra_, kb if normalize else None, None, None, lse, grad_terms,
                       inv_t, masks, transposed=True)
     return d_anchors, d_keys
+
+
+anchor_lse_bwd = torch.library.custom_op("duality_kernels::anchor_lse_bwd", mutates_args=())(_anchor_lse_bwd_impl)
 
 
 @anchor_lse_bwd.register_fake
@@ -551,11 +566,12 @@ def _anchor_lse_setup(ctx, inputs, output):
 
 def _anchor_lse_backward(ctx, g_terms, *unused):
     anchors, keys, ra, ka, rb, kb, lse = ctx.saved_tensors
-    d_anchors, d_keys = anchor_lse_bwd(anchors, keys, ra, ka, rb, kb, lse, _grad_vector(g_terms, lse), *ctx.args)
+    d_anchors, d_keys = pick(ctx, anchor_lse_bwd, _anchor_lse_bwd_impl)(anchors, keys, ra, ka, rb, kb, lse, _grad_vector(g_terms, lse), *ctx.args)
     return (d_anchors, d_keys) + (None,) * len(ctx.args)
 
 
 anchor_lse_fwd.register_autograd(_anchor_lse_backward, setup_context=_anchor_lse_setup)
+_SPEC_ANCHOR_LSE = Spec(anchor_lse_fwd, _anchor_lse_fwd_impl, _anchor_lse_setup, _anchor_lse_backward, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,7 +600,7 @@ def _pair_terms(z1, z2, temperature, similarity, normalization, drop_positive, c
     transform = TRANSFORMS[similarity]
     if ctx is None or not ctx.active:
         u, normalize = _stacked_views(z1, z2, normalization)
-        return gram_lse_fwd(u.contiguous(), temperature, normalize, z1.shape[0], True, drop_positive,
+        return apply(_SPEC_GRAM_LSE, u.contiguous(), temperature, normalize, z1.shape[0], True, drop_positive,
                             transform)[0]
     # SPEC §5: own anchors against the 2·W·N rows of all ranks (normalized with global statistics)
     n = z1.shape[0]
@@ -592,7 +608,7 @@ def _pair_terms(z1, z2, temperature, similarity, normalization, drop_positive, c
     m = keys.shape[0] // 2
     lo = ctx.rank * n
     anchors = torch.cat([keys[lo:lo + n], keys[m + lo:m + lo + n]])
-    return anchor_lse_fwd(anchors, keys.contiguous(), temperature, normalize, n, m, lo, True, _POS_PAIR,
+    return apply(_SPEC_ANCHOR_LSE, anchors, keys.contiguous(), temperature, normalize, n, m, lo, True, _POS_PAIR,
                           drop_positive, transform)[0]
 
 
@@ -610,13 +626,13 @@ def dcl_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str, ctx=N
 def infonce_terms(z1: Tensor, z2: Tensor, temperature: float, ctx=None) -> Tensor:
     """InfoNCE's 2N per-row terms (rows of S, then of Sᵀ; SPEC §4); the caller reduces them."""
     if ctx is None or not ctx.active:
-        return cross_lse_fwd(z1.contiguous(), z2.contiguous(), temperature)[0]
+        return apply(_SPEC_CROSS_LSE, z1.contiguous(), z2.contiguous(), temperature)[0]
     # SPEC §5: this rank's rows of S (its z1 against all z2), then its rows of Sᵀ
     n = z1.shape[0]
     k1, k2 = ctx.gather(z1).contiguous(), ctx.gather(z2).contiguous()
     lo = ctx.rank * n
-    rows = anchor_lse_fwd(z1.contiguous(), k2, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
-    cols = anchor_lse_fwd(z2.contiguous(), k1, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
+    rows = apply(_SPEC_ANCHOR_LSE, z1.contiguous(), k2, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
+    cols = apply(_SPEC_ANCHOR_LSE, z2.contiguous(), k1, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
     return torch.cat([rows, cols])
 
 
@@ -640,7 +656,7 @@ def vicreg_exp(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperatu
     for z in (z1, z2):
         x = _up(z) - _up(z).mean(dim=0)
         v = _variance_hinge((x * x).sum(dim=0) / (n - 1), gamma, eps)
-        c = gram_lse_fwd(x.t(), temperature * (n - 1), False, 0, True, False, 0)[0].mean()
+        c = apply(_SPEC_GRAM_LSE, x.t(), temperature * (n - 1), False, 0, True, False, 0)[0].mean()
         views.append((v, c))
     return _vicreg_terms(z1, z2, views, inv_weight, var_weight, cov_weight)
 
@@ -654,6 +670,6 @@ def vicreg_ctr(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperatu
         x = _up(z) - _up(z).mean(dim=0)
         y = x - x.mean(dim=1, keepdim=True)
         v = _variance_hinge((y * y).sum(dim=1) / (d - 1), gamma, eps)
-        c = gram_lse_fwd(y, temperature * (d - 1), False, 0, True, False, 0)[0].mean()
+        c = apply(_SPEC_GRAM_LSE, y, temperature * (d - 1), False, 0, True, False, 0)[0].mean()
         views.append((v, c))
     return _vicreg_terms(z1, z2, views, inv_weight, var_weight, cov_weight)
