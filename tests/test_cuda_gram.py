@@ -379,3 +379,16 @@ def test_eager_path_matches_the_custom_ops():
             grads = torch.autograd.grad((out * w).sum(), (a, b), allow_unused=True)
             results.append([out.detach()] + [torch.zeros_like(z1) if g is None else g for g in grads])
         assert all(torch.equal(x, y) for x, y in zip(*results)), f"case {i}"
+
+
+def test_tracing_uses_the_custom_ops():
+    """Under FakeTensorMode (and other tracing) the public functions reach the custom ops and their
+    fakes, not the eager torch.autograd.Function (which would call _C on fake tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        z1 = torch.empty(9, 5, device=DEVICE)
+        z2 = torch.empty(9, 5, device=DEVICE)
+        loss, terms = cuda_ops.vicreg(z1, z2, *V, "dimension")
+        assert loss.shape == () and terms["covariance"].shape == ()
+        assert cuda_ops.normalized_gram(z1, z2).shape == (9, 9)

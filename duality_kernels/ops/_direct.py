@@ -44,9 +44,18 @@ class Direct(torch.autograd.Function):
         return (None, *dx)
 
 
+def _plain_eager(inputs) -> bool:
+    """Plain eager tensors: not compiling, no torch.func transform, no tensor subclass (fake,
+    functional or other tracing tensors need the custom op and its fake)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in inputs if isinstance(t, torch.Tensor))
+
+
 def apply(spec: Spec, *inputs):
-    """The op's outputs: all of them while compiling, the first ``spec.results`` otherwise."""
-    if torch.compiler.is_compiling():
+    """The op's outputs: all of them through the custom op when tracing or compiling, the first
+    ``spec.results`` through Direct otherwise."""
+    if not _plain_eager(inputs):
         return spec.op(*inputs)
     return Direct.apply(spec, *inputs)
 
