@@ -18,6 +18,7 @@ from duality_kernels.ops import cuda as cuda_ops
 from . import csim
 from .accuracy import (
     _check, _check_compiled, _check_deterministic, _check_fakes_on_meta, _check_low_precision, _check_opcheck,
+    _check_same_bits,
     _check_relative,
     _flat, _spectral_mu, views,
 )
@@ -370,15 +371,7 @@ def test_eager_path_matches_the_custom_ops():
         (lambda a, b: cuda_ops.normalized_gram(a, b), lambda a, b: ops.cuda_normalized_gram_fwd(a, b)[0]),
         (lambda a, b: cuda_ops.duality_terms(a, "dimension")[1], lambda a, b: ops.cuda_duality_terms_fwd(a, "dimension")[1]),
     ]
-    for i, (direct, custom) in enumerate(cases):
-        results = []
-        for fn in (direct, custom):
-            a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-            out = fn(a, b)
-            w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
-            grads = torch.autograd.grad((out * w).sum(), (a, b), allow_unused=True)
-            results.append([out.detach()] + [torch.zeros_like(z1) if g is None else g for g in grads])
-        assert all(torch.equal(x, y) for x, y in zip(*results)), f"case {i}"
+    _check_same_bits(cases, z1, z2)
 
 
 def test_tracing_uses_the_custom_ops():
