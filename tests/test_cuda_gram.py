@@ -385,3 +385,25 @@ def test_tracing_uses_the_custom_ops():
         loss, terms = cuda_ops.vicreg(z1, z2, *V, "dimension")
         assert loss.shape == () and terms["covariance"].shape == ()
         assert cuda_ops.normalized_gram(z1, z2).shape == (9, 9)
+
+
+def test_autograd_function_subclasses():
+    """DESIGN convention 2: each op as a drop-in torch.autograd.Function (VICRegFunction.apply):
+    the same bits as the functions above, and it compiles with fullgraph=True."""
+    z1, z2 = _views(15, 8, torch.float32, seed=17)
+    cases = [
+        (lambda a, b: cuda_ops.VICRegFunction.apply(a, b, *V, "sample")[0],
+         lambda a, b: cuda_ops.vicreg(a, b, *V, "sample")[0]),
+        (lambda a, b: cuda_ops.BarlowTwinsFunction.apply(a, b, 0.0051, 1e-5, "dimension")[2],
+         lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[1]["off_diagonal"]),
+        (lambda a, b: cuda_ops.SpectralContrastiveFunction.apply(a, b, 2.0, "sample")[0],
+         lambda a, b: cuda_ops.spectral(a, b, 2.0, "sample")[0]),
+        (lambda a, b: cuda_ops.CovarianceFunction.apply(a, 1)[0], lambda a, b: cuda_ops.covariance(a, 1)),
+        (lambda a, b: cuda_ops.CrossCorrelationFunction.apply(a, b, 1e-5)[0],
+         lambda a, b: cuda_ops.cross_correlation(a, b, 1e-5)),
+        (lambda a, b: cuda_ops.NormalizedGramFunction.apply(a, None)[0], lambda a, b: cuda_ops.normalized_gram(a)),
+        (lambda a, b: cuda_ops.DualityTermsFunction.apply(a, "dimension")[0],
+         lambda a, b: cuda_ops.duality_terms(a, "dimension")[0]),
+    ]
+    _check_same_bits(cases, z1, z2)
+    _check_compiled(lambda a, b: cuda_ops.VICRegFunction.apply(a, b, *V, "dimension")[0], z1, z2, "aot_eager")

@@ -113,3 +113,20 @@ def test_eager_path_matches_the_custom_ops():
         (lambda a, b: lse.infonce_terms(a, b, 0.5), lambda a, b: ops.cross_lse_fwd(a, b, 0.5)[0]),
     ]
     _check_same_bits(cases, z1, z2)
+
+
+def test_autograd_function_subclasses():
+    """DESIGN convention 2 for the Triton Gram ops: VICRegFunction.apply & co. give the same bits
+    as the module functions."""
+    from duality_kernels.ops.triton import gram
+
+    from .accuracy import _check_same_bits
+
+    device = "cpu" if not torch.cuda.is_available() else "cuda"
+    z1, z2 = (torch.randn(10, 7, dtype=torch.float64, device=device) for _ in range(2))
+    _check_same_bits([
+        (lambda a, b: gram.VICRegFunction.apply(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0],
+         lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0]),
+        (lambda a, b: gram.CrossCorrelationFunction.apply(a, b, 1e-5)[0], lambda a, b: gram.cross_correlation(a, b)),
+        (lambda a, b: gram.DualityTermsFunction.apply(a, "sample")[1], lambda a, b: gram.duality_terms(a, "sample")[1]),
+    ], z1, z2)

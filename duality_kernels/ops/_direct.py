@@ -63,3 +63,25 @@ def apply(spec: Spec, *inputs):
 def pick(ctx, op: Callable, impl: Callable) -> Callable:
     """The backward op to call from a registered backward: its implementation under Direct."""
     return impl if getattr(ctx, "direct", False) else op
+
+
+def function(spec: Spec, name: str, doc: str) -> type:
+    """A drop-in ``torch.autograd.Function`` subclass for ``spec`` (DESIGN convention 2, the
+    flash-attention pattern): ``name.apply(*inputs)`` returns the op's results; its forward and
+    backward call only the custom ops, so torch.compile(fullgraph=True) traces it. (The library's
+    own eager calls take the cheaper :class:`Direct` path through :func:`apply`.)"""
+
+    def forward(ctx, *inputs):
+        out = spec.op(*inputs)
+        spec.setup(ctx, inputs, out)
+        ctx.outputs = len(out)
+        return tuple(out[:spec.results])
+
+    def backward(ctx, *grads):
+        gs = list(grads) + [None] * (ctx.outputs - spec.results)
+        return spec.backward(ctx, gs) if spec.listed else spec.backward(ctx, *gs)
+
+    return type(name, (torch.autograd.Function,), {
+        "__doc__": doc, "forward": staticmethod(forward), "backward": staticmethod(backward),
+        "__module__": spec.impl.__module__,
+    })

@@ -22,10 +22,17 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ._direct import Spec, apply, pick
+from ._direct import Spec, apply, function, pick
 
 __all__ = [
+    "BarlowTwinsFunction",
+    "CovarianceFunction",
+    "CrossCorrelationFunction",
+    "DualityTermsFunction",
+    "NormalizedGramFunction",
     "REBUILD_COMMAND",
+    "SpectralContrastiveFunction",
+    "VICRegFunction",
     "column_stats",
     "column_stats_bwd",
     "column_stats_fwd",
@@ -595,3 +602,15 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
     """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴) from one Gram on ``side``."""
     out = apply(_DUALITY_TERMS, z.contiguous(), side)
     return out[0], out[1], out[2], out[3]
+
+
+# ---- drop-in torch.autograd.Function subclasses (DESIGN convention 2): contiguous inputs, side
+# already "sample" or "dimension"; the public functions in functional.py validate and pick it.
+
+VICRegFunction = function(_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
+BarlowTwinsFunction = function(_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).")
+SpectralContrastiveFunction = function(_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).")
+CovarianceFunction = function(_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).")
+CrossCorrelationFunction = function(_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
+NormalizedGramFunction = function(_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
+DualityTermsFunction = function(_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")

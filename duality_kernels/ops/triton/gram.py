@@ -76,7 +76,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from .._direct import Spec, apply, pick
+from .._direct import Spec, apply, function, pick
 from ._common import acc_dtype, input_precision, interpreting, tl, triton, unavailable_reason
 from ._common import device_guard as _device
 from ._common import scalar as _scalar
@@ -87,6 +87,13 @@ if triton is None:  # pragma: no cover - import guard; functional.py checks avai
 Tensor = torch.Tensor
 
 __all__ = [
+    "BarlowTwinsFunction",
+    "CovarianceFunction",
+    "CrossCorrelationFunction",
+    "DualityTermsFunction",
+    "NormalizedGramFunction",
+    "SpectralContrastiveFunction",
+    "VICRegFunction",
     "barlow_twins",
     "covariance",
     "cross_correlation",
@@ -1778,3 +1785,15 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
     """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram on ``side``."""
     lc, lnc, r4, c4, *_ = apply(_SPEC_DUALITY_TERMS, z.contiguous(), side)
     return lc, lnc, r4, c4
+
+
+# ---- drop-in torch.autograd.Function subclasses (DESIGN convention 2): contiguous inputs, side
+# already "sample" or "dimension"; the public functions in functional.py validate and pick it.
+
+VICRegFunction = function(_SPEC_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
+BarlowTwinsFunction = function(_SPEC_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).")
+SpectralContrastiveFunction = function(_SPEC_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).")
+CovarianceFunction = function(_SPEC_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).")
+CrossCorrelationFunction = function(_SPEC_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
+NormalizedGramFunction = function(_SPEC_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
+DualityTermsFunction = function(_SPEC_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")
