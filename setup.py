@@ -169,7 +169,6 @@ def _extensions_and_cmdclass():
         name="duality_kernels._C",
         sources=[
             rel("csrc", "bindings.cpp"),
-            rel("csrc", "kernels", "column_stats.cu"),
             rel("csrc", "kernels", "gram_ops.cu"),
         ],
         include_dirs=[os.path.join(ROOT, "csrc")],

@@ -21,7 +21,6 @@
 #include <tuple>
 #include <vector>
 
-#include "kernels/column_stats.h"
 #include "kernels/gram_ops.h"
 
 // Built with -DDK_HOST_SIM (tests/csim.py) the same functions take CPU tensors and run the kernels
@@ -97,6 +96,33 @@ void check_column_vector(const at::Tensor& v, const at::Tensor& z, const char* n
               v.scalar_type());
 }
 
+// Per-column float64 moments of z1 [, z2] in one pass (gram_ops.cu col_moments): mean and m2,
+// (views, d) each, and with sqdiff the per-column Σ(z1 - z2)² (d), else an empty tensor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> column_moments(const at::Tensor& z1,
+                                                              const at::Tensor* z2, bool sqdiff,
+                                                              const char* fn) {
+  const int views = z2 ? 2 : 1;
+  const int64_t n = z1.size(0), d = z1.size(1);
+  const auto f64 = z1.options().dtype(at::kDouble);
+  at::Tensor mean = at::empty({views, d}, f64), m2 = at::empty({views, d}, f64);
+  at::Tensor sq = sqdiff ? at::empty({d}, f64) : at::Tensor();
+  const int64_t ws = dk::col_moments_workspace_elems(n, d, views);
+  at::Tensor work = at::empty({ws > 0 ? ws : 1}, f64);
+  dk::ColMomentsArgs st{};
+  st.z[0] = z1.data_ptr();
+  st.z[1] = z2 ? z2->data_ptr() : nullptr;
+  st.n = n;
+  st.d = d;
+  st.views = views;
+  st.sqdiff = sqdiff && z2;
+  st.mean = mean.data_ptr<double>();
+  st.m2 = m2.data_ptr<double>();
+  st.sq = sqdiff ? sq.data_ptr<double>() : nullptr;
+  st.workspace = ws > 0 ? work.data_ptr<double>() : nullptr;
+  check_cuda(dk::col_moments(st, dtype_code(z1.scalar_type()), stream_of(z1)), fn);
+  return {mean, m2, sq};
+}
+
 std::tuple<at::Tensor, at::Tensor> column_stats_fwd(const at::Tensor& z) {
   constexpr const char* fn = "column_stats_fwd";
   check_z(z, fn);
@@ -109,17 +135,9 @@ std::tuple<at::Tensor, at::Tensor> column_stats_fwd(const at::Tensor& z) {
     // the mean of no rows is undefined and public functions reject N < 2 before getting here).
     return {at::zeros({d}, opts), at::zeros({d}, opts)};
   }
-  at::Tensor mean = at::empty({d}, opts);
-  at::Tensor m2 = at::empty({d}, opts);
-  const int64_t ws_elems = dk::column_stats_workspace_elems(n, d);
-  // Scratch from the caching allocator: freed at return, but stream-ordered, so safe to reuse.
-  at::Tensor workspace = at::empty({ws_elems}, opts);
-  const cudaStream_t stream = stream_of(z);
-  check_cuda(dk::column_stats_fwd(z.data_ptr(), n, d, dtype_code(z.scalar_type()), mean.data_ptr(),
-                                  m2.data_ptr(), ws_elems > 0 ? workspace.data_ptr() : nullptr,
-                                  stream),
-             fn);
-  return {mean, m2};
+  // The float64 moments of the covariance-family ops, in acc.
+  auto [mean, m2, sq] = column_moments(z, nullptr, false, fn);
+  return {mean[0].to(opts.dtype()), m2[0].to(opts.dtype())};
 }
 
 at::Tensor column_stats_bwd(const at::Tensor& z, const at::Tensor& mean,
@@ -133,7 +151,12 @@ at::Tensor column_stats_bwd(const at::Tensor& z, const at::Tensor& mean,
   at::Tensor dz = at::empty(z.sizes(), z.options());  // contiguous, z's dtype
   if (z.numel() == 0) return dz;
   const cudaStream_t stream = stream_of(z);
-  check_cuda(dk::column_stats_bwd(z.data_ptr(), mean.data_ptr(), grad_mean.data_ptr(),
+  // `mean` is the forward's output rounded to acc; the kernel wants it in float64 (see
+  // gram_ops.h column_stats_bwd), so it is derived again, unless it already is float64.
+  const at::Tensor mean64 = mean.scalar_type() == at::kDouble
+                                ? mean
+                                : std::get<0>(column_moments(z, nullptr, false, fn))[0];
+  check_cuda(dk::column_stats_bwd(z.data_ptr(), mean64.data_ptr<double>(), grad_mean.data_ptr(),
                                   grad_m2.data_ptr(), z.size(0), z.size(1),
                                   dtype_code(z.scalar_type()), dz.data_ptr(), stream),
              fn);
@@ -212,12 +235,6 @@ at::Tensor operand(const at::Tensor& g, at::ScalarType t) {
   return g.scalar_type() == t ? g : g.to(t);
 }
 
-std::vector<at::Tensor> scalars(int count, const at::Tensor& like) {
-  std::vector<at::Tensor> out;
-  for (int i = 0; i < count; ++i) out.push_back(acc_empty({}, like));
-  return out;
-}
-
 // Partial sums of a² (or a·b) over count elements of the acc or float64 matrix a: the full sums,
 // then the sums without the diagonals of the m x m matrices in a (m = 0: none).
 at::Tensor sum_of(const at::Tensor& a, const at::Tensor* b, int64_t count, int64_t m,
@@ -254,16 +271,34 @@ at::Tensor col_sums(std::vector<at::Tensor> a, std::vector<at::Tensor> b, int mo
   return out;
 }
 
-void run_finalize(dk::FinalizeArgs f, const at::Tensor& part, const at::Tensor& z,
-                  const std::vector<at::Tensor>& outs, const char* fn) {
+// Runs the finalize kernel into `scalars` new 0-dim acc tensors (and f.out[scalars], when the
+// mode writes a vector there); returns them followed by `saved`, the forward op's outputs.
+std::vector<at::Tensor> run_finalize(dk::FinalizeArgs f, const at::Tensor& part,
+                                     const at::Tensor& z, int scalars,
+                                     std::initializer_list<at::Tensor> saved, const char* fn) {
+  std::vector<at::Tensor> outs;
+  for (int i = 0; i < scalars; ++i) {
+    outs.push_back(acc_empty({}, z));
+    f.out[i] = ptr(outs.back());
+  }
   f.part = part.data_ptr<double>();
   f.nparts = static_cast<int>(part.numel() / 2);
-  for (size_t i = 0; i < outs.size(); ++i) f.out[i] = ptr(outs[i]);
   check_cuda(dk::finalize(f, dtype_code(z.scalar_type()), stream_of(z)), fn);
+  outs.insert(outs.end(), saved);
+  return outs;
+}
+
+// The checks of a backward op's upstream gradients: 0-dim, acc dtype, on z's device.
+void check_scalar_grads(std::initializer_list<const at::Tensor*> grads, const at::Tensor& z,
+                        const char* fn) {
+  for (const at::Tensor* g : grads) {
+    check_aux(*g, z, acc_dtype(z.scalar_type()), "an upstream gradient", fn);
+    check_shape(*g, {}, "an upstream gradient", fn);
+  }
 }
 
 // Centered (or standardized) views of z1 [, z2] into x (views, n, d) in z's dtype, from float64
-// column statistics (one pass, col_moments); returns (x, m2 (views, d) float64, and with sqdiff
+// column statistics (column_moments); returns (x, m2 (views, d) float64, and with sqdiff
 // the per-column Σ(z1 - z2)² (d) float64, else an empty tensor).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> centered_views(const at::Tensor& z1,
                                                               const at::Tensor* z2, bool bn,
@@ -271,23 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> centered_views(const at::Tensor& 
                                                               const char* fn) {
   const int views = z2 ? 2 : 1;
   const int64_t n = z1.size(0), d = z1.size(1);
-  const auto f64 = z1.options().dtype(at::kDouble);
-  at::Tensor mean = at::empty({views, d}, f64), m2 = at::empty({views, d}, f64);
-  at::Tensor sq = sqdiff ? at::empty({d}, f64) : at::Tensor();
-  const int64_t ws = dk::col_moments_workspace_elems(n, d, views);
-  at::Tensor work = at::empty({ws > 0 ? ws : 1}, f64);
-  dk::ColMomentsArgs st{};
-  st.z[0] = ptr(z1);
-  st.z[1] = z2 ? ptr(*z2) : nullptr;
-  st.n = n;
-  st.d = d;
-  st.views = views;
-  st.sqdiff = sqdiff && z2;
-  st.mean = mean.data_ptr<double>();
-  st.m2 = m2.data_ptr<double>();
-  st.sq = sqdiff ? sq.data_ptr<double>() : nullptr;
-  st.workspace = ws > 0 ? work.data_ptr<double>() : nullptr;
-  check_cuda(dk::col_moments(st, dtype_code(z1.scalar_type()), stream_of(z1)), fn);
+  auto [mean, m2, sq] = column_moments(z1, z2, sqdiff, fn);
   at::Tensor x = at::empty({views, n, d}, z1.options());
   dk::CenterScaleArgs c{};
   for (int v = 0; v < views; ++v) {
@@ -364,12 +383,7 @@ std::vector<at::Tensor> vicreg_fwd(const at::Tensor& z1, const at::Tensor& z2, d
   f.w[2] = cov_w;
   f.w[3] = gamma;
   f.w[4] = eps;
-  auto outs = scalars(4, z1);
-  run_finalize(f, part, z1, outs, fn);
-  outs.push_back(x);
-  outs.push_back(gram);
-  outs.push_back(m2);
-  return outs;
+  return run_finalize(f, part, z1, 4, {x, gram, m2}, fn);
 }
 
 std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, const at::Tensor& x,
@@ -388,10 +402,7 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
   check_shape(gram, {2, m, m}, "gram", fn);
   check_aux(m2, z1, at::kDouble, "m2", fn);
   check_shape(m2, {2, d}, "m2", fn);
-  for (const at::Tensor* g : {&g_loss, &g_inv, &g_var, &g_cov}) {
-    check_aux(*g, z1, acc, "an upstream gradient", fn);
-    check_shape(*g, {}, "an upstream gradient", fn);
-  }
+  check_scalar_grads({&g_loss, &g_inv, &g_var, &g_cov}, z1, fn);
   DK_DEVICE_GUARD(z1);
   const at::Tensor g = operand(gram, z1.scalar_type());
   const at::Tensor p = sample ? mm_acc(g, x) : mm_acc(x, g);  // both symmetric Grams
@@ -520,16 +531,9 @@ std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor&
     f.v[0] = ptr(grams);
     f.stride = d + 1;
   }
-  auto outs = scalars(3, z1);
   at::Tensor cdiag = acc_empty({d}, z1);
-  std::vector<at::Tensor> fin = outs;
-  fin.push_back(cdiag);
-  run_finalize(f, part, z1, fin, fn);
-  outs.push_back(x);
-  outs.push_back(grams);
-  outs.push_back(m2);
-  outs.push_back(cdiag);
-  return outs;
+  f.out[3] = ptr(cdiag);
+  return run_finalize(f, part, z1, 3, {x, grams, m2, cdiag}, fn);
 }
 
 std::vector<at::Tensor> barlow_twins_bwd(const at::Tensor& x, const at::Tensor& grams,
@@ -547,10 +551,7 @@ std::vector<at::Tensor> barlow_twins_bwd(const at::Tensor& x, const at::Tensor& 
   check_aux(cdiag, x, acc, "cdiag", fn);
   check_shape(cdiag, {d}, "cdiag", fn);
   const at::Tensor g[3] = {g_loss, g_on, g_off};
-  for (const at::Tensor& t : g) {
-    check_aux(t, x, acc, "an upstream gradient", fn);
-    check_shape(t, {}, "an upstream gradient", fn);
-  }
+  check_scalar_grads({&g_loss, &g_on, &g_off}, x, fn);
   DK_DEVICE_GUARD(x);
   const at::Tensor gm = operand(grams, x.scalar_type());
   at::Tensor p0, p1;
@@ -685,12 +686,7 @@ std::vector<at::Tensor> spectral_fwd(const at::Tensor& z1, const at::Tensor& z2,
   f.v[1] = ptr(q[1]);
   f.v[2] = ptr(q[2]);
   f.w[0] = mu;
-  auto outs = scalars(3, z1);
-  run_finalize(f, part, z1, outs, fn);
-  outs.push_back(x);
-  outs.push_back(grams);
-  outs.push_back(q);
-  return outs;
+  return run_finalize(f, part, z1, 3, {x, grams, q}, fn);
 }
 
 std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
@@ -709,10 +705,7 @@ std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
   else check_shape(grams, {2, d, d}, "grams", fn);
   check_aux(q, z1, acc, "q", fn);
   check_shape(q, {3, n}, "q", fn);
-  for (const at::Tensor* g : {&g_loss, &g_pos, &g_neg}) {
-    check_aux(*g, z1, acc, "an upstream gradient", fn);
-    check_shape(*g, {}, "an upstream gradient", fn);
-  }
+  check_scalar_grads({&g_loss, &g_pos, &g_neg}, z1, fn);
   DK_DEVICE_GUARD(z1);
   const at::Tensor gm = operand(grams, z1.scalar_type());
   at::Tensor p0, p1;
@@ -767,12 +760,7 @@ std::vector<at::Tensor> duality_terms_fwd(const at::Tensor& z, bool sample) {
   f.d = d;
   f.v[0] = ptr(q);
   f.dv[0] = c.data_ptr<double>();
-  auto outs = scalars(4, z);
-  run_finalize(f, part, z, outs, fn);
-  outs.push_back(gram);
-  outs.push_back(q);
-  outs.push_back(c);
-  return outs;
+  return run_finalize(f, part, z, 4, {gram, q, c}, fn);
 }
 
 at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const at::Tensor& q,
@@ -788,10 +776,7 @@ at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const 
   check_shape(q, {n}, "q", fn);
   check_aux(c, z, at::kDouble, "c", fn);
   check_shape(c, {d}, "c", fn);
-  for (const at::Tensor* g : {&g_lc, &g_lnc, &g_r4, &g_c4}) {
-    check_aux(*g, z, acc, "an upstream gradient", fn);
-    check_shape(*g, {}, "an upstream gradient", fn);
-  }
+  check_scalar_grads({&g_lc, &g_lnc, &g_r4, &g_c4}, z, fn);
   DK_DEVICE_GUARD(z);
   const at::Tensor g = operand(gram, z.scalar_type());
   const at::Tensor p = sample ? mm_acc(g, z) : mm_acc(z, g);

@@ -159,14 +159,19 @@ def _check_compiled(loss_fn, z1, z2, backend):
         torch.testing.assert_close(comp, eager, rtol=1e-6, atol=1e-6)
 
 
-def _check_opcheck(cases, expected):
+GRAM_OPS = ("vicreg", "barlow_twins", "spectral", "covariance", "cross_correlation", "normalized_gram",
+            "duality_terms")  # the Gram-family ops of both compiled backends
+
+
+def _check_opcheck(cases, prefix=""):
     """torch.library.opcheck of each (op name, args) of torch.ops.duality_kernels; the cases cover
-    exactly the op names in ``expected``."""
+    exactly the forward and backward ops ``<prefix><op>_fwd/_bwd`` of GRAM_OPS."""
+    expected = {f"{prefix}{op}_{kind}" for op in GRAM_OPS for kind in ("fwd", "bwd")}
     names = set()
     for name, args in cases:
         names.add(name)
         torch.library.opcheck(getattr(torch.ops.duality_kernels, name).default, args)
-    assert names == set(expected)
+    assert names == expected
 
 
 def _check_same_bits(cases, z1, z2):

@@ -263,10 +263,7 @@ def _op_cases(n, d, dtype):
 
 @pytest.mark.parametrize("shape", [(5, 3), (18, 33)], ids=["5x3", "18x33"])
 def test_opcheck(shape):
-    expected = {f"{op}_{kind}" for op in ("vicreg", "barlow_twins", "spectral", "covariance",
-                                         "cross_correlation", "normalized_gram", "duality_terms")
-                for kind in ("fwd", "bwd")}
-    _check_opcheck(_op_cases(*shape, torch.float32), expected)
+    _check_opcheck(_op_cases(*shape, torch.float32))
 
 
 def test_fake_shapes_on_meta():

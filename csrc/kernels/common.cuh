@@ -51,32 +51,5 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
-// Row chunking of the two-stage column reductions (column tiles of kPlanCols columns x row
-// chunks): a function of (n, d) only, so every bit of a reduction is fixed by the shape (DESIGN 7).
-// Aim at about kPlanTargetBlocks stage-1 blocks (an H200 holds 132 SMs x 8 blocks of 256 threads)
-// with at least kPlanMinRows rows per chunk. Unmeasured starting points. Requires n, d >= 1.
-constexpr int kPlanCols = 32;
-constexpr int64_t kPlanTargetBlocks = 1024;
-constexpr int64_t kPlanMinRows = 64;
-constexpr int64_t kMaxGridY = 65535;
-
-struct ColPlan {
-  int64_t col_tiles, rows_per_chunk, num_chunks;
-};
-
-inline ColPlan col_plan(int64_t n, int64_t d) {
-  ColPlan p;
-  p.col_tiles = ceil_div(d, kPlanCols);
-  int64_t chunks = kPlanTargetBlocks / p.col_tiles;
-  if (chunks < 1) chunks = 1;
-  const int64_t by_rows = ceil_div(n, kPlanMinRows);
-  if (chunks > by_rows) chunks = by_rows;
-  if (chunks > kMaxGridY) chunks = kMaxGridY;
-  p.rows_per_chunk = ceil_div(n, chunks);
-  // Recount so that no chunk is empty: the last one has n - (num_chunks-1)*rows_per_chunk >= 1.
-  p.num_chunks = ceil_div(n, p.rows_per_chunk);
-  return p;
-}
-
 }  // namespace detail
 }  // namespace duality_kernels

@@ -21,13 +21,10 @@
 #include <cstdint>
 
 namespace duality_kernels {
-namespace gram_detail {  // named: the simulator compiles column_stats.cu into the same unit
+namespace {
 
 using detail::AccType;
 using detail::ceil_div;
-using detail::col_plan;
-using detail::ColPlan;
-using detail::kMaxGridY;
 using detail::from_acc;
 using detail::to_acc;
 
@@ -36,11 +33,36 @@ constexpr int kLanes = 8;
 constexpr int kThreads = kCols * kLanes;
 constexpr int kRowThreads = 256;
 constexpr int64_t kApplyTargetBlocks = 8192;  // elementwise column kernels: grid cap
-static_assert(kCols == detail::kPlanCols, "column reductions tile columns like col_plan");
+constexpr int64_t kMaxGridY = 65535;
 constexpr int kSumThreads = 256;
 constexpr int64_t kSumPerThread = 16;
 constexpr int64_t kMaxSumBlocks = 1024;
 constexpr int kFinThreads = 256;
+
+// Row chunking of the two-stage column reductions (column tiles of kCols columns x row
+// chunks): a function of (n, d) only, so every bit of a reduction is fixed by the shape (DESIGN 7).
+// Aim at about kPlanTargetBlocks stage-1 blocks (an H200 holds 132 SMs x 8 blocks of 256 threads)
+// with at least kPlanMinRows rows per chunk. Unmeasured starting points. Requires n, d >= 1.
+constexpr int64_t kPlanTargetBlocks = 1024;
+constexpr int64_t kPlanMinRows = 64;
+
+struct ColPlan {
+  int64_t col_tiles, rows_per_chunk, num_chunks;
+};
+
+ColPlan col_plan(int64_t n, int64_t d) {
+  ColPlan p;
+  p.col_tiles = ceil_div(d, kCols);
+  int64_t chunks = kPlanTargetBlocks / p.col_tiles;
+  if (chunks < 1) chunks = 1;
+  const int64_t by_rows = ceil_div(n, kPlanMinRows);
+  if (chunks > by_rows) chunks = by_rows;
+  if (chunks > kMaxGridY) chunks = kMaxGridY;
+  p.rows_per_chunk = ceil_div(n, chunks);
+  // Recount so that no chunk is empty: the last one has n - (num_chunks-1)*rows_per_chunk >= 1.
+  p.num_chunks = ceil_div(n, p.rows_per_chunk);
+  return p;
+}
 
 // Block-wide sum of one value per thread (every thread gets the result). All threads of the block
 // must call it; `nthreads` is a power of two and the block's size.
@@ -206,8 +228,7 @@ __global__ void __launch_bounds__(kThreads)
       if (mode == kColSumSq) {
         s += x * x;
       } else {
-        const double y = static_cast<double>(to_acc(b[i]));
-        s += mode == kColSumSqDiff ? (x - y) * (x - y) : x * y;
+        s += x * static_cast<double>(to_acc(b[i]));
       }
     }
   }
@@ -634,6 +655,25 @@ __global__ void __launch_bounds__(kRowThreads) row_bwd_kernel(RowBwdArgs a) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
+    column_stats_bwd_kernel(const T* __restrict__ z, const double* __restrict__ mean,
+                            const typename AccType<T>::type* __restrict__ grad_mean,
+                            const typename AccType<T>::type* __restrict__ grad_m2, int64_t n,
+                            int64_t d, T* __restrict__ dz) {
+  using acc_t = typename AccType<T>::type;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
+  if (col >= d) return;
+  const double mu = mean[col];
+  const acc_t a = grad_mean[col] / static_cast<acc_t>(n);
+  const acc_t b = static_cast<acc_t>(2) * grad_m2[col];
+  const int64_t step = static_cast<int64_t>(gridDim.y) * kLanes;
+  for (int64_t r = static_cast<int64_t>(blockIdx.y) * kLanes + threadIdx.y; r < n; r += step) {
+    const int64_t i = r * d + col;
+    dz[i] = from_acc<T>(a + b * static_cast<acc_t>(static_cast<double>(to_acc(z[i])) - mu));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
     sym_scale_kernel(const typename AccType<T>::type* __restrict__ g, int64_t m, double scale,
                      T* __restrict__ out) {
   using acc_t = typename AccType<T>::type;
@@ -784,6 +824,18 @@ cudaError_t launch_row_bwd(const RowBwdArgs& a, cudaStream_t stream) {
 }
 
 template <typename T>
+cudaError_t launch_column_stats_bwd(const void* z, const double* mean, const void* grad_mean,
+                                    const void* grad_m2, int64_t n, int64_t d, void* dz,
+                                    cudaStream_t stream) {
+  using acc_t = typename AccType<T>::type;
+  if (!grid_ok(ceil_div(d, kCols))) return cudaErrorInvalidConfiguration;
+  DK_LAUNCH(column_stats_bwd_kernel<T>, apply_grid(n, d, 1), dim3(kCols, kLanes), stream,
+            static_cast<const T*>(z), mean, static_cast<const acc_t*>(grad_mean), static_cast<const acc_t*>(grad_m2), n, d,
+            static_cast<T*>(dz));
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t launch_sym_scale(const void* g, int64_t m, double scale, void* out,
                              cudaStream_t stream) {
   using acc_t = typename AccType<T>::type;
@@ -793,9 +845,7 @@ cudaError_t launch_sym_scale(const void* g, int64_t m, double scale, void* out,
   return cudaGetLastError();
 }
 
-}  // namespace gram_detail
-
-using namespace gram_detail;
+}  // namespace
 
 cudaError_t center_scale(const CenterScaleArgs& a, int dtype, cudaStream_t stream) {
   if (a.n <= 0 || a.d <= 0) return cudaSuccess;
@@ -870,6 +920,14 @@ cudaError_t bn_bwd(const BNBwdArgs& a, int dtype, void* workspace, cudaStream_t 
 cudaError_t row_bwd(const RowBwdArgs& a, int dtype, cudaStream_t stream) {
   if (a.n <= 0 || a.d <= 0) return cudaSuccess;
   DK_DISPATCH(dtype, launch_row_bwd, a, stream)
+}
+
+cudaError_t column_stats_bwd(const void* z, const double* mean, const void* grad_mean,
+                             const void* grad_m2, int64_t n, int64_t d, int dtype, void* dz,
+                             cudaStream_t stream) {
+  if (n < 0 || d < 0) return cudaErrorInvalidValue;
+  if (n == 0 || d == 0) return cudaSuccess;
+  DK_DISPATCH(dtype, launch_column_stats_bwd, z, mean, grad_mean, grad_m2, n, d, dz, stream)
 }
 
 cudaError_t sym_scale(const void* g, int64_t m, double scale, int dtype, void* out,

@@ -5,7 +5,7 @@
 // sum of squares, the per-loss finalization on device, and the backward epilogues.
 //
 // Conventions (DESIGN 6–8): torch-free; all matrices row-major contiguous; "T" arrays have the
-// input dtype (kFloat32/kFloat64/kFloat16/kBFloat16 codes of column_stats.h), "acc" arrays are
+// input dtype (kFloat32/kFloat64/kFloat16/kBFloat16 codes of api.h), "acc" arrays are
 // float32 (float64 for float64 inputs); int64 indexing; every reduction is two-stage in a fixed
 // order (no atomics), so results depend on the shape only. Upstream gradients and saved vectors
 // are read from device memory, never copied to the host: no synchronization.
@@ -65,13 +65,22 @@ struct ColMomentsArgs {
 int64_t col_moments_workspace_elems(int64_t n, int64_t d, int views);  // float64 elements
 cudaError_t col_moments(const ColMomentsArgs& a, int dtype, cudaStream_t stream);
 
+// Backward of the column statistics (mean = z.mean(0), m2 = Σ_i (z - mean)², the primitive
+// duality_kernels::column_stats_fwd, whose forward is col_moments), given the float64 mean (from
+// col_moments: an fp32-rounded mean would shift every (z - mean) of its column by the same
+// error, which autograd's re-centering cancels and this closed form would not) and acc-typed
+// upstream gradients (d each): dz[i, k] = grad_mean[k] / n + 2 (z[i, k] - mean[k]) grad_m2[k],
+// written in z's dtype (m2's dependence through mean vanishes: Σ_i (z - mean) = 0).
+cudaError_t column_stats_bwd(const void* z, const double* mean, const void* grad_mean,
+                             const void* grad_m2, int64_t n, int64_t d, int dtype, void* dz,
+                             cudaStream_t stream);
+
 // Per-column sums over rows of f(a_v[i, k], b_v[i, k]) for T arrays (n x d), accumulated and
 // written in float64 (out: views x d): the losses subtract these (or their squares) from Gram
 // sums that cancel to a small remainder.
 enum ColSumMode : int {
-  kColSumSq = 0,       // a^2
-  kColSumSqDiff = 1,   // (a - b)^2
-  kColSumDot = 2,      // a * b
+  kColSumSq = 0,   // a^2
+  kColSumDot = 1,  // a * b
 };
 struct ColSumArgs {
   const void* a[2];

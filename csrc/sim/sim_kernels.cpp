@@ -127,5 +127,4 @@ cudaError_t launch(dim3 grid, dim3 block, const std::function<void()>& body) {
 
 }  // namespace dk_sim
 
-#include "../kernels/column_stats.cu"
 #include "../kernels/gram_ops.cu"

@@ -115,7 +115,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------
-# column_stats: per-column mean and centered sum of squares (csrc/kernels/column_stats.cu)
+# column_stats: per-column mean and centered sum of squares (col_moments and column_stats_bwd in
+# csrc/kernels/gram_ops.cu)
 # --------------------------------------------------------------------------------------------
 
 
