@@ -742,7 +742,7 @@ def _vicreg_bwd_kernel(z1_ptr, z2_ptr, g_ptr, mean_ptr, m2_ptr, dz1_ptr, dz2_ptr
     nm1 = tl.cast(N - 1, ACC)
     df = tl.cast(D, ACC)
     kmask = offs_k < D
-    m2k = tl.load(m2_ptr + view * D + offs_k, mask=kmask, other=0.0)
+    m2k = tl.load(m2_ptr + view * D + offs_k, mask=kmask, other=0.0).to(ACC)
     std = _sqrt(_div(m2k, nm1, ACC) + _scalar(eps, ACC))
     hinge = (_scalar(gamma, ACC) - std) > 0
     c_cov = _div(4.0 * a_cov, nm1 * nm1 * df, ACC)
@@ -856,7 +856,7 @@ def _bn_bwd_kernel(z1_ptr, z2_ptr, mean_ptr, cs_ptr, m_ptr, sm0, sm1, co_ptr, da
         gl = tl.load(gl_ptr).to(ACC)
         a_on = gl + tl.load(gon_ptr).to(ACC)
         a_off = gl * _scalar(lambda_param, ACC) + tl.load(goff_ptr).to(ACC)
-        d = tl.load(co_ptr + offs_k, mask=kmask, other=0.0) \
+        d = tl.load(co_ptr + offs_k, mask=kmask, other=0.0).to(ACC) \
             * tl.load(scs + offs_k, mask=kmask, other=0.0) \
             * tl.load(ocs + offs_k, mask=kmask, other=0.0)
         d = _div(d, n, ACC)
@@ -1057,17 +1057,21 @@ class _Cfg(NamedTuple):
 
 
 def _cfg(z: Tensor) -> _Cfg:
-    acc = acc_dtype(z.dtype)
+    return _cfg_of(z.dtype)
+
+
+def _cfg_of(dtype: torch.dtype) -> _Cfg:
+    acc = acc_dtype(dtype)
     ACC = _TL[acc]
-    DOT = _TL[z.dtype] if z.dtype in (torch.bfloat16, torch.float16) else ACC
-    prec = input_precision(z.dtype)
+    DOT = _TL[dtype] if dtype in (torch.bfloat16, torch.float16) else ACC
+    prec = input_precision(dtype)
     if interpreting():
         # small blocks: several tiles at test sizes (31, 33, ...) and fast numpy-backed programs;
         # target=2 chunks per column block so that the chunk merges are exercised
         return _Cfg(acc, ACC, DOT, prec, 32, 16, 16, 32, 128, 4, 2)
-    if z.dtype == torch.float64:
+    if dtype == torch.float64:
         return _Cfg(acc, ACC, DOT, prec, 32, 16, 32, 64, 1024, 4, 512)
-    if z.dtype == torch.float32:
+    if dtype == torch.float32:
         return _Cfg(acc, ACC, DOT, prec, 64, 32, 32, 128, 1024, 4, 512)
     return _Cfg(acc, ACC, DOT, prec, 64, 64, 32, 128, 1024, 4, 512)
 
@@ -1086,28 +1090,35 @@ def _chunking(n: int, block: int, other_programs: int, target: int) -> Tuple[int
 
 
 def _colstats(z1: Tensor, z2: Optional[Tensor], eps: float, bn_scale: bool, cfg: _Cfg):
-    """Per-column (mean (V, D), m2 (V, D), co (D), sq (D), cs (V, D)) for V = 1 or 2 views."""
+    """Per-column (mean (V, D), m2 (V, D), co (D), sq (D), cs (V, D)) for V = 1 or 2 views.
+
+    Accumulated in float64 for every input dtype (memory-bound kernels: the wider arithmetic is
+    free), as the CUDA backend's column moments. mean and cs, which build the GEMM operands, are
+    rounded to the accumulation dtype; m2, co and sq stay float64: the finalize kernels subtract
+    Σ_k m2_k² (VICReg) or Σ_k C_kk² (Barlow) from a Gram's ‖·‖² on the N×N side, and fp32-rounded
+    moments there cost a few ulp of the loss (VICReg fp32 7×3: 3.2× eager's error)."""
     n, d = z1.shape
     two = z2 is not None
     v = 2 if two else 1
     dev = z1.device
+    f64 = torch.float64
     nbd = _cdiv(d, cfg.BD)
     chunk, n_chunks = _chunking(n, cfg.BR, nbd, cfg.target)
-    pmean = torch.empty((v, n_chunks, d), dtype=cfg.acc, device=dev)
+    pmean = torch.empty((v, n_chunks, d), dtype=f64, device=dev)
     pm2 = torch.empty_like(pmean)
-    pco = torch.empty((n_chunks, d) if two else (1,), dtype=cfg.acc, device=dev)
+    pco = torch.empty((n_chunks, d) if two else (1,), dtype=f64, device=dev)
     psq = torch.empty_like(pco)
     _colstats_partial_kernel[(n_chunks, nbd)](
         z1, z2 if two else z1, pmean, pm2, pco, psq, n, d, chunk,
-        TWO=two, BR=cfg.BR, BD=cfg.BD, ACC=cfg.ACC, num_warps=cfg.warps)
+        TWO=two, BR=cfg.BR, BD=cfg.BD, ACC=tl.float64, num_warps=cfg.warps)
     mean = torch.empty((v, d), dtype=cfg.acc, device=dev)
-    m2 = torch.empty_like(mean)
-    co = torch.empty((d,) if two else (1,), dtype=cfg.acc, device=dev)
+    m2 = torch.empty((v, d), dtype=f64, device=dev)
+    co = torch.empty((d,) if two else (1,), dtype=f64, device=dev)
     sq = torch.empty_like(co)
     cs = torch.empty_like(mean) if bn_scale else mean
     _colstats_merge_kernel[(nbd,)](
         pmean, pm2, pco, psq, mean, m2, co, sq, cs, n, d, chunk, n_chunks, float(eps),
-        TWO=two, BN_SCALE=bn_scale, BD=cfg.BD, ACC=cfg.ACC, num_warps=cfg.warps)
+        TWO=two, BN_SCALE=bn_scale, BD=cfg.BD, ACC=tl.float64, num_warps=cfg.warps)
     return mean, m2, co, sq, cs
 
 
@@ -1157,11 +1168,24 @@ class _Operand(NamedTuple):
 
 
 def _gram_reduce(side: str, mode: int, a: _Operand, b: Optional[_Operand], cfg: _Cfg, *,
-                 store: bool, views: int = 1, rowcol: bool = False, out_div: int = 1):
-    """Launch ``_gram_reduce_kernel``; returns (G or None, partials (views, 2, nb, nb), rowp, colp)."""
+                 store: bool, views: int = 1, rowcol: bool = False, out_div: int = 1,
+                 sums: bool = True):
+    """Launch ``_gram_reduce_kernel``; returns (G or None, partials (views, 2, nb, nb), rowp, colp).
+
+    ``sums``: the caller uses the partial sums of squares (a loss or criterion, not a primitive's
+    matrix alone). For fp32 under IEEE precision ("highest") their Gram tiles are then accumulated
+    in float64, as the CUDA backend takes those Grams from a float64 GEMM: the losses cancel most
+    of ‖G‖² (Barlow's ⟨a aᵀ, b bᵀ⟩/N² − Σ C_kk² on the N×N side, VICReg's ‖x xᵀ‖² − Σ m2²), so
+    fp32-rounded tile entries left the kernel 2-3 ulp off where eager's direct D×D sum was within
+    one, on some CPUs' BLAS under the interpreter (Barlow fp32 2×5, sample side, OpenBLAS SkylakeX
+    kernels). The stored G (for the backward) is still rounded to fp32.
+    """
     n, d = a.z.shape
     m = n if side == "sample" else d
     dev = a.z.device
+    if sums and cfg.acc == torch.float32 and cfg.PREC == "ieee":
+        wide = _cfg_of(torch.float64)
+        cfg = cfg._replace(ACC=wide.ACC, DOT=wide.DOT, BM=wide.BM, BK=wide.BK)
     nb = _cdiv(m, cfg.BM)
     dummy = torch.empty((1,), dtype=cfg.acc, device=dev)
     b = a if b is None else b
@@ -1216,7 +1240,7 @@ def _acc_of(z: Tensor) -> torch.dtype:
 def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
                gamma: float, eps: float, side: str
                ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (loss, invariance, variance, covariance, gram (2, M, M), mean (2, D), m2 (2, D))."""
+    """-> (loss, invariance, variance, covariance, gram (2, M, M), mean (2, D), m2 (2, D) float64)."""
     cfg = _cfg(z1)
     n, d = z1.shape
     with _device(z1):
@@ -1243,7 +1267,7 @@ def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
     acc = _acc_of(z1)
     scalars = [z1.new_empty((), dtype=acc) for _ in range(4)]
     return (*scalars, z1.new_empty((2, m, m), dtype=acc), z1.new_empty((2, d), dtype=acc),
-            z1.new_empty((2, d), dtype=acc))
+            z1.new_empty((2, d), dtype=torch.float64))
 
 
 def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, gram: Tensor, mean: Tensor, m2: Tensor,
@@ -1307,7 +1331,8 @@ def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: flo
     """-> (loss, on_diagonal, off_diagonal, grams, mean (2, D), cs (2, D), co (D)).
 
     grams: side "dimension" → P = aᵀb (1, D, D); side "sample" → [a aᵀ, b bᵀ] (2, N, N).
-    cs = 1/sqrt(var_b + eps), co = the centered co-moment Σ_i x1_ik·x2_ik, so C_kk = co·cs1·cs2/N."""
+    cs = 1/sqrt(var_b + eps), co = the centered co-moment Σ_i x1_ik·x2_ik (float64), so
+    C_kk = co·cs1·cs2/N."""
     cfg = _cfg(z1)
     n, d = z1.shape
     with _device(z1):
@@ -1333,7 +1358,7 @@ def _(z1, z2, lambda_param, eps, side):
     scalars = [z1.new_empty((), dtype=acc) for _ in range(3)]
     g = z1.new_empty((2, n, n) if side == "sample" else (1, d, d), dtype=acc)
     return (*scalars, g, z1.new_empty((2, d), dtype=acc), z1.new_empty((2, d), dtype=acc),
-            z1.new_empty((d,), dtype=acc))
+            z1.new_empty((d,), dtype=torch.float64))
 
 
 def _bn_backward(z1, z2, mean, cs, m, co, gl, gon, goff, lambda_param, side, barlow, cfg):
@@ -1514,7 +1539,7 @@ def _covariance_fwd_impl(z: Tensor, correction: int) -> Tuple[Tensor, Tensor]:
     with _device(z):
         mean, _, _, _, _ = _colstats(z, None, 0.0, False, cfg)
         g, _, _, _ = _gram_reduce("dimension", _SYM, _Operand(z, mean[0]), None, cfg, store=True,
-                                  out_div=n - int(correction))
+                                  out_div=n - int(correction), sums=False)
     return g[0], mean[0]
 
 
@@ -1580,7 +1605,8 @@ def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float) -> Tuple[Ten
     with _device(z1):
         mean, _, _, _, cs = _colstats(z1, z2, eps, True, cfg)
         g, _, _, _ = _gram_reduce("dimension", _CROSS, _Operand(z1, mean[0], cs[0]),
-                                  _Operand(z2, mean[1], cs[1]), cfg, store=True, out_div=n)
+                                  _Operand(z2, mean[1], cs[1]), cfg, store=True, out_div=n,
+                                  sums=False)
     return g[0], mean, cs
 
 
@@ -1642,10 +1668,11 @@ def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> Tuple[Tensor,
     with _device(z1):
         info = _rowinfo(z1, z2, False, 1.0, cfg)
         if z2 is None:
-            g, _, _, _ = _gram_reduce("sample", _SYM, _Operand(z1, rscale=info[0]), None, cfg, store=True)
+            g, _, _, _ = _gram_reduce("sample", _SYM, _Operand(z1, rscale=info[0]), None, cfg, store=True,
+                                      sums=False)
         else:
             g, _, _, _ = _gram_reduce("sample", _CROSS, _Operand(z1, rscale=info[0]),
-                                      _Operand(z2, rscale=info[1]), cfg, store=True)
+                                      _Operand(z2, rscale=info[1]), cfg, store=True, sums=False)
     return g[0], info
 
 
