@@ -2,13 +2,17 @@
 
 Rules (decided from shapes, dtypes and devices only, so no host-device synchronization):
 
-- An explicit ``backend=`` argument other than "auto" is used as given.
+- An explicit ``backend=`` argument other than "auto" is used as given; a backend that cannot run
+  the op there raises ``BackendUnavailableError`` (a RuntimeError) saying why and what to do, or
+  ValueError for tensors on the wrong device. An unknown name raises ValueError (SPEC §6).
 - ``backend="auto"`` takes the value of the environment variable DUALITY_KERNELS_BACKEND when it
-  is set (any of the four names), otherwise the automatic choice.
-- The automatic choice is the torch reference on CPU tensors. On CUDA tensors it is also the torch
-  reference in this version: the Triton kernels have only run under the Triton interpreter and the
-  CUDA extension has not run on a GPU yet, and "auto" switches only on measured crossovers
-  (DESIGN.md). ``benchmarks/gpu_check.sh`` measures them.
+  is set (any of the four names; a compiled one is then used as if given explicitly), otherwise
+  the automatic choice.
+- The automatic choice: the torch reference on CPU tensors. On CUDA tensors, the first backend of
+  ``_cost.auto_order(op, N, D, dtype)`` (the one table, read from H200 measurements) that is
+  available (``_C`` imports for "cuda", triton imports for "triton"), implements the op, and,
+  inside a process group with gather_distributed=True, implements its SPEC §5 form; the torch
+  reference ends every order. "auto" never raises for a missing backend.
 - "triton" runs on CUDA tensors, and on CPU tensors under the Triton interpreter
   (TRITON_INTERPRET=1), which is how the test suite checks the kernels without a GPU. NT-Xent, DCL
   and InfoNCE implement ``gather_distributed`` (SPEC §5) in the kernels; the other Triton ops
@@ -16,15 +20,16 @@ Rules (decided from shapes, dtypes and devices only, so no host-device synchroni
 - "cuda" runs on CUDA tensors (duality_kernels._C); the test suite also runs it on CPU tensors
   through a CPU simulator of the same C++ source (tests/csim.py, ``ops.cuda.simulating()``). Its
   ops compute one process's batch and raise BackendUnavailableError inside an active group.
-- A backend that cannot run an op raises ``BackendUnavailableError`` (a RuntimeError) that says
-  why and what to do; an unknown name raises ValueError (SPEC §6).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
+
+from . import _cost
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
 ENV_VAR = "DUALITY_KERNELS_BACKEND"
@@ -42,6 +47,13 @@ _IMPLEMENTED = {
         "dimension_contrastive_criterion", "duality_terms", "vicreg_loss", "barlow_twins_loss",
         "spectral_contrastive_loss",  # ops/cuda.py over csrc/bindings.cpp + csrc/kernels/gram_ops.cu
     }),
+}
+
+
+# The ops whose compiled implementation has the SPEC §5 gather_distributed form.
+_GATHERS = {
+    "triton": frozenset({"ntxent_loss", "dcl_loss", "infonce_loss"}),  # ops/triton/lse.py
+    "cuda": frozenset(),
 }
 
 
@@ -67,11 +79,37 @@ def requested(backend) -> str:
     return backend
 
 
-def resolve(backend, op: str, z: torch.Tensor) -> str:
-    """The concrete backend ("torch", "triton" or "cuda") that runs ``op`` on tensor ``z``."""
+@functools.lru_cache(maxsize=None)
+def available(backend: str) -> bool:
+    """Whether a compiled backend can be imported in this process (cached: imports do not change)."""
+    if backend == "triton":
+        from .ops.triton import _common
+
+        return _common.is_available()
+    from .ops import cuda as cuda_ops
+
+    return cuda_ops.is_available()
+
+
+def _auto(op: str, z: torch.Tensor, distributed: bool) -> str:
+    """The automatic choice (module docstring): shapes, dtype and device only."""
+    if z.device.type != "cuda":
+        return "torch"
+    n, d = z.shape
+    for be in _cost.auto_order(op, n, d, z.dtype):
+        if be == "torch":
+            break
+        if op in _IMPLEMENTED[be] and (not distributed or op in _GATHERS[be]) and available(be):
+            return be
+    return "torch"
+
+
+def resolve(backend, op: str, z: torch.Tensor, distributed: bool = False) -> str:
+    """The concrete backend ("torch", "triton" or "cuda") that runs ``op`` on tensor ``z``;
+    ``distributed``: the call computes SPEC §5's global-batch form across several ranks."""
     choice = requested(backend)
     if choice == "auto":
-        return "torch"
+        return _auto(op, z, distributed)
     if choice == "torch":
         return choice
     if op not in _IMPLEMENTED[choice]:

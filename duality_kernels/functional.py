@@ -181,8 +181,8 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps)
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
-    be = _backend.resolve(backend, "vicreg_loss", z1)
     ctx = _ctx("vicreg_loss", gather_distributed, z1)
+    be = _backend.resolve(backend, "vicreg_loss", z1, ctx.active)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
     ops = _gram_ops(be, "vicreg_loss", ctx)
@@ -210,8 +210,8 @@ def _vicreg_lse(op, compute, z1, z2, weights, temperature, gather_distributed, r
     w = _vicreg_args(z1, z2, *weights, min_cols=2, what=what)
     t = V.check_positive(temperature, "temperature")
     V.check_flag(return_terms, "return_terms")
-    be = _backend.resolve(backend, op, z1)
     ctx = _ctx(op, gather_distributed, z1)
+    be = _backend.resolve(backend, op, z1, ctx.active)
     loss, terms = compute(z1, z2, *w, t, ctx, be)
     return _out(loss, terms, return_terms)
 
@@ -248,8 +248,8 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
     eps = V.check_nonnegative(eps, "eps")
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
-    be = _backend.resolve(backend, "barlow_twins_loss", z1)
     ctx = _ctx("barlow_twins_loss", gather_distributed, z1)
+    be = _backend.resolve(backend, "barlow_twins_loss", z1, ctx.active)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
     ops = _gram_ops(be, "barlow_twins_loss", ctx)
@@ -273,8 +273,8 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     V.check_choice(similarity, "similarity", V.SIMILARITIES)
     V.check_choice(normalization, "normalization", V.NORMALIZATIONS)
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    be = _backend.resolve(backend, "ntxent_loss", z1)
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
+    be = _backend.resolve(backend, "ntxent_loss", z1, ctx.active)
     if be == "triton":
         terms = _triton("ntxent_loss", ctx, True).ntxent_terms(z1, z2, t, similarity, normalization, ctx)
         return R.reduce_terms(terms, reduction)
@@ -288,8 +288,8 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     t = V.check_positive(temperature, "temperature")
     V.check_choice(similarity, "similarity", V.SIMILARITIES)
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    be = _backend.resolve(backend, "dcl_loss", z1)
     ctx = _ctx("dcl_loss", gather_distributed, z1)
+    be = _backend.resolve(backend, "dcl_loss", z1, ctx.active)
     if be == "triton":
         return R.reduce_terms(_triton("dcl_loss", ctx, True).dcl_terms(z1, z2, t, similarity, ctx), reduction)
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
@@ -301,8 +301,8 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     V.check_pair(z1, z2)
     t = V.check_positive(temperature, "temperature")
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
-    be = _backend.resolve(backend, "infonce_loss", z1)
     ctx = _ctx("infonce_loss", gather_distributed, z1)
+    be = _backend.resolve(backend, "infonce_loss", z1, ctx.active)
     if be == "triton":
         return R.reduce_terms(_triton("infonce_loss", ctx, True).infonce_terms(z1, z2, t, ctx), reduction)
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
@@ -319,8 +319,8 @@ def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: 
     mu = V.check_positive(mu, "mu")
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
-    be = _backend.resolve(backend, "spectral_contrastive_loss", z1)
     ctx = _ctx("spectral_contrastive_loss", gather_distributed, z1)
+    be = _backend.resolve(backend, "spectral_contrastive_loss", z1, ctx.active)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
     ops = _gram_ops(be, "spectral_contrastive_loss", ctx)

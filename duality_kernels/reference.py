@@ -3,7 +3,11 @@
 Functions here trust their inputs (the public functions in ``functional.py`` validate them) and
 take ``side`` already resolved to "sample" or "dimension". They run on any device and dtype;
 float16/bfloat16 inputs are computed in float32 (SPEC: reductions accumulate in float32), and
-autograd carries gradients back to the input dtype.
+autograd carries gradients back to the input dtype. Their products take operands rounded to the
+input dtype and accumulate in float32 (``mm``): tensor cores with fp32 results on CUDA (as the
+official formulas in bf16 and the compiled backends do; an fp32 upcast ran them on SIMT units,
+2.6 ms per 2048×8192 Gram on the H200, 2026-11-30), the same rounding emulated in fp32 on the CPU.
+float32 products follow torch's float32 matmul precision; float64 ones are float64.
 
 The duality (SPEC §2) is used wherever a sum of squared Gram entries appears:
 ‖aᵀb‖²_F = ⟨a aᵀ, b bᵀ⟩_F = ⟨aᵀa, bᵀb⟩_F, so such a term costs O(N²·D) on the sample side and
@@ -39,6 +43,55 @@ def _up(z: Tensor) -> Tensor:
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
+_HALF = (torch.float16, torch.bfloat16)
+# torch.mm(..., out_dtype=torch.float32) for half operands exists on CUDA from torch 2.9
+_MM_OUT_DTYPE = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9)
+
+
+def operand_dtype(z: Tensor) -> Optional[torch.dtype]:
+    """The dtype of ``z``'s product operands when it is a half type (else None: plain products)."""
+    return z.dtype if z.dtype in _HALF else None
+
+
+def _mm_fp32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b of half-precision 2-D operands, accumulated in float32, as a float32 result."""
+    if a.device.type == "cuda":
+        if _MM_OUT_DTYPE:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return torch.mm(a, b).float()  # pragma: no cover - torch < 2.9: a half-precision result
+    # CPU: products of half values are exact in float32, so this is the same arithmetic
+    return a.float() @ b.float()
+
+
+class _HalfMM(torch.autograd.Function):
+    """a @ b for float32 a, b whose operands are rounded to a half type first (tensor cores on
+    CUDA); float32 result. The backward's products take the same route (the incoming gradient
+    rounded to the half type), and pass the gradient straight through the rounding, as autograd
+    of ``.to()`` does."""
+
+    @staticmethod
+    def forward(ctx, a, b, dtype):
+        a16, b16 = a.to(dtype), b.to(dtype)
+        ctx.save_for_backward(a16, b16)
+        return _mm_fp32(a16, b16)
+
+    @staticmethod
+    def backward(ctx, g):
+        a16, b16 = ctx.saved_tensors
+        g16 = g.to(a16.dtype)
+        da = _mm_fp32(g16, b16.T) if ctx.needs_input_grad[0] else None
+        db = _mm_fp32(a16.T, g16) if ctx.needs_input_grad[1] else None
+        return da, db, None
+
+
+def mm(a: Tensor, b: Tensor, op: Optional[torch.dtype] = None) -> Tensor:
+    """a @ b (2-D); with ``op`` a half dtype, on operands rounded to ``op`` with float32
+    accumulation and result (see the module docstring)."""
+    if op is None:
+        return a @ b
+    return _HalfMM.apply(a, b, op)
+
+
 def l2n(z: Tensor) -> Tensor:
     """Each row divided by max(‖row‖₂, 1e-12)."""
     return F.normalize(_up(z), p=2.0, dim=1, eps=L2_EPS)
@@ -65,25 +118,25 @@ def _sq_sum(g: Tensor) -> Tensor:
     return (g * g).sum()
 
 
-def gram_fro2(a: Tensor, b: Optional[Tensor], side: str) -> Tensor:
-    """‖aᵀb‖²_F computed on ``side`` (b = a when b is None).
+def gram_fro2(a: Tensor, b: Optional[Tensor], side: str, op: Optional[torch.dtype] = None) -> Tensor:
+    """‖aᵀb‖²_F computed on ``side`` (b = a when b is None); products through ``mm(.., op)``.
 
     "dimension": from the D×D matrix aᵀb. "sample": ⟨a aᵀ, b bᵀ⟩_F from two N×N Grams (one
     Gram when b is a, since ‖aᵀa‖_F = ‖a aᵀ‖_F).
     """
     if b is None:
-        g = a @ a.T if side == "sample" else a.T @ a
+        g = mm(a, a.T, op) if side == "sample" else mm(a.T, a, op)
         return _sq_sum(g)
     if side == "sample":
-        return ((a @ a.T) * (b @ b.T)).sum()
-    return _sq_sum(a.T @ b)
+        return (mm(a, a.T, op) * mm(b, b.T, op)).sum()
+    return _sq_sum(mm(a.T, b, op))
 
 
-def cross_fro2(a: Tensor, b: Tensor, side: str) -> Tensor:
+def cross_fro2(a: Tensor, b: Tensor, side: str, op: Optional[torch.dtype] = None) -> Tensor:
     """‖a bᵀ‖²_F, computed on ``side``: N×N directly, or ⟨aᵀa, bᵀb⟩_F on the D×D side."""
     if side == "sample":
-        return _sq_sum(a @ b.T)
-    return ((a.T @ a) * (b.T @ b)).sum()
+        return _sq_sum(mm(a, b.T, op))
+    return (mm(a.T, a, op) * mm(b.T, b, op)).sum()
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,12 +146,12 @@ def cross_fro2(a: Tensor, b: Tensor, side: str) -> Tensor:
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
     n1 = l2n(z1)
     n2 = n1 if z2 is None else l2n(z2)
-    return n1 @ n2.T
+    return mm(n1, n2.T, operand_dtype(z1))
 
 
 def covariance(z: Tensor, correction: int = 1, stats: Optional[ColumnStats] = None) -> Tensor:
     x, _ = _centered(z, stats)
-    return (x.T @ x) / (z.shape[0] - correction)
+    return mm(x.T, x, operand_dtype(z)) / (z.shape[0] - correction)
 
 
 def standardize(z: Tensor, eps: float, stats: Optional[ColumnStats] = None) -> Tensor:
@@ -110,7 +163,7 @@ def standardize(z: Tensor, eps: float, stats: Optional[ColumnStats] = None) -> T
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, stats: Optional[ColumnStats] = None) -> Tensor:
     a = standardize(z1, eps, stats)
     b = standardize(z2, eps, stats)
-    return (a.T @ b) / z1.shape[0]
+    return mm(a.T, b, operand_dtype(z1)) / z1.shape[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,8 +172,9 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, stats: Optional
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram on ``side`` (paper Thm 3.3)."""
+    op = operand_dtype(z)
     z = _up(z)
-    fro2 = gram_fro2(z, None, side)  # ‖z zᵀ‖² = ‖zᵀ z‖²
+    fro2 = gram_fro2(z, None, side, op)  # ‖z zᵀ‖² = ‖zᵀ z‖²
     sq = z * z
     rows4 = _sq_sum(sq.sum(dim=1))
     cols4 = _sq_sum(sq.sum(dim=0))
@@ -129,14 +183,16 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
 def sample_contrastive_criterion(z: Tensor, side: str) -> Tensor:
     """L_c = offsq(z zᵀ) = ‖z zᵀ‖² − Σ_i ‖z_i‖⁴."""
+    op = operand_dtype(z)
     z = _up(z)
-    return gram_fro2(z, None, side) - _sq_sum((z * z).sum(dim=1))
+    return gram_fro2(z, None, side, op) - _sq_sum((z * z).sum(dim=1))
 
 
 def dimension_contrastive_criterion(z: Tensor, side: str) -> Tensor:
     """L_nc = offsq(zᵀ z) = ‖zᵀ z‖² − Σ_k ‖z_{:,k}‖⁴."""
+    op = operand_dtype(z)
     z = _up(z)
-    return gram_fro2(z, None, side) - _sq_sum((z * z).sum(dim=0))
+    return gram_fro2(z, None, side, op) - _sq_sum((z * z).sum(dim=0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +216,7 @@ def _merged_gram(z: Tensor, stats: Optional[ColumnStats], ctx: Context) -> Tuple
     """"allreduce" strategy: (W·N, global m2, global centered D×D Gram) from this rank's rows."""
     n_local = z.shape[0]
     mean, x, m2 = _moments(z, stats)
-    _, m2, gram = merged_moments(ctx, mean, m2, n_local, x.T @ x)
+    _, m2, gram = merged_moments(ctx, mean, m2, n_local, mm(x.T, x, operand_dtype(z)))
     return ctx.world * n_local, m2, gram
 
 
@@ -180,7 +236,7 @@ def vicreg_view(z: Tensor, gamma: float, eps: float, side: str,
         z = ctx.gather(z)
         n = z.shape[0]
         x, m2 = _centered(z, stats)
-        fro2 = gram_fro2(x, None, side)
+        fro2 = gram_fro2(x, None, side, operand_dtype(z))
     v = _variance_hinge(torch.sqrt(m2 / (n - 1) + eps), gamma)
     c = (fro2 - _sq_sum(m2)) / ((n - 1) ** 2 * d)
     return v, c
@@ -223,7 +279,7 @@ def vicreg_exp(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov
             z = ctx.gather(z)
             n = z.shape[0]
             x, m2 = _centered(z, None)
-            gram = x.T @ x
+            gram = mm(x.T, x, operand_dtype(z))
         vs.append(_variance_hinge(torch.sqrt(m2 / (n - 1) + eps), gamma))
         cs.append(_offdiag_lse(gram / (n - 1), temperature).mean())
     return _vicreg_combine(inv, vs, cs, inv_weight, var_weight, cov_weight)
@@ -246,7 +302,7 @@ def vicreg_ctr(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov
         own = torch.arange(ctx.rank * n_local, (ctx.rank + 1) * n_local, device=z.device)
         y_own = y[ctx.rank * n_local:(ctx.rank + 1) * n_local]
         vs.append(_variance_hinge(torch.sqrt((y_own * y_own).sum(dim=1) / (d - 1) + eps), gamma))
-        cs.append(_offdiag_lse((y_own @ y.T) / (d - 1), temperature, own).mean())
+        cs.append(_offdiag_lse(mm(y_own, y.T, operand_dtype(z)) / (d - 1), temperature, own).mean())
     return _vicreg_combine(inv, vs, cs, inv_weight, var_weight, cov_weight)
 
 
@@ -256,6 +312,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
 
     offsq(C) = ‖aᵀb‖²/N² − Σ_k C_kk², the first term on ``side`` (N×N: ⟨a aᵀ, b bᵀ⟩).
     """
+    op = operand_dtype(z1)
     if ctx.active and strategy == "allreduce":
         n_local = z1.shape[0]
         n = ctx.world * n_local
@@ -264,7 +321,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
             mean, _, m2 = _moments(z, stats)
             g_mean, g_m2, _ = merged_moments(ctx, mean, m2, n_local)
             ab.append((_up(z) - g_mean) / torch.sqrt(g_m2 / n + eps))
-        c = ctx.all_reduce(ab[0].T @ ab[1]) / n
+        c = ctx.all_reduce(mm(ab[0].T, ab[1], op)) / n
         diag = torch.diagonal(c)
         on = _sq_sum(1 - diag)
         off = _sq_sum(c) - _sq_sum(diag)
@@ -275,7 +332,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
     b = standardize(z2, eps, stats)
     diag = (a * b).sum(dim=0) / n
     on = _sq_sum(1 - diag)
-    off = gram_fro2(a, b, side) / (n * n) - _sq_sum(diag)
+    off = gram_fro2(a, b, side, op) / (n * n) - _sq_sum(diag)
     return on + lambda_param * off, {"on_diagonal": on, "off_diagonal": off}
 
 
@@ -324,7 +381,7 @@ def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarit
     pos_col = torch.cat([own + m, own])
     keys = torch.cat([n1, n2])
     anchors = torch.cat([a1, a2]) if ctx.active else keys         # one rank: the anchors are all rows
-    dots = anchors @ keys.T                                       # (2N, 2WN)
+    dots = mm(anchors, keys.T, operand_dtype(z1))                 # (2N, 2WN)
     pos = (a1 * a2).sum(dim=1) / temperature
     pos = torch.cat([pos, pos])
     if similarity == "abs":
@@ -358,8 +415,9 @@ def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx: Con
     Terms: this rank's rows of S (its z1 anchors against all z2 rows), then its rows of Sᵀ.
     """
     n_local = z1.shape[0]
+    op = operand_dtype(z1)
     if not ctx.active:
-        s = (l2n(z1) @ l2n(z2).T) / temperature
+        s = mm(l2n(z1), l2n(z2).T, op) / temperature
         diag = s.diagonal()
         terms = torch.cat([torch.logsumexp(s, dim=1) - diag, torch.logsumexp(s, dim=0) - diag])
         return reduce_terms(terms, reduction)
@@ -367,8 +425,8 @@ def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx: Con
     lo = ctx.rank * n_local
     a1, a2 = n1[lo:lo + n_local], n2[lo:lo + n_local]
     diag = (a1 * a2).sum(dim=1) / temperature
-    rows = torch.logsumexp((a1 @ n2.T) / temperature, dim=1) - diag
-    cols = torch.logsumexp((a2 @ n1.T) / temperature, dim=1) - diag
+    rows = torch.logsumexp(mm(a1, n2.T, op) / temperature, dim=1) - diag
+    cols = torch.logsumexp(mm(a2, n1.T, op) / temperature, dim=1) - diag
     return reduce_terms(torch.cat([rows, cols]), reduction)
 
 
@@ -394,5 +452,5 @@ def spectral(z1: Tensor, z2: Tensor, mu: float, side: str, ctx: Context = LOCAL)
     lo = ctx.rank * n_local
     p = (a * b_all[lo:lo + n_local]).sum(dim=1)
     positive = -2.0 * p.sum() / n_local / mu
-    negative = (cross_fro2(a, b_all, side) - _sq_sum(p)) / (n_local * (m - 1)) / mu
+    negative = (cross_fro2(a, b_all, side, operand_dtype(z1)) - _sq_sum(p)) / (n_local * (m - 1)) / mu
     return positive + negative, {"positive": positive, "negative": negative}

@@ -7,6 +7,15 @@ import torch
 # test module loads duality_kernels.ops.triton.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Import our kernel modules now, under that setting: @triton.jit decides at decoration time
+    # whether a function is interpreted, so a test that sets TRITON_INTERPRET=0 (to check the
+    # device rules) must not be the first to import them, or every later interpreter test would
+    # call GPU-compiled helpers ("Cannot call @triton.jit'd outside of the scope of a kernel").
+    try:
+        import duality_kernels.ops.triton.gram  # noqa: F401
+        import duality_kernels.ops.triton.lse  # noqa: F401
+    except Exception:  # pragma: no cover - triton missing or broken: its tests skip themselves
+        pass
 
 import pytest  # noqa: E402
 
