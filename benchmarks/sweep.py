@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Sweep batch size N x embedding dimension D for one loss over every provider on this machine.
 
-    python benchmarks/sweep.py                                   # VICReg, fp32, default grid
+    python benchmarks/sweep.py                                   # VICReg, default grid (bf16 on a GPU, fp32 on CPU)
     python benchmarks/sweep.py --loss ntxent --dtype bfloat16 --N 2048 16384 --D 256
     python benchmarks/sweep.py --loss vicreg --shapes 2048x8192 16384x2048 --dtype bfloat16
     python benchmarks/sweep.py --summarize benchmarks/results/sweep.csv    # print a CSV's rows
@@ -543,7 +543,8 @@ def parse_args(argv=None):
     p.add_argument("--D", type=int, nargs="+", help="embedding dimensions (default: per device)")
     p.add_argument("--shapes", nargs="+", metavar="NxD",
                    help="explicit (N, D) points instead of the --N x --D grid, e.g. 2048x8192")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
+                   help="default: bfloat16 on a GPU (the dtype SSL training runs in), float32 on CPU")
     p.add_argument("--precision", default="highest", choices=["highest", "high"],
                    help="torch.set_float32_matmul_precision for every provider (default highest)")
     p.add_argument("--providers", nargs="+", choices=ALL_PROVIDERS,
@@ -601,6 +602,8 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda but no CUDA device is available", file=sys.stderr)
         return 2
+    if args.dtype is None:
+        args.dtype = "bfloat16" if device.type == "cuda" else "float32"
     dtype = DTYPES[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
