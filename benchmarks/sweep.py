@@ -536,6 +536,25 @@ def summarize(csv_path):
 # main
 # --------------------------------------------------------------------------------------------
 
+class _NoBar:
+    """Stands in for tqdm when it is not installed."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def write(self, msg, *args, **kwargs):
+        print(msg, flush=True)
+
+    def close(self):
+        pass
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--loss", default="vicreg", choices=sorted(LOSSES))
@@ -675,7 +694,10 @@ def main(argv=None):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _term)
 
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the "bench" extra's progress bar is optional
+        tqdm = _NoBar
 
     tty = sys.stderr.isatty()
     bar = tqdm(total=len(points) * len(providers), desc=args.loss, unit="run", disable=not tty,
