@@ -158,6 +158,24 @@ def fake_gpu(arch: int = DEFAULT_ARCH, launcher: Optional[Callable] = None, modu
 
 
 @contextlib.contextmanager
+def kernels_replaced(replacement: Callable[[str, object], object], modules=None):
+    """Every launched kernel (each ``*_kernel`` module attribute of the kernel modules) replaced
+    by ``replacement(kernel name, kernel object)`` for the duration: the launchers then call the
+    replacement's ``[grid](...)`` (host_overhead.py's no-op kernels)."""
+    saved = []
+    for mod in modules if modules is not None else kernel_modules():
+        for attr, obj in list(vars(mod).items()):
+            if attr.endswith("_kernel") and base_jit(obj) is not None:
+                saved.append((mod, attr, obj))
+                setattr(mod, attr, replacement(base_jit(obj).fn.__name__, obj))
+    try:
+        yield
+    finally:
+        for mod, attr, obj in saved:
+            setattr(mod, attr, obj)
+
+
+@contextlib.contextmanager
 def any_device():
     """Let backend="triton" accept CPU and meta tensors (block sizes stay the GPU's: not
     interpreting)."""
