@@ -38,9 +38,9 @@ blocks. ``occupancy_blocks`` = resident blocks per SM, ``occupancy_warps`` = res
 
 Speed: results are cached per compiled kernel (its Triton hash; csrc: a hash of the sources,
 flags and nvcc) in <TRITON_CACHE_DIR>/duality_kernels_report/, so with a warm cache the whole
-default report (--json included) takes about 10 s on the 2-core development machine; a cold
-cache compiles every variant (minutes; --jobs processes). ``../shared/hooks/before-stop`` relies
-on ``--json`` being fast when warm.
+default report (--json included) takes about 3 s on the 2-core development machine; a cold cache
+compiles every variant (~240: 40 s there when idle, 2-3 minutes when other jobs load it; --jobs
+processes). ``../shared/hooks/before-stop`` relies on ``--json`` being fast when warm.
 
 JSON (``--json``): {"arch", "triton", "torch", "git_sha", "gpu_model", "cases": [names],
 "variants": [...], "csrc_error": null or why the csrc part is missing}. Each variant: kernel,

@@ -88,14 +88,20 @@ def base_jit(obj) -> Optional[JITFunction]:
     return obj if isinstance(obj, JITFunction) else None
 
 
-def launchable(modules=None) -> Dict[str, object]:
-    """{kernel name: the launched object (JITFunction, Autotuner or Heuristics)} of the kernel
-    modules: the objects named ``*_kernel`` (DESIGN convention 1) that wrap a ``@triton.jit``."""
-    out = {}
+def _kernel_attributes(modules=None):
+    """(module, attribute, object) of every launched kernel: the module attributes named
+    ``*_kernel`` (DESIGN convention 1) that wrap a ``@triton.jit`` function."""
     for mod in modules if modules is not None else kernel_modules():
-        for name, obj in vars(mod).items():
-            if name.endswith("_kernel") and base_jit(obj) is not None:
-                out.setdefault(base_jit(obj).fn.__name__, obj)
+        for attr, obj in list(vars(mod).items()):
+            if attr.endswith("_kernel") and base_jit(obj) is not None:
+                yield mod, attr, obj
+
+
+def launchable(modules=None) -> Dict[str, object]:
+    """{kernel name: the launched object (JITFunction, Autotuner or Heuristics)}."""
+    out = {}
+    for _, _, obj in _kernel_attributes(modules):
+        out.setdefault(base_jit(obj).fn.__name__, obj)
     return out
 
 
@@ -162,12 +168,9 @@ def kernels_replaced(replacement: Callable[[str, object], object], modules=None)
     """Every launched kernel (each ``*_kernel`` module attribute of the kernel modules) replaced
     by ``replacement(kernel name, kernel object)`` for the duration: the launchers then call the
     replacement's ``[grid](...)`` (host_overhead.py's no-op kernels)."""
-    saved = []
-    for mod in modules if modules is not None else kernel_modules():
-        for attr, obj in list(vars(mod).items()):
-            if attr.endswith("_kernel") and base_jit(obj) is not None:
-                saved.append((mod, attr, obj))
-                setattr(mod, attr, replacement(base_jit(obj).fn.__name__, obj))
+    saved = list(_kernel_attributes(modules))
+    for mod, attr, obj in saved:
+        setattr(mod, attr, replacement(base_jit(obj).fn.__name__, obj))
     try:
         yield
     finally:
