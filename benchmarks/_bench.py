@@ -313,26 +313,28 @@ def selfcheck_cpu_memory() -> list[tuple[str, float, float]]:
 # CSV and tables
 # --------------------------------------------------------------------------------------------
 
-def append_csv(path: str, rows: list[dict]) -> None:
-    """Append rows; write the header when the file is new. An existing file's header is kept
-    (columns it lacks are dropped from the new rows, with a warning once)."""
+def append_csv(path: str, rows: list[dict], columns: list[str] | None = None) -> None:
+    """Append rows; write the header (``columns``, default the sweep's CSV_COLUMNS) when the file
+    is new. An existing file's header is kept (columns it lacks are dropped from the new rows,
+    with a warning once)."""
     if not rows:
         return
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     exists = os.path.exists(path) and os.path.getsize(path) > 0
-    columns = CSV_COLUMNS
+    columns = columns or CSV_COLUMNS
+    fieldnames = columns
     if exists:
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
-        if header and header != CSV_COLUMNS:
-            missing = [c for c in CSV_COLUMNS if c not in header]
+        if header and header != columns:
+            missing = [c for c in columns if c not in header]
             if missing:
                 print(f"[bench] warning: {path} has an older header; dropping columns {missing}",
                       file=sys.stderr)
-            columns = header
+            fieldnames = header
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
+        w = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore", restval="")
         if not exists:
             w.writeheader()
         for r in rows:

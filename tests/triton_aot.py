@@ -2,25 +2,52 @@
 
 DESIGN convention 10: kernels must compile for the GPU, not only pass the interpreter. Triton can
 compile ahead of time for a target it cannot run (``triton.compile(ASTSource, target=GPUTarget)``,
-its own ptxas included). This script runs the public losses on small CPU tensors with every
-kernel's launch replaced by a recorder, then compiles each distinct launch (argument types,
-constexprs, num_warps) to a cubin for the H200's architecture. The results of the recorded runs
-are garbage (nothing is launched): only the launches matter.
+its own ptxas included). This module runs the public losses on meta tensors (shapes only, no data)
+with a stand-in GPU driver, so that every ``kernel[grid](...)`` goes through Triton's own launch
+path (argument binding and specialization: integer divisibility by 16, pointer alignment,
+constexprs, num_warps/num_stages) up to the point where Triton would compile the kernel; there
+the call is recorded instead, and nothing is compiled or launched. Each distinct record is then
+compiled to a cubin for the target, with exactly the signature, constexprs, attributes and options
+Triton's JIT would use on the GPU (so the compiled variant is the one the GPU would run, and a GPU
+run with the same Triton finds it in the cache).
+
+It is the one place where launches are recorded and compiled: ``benchmarks/kernel_report.py``
+builds its per-variant report (registers, spills, wgmma, occupancy) on it, and
+``benchmarks/host_overhead.py`` uses the same stand-in driver. Triton internals it relies on (the
+same in triton 3.6 and 3.8): ``triton.runtime.driver.driver.set_active``,
+``JITFunction.device_caches`` / ``_do_compile(key, signature, device, constexprs, options, attrs,
+warmup)``, and ``Autotuner.prune_configs`` / ``Config.all_kwargs``.
+
+Autotuned kernels (``triton.autotune``): every config the autotuner would benchmark for the launch
+(after its ``early_config_prune`` / ``perf_model`` pruning, when it has them) is recorded as a
+variant of its own, labelled with the config; which one wins is decided by timing on the GPU, so
+each candidate is held to the report's rules. ``triton.heuristics`` wrappers run as usual.
+
+Kernels are discovered, not listed: every object named ``*_kernel`` in a module of
+``duality_kernels.ops.triton`` that is a ``@triton.jit`` function (possibly under autotune /
+heuristics wrappers). The losses run through their public functions, so whatever torch ops the
+launchers do between kernels really run (on meta tensors).
 
 Run it WITHOUT ``TRITON_INTERPRET=1`` (the interpreter replaces the kernels by Python functions):
-``python tests/triton_aot.py`` (tests/test_triton_compile.py does so in a subprocess).
+``python tests/triton_aot.py [--arch 90]`` (tests/test_triton_compile.py does so in a subprocess).
 Exit status 0 when every variant compiled; 1 otherwise, with the errors printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import os
+import pkgutil
 import sys
 import time
 import traceback
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from types import SimpleNamespace
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     sys.exit("run tests/triton_aot.py without TRITON_INTERPRET=1")
@@ -30,127 +57,268 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
+from triton.runtime.driver import driver as _driver  # noqa: E402
+from triton.runtime.jit import JITFunction, KernelInterface  # noqa: E402
 
 import duality_kernels as dk  # noqa: E402
-from duality_kernels.ops.triton import _common  # noqa: E402
-from duality_kernels.ops.triton import gram, lse  # noqa: E402
 
-TARGET = GPUTarget("cuda", 90, 32)  # H200 (sm_90), warp size 32
-TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+KERNEL_PACKAGE = "duality_kernels.ops.triton"
+DEFAULT_ARCH = 90  # H200 (sm_90)
 
 
-class Recorder:
-    """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kwargs)`` records the launch."""
-
-    def __init__(self, module, name, launches, fn):
-        self.module, self.name, self.launches, self.fn = module, name, launches, fn
-
-    def __getitem__(self, grid):
-        def launch(*args, num_warps=4, num_stages=None, **constexprs):
-            params = [p for p in self.fn.params if p.name not in constexprs]
-            types = []
-            for p, a in zip(params, args):
-                if p.annotation and p.annotation != "constexpr":  # e.g. "fp64" (tl.float64)
-                    types.append(p.annotation)
-                    continue
-                if isinstance(a, torch.Tensor):
-                    types.append("*" + TRITON_DTYPES[a.dtype])
-                elif isinstance(a, bool):
-                    types.append("i1")
-                elif isinstance(a, int):
-                    types.append("i64" if abs(a) >= 2**31 else "i32")
-                elif isinstance(a, float):
-                    types.append("fp32")
-                else:
-                    raise TypeError(f"{self.name}: cannot type argument {a!r}")
-            key = (self.module, self.name, tuple(types),
-                   tuple(sorted((k, repr(v)) for k, v in constexprs.items())), num_warps, num_stages)
-            self.launches.setdefault(key, (self.module, self.name, types, constexprs, num_warps, num_stages))
-        return launch
+def target(arch: int = DEFAULT_ARCH) -> GPUTarget:
+    return GPUTarget("cuda", arch, 32)
 
 
-def record(modules, scenarios):
-    """{key: launch} of every distinct launch the scenarios make."""
-    launches: dict = {}
-    originals = []
-    for mod in modules:
-        for name in dir(mod):
-            obj = getattr(mod, name)
-            if isinstance(obj, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
-                originals.append((mod, name, obj))
-                setattr(mod, name, Recorder(mod.__name__, name, launches, obj))
-    device_problem = _common.device_problem
-    _common.device_problem = lambda z: ""  # accept CPU tensors; block sizes stay the GPU's
+# --------------------------------------------------------------------------------------------
+# Kernel discovery
+
+
+def kernel_modules() -> list:
+    """Every module of the Triton kernel package, imported."""
+    pkg = importlib.import_module(KERNEL_PACKAGE)
+    return [importlib.import_module(f"{KERNEL_PACKAGE}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+
+
+def base_jit(obj) -> Optional[JITFunction]:
+    """The ``@triton.jit`` function under any autotune / heuristics wrappers, else None."""
+    while isinstance(obj, KernelInterface) and not isinstance(obj, JITFunction):
+        obj = getattr(obj, "fn", None)
+    return obj if isinstance(obj, JITFunction) else None
+
+
+def _kernel_attributes(modules=None):
+    """(module, attribute, object) of every launched kernel: the module attributes named
+    ``*_kernel`` (DESIGN convention 1) that wrap a ``@triton.jit`` function."""
+    for mod in modules if modules is not None else kernel_modules():
+        for attr, obj in list(vars(mod).items()):
+            if attr.endswith("_kernel") and base_jit(obj) is not None:
+                yield mod, attr, obj
+
+
+def launchable(modules=None) -> Dict[str, object]:
+    """{kernel name: the launched object (JITFunction, Autotuner or Heuristics)}."""
+    out = {}
+    for _, _, obj in _kernel_attributes(modules):
+        out.setdefault(base_jit(obj).fn.__name__, obj)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# A stand-in GPU driver
+
+
+class _Driver:
+    """Just enough of Triton's active-driver interface for ``JITFunction.run`` to bind and
+    specialize its arguments for ``target`` (device 0, stream 0) without a GPU. With ``launcher``
+    (a callable taking the kernel's metadata), a compiled kernel also "loads" and launches: its
+    launch calls ``launcher(metadata)``'s result instead of the CUDA driver (host_overhead.py)."""
+
+    def __init__(self, tgt: GPUTarget, launcher: Optional[Callable] = None):
+        self._target = tgt
+        self.launcher_cls = (lambda src, metadata: launcher(metadata)) if launcher else None
+        # load_binary -> (module, function, n_regs, n_spills, n_max_threads); shared memory is
+        # not checked against a device here (kernel_report.py reports it).
+        self.utils = SimpleNamespace(
+            load_binary=lambda name, kernel, shared, device: (None, 0, 0, 0, 1024),
+            get_device_properties=lambda device: {"max_shared_mem": 1 << 30, "multiprocessor_count": 132},
+        )
+
+    def is_active(self):
+        return True
+
+    def get_current_device(self):
+        return 0
+
+    def set_current_device(self, device):
+        pass
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self._target
+
+    def get_active_torch_device(self):
+        return torch.device("meta")
+
+
+@contextlib.contextmanager
+def fake_gpu(arch: int = DEFAULT_ARCH, launcher: Optional[Callable] = None, modules=None):
+    """Make Triton believe a GPU of ``arch`` is current (see ``_Driver``). The kernels' per-device
+    binder caches are emptied for the duration and restored afterwards, so nothing bound for the
+    stand-in target outlives it."""
+    fns = [base_jit(k) for k in launchable(modules).values()]
+    saved_caches = {fn: fn.device_caches for fn in fns}
+    saved_driver = getattr(_driver, "_active", None)
+    _driver.set_active(_Driver(target(arch), launcher))
+    for fn in fns:
+        fn.device_caches = defaultdict(fn.create_binder)
     try:
-        for fn in scenarios:
-            fn()
+        yield
+    finally:
+        for fn, caches in saved_caches.items():
+            fn.device_caches = caches
+        _driver.set_active(saved_driver)
+
+
+@contextlib.contextmanager
+def kernels_replaced(replacement: Callable[[str, object], object], modules=None):
+    """Every launched kernel (each ``*_kernel`` module attribute of the kernel modules) replaced
+    by ``replacement(kernel name, kernel object)`` for the duration: the launchers then call the
+    replacement's ``[grid](...)`` (host_overhead.py's no-op kernels)."""
+    saved = list(_kernel_attributes(modules))
+    for mod, attr, obj in saved:
+        setattr(mod, attr, replacement(base_jit(obj).fn.__name__, obj))
+    try:
+        yield
+    finally:
+        for mod, attr, obj in saved:
+            setattr(mod, attr, obj)
+
+
+@contextlib.contextmanager
+def any_device():
+    """Let backend="triton" accept CPU and meta tensors (block sizes stay the GPU's: not
+    interpreting)."""
+    from duality_kernels.ops.triton import _common
+
+    device_problem = _common.device_problem
+    _common.device_problem = lambda z: ""
+    try:
+        yield
     finally:
         _common.device_problem = device_problem
-        for mod, name, obj in originals:
-            setattr(mod, name, obj)
-    return launches
 
 
-def compile_launch(launch):
-    """Compile one recorded launch for TARGET; returns a one-line report (raises on failure)."""
-    module, name, types, constexprs, num_warps, num_stages = launch
-    fn = getattr(importlib.import_module(module), name)
-    names = fn.arg_names
-    params = [n for n in names if n not in constexprs]
-    if len(params) != len(types):
-        raise TypeError(f"{name}: {len(types)} positional arguments for parameters {params}")
-    signature = dict(zip(params, types))
-    signature.update({n: "constexpr" for n in constexprs})
-    src = ASTSource(fn=fn, signature={n: signature[n] for n in names},
-                    constexprs={(names.index(n),): v for n, v in constexprs.items()})
-    options = {"num_warps": num_warps}
-    if num_stages is not None:
-        options["num_stages"] = num_stages
-    t = time.time()
-    compiled = triton.compile(src, target=TARGET, options=options)
-    return (f"{time.time() - t:5.1f}s {name} {' '.join(types)} {constexprs} warps={num_warps} "
-            f"smem={compiled.metadata.shared}")
+# --------------------------------------------------------------------------------------------
+# Recording
 
 
-def _compile_or_report(launch):
+class Launch(NamedTuple):
+    """One compile Triton's JIT would do: exactly the arguments of its ``_do_compile``."""
+
+    module: str           # the @triton.jit function's module
+    name: str             # and name
+    signature: dict       # parameter name -> Triton type ("*bf16", "i32", "constexpr", ...)
+    constexprs: dict      # (argument index,) -> value
+    attrs: dict           # (argument index,) -> specialization attributes (e.g. tt.divisibility)
+    options: dict         # the backend options (num_warps, num_stages, ...)
+    config: Optional[str]  # the autotune config this candidate comes from, else None
+
+    def constexpr_values(self) -> Dict[str, object]:
+        """{parameter name: value} of the constexpr arguments (specialized integers included)."""
+        names = list(self.signature)
+        return {names[path[0]] if len(path) == 1 else str(path): v for path, v in self.constexprs.items()}
+
+
+@dataclasses.dataclass
+class Variant:
+    launch: Launch
+    cases: List[str]  # the names of the cases that launch it
+
+
+class Case(NamedTuple):
+    name: str
+    run: Callable[[], None]
+    precision: str = "highest"  # torch.set_float32_matmul_precision during the run
+
+
+def record(cases: List[Case], arch: int = DEFAULT_ARCH) -> Dict[tuple, Variant]:
+    """{key: Variant} of every distinct compile that the cases' launches ask for, in first-seen
+    order, with the cases and grids that launch each. Nothing is compiled or launched."""
+    modules = kernel_modules()
+    kernels = launchable(modules)
+    found: Dict[tuple, Variant] = {}
+    state = {"case": None, "config": None}
+
+    def capture(fn):
+        def _do_compile(key, signature, device, constexprs, options, attrs, warmup):
+            k = (fn.module, fn.fn.__name__, repr(key), state["config"])
+            v = found.get(k)
+            if v is None:
+                launch = Launch(fn.module, fn.fn.__name__, dict(signature), dict(constexprs), dict(attrs),
+                                dict(options.__dict__), state["config"])
+                v = found[k] = Variant(launch, [])
+            if state["case"] not in v.cases:
+                v.cases.append(state["case"])
+            return None  # JITFunction.run returns before launching
+        return _do_compile
+
+    def candidates(tuner):
+        def run(*args, **kwargs):
+            # Autotuner.run's own pruning, without its benchmarking: every surviving config is
+            # a variant the GPU would compile and time.
+            tuner.nargs = dict(zip(tuner.arg_names, args))
+            try:
+                configs = tuner.prune_configs(kwargs)
+            finally:
+                tuner.nargs = None
+            for cfg in configs:
+                state["config"] = str(cfg)
+                try:
+                    tuner.fn.run(*args, **kwargs, **cfg.all_kwargs())
+                finally:
+                    state["config"] = None
+        return run
+
+    patched = []
+    for obj in kernels.values():
+        fn = base_jit(obj)
+        fn._do_compile = capture(fn)  # instance attribute: shadows the method until deleted
+        patched.append((fn, "_do_compile"))
+        wrapper = obj
+        while wrapper is not fn:
+            if isinstance(wrapper, Autotuner):
+                wrapper.run = candidates(wrapper)
+                patched.append((wrapper, "run"))
+            wrapper = wrapper.fn
+    precision = torch.get_float32_matmul_precision()
     try:
-        return True, compile_launch(launch)
-    except Exception:
-        return False, f"{launch[1]} {' '.join(launch[2])} {launch[3]}\n{traceback.format_exc()}"
+        with fake_gpu(arch, modules=modules), any_device():
+            for case in cases:
+                state["case"] = case.name
+                torch.set_float32_matmul_precision(case.precision)
+                try:
+                    case.run()
+                except Exception as e:
+                    raise RuntimeError(f"recording case {case.name!r} failed: {type(e).__name__}: {e}") from e
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        for obj, attr in patched:
+            obj.__dict__.pop(attr, None)
+    return found
 
 
-def _backward(fn, dtype, shape=(300, 96)):
+def compile_launch(launch: Launch, arch: int = DEFAULT_ARCH):
+    """The CompiledKernel of one recorded launch for sm_<arch> (from Triton's cache when there)."""
+    fn = base_jit(getattr(importlib.import_module(launch.module), launch.name))
+    src = ASTSource(fn, launch.signature, launch.constexprs, launch.attrs)
+    return triton.compile(src, target=target(arch), options=launch.options)
+
+
+def describe(launch: Launch) -> str:
+    """One line: kernel, argument types, constexprs, warps/stages (and autotune config)."""
+    types = " ".join(t for t in launch.signature.values() if t != "constexpr")
+    cfg = f" config[{launch.config}]" if launch.config else ""
+    return (f"{launch.name} {types} {launch.constexpr_values()} warps={launch.options.get('num_warps')} "
+            f"stages={launch.options.get('num_stages')}{cfg}")
+
+
+# --------------------------------------------------------------------------------------------
+# The feature scenarios of the compile check (test_triton_compile.py): one launch per kernel
+# feature, on small meta tensors (odd sizes, so unaligned integer arguments are covered too)
+
+
+def fwd_bwd(fn, dtype, shape=(300, 96)):
+    """A run of ``fn(z1, z2)`` forward and backward on meta tensors of ``shape``."""
     def run():
-        z1, z2 = (torch.randn(*shape).to(dtype).requires_grad_() for _ in range(2))
+        z1, z2 = (torch.empty(*shape, device="meta", dtype=dtype).requires_grad_() for _ in range(2))
         out = fn(z1, z2)
         loss = out[0] if isinstance(out, tuple) else out
         loss.float().sum().backward()
     return run
-
-
-def lse_scenarios(everything: bool):
-    """The log-sum-exp losses. Default: one launch per kernel feature (each transform, mask,
-    positive mode, row scaling, dtype and dot precision, a K below one block and a D needing
-    several column chunks); ``everything``: every loss mode in bf16 too."""
-    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
-    modes = ([(s, n) for s in ("dot", "abs", "square") for n in ("l2", "center_l2", "dim_std")] if everything
-             else [("dot", "l2"), ("abs", "center_l2"), ("square", "dim_std")])
-    out = [_backward(lambda a, b, s=s, n=n: dk.ntxent_loss(a, b, 0.1, s, n, backend="triton"), bf16)
-           for s, n in modes]
-    for sim in (("dot", "abs", "square") if everything else ("square",)):
-        out.append(_backward(lambda a, b, s=sim: dk.dcl_loss(a, b, 0.1, s, backend="triton"), bf16))
-    out += [
-        _backward(lambda a, b: dk.infonce_loss(a, b, backend="triton"), bf16),
-        _backward(lambda a, b: dk.vicreg_exp_loss(a, b, backend="triton"), bf16),
-        _backward(lambda a, b: dk.vicreg_ctr_loss(a, b, backend="triton"), bf16),
-        _backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp16),
-        _backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 3)),
-        _backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 1030)),
-    ]
-    out += [_backward(lambda a, b: lse.ntxent_terms(a, b, 0.1, "dot", "l2", _TwoRanks(a, b)).mean(), bf16),
-            _backward(lambda a, b: lse.infonce_terms(a, b, 0.1, _TwoRanks(a, b)).mean(), bf16)]
-    fp32_runs = [_backward(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp32)]
-    return out, fp32_runs
 
 
 class _TwoRanks:
@@ -165,60 +333,96 @@ class _TwoRanks:
         return self._g[id(x)]
 
 
-def gram_scenarios(everything: bool):
+def lse_scenarios(everything: bool) -> List[Case]:
+    """The log-sum-exp losses. Default: one launch per kernel feature (each transform, mask,
+    positive mode, row scaling, dtype and dot precision, a K below one block and a D needing
+    several column chunks); ``everything``: every loss mode in bf16 too."""
+    from duality_kernels.ops.triton import lse
+
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    modes = ([(s, n) for s in ("dot", "abs", "square") for n in ("l2", "center_l2", "dim_std")] if everything
+             else [("dot", "l2"), ("abs", "center_l2"), ("square", "dim_std")])
+    out = [Case(f"ntxent {s} {n}", fwd_bwd(lambda a, b, s=s, n=n: dk.ntxent_loss(a, b, 0.1, s, n, backend="triton"), bf16))
+           for s, n in modes]
+    for sim in (("dot", "abs", "square") if everything else ("square",)):
+        out.append(Case(f"dcl {sim}", fwd_bwd(lambda a, b, s=sim: dk.dcl_loss(a, b, 0.1, s, backend="triton"), bf16)))
+    out += [
+        Case("infonce", fwd_bwd(lambda a, b: dk.infonce_loss(a, b, backend="triton"), bf16)),
+        Case("vicreg_exp", fwd_bwd(lambda a, b: dk.vicreg_exp_loss(a, b, backend="triton"), bf16)),
+        Case("vicreg_ctr", fwd_bwd(lambda a, b: dk.vicreg_ctr_loss(a, b, backend="triton"), bf16)),
+        Case("ntxent fp16", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp16)),
+        Case("ntxent 40x3", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 3))),
+        Case("ntxent 40x1030", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 1030))),
+        Case("ntxent gathered", fwd_bwd(lambda a, b: lse.ntxent_terms(a, b, 0.1, "dot", "l2", _TwoRanks(a, b)).mean(), bf16)),
+        Case("infonce gathered", fwd_bwd(lambda a, b: lse.infonce_terms(a, b, 0.1, _TwoRanks(a, b)).mean(), bf16)),
+    ]
+    out += [Case(f"ntxent fp32 {p}", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp32), p)
+            for p in ("highest", "high")]
+    return out
+
+
+def _all_gram_ops(z1, z2):
+    """Every Gram-family function on both sides: a sum that backward() differentiates."""
+    outs = []
+    for side in ("sample", "dimension"):
+        outs += [dk.vicreg_loss(z1, z2, side=side, backend="triton"),
+                 dk.barlow_twins_loss(z1, z2, side=side, backend="triton"),
+                 dk.spectral_contrastive_loss(z1, z2, side=side, backend="triton"),
+                 *dk.duality_terms(z1, side=side, backend="triton")]
+    outs += [dk.covariance(z1, backend="triton").sum(), dk.cross_correlation(z1, z2, backend="triton").sum(),
+             dk.normalized_gram(z1, backend="triton").sum(), dk.normalized_gram(z1, z2, backend="triton").sum()]
+    return sum(o.float() for o in outs)
+
+
+def gram_scenarios(everything: bool) -> List[Case]:
     """The Gram family through the public functions: both sides, every primitive, bf16 and fp16
-    (and float64, which the GPU runs with its own 32-wide tiles); fp32 runs come separately."""
-    def all_of(dtype, shape=(40, 70)):
-        def run():
-            z1, z2 = (torch.randn(*shape).to(dtype).requires_grad_() for _ in range(2))
-            outs = []
-            for side in ("sample", "dimension"):
-                outs += [dk.vicreg_loss(z1, z2, side=side, backend="triton"),
-                         dk.barlow_twins_loss(z1, z2, side=side, backend="triton"),
-                         dk.spectral_contrastive_loss(z1, z2, side=side, backend="triton"),
-                         *dk.duality_terms(z1, side=side, backend="triton")]
-            outs += [dk.covariance(z1, backend="triton").sum(), dk.cross_correlation(z1, z2, backend="triton").sum(),
-                     dk.normalized_gram(z1, backend="triton").sum(), dk.normalized_gram(z1, z2, backend="triton").sum()]
-            sum(o.float() for o in outs).backward()
-        return run
+    (and float64, which the GPU runs with its own tiles), fp32 under both precisions."""
+    bf16, fp16, fp32, fp64 = torch.bfloat16, torch.float16, torch.float32, torch.float64
 
-    def vicreg_only(dtype):  # fp16 takes bf16's code paths: one loss per side is enough
-        def run():
-            z1, z2 = (torch.randn(40, 70).to(dtype).requires_grad_() for _ in range(2))
-            sum(dk.vicreg_loss(z1, z2, side=s, backend="triton") for s in ("sample", "dimension")).backward()
-        return run
+    def vicreg_only(a, b):  # fp16 takes bf16's code paths: one loss per side is enough
+        return sum(dk.vicreg_loss(a, b, side=s, backend="triton") for s in ("sample", "dimension"))
 
-    runs = [all_of(torch.bfloat16), vicreg_only(torch.float16), all_of(torch.float64)]
+    runs = [Case("gram ops bf16", fwd_bwd(_all_gram_ops, bf16, (40, 70))),
+            Case("vicreg fp16", fwd_bwd(vicreg_only, fp16, (40, 70))),
+            Case("gram ops fp64", fwd_bwd(_all_gram_ops, fp64, (40, 70)))]
+    runs += [Case(f"gram ops fp32 {p}", fwd_bwd(_all_gram_ops, fp32, (40, 70)), p) for p in ("highest", "high")]
     if everything:
-        runs.append(all_of(torch.float16))
-    if everything:
-        runs.append(all_of(torch.bfloat16, (300, 1030)))
-    return runs, [all_of(torch.float32)]
+        runs += [Case("gram ops fp16", fwd_bwd(_all_gram_ops, fp16, (40, 70))),
+                 Case("gram ops bf16 300x1030", fwd_bwd(_all_gram_ops, bf16, (300, 1030)))]
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _compile_or_report(job):
+    launch, arch = job
+    try:
+        t = time.time()
+        compiled = compile_launch(launch, arch)
+        return True, f"{time.time() - t:5.1f}s {describe(launch)} smem={compiled.metadata.shared}"
+    except Exception:
+        return False, f"{describe(launch)}\n{traceback.format_exc()}"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--all", action="store_true", help="every loss mode, not one launch per kernel feature")
+    ap.add_argument("--arch", type=int, default=DEFAULT_ARCH, help="compute capability, e.g. 90 (default)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
-    launches = {}
-    runs, fp32_runs = lse_scenarios(args.all)
-    g_runs, g_fp32_runs = gram_scenarios(args.all)
-    runs, fp32_runs = runs + g_runs, fp32_runs + g_fp32_runs
-    for precision in ("highest", "high"):  # fp32: IEEE and TF32 dots
-        torch.set_float32_matmul_precision(precision)
-        launches.update(record([lse, gram], (runs if precision == "highest" else []) + fp32_runs))
-    print(f"{len(launches)} kernel variants to compile for {TARGET}, {args.jobs} processes")
+    variants = record(lse_scenarios(args.all) + gram_scenarios(args.all), args.arch)
+    print(f"{len(variants)} kernel variants to compile for {target(args.arch)}, {args.jobs} processes")
     t0 = time.time()
     failures = 0
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for ok, report in pool.map(_compile_or_report, launches.values()):
+        for ok, report in pool.map(_compile_or_report, [(v.launch, args.arch) for v in variants.values()]):
             failures += not ok
             print(("ok   " if ok else "FAIL ") + report, flush=True)
-    print(f"{len(launches) - failures}/{len(launches)} compiled in {time.time() - t0:.0f}s")
+    print(f"{len(variants) - failures}/{len(variants)} compiled in {time.time() - t0:.0f}s")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    assert _common.triton is not None
     sys.exit(main())
