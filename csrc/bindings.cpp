@@ -17,7 +17,13 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -27,9 +33,26 @@
 // in the CPU simulator (csrc/sim/cuda_sim.h); the GEMMs then run through ATen on the CPU.
 #ifdef DK_HOST_SIM
 #define DK_DEVICE_GUARD(t) (void)0
+#define DK_KERNEL_DEVICE "CPU (the simulator's)"
 #else
 #define DK_DEVICE_GUARD(t) const c10::cuda::CUDAGuard dk_device_guard_((t).device())
+#define DK_KERNEL_DEVICE "CUDA"
 #endif
+
+// Errors of this file (bad arguments, CUDA errors) are raised as a plain std::runtime_error
+// (Python RuntimeError), not through TORCH_CHECK. A c10::Error calls glibc backtrace() when it is
+// constructed (gdb here: torchCheckFail -> c10::Error::Error -> get_lazy_backtrace -> backtrace),
+// which walks every frame of the process, the Python interpreter's included. On the H200 the first
+// argument error of tests/test_cuda_gram.py::test_validation_in_bindings (z1 and z2 of different
+// shapes, caught by the very first check, before any allocation or launch) killed the pytest
+// worker with SIGSEGV where the simulator raised (2026-11-30): the check ran first in both
+// builds, so the crash was in raising, and that walk is the only part of raising that leaves our
+// frames (libgcc's unwinder crashing in it is known: pytorch/pytorch#117645). Suspected, untested
+// on GPU. A std::runtime_error unwinds only our frames, up to pybind11's handler.
+#define DK_CHECK(cond, ...)                                                                  \
+  do {                                                                                       \
+    if (!(cond)) throw std::runtime_error(c10::str(__VA_ARGS__));                            \
+  } while (false)
 
 namespace {
 
@@ -54,8 +77,8 @@ int dtype_code(at::ScalarType t) {
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_cuda(cudaError_t err, const char* fn) {
-  TORCH_CHECK(err == cudaSuccess, "duality_kernels._C.", fn, ": CUDA error ",
-              static_cast<int>(err), " (", cudaGetErrorName(err), "): ", cudaGetErrorString(err));
+  DK_CHECK(err == cudaSuccess, "duality_kernels._C.", fn, ": CUDA error ", static_cast<int>(err),
+           " (", cudaGetErrorName(err), "): ", cudaGetErrorString(err));
 }
 
 bool on_kernel_device(const at::Tensor& t) {
@@ -75,26 +98,105 @@ cudaStream_t stream_of(const at::Tensor& t) {
 #endif
 }
 
-void check_z(const at::Tensor& z, const char* fn) {
-  TORCH_CHECK(on_kernel_device(z), fn, ": z must be a CUDA tensor, got device ", z.device());
-  TORCH_CHECK(z.dim() == 2, fn, ": z must be 2-D (N, D), got shape ", z.sizes());
-  TORCH_CHECK(z.is_contiguous(), fn, ": z must be contiguous, got strides ", z.strides());
-  TORCH_CHECK(dtype_code(z.scalar_type()) >= 0, fn,
-              ": z must be float32, float64, float16 or bfloat16, got ", z.scalar_type());
+// ---------------------------------------------------------------------------------------------
+// Argument checks: every entry point below checks ALL of its arguments first, before any
+// allocation, GEMM or launch (the kernels trust their inputs, DESIGN convention 6). Each failure
+// names the function, the argument and the offending value. The public functions validate
+// earlier with ValueError/TypeError (SPEC §6); these checks guard direct and custom-op calls.
+
+constexpr int64_t kAny = -1;  // a size check_tensor leaves free
+// N and D up to 2^31 - 1: the row kernels launch one block per row (gridDim.x), the column
+// kernels ceil(D / 32) blocks, and cuBLAS takes int dimensions.
+constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();
+
+std::string shape_str(std::initializer_list<int64_t> shape) {
+  std::ostringstream os;
+  os << '[';
+  const char* sep = "";
+  for (int64_t s : shape) {
+    os << sep;
+    if (s == kAny) os << '*';
+    else os << s;
+    sep = ", ";
+  }
+  os << ']';
+  return os.str();
 }
 
-// A per-column vector that goes with z: (D,), contiguous, acc dtype, on z's device.
-void check_column_vector(const at::Tensor& v, const at::Tensor& z, const char* name,
-                         const char* fn) {
-  TORCH_CHECK(v.device() == z.device(), fn, ": ", name, " must be on z's device ", z.device(),
-              ", got ", v.device());
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == z.size(1), fn, ": ", name, " must have shape (",
-              z.size(1), ",) to match z of shape ", z.sizes(), ", got ", v.sizes());
-  TORCH_CHECK(v.is_contiguous(), fn, ": ", name, " must be contiguous, got strides ", v.strides());
-  TORCH_CHECK(v.scalar_type() == acc_dtype(z.scalar_type()), fn, ": ", name, " must be ",
-              acc_dtype(z.scalar_type()), " for z of dtype ", z.scalar_type(), ", got ",
-              v.scalar_type());
+// One tensor argument: on the kernel device (and on `like`'s device when given), of the given
+// shape (kAny: any size), of dtype `dtype` (Undefined: one of the four the kernels take),
+// contiguous.
+void check_tensor(const at::Tensor& t, const char* name, const char* fn,
+                  std::initializer_list<int64_t> shape,
+                  at::ScalarType dtype = at::ScalarType::Undefined,
+                  const at::Tensor* like = nullptr) {
+  DK_CHECK(on_kernel_device(t), fn, ": ", name, " must be a ", DK_KERNEL_DEVICE,
+           " tensor, got device ", t.device());
+  DK_CHECK(like == nullptr || t.device() == like->device(), fn, ": ", name, " must be on ",
+           like->device(), " with the input, got device ", t.device());
+  bool ok = t.dim() == static_cast<int64_t>(shape.size());
+  int64_t i = 0;
+  for (int64_t s : shape) ok = ok && (s == kAny || t.size(i++) == s);
+  DK_CHECK(ok, fn, ": ", name, " must have shape ", shape_str(shape), ", got ", t.sizes());
+  if (dtype == at::ScalarType::Undefined) {
+    DK_CHECK(dtype_code(t.scalar_type()) >= 0, fn, ": ", name,
+             " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+  } else {
+    DK_CHECK(t.scalar_type() == dtype, fn, ": ", name, " must be ", dtype, ", got ",
+             t.scalar_type());
+  }
+  DK_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous, got strides ", t.strides(),
+           " for shape ", t.sizes());
 }
+
+// The (N, D) input of an entry point (with views > 0: the (views, N, D) saved views that stand
+// for it): check_tensor's checks, N and D within kMaxSize, at least min_rows rows and min_cols
+// columns (the divisions by N - 1 and the off-diagonal terms).
+void check_rows(const at::Tensor& z, const char* name, const char* fn, int64_t min_rows,
+                int64_t min_cols = 1, int64_t views = 0) {
+  if (views > 0) check_tensor(z, name, fn, {views, kAny, kAny});
+  else check_tensor(z, name, fn, {kAny, kAny});
+  const int64_t n = z.size(-2), d = z.size(-1);
+  DK_CHECK(n <= kMaxSize && d <= kMaxSize, fn, ": ", name, " has shape ", z.sizes(),
+           "; the kernels take N and D up to ", kMaxSize);
+  DK_CHECK(n >= min_rows && d >= min_cols, fn, ": ", name, " needs at least ", min_rows,
+           " rows and ", min_cols, " columns, got shape ", z.sizes());
+}
+
+// Two views: each as check_rows, and the same shape, dtype and device.
+void check_pair(const at::Tensor& z1, const at::Tensor& z2, const char* fn, int64_t min_rows) {
+  check_rows(z1, "z1", fn, min_rows);
+  check_rows(z2, "z2", fn, min_rows);
+  DK_CHECK(z1.sizes() == z2.sizes() && z1.scalar_type() == z2.scalar_type() &&
+               z1.device() == z2.device(),
+           fn, ": z1 and z2 must match in shape, dtype and device, got ", z1.sizes(), " ",
+           z1.scalar_type(), " ", z1.device(), " and ", z2.sizes(), " ", z2.scalar_type(), " ",
+           z2.device());
+}
+
+// Tensors that go with the input z (saved by the forward, or upstream gradients), each
+// {tensor, name, shape, dtype}: on z's device, contiguous, of that shape and dtype.
+struct Aux {
+  const at::Tensor& t;
+  const char* name;
+  std::initializer_list<int64_t> shape;
+  at::ScalarType dtype;
+};
+void check_aux(std::initializer_list<Aux> args, const at::Tensor& z, const char* fn) {
+  for (const Aux& a : args) check_tensor(a.t, a.name, fn, a.shape, a.dtype, &z);
+}
+
+// A scalar argument: finite, and >= lo (> lo when strict).
+void check_number(double v, const char* name, const char* fn,
+                  double lo = -std::numeric_limits<double>::infinity(), bool strict = false) {
+  DK_CHECK(std::isfinite(v) && (strict ? v > lo : v >= lo), fn, ": ", name, " must be finite",
+           std::isinf(lo) ? "" : (strict ? " and > " : " and >= "),
+           std::isinf(lo) ? std::string() : c10::str(lo), ", got ", v);
+}
+
+// Reductions accumulate in acc (float32, float64 for float64 inputs): the dtype of the statistics
+// and upstream gradients that go with z.
+at::ScalarType acc_of(const at::Tensor& z) { return acc_dtype(z.scalar_type()); }
 
 // Per-column float64 moments of z1 [, z2] in one pass (gram_ops.cu col_moments): mean and m2,
 // (views, d) each, and with sqdiff the per-column Σ(z1 - z2)² (d), else an empty tensor.
@@ -125,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> column_moments(const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> column_stats_fwd(const at::Tensor& z) {
   constexpr const char* fn = "column_stats_fwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 0, 0);  // empty z: zeros, below
   DK_DEVICE_GUARD(z);
   const int64_t n = z.size(0);
   const int64_t d = z.size(1);
@@ -143,10 +245,11 @@ std::tuple<at::Tensor, at::Tensor> column_stats_fwd(const at::Tensor& z) {
 at::Tensor column_stats_bwd(const at::Tensor& z, const at::Tensor& mean,
                             const at::Tensor& grad_mean, const at::Tensor& grad_m2) {
   constexpr const char* fn = "column_stats_bwd";
-  check_z(z, fn);
-  check_column_vector(mean, z, "mean", fn);
-  check_column_vector(grad_mean, z, "grad_mean", fn);
-  check_column_vector(grad_m2, z, "grad_m2", fn);
+  check_rows(z, "z", fn, 0, 0);
+  const int64_t d = z.size(1);
+  check_aux({{mean, "mean", {d}, acc_of(z)}, {grad_mean, "grad_mean", {d}, acc_of(z)},
+             {grad_m2, "grad_m2", {d}, acc_of(z)}},
+            z, fn);
   DK_DEVICE_GUARD(z);
   at::Tensor dz = at::empty(z.sizes(), z.options());  // contiguous, z's dtype
   if (z.numel() == 0) return dz;
@@ -173,31 +276,6 @@ void* ptr(const at::Tensor& t) { return t.data_ptr(); }
 
 at::Tensor acc_empty(at::IntArrayRef size, const at::Tensor& like) {
   return at::empty(size, like.options().dtype(acc_dtype(like.scalar_type())));
-}
-
-void check_pair(const at::Tensor& z1, const at::Tensor& z2, const char* fn) {
-  check_z(z1, fn);
-  check_z(z2, fn);
-  TORCH_CHECK(z1.sizes() == z2.sizes() && z1.scalar_type() == z2.scalar_type() &&
-                  z1.device() == z2.device(),
-              fn, ": z1 and z2 must match in shape, dtype and device, got ", z1.sizes(), " ",
-              z1.scalar_type(), " ", z1.device(), " and ", z2.sizes(), " ", z2.scalar_type(), " ",
-              z2.device());
-}
-
-// A saved or upstream tensor that goes with z: on z's device, contiguous, of dtype `dtype`.
-void check_aux(const at::Tensor& t, const at::Tensor& z, at::ScalarType dtype, const char* name,
-               const char* fn) {
-  TORCH_CHECK(t.device() == z.device(), fn, ": ", name, " must be on ", z.device(), ", got ",
-              t.device());
-  TORCH_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == dtype, fn, ": ", name, " must be ", dtype, ", got ",
-              t.scalar_type());
-}
-
-void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* name, const char* fn) {
-  TORCH_CHECK(t.sizes() == shape, fn, ": ", name, " must have shape ", shape, ", got ",
-              t.sizes());
 }
 
 // a @ b (2-D or batched 3-D) with an acc-typed result; a and b share a dtype.
@@ -288,15 +366,6 @@ std::vector<at::Tensor> run_finalize(dk::FinalizeArgs f, const at::Tensor& part,
   return outs;
 }
 
-// The checks of a backward op's upstream gradients: 0-dim, acc dtype, on z's device.
-void check_scalar_grads(std::initializer_list<const at::Tensor*> grads, const at::Tensor& z,
-                        const char* fn) {
-  for (const at::Tensor* g : grads) {
-    check_aux(*g, z, acc_dtype(z.scalar_type()), "an upstream gradient", fn);
-    check_shape(*g, {}, "an upstream gradient", fn);
-  }
-}
-
 // Centered (or standardized) views of z1 [, z2] into x (views, n, d) in z's dtype, from float64
 // column statistics (column_moments); returns (x, m2 (views, d) float64, and with sqdiff
 // the per-column Σ(z1 - z2)² (d) float64, else an empty tensor).
@@ -359,7 +428,12 @@ std::vector<at::Tensor> vicreg_fwd(const at::Tensor& z1, const at::Tensor& z2, d
                                    double var_w, double cov_w, double gamma, double eps,
                                    bool sample) {
   constexpr const char* fn = "vicreg_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(inv_w, "inv_weight", fn);
+  check_number(var_w, "var_weight", fn);
+  check_number(cov_w, "cov_weight", fn);
+  check_number(gamma, "gamma", fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
   auto [x, m2, sq] = centered_views(z1, &z2, false, 0.0, true, fn);
@@ -393,16 +467,18 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
                                    double var_w, double cov_w, double gamma, double eps,
                                    bool sample) {
   constexpr const char* fn = "vicreg_bwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
   const int64_t n = z1.size(0), d = z1.size(1), m = sample ? n : d;
-  const at::ScalarType acc = acc_dtype(z1.scalar_type());
-  check_aux(x, z1, z1.scalar_type(), "x", fn);
-  check_shape(x, {2, n, d}, "x", fn);
-  check_aux(gram, z1, acc, "gram", fn);
-  check_shape(gram, {2, m, m}, "gram", fn);
-  check_aux(m2, z1, at::kDouble, "m2", fn);
-  check_shape(m2, {2, d}, "m2", fn);
-  check_scalar_grads({&g_loss, &g_inv, &g_var, &g_cov}, z1, fn);
+  const at::ScalarType acc = acc_of(z1);
+  check_aux({{x, "x", {2, n, d}, z1.scalar_type()}, {gram, "gram", {2, m, m}, acc},
+             {m2, "m2", {2, d}, at::kDouble}, {g_loss, "g_loss", {}, acc},
+             {g_inv, "g_inv", {}, acc}, {g_var, "g_var", {}, acc}, {g_cov, "g_cov", {}, acc}},
+            z1, fn);
+  check_number(inv_w, "inv_weight", fn);
+  check_number(var_w, "var_weight", fn);
+  check_number(cov_w, "cov_weight", fn);
+  check_number(gamma, "gamma", fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
   const at::Tensor g = operand(gram, z1.scalar_type());
   const at::Tensor p = sample ? mm_acc(g, x) : mm_acc(x, g);  // both symmetric Grams
@@ -464,21 +540,13 @@ std::vector<at::Tensor> bn_backward(const at::Tensor& x, const at::Tensor& p0, c
   return {dz1, dz2};
 }
 
-void check_saved_views(const at::Tensor& x, const at::Tensor& m2, const char* fn) {
-  TORCH_CHECK(on_kernel_device(x) && x.dim() == 3 && x.size(0) == 2 && x.is_contiguous(), fn,
-              ": x must be a contiguous (2, N, D) tensor on the kernel device, got ", x.sizes());
-  TORCH_CHECK(dtype_code(x.scalar_type()) >= 0, fn, ": x has unsupported dtype ",
-              x.scalar_type());
-  check_aux(m2, x, at::kDouble, "m2", fn);
-  check_shape(m2, {2, x.size(2)}, "m2", fn);
-}
-
 // ---- cross_correlation
 
 std::vector<at::Tensor> cross_correlation_fwd(const at::Tensor& z1, const at::Tensor& z2,
                                               double eps) {
   constexpr const char* fn = "cross_correlation_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
   auto [x, m2, unused] = centered_views(z1, &z2, true, eps, false, fn);
   at::Tensor c = mm_acc(x[0].t(), x[1]);
@@ -489,10 +557,10 @@ std::vector<at::Tensor> cross_correlation_fwd(const at::Tensor& z1, const at::Te
 std::vector<at::Tensor> cross_correlation_bwd(const at::Tensor& x, const at::Tensor& m2,
                                               const at::Tensor& grad, double eps) {
   constexpr const char* fn = "cross_correlation_bwd";
-  check_saved_views(x, m2, fn);
+  check_rows(x, "x", fn, 2, 1, 2);
   const int64_t d = x.size(2);
-  check_aux(grad, x, acc_dtype(x.scalar_type()), "grad", fn);
-  check_shape(grad, {d, d}, "grad", fn);
+  check_aux({{m2, "m2", {2, d}, at::kDouble}, {grad, "grad", {d, d}, acc_of(x)}}, x, fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(x);
   const at::Tensor g = operand(grad, x.scalar_type());
   // C = aᵀb/N: dL/da = b Gᵀ/N, dL/db = a G/N (the 1/N is α in the kernel).
@@ -505,7 +573,9 @@ std::vector<at::Tensor> cross_correlation_bwd(const at::Tensor& x, const at::Ten
 std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor& z2,
                                          double lambda, double eps, bool sample) {
   constexpr const char* fn = "barlow_twins_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(lambda, "lambda_param", fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
   auto [x, m2, unused] = centered_views(z1, &z2, true, eps, false, fn);
@@ -542,16 +612,16 @@ std::vector<at::Tensor> barlow_twins_bwd(const at::Tensor& x, const at::Tensor& 
                                          const at::Tensor& g_off, double lambda, double eps,
                                          bool sample) {
   constexpr const char* fn = "barlow_twins_bwd";
-  check_saved_views(x, m2, fn);
-  const int64_t n = x.size(1), d = x.size(2);
-  const at::ScalarType acc = acc_dtype(x.scalar_type());
-  check_aux(grams, x, acc, "grams", fn);
-  if (sample) check_shape(grams, {2, n, n}, "grams", fn);
-  else check_shape(grams, {1, d, d}, "grams", fn);
-  check_aux(cdiag, x, acc, "cdiag", fn);
-  check_shape(cdiag, {d}, "cdiag", fn);
+  check_rows(x, "x", fn, 2, 1, 2);
+  const int64_t n = x.size(1), d = x.size(2), m = sample ? n : d;
+  const at::ScalarType acc = acc_of(x);
+  check_aux({{m2, "m2", {2, d}, at::kDouble}, {grams, "grams", {sample ? 2 : 1, m, m}, acc},
+             {cdiag, "cdiag", {d}, acc}, {g_loss, "g_loss", {}, acc}, {g_on, "g_on", {}, acc},
+             {g_off, "g_off", {}, acc}},
+            x, fn);
+  check_number(lambda, "lambda_param", fn);
+  check_number(eps, "eps", fn, 0.0);
   const at::Tensor g[3] = {g_loss, g_on, g_off};
-  check_scalar_grads({&g_loss, &g_on, &g_off}, x, fn);
   DK_DEVICE_GUARD(x);
   const at::Tensor gm = operand(grams, x.scalar_type());
   at::Tensor p0, p1;
@@ -567,9 +637,16 @@ std::vector<at::Tensor> barlow_twins_bwd(const at::Tensor& x, const at::Tensor& 
 
 // ---- covariance
 
+// 0 <= correction < N: the divisor N - correction is at least 1.
+void check_correction(int64_t correction, int64_t n, const char* fn) {
+  DK_CHECK(correction >= 0 && correction < n, fn, ": correction must be in [0, N - 1] = [0, ",
+           n - 1, "], got ", correction);
+}
+
 std::vector<at::Tensor> covariance_fwd(const at::Tensor& z, int64_t correction) {
   constexpr const char* fn = "covariance_fwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 1);
+  check_correction(correction, z.size(0), fn);
   DK_DEVICE_GUARD(z);
   auto [x, m2, unused] = centered_views(z, nullptr, false, 0.0, false, fn);
   at::Tensor c = mm_acc(x[0].t(), x[0]);
@@ -579,10 +656,10 @@ std::vector<at::Tensor> covariance_fwd(const at::Tensor& z, int64_t correction) 
 
 at::Tensor covariance_bwd(const at::Tensor& x, const at::Tensor& grad, int64_t correction) {
   constexpr const char* fn = "covariance_bwd";
-  check_z(x, fn);
+  check_rows(x, "x", fn, 1);
   const int64_t n = x.size(0), d = x.size(1);
-  check_aux(grad, x, acc_dtype(x.scalar_type()), "grad", fn);
-  check_shape(grad, {d, d}, "grad", fn);
+  check_aux({{grad, "grad", {d, d}, acc_of(x)}}, x, fn);
+  check_correction(correction, n, fn);
   DK_DEVICE_GUARD(x);
   // dz = x (G + Gᵀ)/(N - correction); the centering Jacobian vanishes since x's columns sum to 0.
   at::Tensor s = at::empty({d, d}, x.options());
@@ -597,8 +674,8 @@ at::Tensor covariance_bwd(const at::Tensor& x, const at::Tensor& grad, int64_t c
 std::vector<at::Tensor> normalized_gram_fwd(const at::Tensor& z1,
                                             const std::optional<at::Tensor>& z2) {
   constexpr const char* fn = "normalized_gram_fwd";
-  if (z2) check_pair(z1, *z2, fn);
-  else check_z(z1, fn);
+  if (z2) check_pair(z1, *z2, fn, 1);
+  else check_rows(z1, "z1", fn, 1);
   DK_DEVICE_GUARD(z1);
   auto [x, q] = row_scaled_views(z1, z2 ? &*z2 : nullptr, dk::kRowL2, 0.0, fn);
   const at::Tensor k = mm_acc(x[0], x[z2 ? 1 : 0].t());
@@ -610,17 +687,14 @@ std::vector<at::Tensor> normalized_gram_bwd(const at::Tensor& z1,
                                             const at::Tensor& x, const at::Tensor& q,
                                             const at::Tensor& grad) {
   constexpr const char* fn = "normalized_gram_bwd";
-  if (z2) check_pair(z1, *z2, fn);
-  else check_z(z1, fn);
+  if (z2) check_pair(z1, *z2, fn, 1);
+  else check_rows(z1, "z1", fn, 1);
   const int64_t n = z1.size(0), d = z1.size(1);
   const int views = z2 ? 2 : 1;
-  const at::ScalarType acc = acc_dtype(z1.scalar_type());
-  check_aux(x, z1, z1.scalar_type(), "x", fn);
-  check_shape(x, {views, n, d}, "x", fn);
-  check_aux(q, z1, acc, "q", fn);
-  check_shape(q, {views == 1 ? 1 : 3, n}, "q", fn);
-  check_aux(grad, z1, acc, "grad", fn);
-  check_shape(grad, {n, n}, "grad", fn);
+  const at::ScalarType acc = acc_of(z1);
+  check_aux({{x, "x", {views, n, d}, z1.scalar_type()}, {q, "q", {views == 1 ? 1 : 3, n}, acc},
+             {grad, "grad", {n, n}, acc}},
+            z1, fn);
   DK_DEVICE_GUARD(z1);
   at::Tensor p0, p1;
   if (z2) {
@@ -662,7 +736,8 @@ std::vector<at::Tensor> normalized_gram_bwd(const at::Tensor& z1,
 std::vector<at::Tensor> spectral_fwd(const at::Tensor& z1, const at::Tensor& z2, double mu,
                                      bool sample) {
   constexpr const char* fn = "spectral_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(mu, "mu", fn, 0.0, true);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
   auto [x, q] = row_scaled_views(z1, &z2, dk::kRowClamp, std::sqrt(mu), fn);
@@ -695,17 +770,14 @@ std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
                                      const at::Tensor& g_pos, const at::Tensor& g_neg, double mu,
                                      bool sample) {
   constexpr const char* fn = "spectral_bwd";
-  check_pair(z1, z2, fn);
-  const int64_t n = z1.size(0), d = z1.size(1);
-  const at::ScalarType acc = acc_dtype(z1.scalar_type());
-  check_aux(x, z1, z1.scalar_type(), "x", fn);
-  check_shape(x, {2, n, d}, "x", fn);
-  check_aux(grams, z1, acc, "grams", fn);
-  if (sample) check_shape(grams, {1, n, n}, "grams", fn);
-  else check_shape(grams, {2, d, d}, "grams", fn);
-  check_aux(q, z1, acc, "q", fn);
-  check_shape(q, {3, n}, "q", fn);
-  check_scalar_grads({&g_loss, &g_pos, &g_neg}, z1, fn);
+  check_pair(z1, z2, fn, 2);
+  const int64_t n = z1.size(0), d = z1.size(1), m = sample ? n : d;
+  const at::ScalarType acc = acc_of(z1);
+  check_aux({{x, "x", {2, n, d}, z1.scalar_type()}, {grams, "grams", {sample ? 1 : 2, m, m}, acc},
+             {q, "q", {3, n}, acc}, {g_loss, "g_loss", {}, acc}, {g_pos, "g_pos", {}, acc},
+             {g_neg, "g_neg", {}, acc}},
+            z1, fn);
+  check_number(mu, "mu", fn, 0.0, true);
   DK_DEVICE_GUARD(z1);
   const at::Tensor gm = operand(grams, z1.scalar_type());
   at::Tensor p0, p1;
@@ -743,7 +815,7 @@ std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
 
 std::vector<at::Tensor> duality_terms_fwd(const at::Tensor& z, bool sample) {
   constexpr const char* fn = "duality_terms_fwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 1);
   DK_DEVICE_GUARD(z);
   const int64_t n = z.size(0), d = z.size(1);
   const int dt = dtype_code(z.scalar_type());
@@ -767,16 +839,13 @@ at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const 
                              const at::Tensor& c, const at::Tensor& g_lc, const at::Tensor& g_lnc,
                              const at::Tensor& g_r4, const at::Tensor& g_c4, bool sample) {
   constexpr const char* fn = "duality_terms_bwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 1);
   const int64_t n = z.size(0), d = z.size(1), m = sample ? n : d;
-  const at::ScalarType acc = acc_dtype(z.scalar_type());
-  check_aux(gram, z, acc, "gram", fn);
-  check_shape(gram, {m, m}, "gram", fn);
-  check_aux(q, z, acc, "q", fn);
-  check_shape(q, {n}, "q", fn);
-  check_aux(c, z, at::kDouble, "c", fn);
-  check_shape(c, {d}, "c", fn);
-  check_scalar_grads({&g_lc, &g_lnc, &g_r4, &g_c4}, z, fn);
+  const at::ScalarType acc = acc_of(z);
+  check_aux({{gram, "gram", {m, m}, acc}, {q, "q", {n}, acc}, {c, "c", {d}, at::kDouble},
+             {g_lc, "g_lc", {}, acc}, {g_lnc, "g_lnc", {}, acc}, {g_r4, "g_r4", {}, acc},
+             {g_c4, "g_c4", {}, acc}},
+            z, fn);
   DK_DEVICE_GUARD(z);
   const at::Tensor g = operand(gram, z.scalar_type());
   const at::Tensor p = sample ? mm_acc(g, z) : mm_acc(z, g);

@@ -294,17 +294,118 @@ def test_compile_fullgraph_aot_eager():
     _compile_check("aot_eager", DEVICE)
 
 
-def test_validation_in_bindings():
-    """The C++ entry points check what they are handed (the public functions validate earlier)."""
+# ------------------------------------------------------------------------------------------------
+# bad arguments (SPEC §6): every C++ entry point checks every argument before any work (RuntimeError
+# naming it); the forward custom ops and the drop-in Functions raise the public functions' errors.
+
+
+def _entry_points(dtype=torch.float32, n=6, d=4):
+    """(entry point, args, argument names, main tensors) of every _C function, the saved tensors
+    and upstream gradients taken from a real forward. Main tensors are the (N, D) inputs (and the
+    saved views that stand for them), which may have any of the four float dtypes."""
+    z1, z2 = _views(n, d, dtype, seed=13)
+    ext = cuda_ops._ext(z1)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.tensor(0.5, dtype=acc, device=z1.device)
+    gmat = lambda m: torch.linspace(-1, 1, m * m, dtype=acc, device=z1.device).reshape(m, m)  # noqa: E731
+    w = [25.0, 25.0, 1.0, 1.0, 1e-4]
+    vic, xc = ext.vicreg_fwd(z1, z2, *w, True), ext.cross_correlation_fwd(z1, z2, 1e-5)
+    bt, sp = ext.barlow_twins_fwd(z1, z2, 0.0051, 1e-5, False), ext.spectral_fwd(z1, z2, 2.0, True)
+    cov, ng = ext.covariance_fwd(z1, 1), ext.normalized_gram_fwd(z1, z2)
+    du, mean = ext.duality_terms_fwd(z1, False), ext.column_stats_fwd(z1)[0]
+    vw = ["inv_weight", "var_weight", "cov_weight", "gamma", "eps"]
+    return [
+        ("column_stats_fwd", [z1], ["z"], {"z"}),
+        ("column_stats_bwd", [z1, mean, mean.clone(), mean.clone()], ["z", "mean", "grad_mean", "grad_m2"], {"z"}),
+        ("vicreg_fwd", [z1, z2, *w, True], ["z1", "z2", *vw, "sample"], {"z1", "z2"}),
+        ("vicreg_bwd", [z1, z2, *vic[4:7], g, g, g, g, *w, True],
+         ["z1", "z2", "x", "gram", "m2", "g_loss", "g_inv", "g_var", "g_cov", *vw, "sample"], {"z1", "z2"}),
+        ("cross_correlation_fwd", [z1, z2, 1e-5], ["z1", "z2", "eps"], {"z1", "z2"}),
+        ("cross_correlation_bwd", [xc[1], xc[2], gmat(d), 1e-5], ["x", "m2", "grad", "eps"], {"x"}),
+        ("barlow_twins_fwd", [z1, z2, 0.0051, 1e-5, False], ["z1", "z2", "lambda_param", "eps", "sample"],
+         {"z1", "z2"}),
+        ("barlow_twins_bwd", [*bt[3:7], g, g, g, 0.0051, 1e-5, False],
+         ["x", "grams", "m2", "cdiag", "g_loss", "g_on", "g_off", "lambda_param", "eps", "sample"], {"x"}),
+        ("covariance_fwd", [z1, 1], ["z", "correction"], {"z"}),
+        ("covariance_bwd", [cov[1], gmat(d), 1], ["x", "grad", "correction"], {"x"}),
+        ("normalized_gram_fwd", [z1, z2], ["z1", "z2"], {"z1", "z2"}),
+        ("normalized_gram_bwd", [z1, z2, ng[1], ng[2], gmat(n)], ["z1", "z2", "x", "q", "grad"], {"z1", "z2"}),
+        ("spectral_fwd", [z1, z2, 2.0, True], ["z1", "z2", "mu", "sample"], {"z1", "z2"}),
+        ("spectral_bwd", [z1, z2, *sp[3:6], g, g, g, 2.0, True],
+         ["z1", "z2", "x", "grams", "q", "g_loss", "g_pos", "g_neg", "mu", "sample"], {"z1", "z2"}),
+        ("duality_terms_fwd", [z1, False], ["z", "sample"], {"z"}),
+        ("duality_terms_bwd", [z1, *du[4:7], g, g, g, g, False],
+         ["z", "gram", "q", "c", "g_lc", "g_lnc", "g_r4", "g_c4", "sample"], {"z"}),
+    ]
+
+
+def _non_contiguous(t):
+    """t's values with the same shape in a strided (non-contiguous) layout."""
+    out = torch.empty(*t.shape, 2, dtype=t.dtype, device=t.device)[..., 0]
+    out.copy_(t)
+    return out
+
+
+def _bad_tensors(t, main):
+    """(what, bad version) of a tensor argument: another device, dtype, layout and shape."""
+    other = torch.int32 if main else (torch.float32 if t.dtype == torch.float64 else torch.float64)
+    bad = [("device", t.to("meta")), ("dtype", t.to(other)), ("shape", t.unsqueeze(0))]
+    if t.numel() > 1:
+        bad.append(("layout", _non_contiguous(t)))
+    return bad
+
+
+_BAD_SCALARS = {"eps": [-1e-3, float("nan")], "mu": [0.0, float("inf")], "correction": [-1, 6],
+                "inv_weight": [float("nan")], "var_weight": [float("inf")], "cov_weight": [float("nan")],
+                "gamma": [float("-inf")], "lambda_param": [float("nan")]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_bindings_check_every_argument(dtype):
+    """Each _C entry point, each tensor argument on another device, of another dtype, strided, of
+    another shape, and each scalar out of its domain: RuntimeError naming the entry point and the
+    argument, raised before any work (the checks come first in every entry point; on the H200 the
+    first of these calls killed the process instead, 2026-11-30). The valid call runs."""
+    checked = 0
+    for fn, args, names, main in _entry_points(dtype):
+        entry = getattr(cuda_ops._ext(args[0]), fn)
+        entry(*args)  # the valid call
+        for i, (name, value) in enumerate(zip(names, args)):
+            if isinstance(value, torch.Tensor):
+                bad = _bad_tensors(value, name in main)
+            else:
+                bad = [(f"value {v}", v) for v in _BAD_SCALARS.get(name, [])]
+            for what, b in bad:
+                with pytest.raises(RuntimeError, match=rf"{fn}: .*\b{name}\b") as info:
+                    entry(*args[:i], b, *args[i + 1:])
+                assert type(info.value) is RuntimeError, (fn, name, what)
+                checked += 1
+    assert checked >= 250, checked
+
+
+def test_bindings_check_agreement_and_sizes():
+    """Arguments that are fine alone but not together, and sizes past the kernels' index types."""
     z1, z2 = _views(6, 4, torch.float32, seed=13)
     ext = cuda_ops._ext(z1)
-    with pytest.raises(RuntimeError, match="z1 and z2 must match"):
-        ext.vicreg_fwd(z1, z2[:5].contiguous(), *V, True)
+    with pytest.raises(RuntimeError, match=r"vicreg_fwd: z1 and z2 must match in shape.*\[6, 4\].*\[5, 4\]"):
+        ext.vicreg_fwd(z1, z2[:5].contiguous(), *V, True)  # the call that crashed the H200 run
+    with pytest.raises(RuntimeError, match="z1 and z2 must match in shape, dtype"):
+        ext.spectral_fwd(z1, z2.double(), 2.0, False)
     out = ext.vicreg_fwd(z1, z2, *V, True)
     g0 = torch.zeros((), device=z1.device)
-    with pytest.raises(RuntimeError, match="gram must have shape"):
+    with pytest.raises(RuntimeError, match=r"gram must have shape \[2, 6, 6\], got \[2, 3, 3\]"):
         ext.vicreg_bwd(z1, z2, out[4], out[5][:, :3, :3].contiguous(), out[6], g0, g0, g0, g0, *V, True)
-    with pytest.raises(RuntimeError, match="must be float"):
+    with pytest.raises(RuntimeError, match=r"gram must have shape \[2, 4, 4\]"):  # the other side's Gram
+        ext.vicreg_bwd(z1, z2, out[4], out[5], out[6], g0, g0, g0, g0, *V, False)
+    with pytest.raises(RuntimeError, match=r"vicreg_fwd: z1 needs at least 2 rows"):
+        ext.vicreg_fwd(z1[:1], z2[:1], *V, True)
+    with pytest.raises(RuntimeError, match=r"duality_terms_fwd: z needs at least 1 rows and 1 columns"):
+        ext.duality_terms_fwd(z1[:, :0].contiguous(), True)
+    # one block per row: N must fit gridDim.x (2^31 - 1); an empty column dimension costs no memory
+    huge = torch.empty(2**31, 0, device=z1.device)
+    with pytest.raises(RuntimeError, match=r"covariance_fwd: z has shape \[2147483648, 0\]; the kernels take"):
+        ext.covariance_fwd(huge, 1)
+    with pytest.raises(RuntimeError, match=r"must be float32, float64, float16 or bfloat16"):
         ext.covariance_fwd(torch.zeros(3, 2, dtype=torch.int32, device=z1.device), 1)
 
 
