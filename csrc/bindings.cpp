@@ -308,9 +308,45 @@ at::Tensor mm_sum(const at::Tensor& a, const at::Tensor& b) {
   return mm_acc(a, b);
 }
 
-// An acc-typed matrix as a GEMM operand next to T-typed rows (rounded to T for fp16/bf16).
-at::Tensor operand(const at::Tensor& g, at::ScalarType t) {
-  return g.scalar_type() == t ? g : g.to(t);
+// An acc-typed matrix (a Gram, or an upstream gradient) as a GEMM operand next to T-typed rows:
+// rounded to T for fp16/bf16, and for fp16 first scaled so that its largest magnitude is 2^14.
+// fp16's largest finite value is 65504, and the Grams of fp16 inputs overflow it long before the
+// losses or gradients do (the simulator, 2026-11-30: 8x4096 inputs within ±300 have N×N Gram
+// entries up to 1.3e7, and VICReg's and the spectral loss's gradients came back inf/NaN where the
+// float64 truth is below 5.3e4). Scaling keeps fp16's relative precision, and lifts small
+// entries (upstream gradients of 1e-8) out of its subnormals; the product comes back in acc
+// times `unscale` (mm_op). bf16 has float32's exponent range: rounding only. The scale is
+// computed on the device (no host synchronization, DESIGN convention 3).
+struct Operand {
+  at::Tensor m;        // the matrix in dtype T (scaled for fp16)
+  at::Tensor unscale;  // 0-dim acc factor of the products (fp16), else undefined
+};
+
+constexpr double kOperandMax = 16384.0;  // 2^14: headroom below 65504 for the rounding
+
+Operand operand(const at::Tensor& g, at::ScalarType t) {
+  if (g.scalar_type() == t) return {g, at::Tensor()};
+  if (t != at::kHalf) return {g.to(t), at::Tensor()};
+  // amax = 0: any scale; a NaN or inf in g turns every product NaN, as the reference's would be.
+  const at::Tensor amax = g.abs().amax().clamp_min_(std::numeric_limits<float>::min());
+  return {g.mul(at::reciprocal(amax).mul_(kOperandMax)).to(t), amax.mul(1.0 / kOperandMax)};
+}
+
+// a @ b in acc (mm_acc) for an `o.m` among a and b: times o's unscale.
+at::Tensor mm_op(const at::Tensor& a, const at::Tensor& b, const Operand& o) {
+  at::Tensor p = mm_acc(a, b);
+  if (o.unscale.defined()) p.mul_(o.unscale);
+  return p;
+}
+
+// (g + gᵀ) * scale of a square acc matrix g as an operand next to T-typed rows: sym_scale writes
+// it in T in one pass; fp16 goes through acc and operand()'s scaling.
+Operand sym_operand(const at::Tensor& g, double scale, at::ScalarType t, const char* fn) {
+  if (t == at::kHalf) return operand(at::add(g, g.t()).mul_(scale), t);
+  const int64_t m = g.size(0);
+  at::Tensor s = at::empty({m, m}, g.options().dtype(t));
+  check_cuda(dk::sym_scale(ptr(g), m, scale, dtype_code(t), ptr(s), stream_of(g)), fn);
+  return {s, at::Tensor()};
 }
 
 // Partial sums of a² (or a·b) over count elements of the acc or float64 matrix a: the full sums,
@@ -480,8 +516,8 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
   check_number(gamma, "gamma", fn);
   check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
-  const at::Tensor g = operand(gram, z1.scalar_type());
-  const at::Tensor p = sample ? mm_acc(g, x) : mm_acc(x, g);  // both symmetric Grams
+  const Operand g = operand(gram, z1.scalar_type());
+  const at::Tensor p = sample ? mm_op(g.m, x, g) : mm_op(x, g.m, g);  // both symmetric Grams
   at::Tensor dz1 = at::empty_like(z1, at::MemoryFormat::Contiguous);
   at::Tensor dz2 = at::empty_like(z2, at::MemoryFormat::Contiguous);
   dk::VICRegBwdArgs a{};
@@ -562,9 +598,9 @@ std::vector<at::Tensor> cross_correlation_bwd(const at::Tensor& x, const at::Ten
   check_aux({{m2, "m2", {2, d}, at::kDouble}, {grad, "grad", {d, d}, acc_of(x)}}, x, fn);
   check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(x);
-  const at::Tensor g = operand(grad, x.scalar_type());
+  const Operand g = operand(grad, x.scalar_type());
   // C = aᵀb/N: dL/da = b Gᵀ/N, dL/db = a G/N (the 1/N is α in the kernel).
-  const at::Tensor p0 = mm_acc(x[1], g.t()), p1 = mm_acc(x[0], g);
+  const at::Tensor p0 = mm_op(x[1], g.m.t(), g), p1 = mm_op(x[0], g.m, g);
   return bn_backward(x, p0, p1, m2, nullptr, nullptr, eps, 0.0, fn);
 }
 
@@ -623,14 +659,14 @@ std::vector<at::Tensor> barlow_twins_bwd(const at::Tensor& x, const at::Tensor& 
   check_number(eps, "eps", fn, 0.0);
   const at::Tensor g[3] = {g_loss, g_on, g_off};
   DK_DEVICE_GUARD(x);
-  const at::Tensor gm = operand(grams, x.scalar_type());
+  const Operand gm = operand(grams, x.scalar_type());
   at::Tensor p0, p1;
   if (sample) {
-    p0 = mm_acc(gm[1], x[0]);  // (b bᵀ) a
-    p1 = mm_acc(gm[0], x[1]);  // (a aᵀ) b
+    p0 = mm_op(gm.m[1], x[0], gm);  // (b bᵀ) a
+    p1 = mm_op(gm.m[0], x[1], gm);  // (a aᵀ) b
   } else {
-    p0 = mm_acc(x[1], gm[0].t());  // b (aᵀb)ᵀ
-    p1 = mm_acc(x[0], gm[0]);      // a (aᵀb)
+    p0 = mm_op(x[1], gm.m[0].t(), gm);  // b (aᵀb)ᵀ
+    p1 = mm_op(x[0], gm.m[0], gm);      // a (aᵀb)
   }
   return bn_backward(x, p0, p1, m2, &cdiag, g, eps, lambda, fn);
 }
@@ -662,11 +698,10 @@ at::Tensor covariance_bwd(const at::Tensor& x, const at::Tensor& grad, int64_t c
   check_correction(correction, n, fn);
   DK_DEVICE_GUARD(x);
   // dz = x (G + Gᵀ)/(N - correction); the centering Jacobian vanishes since x's columns sum to 0.
-  at::Tensor s = at::empty({d, d}, x.options());
-  check_cuda(dk::sym_scale(ptr(grad), d, 1.0 / static_cast<double>(n - correction),
-                           dtype_code(x.scalar_type()), ptr(s), stream_of(x)),
-             fn);
-  return at::mm(x, s);
+  const Operand s =
+      sym_operand(grad, 1.0 / static_cast<double>(n - correction), x.scalar_type(), fn);
+  if (!s.unscale.defined()) return at::mm(x, s.m);  // rounded once into x's dtype
+  return mm_op(x, s.m, s).to(x.scalar_type());
 }
 
 // ---- normalized_gram
@@ -698,15 +733,12 @@ std::vector<at::Tensor> normalized_gram_bwd(const at::Tensor& z1,
   DK_DEVICE_GUARD(z1);
   at::Tensor p0, p1;
   if (z2) {
-    const at::Tensor g = operand(grad, z1.scalar_type());
-    p0 = mm_acc(g, x[1]);      // dK/dn1 = G n2
-    p1 = mm_acc(g.t(), x[0]);  // dK/dn2 = Gᵀ n1
+    const Operand g = operand(grad, z1.scalar_type());
+    p0 = mm_op(g.m, x[1], g);      // dK/dn1 = G n2
+    p1 = mm_op(g.m.t(), x[0], g);  // dK/dn2 = Gᵀ n1
   } else {
-    at::Tensor s = at::empty({n, n}, z1.options());  // G + Gᵀ in z's dtype
-    check_cuda(dk::sym_scale(ptr(grad), n, 1.0, dtype_code(z1.scalar_type()), ptr(s),
-                             stream_of(z1)),
-               fn);
-    p0 = mm_acc(s, x[0]);
+    const Operand s = sym_operand(grad, 1.0, z1.scalar_type(), fn);  // G + Gᵀ
+    p0 = mm_op(s.m, x[0], s);
   }
   at::Tensor dz1 = at::empty({n, d}, z1.options());
   at::Tensor dz2 = z2 ? at::empty({n, d}, z1.options()) : at::Tensor();
@@ -779,14 +811,14 @@ std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
             z1, fn);
   check_number(mu, "mu", fn, 0.0, true);
   DK_DEVICE_GUARD(z1);
-  const at::Tensor gm = operand(grams, z1.scalar_type());
+  const Operand gm = operand(grams, z1.scalar_type());
   at::Tensor p0, p1;
   if (sample) {
-    p0 = mm_acc(gm[0], x[1]);      // (a bᵀ) b
-    p1 = mm_acc(gm[0].t(), x[0]);  // (b aᵀ) a
+    p0 = mm_op(gm.m[0], x[1], gm);      // (a bᵀ) b
+    p1 = mm_op(gm.m[0].t(), x[0], gm);  // (b aᵀ) a
   } else {
-    p0 = mm_acc(x[0], gm[1]);  // a (bᵀb)
-    p1 = mm_acc(x[1], gm[0]);  // b (aᵀa)
+    p0 = mm_op(x[0], gm.m[1], gm);  // a (bᵀb)
+    p1 = mm_op(x[1], gm.m[0], gm);  // b (aᵀa)
   }
   at::Tensor dz1 = at::empty({n, d}, z1.options()), dz2 = at::empty({n, d}, z1.options());
   dk::RowBwdArgs a{};
@@ -847,8 +879,8 @@ at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const 
              {g_c4, "g_c4", {}, acc}},
             z, fn);
   DK_DEVICE_GUARD(z);
-  const at::Tensor g = operand(gram, z.scalar_type());
-  const at::Tensor p = sample ? mm_acc(g, z) : mm_acc(z, g);
+  const Operand g = operand(gram, z.scalar_type());
+  const at::Tensor p = sample ? mm_op(g.m, z, g) : mm_op(z, g.m, g);
   at::Tensor dz = at::empty({n, d}, z.options());
   dk::DualityBwdArgs a{};
   a.z = ptr(z);

@@ -101,14 +101,24 @@ def _spectral_mu(z1):
 
 def _check_low_precision(kernel_fn, ref_fn, inputs, rtol):
     """bf16/fp16: kernel vs the float64 reference on the same (rounded) inputs, each output and
-    gradient within rtol·max|truth| (eager bf16 is no oracle: the reference computes in fp32)."""
+    gradient within rtol·max|truth| (eager bf16 is no oracle: the reference computes in fp32).
+
+    Gradients come back in the input dtype (SPEC), and a true gradient beyond that dtype's finite
+    range has no better answer than ±inf (eager autograd gives the same; AMP's GradScaler exists
+    to catch it). Seen: duality_terms' gradient of 1000x300 fp16 views reaches 1.7e5 > 65504, the
+    largest fp16, in 22489 of its 300000 entries (simulator, 2026-11-30). So both sides are
+    compared clamped to the item's finite range: an inf is right exactly where the truth lies
+    beyond it (up to rounding at the edge), and wrong anywhere else; a NaN is always wrong."""
     truth_inputs = [x.double() for x in inputs]
     weights = _weights(_flat(ref_fn(*truth_inputs)), 0)
     k_outs, k_grads = _run(kernel_fn, inputs, weights)
     t_outs, t_grads = _run(ref_fn, truth_inputs, weights)
     for i, (k, t) in enumerate(zip(k_outs + k_grads, t_outs + t_grads)):
+        assert not torch.isnan(k).any(), f"item {i}: NaN"
+        top = torch.finfo(k.dtype).max
+        err = _err(k.double().clamp(-top, top), t.clamp(-top, top))
         scale = t.abs().max().item()
-        assert _err(k, t) <= rtol * scale + 1e-6, f"item {i}: error {_err(k, t):.3e}, scale {scale:.3e}"
+        assert err <= rtol * scale + 1e-6, f"item {i}: error {err:.3e}, scale {scale:.3e}"
     for x, g in zip(inputs, k_grads):
         assert g.dtype == x.dtype
 

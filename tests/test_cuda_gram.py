@@ -413,6 +413,30 @@ def test_bindings_check_agreement_and_sizes():
 # GPU only (benchmarks/gpu_check.sh): TF32, bf16/fp16, inductor, opcheck on CUDA
 
 
+def _check_reduced_precision(dtype, precision, rtol, side, shape, amplitude=None):
+    """Every output and gradient of every function within rtol of float64 truth on the same rounded
+    inputs, relative to its scale (accuracy._check_low_precision; eager bf16 is no oracle: the
+    reference computes in fp32), and every loss, term and matrix of a bf16/fp16 input in float32
+    (SPEC). ``amplitude``: the views rescaled to that largest magnitude before rounding."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        z1, z2 = _views(*shape, torch.float64, seed=14)
+        if amplitude is not None:
+            s = amplitude / max(z1.abs().max().item(), z2.abs().max().item())
+            z1, z2 = z1 * s, z2 * s
+        z1, z2 = z1.to(dtype), z2.to(dtype)
+        for name, kernel_fn, ref_fn in _loss_cases(side, _spectral_mu(z1)) + _matrix_cases():
+            try:
+                _check_low_precision(kernel_fn, ref_fn, [z1, z2], rtol=rtol)
+                if dtype in (torch.float16, torch.bfloat16):
+                    assert all(o.dtype == torch.float32 for o in _flat(kernel_fn(z1, z2))), "not float32"
+            except AssertionError as exc:
+                raise AssertionError(f"{name}: {exc}") from exc
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 @pytest.mark.parametrize("dtype,precision,rtol", [
     pytest.param(torch.float32, "high", 2e-3, id="tf32", marks=[pytest.mark.cuda, requires_gpu]),
     pytest.param(torch.bfloat16, "highest", 2e-2, id="bf16"),
@@ -422,21 +446,24 @@ def test_bindings_check_agreement_and_sizes():
 def test_reduced_precision(dtype, precision, rtol, side, shape):
     """TF32 GEMMs (fp32 under matmul precision "high", as eager under the same setting; GPU only)
     and bf16/fp16 (tensor cores on the GPU; in the simulator the kernels' bf16/fp16 conversions
-    with GEMMs in fp32): every output and gradient within rtol of float64 truth on the same
-    rounded inputs, relative to its scale (eager bf16 is no oracle: the reference computes in fp32)."""
+    with GEMMs in fp32)."""
     if not ON_GPU and shape[0] * shape[1] > 40000:
         pytest.skip("the simulator runs the smaller shapes only (1000x300 takes minutes there)")
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        z1, z2 = _views(*shape, dtype, seed=14)
-        for name, kernel_fn, ref_fn in _loss_cases(side, _spectral_mu(z1)) + _matrix_cases():
-            try:
-                _check_low_precision(kernel_fn, ref_fn, [z1, z2], rtol=rtol)
-            except AssertionError as exc:
-                raise AssertionError(f"{name}: {exc}") from exc
-    finally:
-        torch.set_float32_matmul_precision(previous)
+    _check_reduced_precision(dtype, precision, rtol, side, shape)
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("shape", [(64, 300), (8, 4096), (512, 300)], ids=["64x300", "8x4096", "512x300"])
+def test_fp16_large_values(side, shape):
+    """fp16 inputs up to ±300: the Grams of such views exceed fp16's range (65504) long before the
+    losses or their gradients do (N×N Gram entries up to 1.3e7 at 8x4096, 1.4e6 at 64x300), so no
+    Gram or upstream gradient may enter a GEMM as an unscaled fp16 operand (bindings.cpp
+    operand()). Before that, VICReg's and the spectral loss's gradients came back inf/NaN where
+    the truth is below 5.3e4 (simulator, 2026-11-30). D up to 4096 in few rows; the simulator
+    skips the D×D side at D=4096 (a 4096² Gram takes it ~15 s per function) and the 512-row case."""
+    if not ON_GPU and (shape[0] > 256 or (side == "dimension" and shape[1] > 1024)):
+        pytest.skip("the simulator runs the small cases only")
+    _check_reduced_precision(torch.float16, "highest", 2e-2, side, shape, amplitude=300.0)
 
 
 @pytest.mark.cuda
