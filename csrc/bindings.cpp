@@ -476,6 +476,10 @@ std::vector<at::Tensor> vicreg_fwd(const at::Tensor& z1, const at::Tensor& z2, d
   const at::Tensor g = sample ? mm_sum(x, x.transpose(1, 2)) : mm_sum(x.transpose(1, 2), x);
   const at::Tensor part = sum_of(g, nullptr, g.numel(), sample ? n : d, fn);
   const at::Tensor gram = g.to(acc_dtype(z1.scalar_type()));
+  // Saved for the backward without its diagonal on the dimension side, so that its product
+  // leaves the diagonal out exactly (gram_ops.h VICRegBwdArgs: sq). In place: `part` was queued
+  // before on this stream.
+  if (!sample) gram.diagonal(0, -2, -1).zero_();
   dk::FinalizeArgs f{};
   f.mode = dk::kFinVICReg;
   f.sample = sample;
@@ -518,6 +522,8 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
   DK_DEVICE_GUARD(z1);
   const Operand g = operand(gram, z1.scalar_type());
   const at::Tensor p = sample ? mm_op(g.m, x, g) : mm_op(x, g.m, g);  // both symmetric Grams
+  // sample side: the Gram's diagonal is in P; the column sums of squares of the same x remove it
+  const at::Tensor sq = sample ? col_sums({x[0], x[1]}, {}, dk::kColSumSq, fn) : at::Tensor();
   at::Tensor dz1 = at::empty_like(z1, at::MemoryFormat::Contiguous);
   at::Tensor dz2 = at::empty_like(z2, at::MemoryFormat::Contiguous);
   dk::VICRegBwdArgs a{};
@@ -528,6 +534,7 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
   a.p[0] = ptr(p[0]);
   a.p[1] = ptr(p[1]);
   a.m2 = m2.data_ptr<double>();
+  a.sq = sample ? sq.data_ptr<double>() : nullptr;
   a.g[0] = ptr(g_loss);
   a.g[1] = ptr(g_inv);
   a.g[2] = ptr(g_var);
@@ -857,6 +864,7 @@ std::vector<at::Tensor> duality_terms_fwd(const at::Tensor& z, bool sample) {
   const at::Tensor g = sample ? mm_sum(z, z.t()) : mm_sum(z.t(), z);
   const at::Tensor part = sum_of(g, nullptr, g.numel(), sample ? n : d, fn);
   const at::Tensor gram = g.to(acc_dtype(z.scalar_type()));
+  gram.diagonal().zero_();  // saved without it (gram_ops.h DualityBwdArgs); `part` was queued first
   dk::FinalizeArgs f{};
   f.mode = dk::kFinDuality;
   f.sample = sample;
@@ -894,6 +902,7 @@ at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const 
   a.dz = ptr(dz);
   a.n = n;
   a.d = d;
+  a.sample = sample;
   check_cuda(dk::duality_bwd(a, dtype_code(z.scalar_type()), stream_of(z)), fn);
   return dz;
 }

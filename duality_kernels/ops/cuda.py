@@ -231,7 +231,8 @@ def _op(name: str, check: Callable, impl: Callable):
 
 def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
                     gamma: float, eps: float, side: str) -> List[Tensor]:
-    """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), m2 (2, D) float64]."""
+    """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), m2 (2, D) float64];
+    gram = the centered views' Grams, without their diagonal on the dimension side."""
     return _ext(z1).vicreg_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side == "sample")
 
 
@@ -578,7 +579,7 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
 
 
 def _duality_terms_fwd_impl(z: Tensor, side: str) -> List[Tensor]:
-    """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M), q (N), c (D) float64]."""
+    """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M) without its diagonal, q (N), c (D) float64]."""
     return _ext(z).duality_terms_fwd(z, side == "sample")
 
 
