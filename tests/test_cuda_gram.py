@@ -42,15 +42,8 @@ requires_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 pytestmark = [pytest.mark.cuda] if ON_GPU else []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _simulator():
-    """Without a GPU, route CPU tensors to the simulator for this module's tests only."""
-    if ON_GPU:
-        yield
-        return
-    csim.enable()
-    yield
-    cuda_ops._set_simulator(None)
+# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (tests/csim.py)
+_simulator = csim.module_fixture()
 
 
 def _views(n, d, dtype, seed, device=DEVICE):

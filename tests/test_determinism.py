@@ -29,14 +29,8 @@ GPU_WIDE = (130, 2049)
 RUNS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _simulator():
-    if ON_GPU:
-        yield
-        return
-    csim.enable()
-    yield
-    cuda_ops._set_simulator(None)
+# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (tests/csim.py)
+_simulator = csim.module_fixture()
 
 
 def _bits(fn, z1, z2):

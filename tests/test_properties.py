@@ -150,17 +150,8 @@ FOUND = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _simulator():
-    """Without a GPU, the CUDA backend runs CPU tensors in its simulator (tests/csim.py)."""
-    if ON_GPU:
-        yield
-        return
-    from duality_kernels.ops import cuda as cuda_ops
-
-    csim.enable()
-    yield
-    cuda_ops._set_simulator(None)
+# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (tests/csim.py)
+_simulator = csim.module_fixture()
 
 
 def _check_example(name, backend, data):
