@@ -7,10 +7,12 @@
 # benchmark step that no longer fits is skipped. It continues past a failing step and exits 1 at
 # the end if any step failed or was skipped (0 otherwise); the summary table comes last.
 # Files in $OUT (no subfolders, at most 8): gpu_check.log (everything printed), install.log,
-# pytest_cuda.log, pytest_cuda.xml (junit), bench.log (sweep output), sweep_gpu.csv (benchmark rows).
+# pytest_cuda.log, pytest_cuda.xml (junit), sanitizer.log (compute-sanitizer reports), bench.log
+# (sweep output), sweep_gpu.csv (benchmark rows).
 #
 # Knobs (environment): OUT, GPU_CHECK_BUDGET_S, GPU_CHECK_PROVIDERS (e.g. "eager torch triton cuda"
 # to leave out compile and lightly when time is short; default: every provider that applies),
+# GPU_CHECK_SANITIZER_S (each compute-sanitizer run's limit, default 180; 0 leaves them out),
 # DK_GIT_SHA (recorded in the CSV when the copy has no .git), MAX_JOBS, TORCH_CUDA_ARCH_LIST.
 # Third-party providers: wheels in .wheels/ (lightly 1.6.0 + hydra-core, omegaconf,
 # antlr4-python3-runtime; inf-cl 1.2.1) are installed with --no-deps when present. The folder is
@@ -89,12 +91,54 @@ step "pip install -e . (install.log)" 300 - -- \
 step "import duality_kernels._C" 60 - -- \
     $PY -c "import duality_kernels, duality_kernels._C as C; print('ok:', C.__file__)"
 
-# 2. CUDA tests in parallel shards: most of their time is Triton compiling kernel variants, one
-#    at a time per process, and the machine has 16 cores. The cuda-marked test ids are collected
-#    once and cut into GPU_CHECK_SHARDS contiguous chunks (neighbouring tests share kernel
-#    variants), each run by its own pytest process. (no test collected: reported, not a failure)
+# 2. CUDA tests in parallel shards, and compute-sanitizer alongside them (2a, 2c).
+
+# 2a. compute-sanitizer runs in the background while the test shards run (the machine has 16 cores;
+#     the reports are about correctness, so sharing the GPU costs nothing): memcheck, racecheck and
+#     synccheck over small calls of every CUDA-backend op (benchmarks/sanitize_calls.py: fp32,
+#     bf16, fp16 at 130x70 and 9x300, forward and backward), and memcheck over one call of each
+#     public Triton function (every Triton kernel). racecheck and synccheck instrument our kernels
+#     only (--kernel-name kns=duality_kernels): they are about shared memory and barriers, and
+#     cuBLAS's kernels would take them minutes. memcheck instruments every kernel, with torch's
+#     caching allocator off so that an access past a tensor's end leaves its allocation.
+#     Each run is limited to GPU_CHECK_SANITIZER_S and to the test shards' limit, so the pair
+#     together stays within that limit.
+SAN=$(command -v compute-sanitizer || true)
+for c in "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer /usr/local/cuda*/bin/compute-sanitizer; do
+    if [[ -z $SAN && -x $c ]]; then SAN=$c; fi
+done
+SAN_S=${GPU_CHECK_SANITIZER_S:-180}
+SAN_NAMES=(); SAN_PIDS=()
+san_start() {  # san_start NAME LIMIT_S sanitizer-args... -- script-args...  (background)
+    local name=$1 limit=$2
+    shift 2
+    local opts=() envs=()
+    while [[ $1 != -- ]]; do opts+=("$1"); shift; done
+    shift
+    if [[ ${opts[*]} == *memcheck* ]]; then envs=(PYTORCH_NO_CUDA_MEMORY_CACHING=1); fi
+    env "${envs[@]}" timeout -k 10 "$limit" "$SAN" "${opts[@]}" --print-limit 20 --error-exitcode 3 \
+        "$PY" benchmarks/sanitize_calls.py "$@" >"$OUT/tmp_san_$name.log" 2>&1 &
+    SAN_PIDS+=($!); SAN_NAMES+=("$name")
+}
+
+# 2b. the CUDA tests in parallel shards: most of their time is Triton compiling kernel variants,
+#    one at a time per process. The cuda-marked test ids are collected once and cut into
+#    GPU_CHECK_SHARDS contiguous chunks (neighbouring tests share kernel variants), each run by
+#    its own pytest process. (no test collected: reported, not a failure)
 left=$(remaining); lim=$((left - 10 < 240 ? left - 10 : 240))
 SHARDS=${GPU_CHECK_SHARDS:-12}
+san_lim=$((SAN_S < lim - 5 ? SAN_S : lim - 5))
+if ((SAN_S > 0 && lim >= 30)) && [[ -n $SAN ]]; then
+    echo "=== [$(date -u +%H:%M:%S)] compute-sanitizer in the background ($SAN, timeout ${san_lim}s each)"
+    SAN_T0=$SECONDS
+    san_start "memcheck-cuda" "$san_lim" --tool memcheck -- --backend cuda
+    san_start "racecheck-cuda" "$san_lim" --tool racecheck --kernel-name kns=duality_kernels -- --backend cuda
+    san_start "synccheck-cuda" "$san_lim" --tool synccheck --kernel-name kns=duality_kernels -- --backend cuda
+    san_start "memcheck-triton" "$san_lim" --tool memcheck -- --backend triton
+elif ((SAN_S > 0)); then
+    echo "=== [skip] compute-sanitizer: ${SAN:+only ${left}s left}${SAN:-not found (PATH, CUDA_HOME, /usr/local/cuda*)}"
+    NAMES+=("compute-sanitizer"); STATUS+=("SKIPPED"); TIMES+=(0); FAILED=1
+fi
 if ((lim < 30)); then
     echo "=== [skip] pytest -m cuda: only ${left}s left"
     NAMES+=("pytest -m cuda"); STATUS+=("SKIPPED (time)"); TIMES+=(0); FAILED=1
@@ -141,6 +185,26 @@ else
     rm -f "$OUT"/tmp_ids.txt "$OUT"/tmp_shard_* "$OUT"/tmp_junit_*.xml "$OUT"/tmp_log_*.log
     NAMES+=("pytest -m cuda"); STATUS+=("$st"); TIMES+=($((SECONDS - t)))
     echo "=== pytest -m cuda: $st in $((SECONDS - t))s"
+fi
+
+# 2c. the sanitizer runs: each tool's error summary, the reports in sanitizer.log
+if ((${#SAN_PIDS[@]})); then
+    for i in "${!SAN_PIDS[@]}"; do
+        rc=0; wait "${SAN_PIDS[$i]}" || rc=$?
+        name=${SAN_NAMES[$i]}; log="$OUT/tmp_san_$name.log"
+        # no summary when the run was killed or the program failed first (set -e: keep going)
+        summary=$({ grep -h "ERROR SUMMARY" "$log" || true; } | tail -n 1 | sed 's/^=* *//')
+        case $rc in
+            0) st="ok" ;;
+            3) st="ERRORS"; FAILED=1 ;;
+            124 | 137) st="TIMEOUT"; FAILED=1 ;;
+            *) st="FAIL (rc $rc)"; FAILED=1 ;;
+        esac
+        echo "  compute-sanitizer $name: $st: ${summary:-no error summary (see sanitizer.log)}"
+        { echo "----- $name (rc $rc)"; cat "$log"; } >>"$OUT/sanitizer.log"
+        NAMES+=("sanitizer $name"); STATUS+=("$st"); TIMES+=($((SECONDS - SAN_T0)))  # at most
+    done
+    rm -f "$OUT"/tmp_san_*.log
 fi
 
 # 3. headline benchmarks (shapes of the issues), most important first

@@ -17,7 +17,13 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -27,9 +33,26 @@
 // in the CPU simulator (csrc/sim/cuda_sim.h); the GEMMs then run through ATen on the CPU.
 #ifdef DK_HOST_SIM
 #define DK_DEVICE_GUARD(t) (void)0
+#define DK_KERNEL_DEVICE "CPU (the simulator's)"
 #else
 #define DK_DEVICE_GUARD(t) const c10::cuda::CUDAGuard dk_device_guard_((t).device())
+#define DK_KERNEL_DEVICE "CUDA"
 #endif
+
+// Errors of this file (bad arguments, CUDA errors) are raised as a plain std::runtime_error
+// (Python RuntimeError), not through TORCH_CHECK. A c10::Error calls glibc backtrace() when it is
+// constructed (gdb here: torchCheckFail -> c10::Error::Error -> get_lazy_backtrace -> backtrace),
+// which walks every frame of the process, the Python interpreter's included. On the H200 the first
+// argument error of tests/test_cuda_gram.py::test_validation_in_bindings (z1 and z2 of different
+// shapes, caught by the very first check, before any allocation or launch) killed the pytest
+// worker with SIGSEGV where the simulator raised (2026-11-30): the check ran first in both
+// builds, so the crash was in raising, and that walk is the only part of raising that leaves our
+// frames (libgcc's unwinder crashing in it is known: pytorch/pytorch#117645). Suspected, untested
+// on GPU. A std::runtime_error unwinds only our frames, up to pybind11's handler.
+#define DK_CHECK(cond, ...)                                                                  \
+  do {                                                                                       \
+    if (!(cond)) throw std::runtime_error(c10::str(__VA_ARGS__));                            \
+  } while (false)
 
 namespace {
 
@@ -54,8 +77,8 @@ int dtype_code(at::ScalarType t) {
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_cuda(cudaError_t err, const char* fn) {
-  TORCH_CHECK(err == cudaSuccess, "duality_kernels._C.", fn, ": CUDA error ",
-              static_cast<int>(err), " (", cudaGetErrorName(err), "): ", cudaGetErrorString(err));
+  DK_CHECK(err == cudaSuccess, "duality_kernels._C.", fn, ": CUDA error ", static_cast<int>(err),
+           " (", cudaGetErrorName(err), "): ", cudaGetErrorString(err));
 }
 
 bool on_kernel_device(const at::Tensor& t) {
@@ -75,26 +98,105 @@ cudaStream_t stream_of(const at::Tensor& t) {
 #endif
 }
 
-void check_z(const at::Tensor& z, const char* fn) {
-  TORCH_CHECK(on_kernel_device(z), fn, ": z must be a CUDA tensor, got device ", z.device());
-  TORCH_CHECK(z.dim() == 2, fn, ": z must be 2-D (N, D), got shape ", z.sizes());
-  TORCH_CHECK(z.is_contiguous(), fn, ": z must be contiguous, got strides ", z.strides());
-  TORCH_CHECK(dtype_code(z.scalar_type()) >= 0, fn,
-              ": z must be float32, float64, float16 or bfloat16, got ", z.scalar_type());
+// ---------------------------------------------------------------------------------------------
+// Argument checks: every entry point below checks ALL of its arguments first, before any
+// allocation, GEMM or launch (the kernels trust their inputs, DESIGN convention 6). Each failure
+// names the function, the argument and the offending value. The public functions validate
+// earlier with ValueError/TypeError (SPEC §6); these checks guard direct and custom-op calls.
+
+constexpr int64_t kAny = -1;  // a size check_tensor leaves free
+// N and D up to 2^31 - 1: the row kernels launch one block per row (gridDim.x), the column
+// kernels ceil(D / 32) blocks, and cuBLAS takes int dimensions.
+constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();
+
+std::string shape_str(std::initializer_list<int64_t> shape) {
+  std::ostringstream os;
+  os << '[';
+  const char* sep = "";
+  for (int64_t s : shape) {
+    os << sep;
+    if (s == kAny) os << '*';
+    else os << s;
+    sep = ", ";
+  }
+  os << ']';
+  return os.str();
 }
 
-// A per-column vector that goes with z: (D,), contiguous, acc dtype, on z's device.
-void check_column_vector(const at::Tensor& v, const at::Tensor& z, const char* name,
-                         const char* fn) {
-  TORCH_CHECK(v.device() == z.device(), fn, ": ", name, " must be on z's device ", z.device(),
-              ", got ", v.device());
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == z.size(1), fn, ": ", name, " must have shape (",
-              z.size(1), ",) to match z of shape ", z.sizes(), ", got ", v.sizes());
-  TORCH_CHECK(v.is_contiguous(), fn, ": ", name, " must be contiguous, got strides ", v.strides());
-  TORCH_CHECK(v.scalar_type() == acc_dtype(z.scalar_type()), fn, ": ", name, " must be ",
-              acc_dtype(z.scalar_type()), " for z of dtype ", z.scalar_type(), ", got ",
-              v.scalar_type());
+// One tensor argument: on the kernel device (and on `like`'s device when given), of the given
+// shape (kAny: any size), of dtype `dtype` (Undefined: one of the four the kernels take),
+// contiguous.
+void check_tensor(const at::Tensor& t, const char* name, const char* fn,
+                  std::initializer_list<int64_t> shape,
+                  at::ScalarType dtype = at::ScalarType::Undefined,
+                  const at::Tensor* like = nullptr) {
+  DK_CHECK(on_kernel_device(t), fn, ": ", name, " must be a ", DK_KERNEL_DEVICE,
+           " tensor, got device ", t.device());
+  DK_CHECK(like == nullptr || t.device() == like->device(), fn, ": ", name, " must be on ",
+           like->device(), " with the input, got device ", t.device());
+  bool ok = t.dim() == static_cast<int64_t>(shape.size());
+  int64_t i = 0;
+  for (int64_t s : shape) ok = ok && (s == kAny || t.size(i++) == s);
+  DK_CHECK(ok, fn, ": ", name, " must have shape ", shape_str(shape), ", got ", t.sizes());
+  if (dtype == at::ScalarType::Undefined) {
+    DK_CHECK(dtype_code(t.scalar_type()) >= 0, fn, ": ", name,
+             " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+  } else {
+    DK_CHECK(t.scalar_type() == dtype, fn, ": ", name, " must be ", dtype, ", got ",
+             t.scalar_type());
+  }
+  DK_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous, got strides ", t.strides(),
+           " for shape ", t.sizes());
 }
+
+// The (N, D) input of an entry point (with views > 0: the (views, N, D) saved views that stand
+// for it): check_tensor's checks, N and D within kMaxSize, at least min_rows rows and min_cols
+// columns (the divisions by N - 1 and the off-diagonal terms).
+void check_rows(const at::Tensor& z, const char* name, const char* fn, int64_t min_rows,
+                int64_t min_cols = 1, int64_t views = 0) {
+  if (views > 0) check_tensor(z, name, fn, {views, kAny, kAny});
+  else check_tensor(z, name, fn, {kAny, kAny});
+  const int64_t n = z.size(-2), d = z.size(-1);
+  DK_CHECK(n <= kMaxSize && d <= kMaxSize, fn, ": ", name, " has shape ", z.sizes(),
+           "; the kernels take N and D up to ", kMaxSize);
+  DK_CHECK(n >= min_rows && d >= min_cols, fn, ": ", name, " needs at least ", min_rows,
+           " rows and ", min_cols, " columns, got shape ", z.sizes());
+}
+
+// Two views: each as check_rows, and the same shape, dtype and device.
+void check_pair(const at::Tensor& z1, const at::Tensor& z2, const char* fn, int64_t min_rows) {
+  check_rows(z1, "z1", fn, min_rows);
+  check_rows(z2, "z2", fn, min_rows);
+  DK_CHECK(z1.sizes() == z2.sizes() && z1.scalar_type() == z2.scalar_type() &&
+               z1.device() == z2.device(),
+           fn, ": z1 and z2 must match in shape, dtype and device, got ", z1.sizes(), " ",
+           z1.scalar_type(), " ", z1.device(), " and ", z2.sizes(), " ", z2.scalar_type(), " ",
+           z2.device());
+}
+
+// Tensors that go with the input z (saved by the forward, or upstream gradients), each
+// {tensor, name, shape, dtype}: on z's device, contiguous, of that shape and dtype.
+struct Aux {
+  const at::Tensor& t;
+  const char* name;
+  std::initializer_list<int64_t> shape;
+  at::ScalarType dtype;
+};
+void check_aux(std::initializer_list<Aux> args, const at::Tensor& z, const char* fn) {
+  for (const Aux& a : args) check_tensor(a.t, a.name, fn, a.shape, a.dtype, &z);
+}
+
+// A scalar argument: finite, and >= lo (> lo when strict).
+void check_number(double v, const char* name, const char* fn,
+                  double lo = -std::numeric_limits<double>::infinity(), bool strict = false) {
+  DK_CHECK(std::isfinite(v) && (strict ? v > lo : v >= lo), fn, ": ", name, " must be finite",
+           std::isinf(lo) ? "" : (strict ? " and > " : " and >= "),
+           std::isinf(lo) ? std::string() : c10::str(lo), ", got ", v);
+}
+
+// Reductions accumulate in acc (float32, float64 for float64 inputs): the dtype of the statistics
+// and upstream gradients that go with z.
+at::ScalarType acc_of(const at::Tensor& z) { return acc_dtype(z.scalar_type()); }
 
 // Per-column float64 moments of z1 [, z2] in one pass (gram_ops.cu col_moments): mean and m2,
 // (views, d) each, and with sqdiff the per-column Σ(z1 - z2)² (d), else an empty tensor.
@@ -125,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> column_moments(const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> column_stats_fwd(const at::Tensor& z) {
   constexpr const char* fn = "column_stats_fwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 0, 0);  // empty z: zeros, below
   DK_DEVICE_GUARD(z);
   const int64_t n = z.size(0);
   const int64_t d = z.size(1);
@@ -143,10 +245,11 @@ std::tuple<at::Tensor, at::Tensor> column_stats_fwd(const at::Tensor& z) {
 at::Tensor column_stats_bwd(const at::Tensor& z, const at::Tensor& mean,
                             const at::Tensor& grad_mean, const at::Tensor& grad_m2) {
   constexpr const char* fn = "column_stats_bwd";
-  check_z(z, fn);
-  check_column_vector(mean, z, "mean", fn);
-  check_column_vector(grad_mean, z, "grad_mean", fn);
-  check_column_vector(grad_m2, z, "grad_m2", fn);
+  check_rows(z, "z", fn, 0, 0);
+  const int64_t d = z.size(1);
+  check_aux({{mean, "mean", {d}, acc_of(z)}, {grad_mean, "grad_mean", {d}, acc_of(z)},
+             {grad_m2, "grad_m2", {d}, acc_of(z)}},
+            z, fn);
   DK_DEVICE_GUARD(z);
   at::Tensor dz = at::empty(z.sizes(), z.options());  // contiguous, z's dtype
   if (z.numel() == 0) return dz;
@@ -173,31 +276,6 @@ void* ptr(const at::Tensor& t) { return t.data_ptr(); }
 
 at::Tensor acc_empty(at::IntArrayRef size, const at::Tensor& like) {
   return at::empty(size, like.options().dtype(acc_dtype(like.scalar_type())));
-}
-
-void check_pair(const at::Tensor& z1, const at::Tensor& z2, const char* fn) {
-  check_z(z1, fn);
-  check_z(z2, fn);
-  TORCH_CHECK(z1.sizes() == z2.sizes() && z1.scalar_type() == z2.scalar_type() &&
-                  z1.device() == z2.device(),
-              fn, ": z1 and z2 must match in shape, dtype and device, got ", z1.sizes(), " ",
-              z1.scalar_type(), " ", z1.device(), " and ", z2.sizes(), " ", z2.scalar_type(), " ",
-              z2.device());
-}
-
-// A saved or upstream tensor that goes with z: on z's device, contiguous, of dtype `dtype`.
-void check_aux(const at::Tensor& t, const at::Tensor& z, at::ScalarType dtype, const char* name,
-               const char* fn) {
-  TORCH_CHECK(t.device() == z.device(), fn, ": ", name, " must be on ", z.device(), ", got ",
-              t.device());
-  TORCH_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == dtype, fn, ": ", name, " must be ", dtype, ", got ",
-              t.scalar_type());
-}
-
-void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* name, const char* fn) {
-  TORCH_CHECK(t.sizes() == shape, fn, ": ", name, " must have shape ", shape, ", got ",
-              t.sizes());
 }
 
 // a @ b (2-D or batched 3-D) with an acc-typed result; a and b share a dtype.
@@ -230,9 +308,45 @@ at::Tensor mm_sum(const at::Tensor& a, const at::Tensor& b) {
   return mm_acc(a, b);
 }
 
-// An acc-typed matrix as a GEMM operand next to T-typed rows (rounded to T for fp16/bf16).
-at::Tensor operand(const at::Tensor& g, at::ScalarType t) {
-  return g.scalar_type() == t ? g : g.to(t);
+// An acc-typed matrix (a Gram, or an upstream gradient) as a GEMM operand next to T-typed rows:
+// rounded to T for fp16/bf16, and for fp16 first scaled so that its largest magnitude is 2^14.
+// fp16's largest finite value is 65504, and the Grams of fp16 inputs overflow it long before the
+// losses or gradients do (the simulator, 2026-11-30: 8x4096 inputs within ±300 have N×N Gram
+// entries up to 1.3e7, and VICReg's and the spectral loss's gradients came back inf/NaN where the
+// float64 truth is below 5.3e4). Scaling keeps fp16's relative precision, and lifts small
+// entries (upstream gradients of 1e-8) out of its subnormals; the product comes back in acc
+// times `unscale` (mm_op). bf16 has float32's exponent range: rounding only. The scale is
+// computed on the device (no host synchronization, DESIGN convention 3).
+struct Operand {
+  at::Tensor m;        // the matrix in dtype T (scaled for fp16)
+  at::Tensor unscale;  // 0-dim acc factor of the products (fp16), else undefined
+};
+
+constexpr double kOperandMax = 16384.0;  // 2^14: headroom below 65504 for the rounding
+
+Operand operand(const at::Tensor& g, at::ScalarType t) {
+  if (g.scalar_type() == t) return {g, at::Tensor()};
+  if (t != at::kHalf) return {g.to(t), at::Tensor()};
+  // amax = 0: any scale; a NaN or inf in g turns every product NaN, as the reference's would be.
+  const at::Tensor amax = g.abs().amax().clamp_min_(std::numeric_limits<float>::min());
+  return {g.mul(at::reciprocal(amax).mul_(kOperandMax)).to(t), amax.mul(1.0 / kOperandMax)};
+}
+
+// a @ b in acc (mm_acc) for an `o.m` among a and b: times o's unscale.
+at::Tensor mm_op(const at::Tensor& a, const at::Tensor& b, const Operand& o) {
+  at::Tensor p = mm_acc(a, b);
+  if (o.unscale.defined()) p.mul_(o.unscale);
+  return p;
+}
+
+// (g + gᵀ) * scale of a square acc matrix g as an operand next to T-typed rows: sym_scale writes
+// it in T in one pass; fp16 goes through acc and operand()'s scaling.
+Operand sym_operand(const at::Tensor& g, double scale, at::ScalarType t, const char* fn) {
+  if (t == at::kHalf) return operand(at::add(g, g.t()).mul_(scale), t);
+  const int64_t m = g.size(0);
+  at::Tensor s = at::empty({m, m}, g.options().dtype(t));
+  check_cuda(dk::sym_scale(ptr(g), m, scale, dtype_code(t), ptr(s), stream_of(g)), fn);
+  return {s, at::Tensor()};
 }
 
 // Partial sums of a² (or a·b) over count elements of the acc or float64 matrix a: the full sums,
@@ -286,15 +400,6 @@ std::vector<at::Tensor> run_finalize(dk::FinalizeArgs f, const at::Tensor& part,
   check_cuda(dk::finalize(f, dtype_code(z.scalar_type()), stream_of(z)), fn);
   outs.insert(outs.end(), saved);
   return outs;
-}
-
-// The checks of a backward op's upstream gradients: 0-dim, acc dtype, on z's device.
-void check_scalar_grads(std::initializer_list<const at::Tensor*> grads, const at::Tensor& z,
-                        const char* fn) {
-  for (const at::Tensor* g : grads) {
-    check_aux(*g, z, acc_dtype(z.scalar_type()), "an upstream gradient", fn);
-    check_shape(*g, {}, "an upstream gradient", fn);
-  }
 }
 
 // Centered (or standardized) views of z1 [, z2] into x (views, n, d) in z's dtype, from float64
@@ -359,13 +464,22 @@ std::vector<at::Tensor> vicreg_fwd(const at::Tensor& z1, const at::Tensor& z2, d
                                    double var_w, double cov_w, double gamma, double eps,
                                    bool sample) {
   constexpr const char* fn = "vicreg_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(inv_w, "inv_weight", fn);
+  check_number(var_w, "var_weight", fn);
+  check_number(cov_w, "cov_weight", fn);
+  check_number(gamma, "gamma", fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
   auto [x, m2, sq] = centered_views(z1, &z2, false, 0.0, true, fn);
   const at::Tensor g = sample ? mm_sum(x, x.transpose(1, 2)) : mm_sum(x.transpose(1, 2), x);
   const at::Tensor part = sum_of(g, nullptr, g.numel(), sample ? n : d, fn);
   const at::Tensor gram = g.to(acc_dtype(z1.scalar_type()));
+  // Saved for the backward without its diagonal on the dimension side, so that its product
+  // leaves the diagonal out exactly (gram_ops.h VICRegBwdArgs: sq). In place: `part` was queued
+  // before on this stream.
+  if (!sample) gram.diagonal(0, -2, -1).zero_();
   dk::FinalizeArgs f{};
   f.mode = dk::kFinVICReg;
   f.sample = sample;
@@ -393,19 +507,23 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
                                    double var_w, double cov_w, double gamma, double eps,
                                    bool sample) {
   constexpr const char* fn = "vicreg_bwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
   const int64_t n = z1.size(0), d = z1.size(1), m = sample ? n : d;
-  const at::ScalarType acc = acc_dtype(z1.scalar_type());
-  check_aux(x, z1, z1.scalar_type(), "x", fn);
-  check_shape(x, {2, n, d}, "x", fn);
-  check_aux(gram, z1, acc, "gram", fn);
-  check_shape(gram, {2, m, m}, "gram", fn);
-  check_aux(m2, z1, at::kDouble, "m2", fn);
-  check_shape(m2, {2, d}, "m2", fn);
-  check_scalar_grads({&g_loss, &g_inv, &g_var, &g_cov}, z1, fn);
+  const at::ScalarType acc = acc_of(z1);
+  check_aux({{x, "x", {2, n, d}, z1.scalar_type()}, {gram, "gram", {2, m, m}, acc},
+             {m2, "m2", {2, d}, at::kDouble}, {g_loss, "g_loss", {}, acc},
+             {g_inv, "g_inv", {}, acc}, {g_var, "g_var", {}, acc}, {g_cov, "g_cov", {}, acc}},
+            z1, fn);
+  check_number(inv_w, "inv_weight", fn);
+  check_number(var_w, "var_weight", fn);
+  check_number(cov_w, "cov_weight", fn);
+  check_number(gamma, "gamma", fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
-  const at::Tensor g = operand(gram, z1.scalar_type());
-  const at::Tensor p = sample ? mm_acc(g, x) : mm_acc(x, g);  // both symmetric Grams
+  const Operand g = operand(gram, z1.scalar_type());
+  const at::Tensor p = sample ? mm_op(g.m, x, g) : mm_op(x, g.m, g);  // both symmetric Grams
+  // sample side: the Gram's diagonal is in P; the column sums of squares of the same x remove it
+  const at::Tensor sq = sample ? col_sums({x[0], x[1]}, {}, dk::kColSumSq, fn) : at::Tensor();
   at::Tensor dz1 = at::empty_like(z1, at::MemoryFormat::Contiguous);
   at::Tensor dz2 = at::empty_like(z2, at::MemoryFormat::Contiguous);
   dk::VICRegBwdArgs a{};
@@ -416,6 +534,7 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
   a.p[0] = ptr(p[0]);
   a.p[1] = ptr(p[1]);
   a.m2 = m2.data_ptr<double>();
+  a.sq = sample ? sq.data_ptr<double>() : nullptr;
   a.g[0] = ptr(g_loss);
   a.g[1] = ptr(g_inv);
   a.g[2] = ptr(g_var);
@@ -464,21 +583,13 @@ std::vector<at::Tensor> bn_backward(const at::Tensor& x, const at::Tensor& p0, c
   return {dz1, dz2};
 }
 
-void check_saved_views(const at::Tensor& x, const at::Tensor& m2, const char* fn) {
-  TORCH_CHECK(on_kernel_device(x) && x.dim() == 3 && x.size(0) == 2 && x.is_contiguous(), fn,
-              ": x must be a contiguous (2, N, D) tensor on the kernel device, got ", x.sizes());
-  TORCH_CHECK(dtype_code(x.scalar_type()) >= 0, fn, ": x has unsupported dtype ",
-              x.scalar_type());
-  check_aux(m2, x, at::kDouble, "m2", fn);
-  check_shape(m2, {2, x.size(2)}, "m2", fn);
-}
-
 // ---- cross_correlation
 
 std::vector<at::Tensor> cross_correlation_fwd(const at::Tensor& z1, const at::Tensor& z2,
                                               double eps) {
   constexpr const char* fn = "cross_correlation_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
   auto [x, m2, unused] = centered_views(z1, &z2, true, eps, false, fn);
   at::Tensor c = mm_acc(x[0].t(), x[1]);
@@ -489,14 +600,14 @@ std::vector<at::Tensor> cross_correlation_fwd(const at::Tensor& z1, const at::Te
 std::vector<at::Tensor> cross_correlation_bwd(const at::Tensor& x, const at::Tensor& m2,
                                               const at::Tensor& grad, double eps) {
   constexpr const char* fn = "cross_correlation_bwd";
-  check_saved_views(x, m2, fn);
+  check_rows(x, "x", fn, 2, 1, 2);
   const int64_t d = x.size(2);
-  check_aux(grad, x, acc_dtype(x.scalar_type()), "grad", fn);
-  check_shape(grad, {d, d}, "grad", fn);
+  check_aux({{m2, "m2", {2, d}, at::kDouble}, {grad, "grad", {d, d}, acc_of(x)}}, x, fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(x);
-  const at::Tensor g = operand(grad, x.scalar_type());
+  const Operand g = operand(grad, x.scalar_type());
   // C = aᵀb/N: dL/da = b Gᵀ/N, dL/db = a G/N (the 1/N is α in the kernel).
-  const at::Tensor p0 = mm_acc(x[1], g.t()), p1 = mm_acc(x[0], g);
+  const at::Tensor p0 = mm_op(x[1], g.m.t(), g), p1 = mm_op(x[0], g.m, g);
   return bn_backward(x, p0, p1, m2, nullptr, nullptr, eps, 0.0, fn);
 }
 
@@ -505,7 +616,9 @@ std::vector<at::Tensor> cross_correlation_bwd(const at::Tensor& x, const at::Ten
 std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor& z2,
                                          double lambda, double eps, bool sample) {
   constexpr const char* fn = "barlow_twins_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(lambda, "lambda_param", fn);
+  check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
   auto [x, m2, unused] = centered_views(z1, &z2, true, eps, false, fn);
@@ -542,34 +655,41 @@ std::vector<at::Tensor> barlow_twins_bwd(const at::Tensor& x, const at::Tensor& 
                                          const at::Tensor& g_off, double lambda, double eps,
                                          bool sample) {
   constexpr const char* fn = "barlow_twins_bwd";
-  check_saved_views(x, m2, fn);
-  const int64_t n = x.size(1), d = x.size(2);
-  const at::ScalarType acc = acc_dtype(x.scalar_type());
-  check_aux(grams, x, acc, "grams", fn);
-  if (sample) check_shape(grams, {2, n, n}, "grams", fn);
-  else check_shape(grams, {1, d, d}, "grams", fn);
-  check_aux(cdiag, x, acc, "cdiag", fn);
-  check_shape(cdiag, {d}, "cdiag", fn);
+  check_rows(x, "x", fn, 2, 1, 2);
+  const int64_t n = x.size(1), d = x.size(2), m = sample ? n : d;
+  const at::ScalarType acc = acc_of(x);
+  check_aux({{m2, "m2", {2, d}, at::kDouble}, {grams, "grams", {sample ? 2 : 1, m, m}, acc},
+             {cdiag, "cdiag", {d}, acc}, {g_loss, "g_loss", {}, acc}, {g_on, "g_on", {}, acc},
+             {g_off, "g_off", {}, acc}},
+            x, fn);
+  check_number(lambda, "lambda_param", fn);
+  check_number(eps, "eps", fn, 0.0);
   const at::Tensor g[3] = {g_loss, g_on, g_off};
-  check_scalar_grads({&g_loss, &g_on, &g_off}, x, fn);
   DK_DEVICE_GUARD(x);
-  const at::Tensor gm = operand(grams, x.scalar_type());
+  const Operand gm = operand(grams, x.scalar_type());
   at::Tensor p0, p1;
   if (sample) {
-    p0 = mm_acc(gm[1], x[0]);  // (b bᵀ) a
-    p1 = mm_acc(gm[0], x[1]);  // (a aᵀ) b
+    p0 = mm_op(gm.m[1], x[0], gm);  // (b bᵀ) a
+    p1 = mm_op(gm.m[0], x[1], gm);  // (a aᵀ) b
   } else {
-    p0 = mm_acc(x[1], gm[0].t());  // b (aᵀb)ᵀ
-    p1 = mm_acc(x[0], gm[0]);      // a (aᵀb)
+    p0 = mm_op(x[1], gm.m[0].t(), gm);  // b (aᵀb)ᵀ
+    p1 = mm_op(x[0], gm.m[0], gm);      // a (aᵀb)
   }
   return bn_backward(x, p0, p1, m2, &cdiag, g, eps, lambda, fn);
 }
 
 // ---- covariance
 
+// 0 <= correction < N: the divisor N - correction is at least 1.
+void check_correction(int64_t correction, int64_t n, const char* fn) {
+  DK_CHECK(correction >= 0 && correction < n, fn, ": correction must be in [0, N - 1] = [0, ",
+           n - 1, "], got ", correction);
+}
+
 std::vector<at::Tensor> covariance_fwd(const at::Tensor& z, int64_t correction) {
   constexpr const char* fn = "covariance_fwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 1);
+  check_correction(correction, z.size(0), fn);
   DK_DEVICE_GUARD(z);
   auto [x, m2, unused] = centered_views(z, nullptr, false, 0.0, false, fn);
   at::Tensor c = mm_acc(x[0].t(), x[0]);
@@ -579,17 +699,16 @@ std::vector<at::Tensor> covariance_fwd(const at::Tensor& z, int64_t correction) 
 
 at::Tensor covariance_bwd(const at::Tensor& x, const at::Tensor& grad, int64_t correction) {
   constexpr const char* fn = "covariance_bwd";
-  check_z(x, fn);
+  check_rows(x, "x", fn, 1);
   const int64_t n = x.size(0), d = x.size(1);
-  check_aux(grad, x, acc_dtype(x.scalar_type()), "grad", fn);
-  check_shape(grad, {d, d}, "grad", fn);
+  check_aux({{grad, "grad", {d, d}, acc_of(x)}}, x, fn);
+  check_correction(correction, n, fn);
   DK_DEVICE_GUARD(x);
   // dz = x (G + Gᵀ)/(N - correction); the centering Jacobian vanishes since x's columns sum to 0.
-  at::Tensor s = at::empty({d, d}, x.options());
-  check_cuda(dk::sym_scale(ptr(grad), d, 1.0 / static_cast<double>(n - correction),
-                           dtype_code(x.scalar_type()), ptr(s), stream_of(x)),
-             fn);
-  return at::mm(x, s);
+  const Operand s =
+      sym_operand(grad, 1.0 / static_cast<double>(n - correction), x.scalar_type(), fn);
+  if (!s.unscale.defined()) return at::mm(x, s.m);  // rounded once into x's dtype
+  return mm_op(x, s.m, s).to(x.scalar_type());
 }
 
 // ---- normalized_gram
@@ -597,8 +716,8 @@ at::Tensor covariance_bwd(const at::Tensor& x, const at::Tensor& grad, int64_t c
 std::vector<at::Tensor> normalized_gram_fwd(const at::Tensor& z1,
                                             const std::optional<at::Tensor>& z2) {
   constexpr const char* fn = "normalized_gram_fwd";
-  if (z2) check_pair(z1, *z2, fn);
-  else check_z(z1, fn);
+  if (z2) check_pair(z1, *z2, fn, 1);
+  else check_rows(z1, "z1", fn, 1);
   DK_DEVICE_GUARD(z1);
   auto [x, q] = row_scaled_views(z1, z2 ? &*z2 : nullptr, dk::kRowL2, 0.0, fn);
   const at::Tensor k = mm_acc(x[0], x[z2 ? 1 : 0].t());
@@ -610,29 +729,23 @@ std::vector<at::Tensor> normalized_gram_bwd(const at::Tensor& z1,
                                             const at::Tensor& x, const at::Tensor& q,
                                             const at::Tensor& grad) {
   constexpr const char* fn = "normalized_gram_bwd";
-  if (z2) check_pair(z1, *z2, fn);
-  else check_z(z1, fn);
+  if (z2) check_pair(z1, *z2, fn, 1);
+  else check_rows(z1, "z1", fn, 1);
   const int64_t n = z1.size(0), d = z1.size(1);
   const int views = z2 ? 2 : 1;
-  const at::ScalarType acc = acc_dtype(z1.scalar_type());
-  check_aux(x, z1, z1.scalar_type(), "x", fn);
-  check_shape(x, {views, n, d}, "x", fn);
-  check_aux(q, z1, acc, "q", fn);
-  check_shape(q, {views == 1 ? 1 : 3, n}, "q", fn);
-  check_aux(grad, z1, acc, "grad", fn);
-  check_shape(grad, {n, n}, "grad", fn);
+  const at::ScalarType acc = acc_of(z1);
+  check_aux({{x, "x", {views, n, d}, z1.scalar_type()}, {q, "q", {views == 1 ? 1 : 3, n}, acc},
+             {grad, "grad", {n, n}, acc}},
+            z1, fn);
   DK_DEVICE_GUARD(z1);
   at::Tensor p0, p1;
   if (z2) {
-    const at::Tensor g = operand(grad, z1.scalar_type());
-    p0 = mm_acc(g, x[1]);      // dK/dn1 = G n2
-    p1 = mm_acc(g.t(), x[0]);  // dK/dn2 = Gᵀ n1
+    const Operand g = operand(grad, z1.scalar_type());
+    p0 = mm_op(g.m, x[1], g);      // dK/dn1 = G n2
+    p1 = mm_op(g.m.t(), x[0], g);  // dK/dn2 = Gᵀ n1
   } else {
-    at::Tensor s = at::empty({n, n}, z1.options());  // G + Gᵀ in z's dtype
-    check_cuda(dk::sym_scale(ptr(grad), n, 1.0, dtype_code(z1.scalar_type()), ptr(s),
-                             stream_of(z1)),
-               fn);
-    p0 = mm_acc(s, x[0]);
+    const Operand s = sym_operand(grad, 1.0, z1.scalar_type(), fn);  // G + Gᵀ
+    p0 = mm_op(s.m, x[0], s);
   }
   at::Tensor dz1 = at::empty({n, d}, z1.options());
   at::Tensor dz2 = z2 ? at::empty({n, d}, z1.options()) : at::Tensor();
@@ -662,7 +775,8 @@ std::vector<at::Tensor> normalized_gram_bwd(const at::Tensor& z1,
 std::vector<at::Tensor> spectral_fwd(const at::Tensor& z1, const at::Tensor& z2, double mu,
                                      bool sample) {
   constexpr const char* fn = "spectral_fwd";
-  check_pair(z1, z2, fn);
+  check_pair(z1, z2, fn, 2);
+  check_number(mu, "mu", fn, 0.0, true);
   DK_DEVICE_GUARD(z1);
   const int64_t n = z1.size(0), d = z1.size(1);
   auto [x, q] = row_scaled_views(z1, &z2, dk::kRowClamp, std::sqrt(mu), fn);
@@ -695,26 +809,23 @@ std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
                                      const at::Tensor& g_pos, const at::Tensor& g_neg, double mu,
                                      bool sample) {
   constexpr const char* fn = "spectral_bwd";
-  check_pair(z1, z2, fn);
-  const int64_t n = z1.size(0), d = z1.size(1);
-  const at::ScalarType acc = acc_dtype(z1.scalar_type());
-  check_aux(x, z1, z1.scalar_type(), "x", fn);
-  check_shape(x, {2, n, d}, "x", fn);
-  check_aux(grams, z1, acc, "grams", fn);
-  if (sample) check_shape(grams, {1, n, n}, "grams", fn);
-  else check_shape(grams, {2, d, d}, "grams", fn);
-  check_aux(q, z1, acc, "q", fn);
-  check_shape(q, {3, n}, "q", fn);
-  check_scalar_grads({&g_loss, &g_pos, &g_neg}, z1, fn);
+  check_pair(z1, z2, fn, 2);
+  const int64_t n = z1.size(0), d = z1.size(1), m = sample ? n : d;
+  const at::ScalarType acc = acc_of(z1);
+  check_aux({{x, "x", {2, n, d}, z1.scalar_type()}, {grams, "grams", {sample ? 1 : 2, m, m}, acc},
+             {q, "q", {3, n}, acc}, {g_loss, "g_loss", {}, acc}, {g_pos, "g_pos", {}, acc},
+             {g_neg, "g_neg", {}, acc}},
+            z1, fn);
+  check_number(mu, "mu", fn, 0.0, true);
   DK_DEVICE_GUARD(z1);
-  const at::Tensor gm = operand(grams, z1.scalar_type());
+  const Operand gm = operand(grams, z1.scalar_type());
   at::Tensor p0, p1;
   if (sample) {
-    p0 = mm_acc(gm[0], x[1]);      // (a bᵀ) b
-    p1 = mm_acc(gm[0].t(), x[0]);  // (b aᵀ) a
+    p0 = mm_op(gm.m[0], x[1], gm);      // (a bᵀ) b
+    p1 = mm_op(gm.m[0].t(), x[0], gm);  // (b aᵀ) a
   } else {
-    p0 = mm_acc(x[0], gm[1]);  // a (bᵀb)
-    p1 = mm_acc(x[1], gm[0]);  // b (aᵀa)
+    p0 = mm_op(x[0], gm.m[1], gm);  // a (bᵀb)
+    p1 = mm_op(x[1], gm.m[0], gm);  // b (aᵀa)
   }
   at::Tensor dz1 = at::empty({n, d}, z1.options()), dz2 = at::empty({n, d}, z1.options());
   dk::RowBwdArgs a{};
@@ -743,7 +854,7 @@ std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
 
 std::vector<at::Tensor> duality_terms_fwd(const at::Tensor& z, bool sample) {
   constexpr const char* fn = "duality_terms_fwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 1);
   DK_DEVICE_GUARD(z);
   const int64_t n = z.size(0), d = z.size(1);
   const int dt = dtype_code(z.scalar_type());
@@ -753,6 +864,7 @@ std::vector<at::Tensor> duality_terms_fwd(const at::Tensor& z, bool sample) {
   const at::Tensor g = sample ? mm_sum(z, z.t()) : mm_sum(z.t(), z);
   const at::Tensor part = sum_of(g, nullptr, g.numel(), sample ? n : d, fn);
   const at::Tensor gram = g.to(acc_dtype(z.scalar_type()));
+  gram.diagonal().zero_();  // saved without it (gram_ops.h DualityBwdArgs); `part` was queued first
   dk::FinalizeArgs f{};
   f.mode = dk::kFinDuality;
   f.sample = sample;
@@ -767,19 +879,16 @@ at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const 
                              const at::Tensor& c, const at::Tensor& g_lc, const at::Tensor& g_lnc,
                              const at::Tensor& g_r4, const at::Tensor& g_c4, bool sample) {
   constexpr const char* fn = "duality_terms_bwd";
-  check_z(z, fn);
+  check_rows(z, "z", fn, 1);
   const int64_t n = z.size(0), d = z.size(1), m = sample ? n : d;
-  const at::ScalarType acc = acc_dtype(z.scalar_type());
-  check_aux(gram, z, acc, "gram", fn);
-  check_shape(gram, {m, m}, "gram", fn);
-  check_aux(q, z, acc, "q", fn);
-  check_shape(q, {n}, "q", fn);
-  check_aux(c, z, at::kDouble, "c", fn);
-  check_shape(c, {d}, "c", fn);
-  check_scalar_grads({&g_lc, &g_lnc, &g_r4, &g_c4}, z, fn);
+  const at::ScalarType acc = acc_of(z);
+  check_aux({{gram, "gram", {m, m}, acc}, {q, "q", {n}, acc}, {c, "c", {d}, at::kDouble},
+             {g_lc, "g_lc", {}, acc}, {g_lnc, "g_lnc", {}, acc}, {g_r4, "g_r4", {}, acc},
+             {g_c4, "g_c4", {}, acc}},
+            z, fn);
   DK_DEVICE_GUARD(z);
-  const at::Tensor g = operand(gram, z.scalar_type());
-  const at::Tensor p = sample ? mm_acc(g, z) : mm_acc(z, g);
+  const Operand g = operand(gram, z.scalar_type());
+  const at::Tensor p = sample ? mm_op(g.m, z, g) : mm_op(z, g.m, g);
   at::Tensor dz = at::empty({n, d}, z.options());
   dk::DualityBwdArgs a{};
   a.z = ptr(z);
@@ -793,6 +902,7 @@ at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const 
   a.dz = ptr(dz);
   a.n = n;
   a.d = d;
+  a.sample = sample;
   check_cuda(dk::duality_bwd(a, dtype_code(z.scalar_type()), stream_of(z)), fn);
   return dz;
 }

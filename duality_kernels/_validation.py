@@ -92,3 +92,25 @@ def check_flag(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
     return value
+
+
+def check_correction(correction, n: int) -> int:
+    """covariance's ``correction``: an int with 0 <= correction < N (it divides by N − correction)."""
+    if isinstance(correction, bool) or not isinstance(correction, int):
+        raise TypeError(f"correction must be an int, got {correction!r} ({type(correction).__name__})")
+    if correction < 0:
+        raise ValueError(f"correction must be >= 0, got {correction}")
+    if n - correction < 1:
+        raise ValueError(f"z needs more than correction={correction} rows for a covariance, got N={n}")
+    return correction
+
+
+def vicreg_weights(inv_weight, var_weight, cov_weight, gamma, eps) -> tuple:
+    """The VICReg family's weights, gamma (finite) and eps (>= 0), as floats."""
+    return (
+        check_finite(inv_weight, "inv_weight"),
+        check_finite(var_weight, "var_weight"),
+        check_finite(cov_weight, "cov_weight"),
+        check_finite(gamma, "gamma"),
+        check_nonnegative(eps, "eps"),
+    )

@@ -92,14 +92,7 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "
 def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tensor:
     """center(z)ᵀ center(z) / (N − correction), shape (D, D) (SPEC §1)."""
     V.check_tensor(z, "z")
-    if isinstance(correction, bool) or not isinstance(correction, int):
-        raise TypeError(f"correction must be an int, got {correction!r} ({type(correction).__name__})")
-    if correction < 0:
-        raise ValueError(f"correction must be >= 0, got {correction}")
-    if z.shape[0] - correction < 1:
-        raise ValueError(
-            f"z needs more than correction={correction} rows for a covariance, got N={z.shape[0]}"
-        )
+    V.check_correction(correction, z.shape[0])
     ops = _gram_ops(_backend.resolve(backend, "covariance", z), "covariance")
     if ops is not None:
         return ops.covariance(z, correction)
@@ -160,13 +153,7 @@ def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tu
 
 def _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, min_cols=1, what=""):
     V.check_pair(z1, z2, min_rows=2, min_cols=min_cols, what=what or "a batch variance needs two rows")
-    return (
-        V.check_finite(inv_weight, "inv_weight"),
-        V.check_finite(var_weight, "var_weight"),
-        V.check_finite(cov_weight, "cov_weight"),
-        V.check_finite(gamma, "gamma"),
-        V.check_nonnegative(eps, "eps"),
-    )
+    return V.vicreg_weights(inv_weight, var_weight, cov_weight, gamma, eps)
 
 
 def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,

@@ -50,15 +50,17 @@ def _half_ulp(truth, dtype):
     return 0.5 * (torch.nextafter(t, torch.full_like(t, float("inf"))) - t).double().item()
 
 
-def _assert_rule(name, kernel, eager, truth, factor):
+def _assert_rule(name, kernel, eager, truth, factor, rel_slack=0.0):
     """DESIGN convention 5. For a 0-dim output the bound also allows the output's own final
     rounding (half an ulp of the truth in the output dtype): a kernel whose unrounded result is as
     accurate as eager's can still round to the other neighbour of the truth, and a single number
     (unlike the max over a tensor) has no statistics to absorb that (e.g. Barlow's off_diagonal,
-    ~70 in fp32: ulp 7.6e-6, eager 1.6e-6 from the truth, the kernel 6.0e-6)."""
+    ~70 in fp32: ulp 7.6e-6, eager 1.6e-6 from the truth, the kernel 6.0e-6).
+    ``rel_slack``: the 1e-6 becomes max(1e-6, rel_slack·max|truth|) (see _check)."""
     assert kernel.shape == truth.shape, f"{name}: shape {tuple(kernel.shape)} != {tuple(truth.shape)}"
     ke, ee = _err(kernel, truth), _err(eager, truth)
-    slack = 1e-6 + (_half_ulp(truth, kernel.dtype) if kernel.dim() == 0 else 0.0)
+    scale = truth.detach().abs().max().item() if truth.numel() else 0.0
+    slack = max(1e-6, rel_slack * scale) + (_half_ulp(truth, kernel.dtype) if kernel.dim() == 0 else 0.0)
     assert ke <= factor * ee + slack, (
         f"{name}: max|kernel - truth| = {ke:.3e} > {factor}*max|eager - truth| + {slack:.3e} "
         f"(eager error {ee:.3e})")
@@ -71,8 +73,13 @@ def _weights(outs, seed):
     return [torch.randn(o.shape, generator=gen, dtype=torch.float64).float().double() for o in outs]
 
 
-def _check(kernel_fn, ref_fn, inputs, seed=0):
-    """DESIGN convention 5 on every output (2×) and every input gradient (3×)."""
+def _check(kernel_fn, ref_fn, inputs, seed=0, rel_slack=0.0):
+    """DESIGN convention 5 on every output (2×) and every input gradient (3×).
+
+    ``rel_slack`` > 0 scales the rule's 1e-6 slack with each item's magnitude, for inputs where an
+    absolute 1e-6 measures nothing: float64 inputs (eager is the truth then, and the rule is its
+    slack alone, below one ulp of values past ~1e10) or an all-zero row under l2n (gradients
+    ~1e12, tests/test_properties.py)."""
     truth_inputs = [x.double() for x in inputs]
     truth_outs = _flat(ref_fn(*truth_inputs))
     weights = _weights(truth_outs, seed)
@@ -84,11 +91,11 @@ def _check(kernel_fn, ref_fn, inputs, seed=0):
         assert k.dtype == acc, f"output {i}: dtype {k.dtype}, expected {acc}"
         assert k.device == inputs[0].device
         assert not torch.isnan(k).any(), f"output {i} has NaN"
-        _assert_rule(f"output {i}", k, e, t, 2)
+        _assert_rule(f"output {i}", k, e, t, 2, rel_slack)
     for i, (x, k, e, t) in enumerate(zip(inputs, k_grads, e_grads, t_grads)):
         assert k.dtype == x.dtype, f"grad {i}: dtype {k.dtype}, expected {x.dtype}"
         assert not torch.isnan(k).any(), f"grad {i} has NaN"
-        _assert_rule(f"grad of input {i}", k, e, t, 3)
+        _assert_rule(f"grad of input {i}", k, e, t, 3, rel_slack)
 
 
 def _spectral_mu(z1):
@@ -101,14 +108,24 @@ def _spectral_mu(z1):
 
 def _check_low_precision(kernel_fn, ref_fn, inputs, rtol):
     """bf16/fp16: kernel vs the float64 reference on the same (rounded) inputs, each output and
-    gradient within rtol·max|truth| (eager bf16 is no oracle: the reference computes in fp32)."""
+    gradient within rtol·max|truth| (eager bf16 is no oracle: the reference computes in fp32).
+
+    Gradients come back in the input dtype (SPEC), and a true gradient beyond that dtype's finite
+    range has no better answer than ±inf (eager autograd gives the same; AMP's GradScaler exists
+    to catch it). Seen: duality_terms' gradient of 1000x300 fp16 views reaches 1.7e5 > 65504, the
+    largest fp16, in 22489 of its 300000 entries (simulator, 2026-11-30). So both sides are
+    compared clamped to the item's finite range: an inf is right exactly where the truth lies
+    beyond it (up to rounding at the edge), and wrong anywhere else; a NaN is always wrong."""
     truth_inputs = [x.double() for x in inputs]
     weights = _weights(_flat(ref_fn(*truth_inputs)), 0)
     k_outs, k_grads = _run(kernel_fn, inputs, weights)
     t_outs, t_grads = _run(ref_fn, truth_inputs, weights)
     for i, (k, t) in enumerate(zip(k_outs + k_grads, t_outs + t_grads)):
+        assert not torch.isnan(k).any(), f"item {i}: NaN"
+        top = torch.finfo(k.dtype).max
+        err = _err(k.double().clamp(-top, top), t.clamp(-top, top))
         scale = t.abs().max().item()
-        assert _err(k, t) <= rtol * scale + 1e-6, f"item {i}: error {_err(k, t):.3e}, scale {scale:.3e}"
+        assert err <= rtol * scale + 1e-6, f"item {i}: error {err:.3e}, scale {scale:.3e}"
     for x, g in zip(inputs, k_grads):
         assert g.dtype == x.dtype
 

@@ -39,3 +39,24 @@ def enable():
     from duality_kernels.ops import cuda as cuda_ops
 
     cuda_ops._set_simulator(build())
+
+
+def module_fixture():
+    """An autouse, module-scoped pytest fixture (``_simulator = csim.module_fixture()`` in a test
+    module): without a GPU, CPU tensors of backend="cuda" run in the simulator for that module's
+    tests only; with one, nothing changes."""
+    import pytest
+    import torch
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _simulator():
+        if torch.cuda.is_available():
+            yield
+            return
+        from duality_kernels.ops import cuda as cuda_ops
+
+        enable()
+        yield
+        cuda_ops._set_simulator(None)
+
+    return _simulator

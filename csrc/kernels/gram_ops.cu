@@ -474,7 +474,8 @@ __global__ void __launch_bounds__(kThreads) vicreg_bwd_kernel(VICRegBwdArgs a) {
   const acc_t s = sqrt(m2 / (n - 1) + static_cast<acc_t>(a.eps));
   const acc_t h = static_cast<acc_t>(a.gamma) - s > 0 ? acc_t(1) : acc_t(0);
   const acc_t kappa = acc_t(1) / ((n - 1) * (n - 1) * d);
-  const acc_t cx = -w_var * h / (2 * d * (n - 1) * s) - 4 * w_cov * kappa * m2;
+  const acc_t sq = a.sq != nullptr ? static_cast<acc_t>(a.sq[v * a.d + col]) : acc_t(0);
+  const acc_t cx = -w_var * h / (2 * d * (n - 1) * s);
   const acc_t cp = 4 * w_cov * kappa;
   const acc_t ci = (v == 0 ? acc_t(2) : acc_t(-2)) * w_inv / (n * d);
   const T* z1 = static_cast<const T*>(a.z[0]);
@@ -485,7 +486,11 @@ __global__ void __launch_bounds__(kThreads) vicreg_bwd_kernel(VICRegBwdArgs a) {
   const int64_t step = static_cast<int64_t>(gridDim.y) * kLanes;
   for (int64_t r = static_cast<int64_t>(blockIdx.y) * kLanes + threadIdx.y; r < a.n; r += step) {
     const int64_t i = r * a.d + col;
-    dz[i] = from_acc<T>(ci * (to_acc(z1[i]) - to_acc(z2[i])) + cx * to_acc(x[i]) + cp * p[i]);
+    const acc_t xi = to_acc(x[i]);
+    // P's diagonal part cancels against sq x first, at P's magnitude: scaled and added to the
+    // other terms, its two halves would leave their rounding behind (26x eager's fp32 error at
+    // N = 2, D = 1, tests/test_properties.py, 2026-11-30)
+    dz[i] = from_acc<T>(ci * (to_acc(z1[i]) - to_acc(z2[i])) + cx * xi + cp * (p[i] - sq * xi));
   }
 }
 
@@ -499,8 +504,8 @@ __global__ void __launch_bounds__(kThreads) duality_bwd_kernel(DualityBwdArgs a)
   const acc_t g_r4 = *static_cast<const acc_t*>(a.g[2]);
   const acc_t g_c4 = *static_cast<const acc_t*>(a.g[3]);
   const acc_t cp = 4 * (g_lc + g_lnc);
-  const acc_t cq = 4 * (g_r4 - g_lc);
-  const acc_t cc = 4 * (g_c4 - g_lnc) * static_cast<acc_t>(a.c[col]);
+  const acc_t cq = 4 * (a.sample ? g_lnc + g_r4 : g_r4 - g_lc);
+  const acc_t cc = 4 * (a.sample ? g_c4 - g_lnc : g_c4 + g_lc) * static_cast<acc_t>(a.c[col]);
   const acc_t* q = static_cast<const acc_t*>(a.q);
   const T* z = static_cast<const T*>(a.z);
   const acc_t* p = static_cast<const acc_t*>(a.p);
@@ -637,19 +642,22 @@ __global__ void __launch_bounds__(kRowThreads) row_bwd_kernel(RowBwdArgs a) {
   const acc_t* p = static_cast<const acc_t*>(a.p[v]) + row * a.d;
   const T* y = a.row_mode == kRowClamp ? static_cast<const T*>(a.y[v]) + row * a.d : nullptr;
   T* dz = static_cast<T*>(a.dz[v]) + row * a.d;
-  // u · da with u = z / ‖z‖ (only when projecting; the division is deferred to the end).
+  // The projection da - u (u · da) with u = z / ‖z‖ divided out per element (nrm > 0 wherever
+  // it projects): for one column u = ±1 exactly and the projection is exactly 0, as the
+  // reference's; z (z · da) / ‖z‖² instead left ~1 ulp of da, times 1/‖z‖ (115x eager's fp32
+  // error at D = 1, found by tests/test_properties.py, 2026-11-30).
   acc_t dot = 0;
   if (project != 0) {
     for (int64_t k = tid; k < a.d; k += kRowThreads) {
       const acc_t da = alpha * p[k] + (y ? beta * to_acc(y[k]) : acc_t(0));
-      dot += to_acc(z[k]) * da;
+      dot += to_acc(z[k]) / nrm * da;
     }
   }
   dot = block_sum<acc_t, kRowThreads>(dot, tid);
-  const acc_t coef = project != 0 ? dot / (nrm * nrm) : acc_t(0);
   for (int64_t k = tid; k < a.d; k += kRowThreads) {
     const acc_t da = alpha * p[k] + (y ? beta * to_acc(y[k]) : acc_t(0));
-    dz[k] = from_acc<T>(s * (da - coef * to_acc(z[k])));
+    const acc_t u = project != 0 ? to_acc(z[k]) / nrm : acc_t(0);
+    dz[k] = from_acc<T>(s * (da - u * dot));
   }
 }
 

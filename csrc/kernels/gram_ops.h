@@ -135,14 +135,20 @@ cudaError_t finalize(const FinalizeArgs& a, int dtype, cudaStream_t stream);
 
 // VICReg backward (SPEC §3), both views: with x_v the saved centered views (T) and P_v = x_v G_v
 // (dimension side) or G_v x_v (sample side) in acc,
-//   dz_v = ±W_inv 2 (z1 - z2)/(n d) + x_v ⊙ (-W_var h_k / (2 d (n-1) s_k) - 4 W_cov κ m2_k)
-//          + 4 W_cov κ P_v,
-// s_k = sqrt(m2_k/(n-1) + eps), h_k = [gamma > s_k], κ = 1/((n-1)² d), W_* = g_loss·w_* + g_*.
+//   dz_v = ±W_inv 2 (z1 - z2)/(n d) - x_v ⊙ W_var h_k / (2 d (n-1) s_k)
+//          + 4 W_cov κ (P_v - x_v ⊙ sq_k),
+// s_k = sqrt(m2_k/(n-1) + eps), h_k = [gamma > s_k], κ = 1/((n-1)² d), W_* = g_loss·w_* + g_*,
+// sq_k = Σ_i x_ik² of the views the Grams were made of: the term removes the Gram's diagonal from
+// P, so it must be the diagonal P saw (m2, from z in float64, differs from it by x's rounding,
+// and the difference is amplified by the cancellation: 43x eager's fp32 gradient error at
+// N = 2, D = 1, found by tests/test_properties.py, 2026-11-30). sq = null: P is made of a
+// Gram without its diagonal (the dimension side zeroes it) and the term is left out.
 struct VICRegBwdArgs {
   const void* z[2];
   const void* x[2];
   const void* p[2];
   const double* m2;  // (2, d)
+  const double* sq;  // (2, d) or null, see above
   const void* g[4];  // g_loss, g_inv, g_var, g_cov (acc 0-dim)
   void* dz[2];
   int64_t n, d;
@@ -150,8 +156,13 @@ struct VICRegBwdArgs {
 };
 cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream);
 
-// duality_terms backward: dz = 4 (g_lc + g_lnc) P + 4 z ⊙ ((g_r4 - g_lc) q_i + (g_c4 - g_lnc) c_k),
-// P = z G (dimension) or G z (sample), acc.
+// duality_terms backward, from P = z G° (dimension side) or G° z (sample side) in acc, G° the Gram
+// without its diagonal (the forward saves it so; q_i = ‖z_i‖², c_k = ‖z_:k‖²):
+//   sample:    dz = 4 (g_lc + g_lnc) P + 4 z ⊙ ((g_lnc + g_r4) q_i + (g_c4 - g_lnc) c_k)
+//   dimension: dz = 4 (g_lc + g_lnc) P + 4 z ⊙ ((g_r4 - g_lc) q_i + (g_c4 + g_lc) c_k).
+// With the full Gram the diagonal's share of P would cancel against a q (or c) term computed by
+// another reduction, and their rounding difference would remain (3.5x eager's fp32 gradient
+// error for two equal rows, found by tests/test_properties.py, 2026-11-30).
 struct DualityBwdArgs {
   const void* z;
   const void* p;
@@ -160,6 +171,7 @@ struct DualityBwdArgs {
   const void* g[4];  // g_lc, g_lnc, g_r4, g_c4
   void* dz;
   int64_t n, d;
+  int sample;
 };
 cudaError_t duality_bwd(const DualityBwdArgs& a, int dtype, cudaStream_t stream);
 

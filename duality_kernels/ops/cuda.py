@@ -14,14 +14,19 @@ Ops (forward and backward are separate ops; autograd of the forward calls the ba
 - ``duality_kernels::column_stats_bwd(Tensor z, Tensor mean, Tensor grad_mean, Tensor grad_m2) -> Tensor``:
   ``dz = grad_mean / N + 2 * (z - mean) * grad_m2`` in z's dtype.
 
-Kernels trust their inputs (DESIGN convention 6): public functions validate before calling here.
+Kernels trust their inputs (DESIGN convention 6). The public functions validate before calling
+here and run the forward ops' implementations directly; the forward custom ops and the drop-in
+Functions below check their own arguments first (ops/_checks.py, the public functions' errors),
+and the C++ entry points check every tensor again (RuntimeError naming the argument).
 """
 
+import functools
 import importlib
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from . import _checks
 from ._direct import Spec, apply, function, pick
 
 __all__ = [
@@ -203,16 +208,35 @@ def _scalars(z: Tensor, count: int) -> List[Tensor]:
     return [z.new_empty((), dtype=_acc_of(z)) for _ in range(count)]
 
 
+def _checked(check: Callable, fn: Callable) -> Callable:
+    """``fn`` behind ``check("cuda", *args)`` (ops/_checks.py): the entry of a forward custom op
+    (its implementation) and of a drop-in Function (its op). functools.wraps keeps fn's signature,
+    from which torch.library infers the op's schema."""
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        check("cuda", *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def _op(name: str, check: Callable, impl: Callable):
+    """The forward custom op ``duality_kernels::<name>`` over ``impl``, checked (_checked)."""
+    return torch.library.custom_op(f"duality_kernels::{name}", mutates_args=())(_checked(check, impl))
+
+
 # ---- VICReg (SPEC §3)
 
 
 def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
                     gamma: float, eps: float, side: str) -> List[Tensor]:
-    """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), m2 (2, D) float64]."""
+    """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), m2 (2, D) float64];
+    gram = the centered views' Grams, without their diagonal on the dimension side."""
     return _ext(z1).vicreg_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side == "sample")
 
 
-cuda_vicreg_fwd = torch.library.custom_op("duality_kernels::cuda_vicreg_fwd", mutates_args=())(_vicreg_fwd_impl)
+cuda_vicreg_fwd = _op("cuda_vicreg_fwd", _checks.vicreg, _vicreg_fwd_impl)
 
 
 @cuda_vicreg_fwd.register_fake
@@ -276,7 +300,7 @@ def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: flo
     return _ext(z1).barlow_twins_fwd(z1, z2, lambda_param, eps, side == "sample")
 
 
-cuda_barlow_twins_fwd = torch.library.custom_op("duality_kernels::cuda_barlow_twins_fwd", mutates_args=())(_barlow_twins_fwd_impl)
+cuda_barlow_twins_fwd = _op("cuda_barlow_twins_fwd", _checks.barlow_twins, _barlow_twins_fwd_impl)
 
 
 @cuda_barlow_twins_fwd.register_fake
@@ -337,7 +361,7 @@ def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str) -> List[Ten
     return _ext(z1).spectral_fwd(z1, z2, mu, side == "sample")
 
 
-cuda_spectral_fwd = torch.library.custom_op("duality_kernels::cuda_spectral_fwd", mutates_args=())(_spectral_fwd_impl)
+cuda_spectral_fwd = _op("cuda_spectral_fwd", _checks.spectral, _spectral_fwd_impl)
 
 
 @cuda_spectral_fwd.register_fake
@@ -393,7 +417,7 @@ def _covariance_fwd_impl(z: Tensor, correction: int) -> List[Tensor]:
     return _ext(z).covariance_fwd(z, correction)
 
 
-cuda_covariance_fwd = torch.library.custom_op("duality_kernels::cuda_covariance_fwd", mutates_args=())(_covariance_fwd_impl)
+cuda_covariance_fwd = _op("cuda_covariance_fwd", _checks.covariance, _covariance_fwd_impl)
 
 
 @cuda_covariance_fwd.register_fake
@@ -444,7 +468,7 @@ def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float) -> List[Tens
     return _ext(z1).cross_correlation_fwd(z1, z2, eps)
 
 
-cuda_cross_correlation_fwd = torch.library.custom_op("duality_kernels::cuda_cross_correlation_fwd", mutates_args=())(_cross_correlation_fwd_impl)
+cuda_cross_correlation_fwd = _op("cuda_cross_correlation_fwd", _checks.cross_correlation, _cross_correlation_fwd_impl)
 
 
 @cuda_cross_correlation_fwd.register_fake
@@ -498,7 +522,7 @@ def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> List[Tensor]:
     return _ext(z1).normalized_gram_fwd(z1, z2)
 
 
-cuda_normalized_gram_fwd = torch.library.custom_op("duality_kernels::cuda_normalized_gram_fwd", mutates_args=())(_normalized_gram_fwd_impl)
+cuda_normalized_gram_fwd = _op("cuda_normalized_gram_fwd", _checks.normalized_gram, _normalized_gram_fwd_impl)
 
 
 @cuda_normalized_gram_fwd.register_fake
@@ -555,11 +579,11 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
 
 
 def _duality_terms_fwd_impl(z: Tensor, side: str) -> List[Tensor]:
-    """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M), q (N), c (D) float64]."""
+    """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M) without its diagonal, q (N), c (D) float64]."""
     return _ext(z).duality_terms_fwd(z, side == "sample")
 
 
-cuda_duality_terms_fwd = torch.library.custom_op("duality_kernels::cuda_duality_terms_fwd", mutates_args=())(_duality_terms_fwd_impl)
+cuda_duality_terms_fwd = _op("cuda_duality_terms_fwd", _checks.duality_terms, _duality_terms_fwd_impl)
 
 
 @cuda_duality_terms_fwd.register_fake
@@ -606,12 +630,19 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 # ---- drop-in torch.autograd.Function subclasses (DESIGN convention 2): contiguous inputs, side
-# already "sample" or "dimension"; the public functions in functional.py validate and pick it.
+# already "sample" or "dimension". Their forward checks the arguments (ops/_checks.py) before the
+# custom op, so that they raise the public functions' TypeError/ValueError; the public functions
+# in functional.py validate and pick the side themselves.
 
-VICRegFunction = function(_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
-BarlowTwinsFunction = function(_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).")
-SpectralContrastiveFunction = function(_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).")
-CovarianceFunction = function(_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).")
-CrossCorrelationFunction = function(_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
-NormalizedGramFunction = function(_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
-DualityTermsFunction = function(_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")
+
+def _dropin(spec: Spec, check: Callable, name: str, doc: str) -> type:
+    return function(spec._replace(op=_checked(check, spec.op)), name, doc)
+
+
+VICRegFunction = _dropin(_VICREG, _checks.vicreg, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
+BarlowTwinsFunction = _dropin(_BARLOW_TWINS, _checks.barlow_twins, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).")
+SpectralContrastiveFunction = _dropin(_SPECTRAL, _checks.spectral, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).")
+CovarianceFunction = _dropin(_COVARIANCE, _checks.covariance, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).")
+CrossCorrelationFunction = _dropin(_CROSS_CORRELATION, _checks.cross_correlation, "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
+NormalizedGramFunction = _dropin(_NORMALIZED_GRAM, _checks.normalized_gram, "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
+DualityTermsFunction = _dropin(_DUALITY_TERMS, _checks.duality_terms, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")

@@ -1,0 +1,89 @@
+"""Argument checks of the compiled ops' own entry points (SPEC §6).
+
+The public functions (functional.py) validate their arguments and then call an op's implementation
+directly (ops/_direct.py). Two entry points reach the kernels without them: the forward custom ops
+(``torch.ops.duality_kernels.cuda_vicreg_fwd`` & co.) and the drop-in ``torch.autograd.Function``
+subclasses (``VICRegFunction.apply`` & co.). They call these checks first, so that a bad argument
+raises what the public function raises for it (ValueError/TypeError naming the argument and its
+value, through _validation), before any kernel runs; the public path does not run them again.
+
+One function per op, named after the op and taking the op's arguments after the backend
+("cuda" or "triton", for the device check):
+
+- ``vicreg(backend, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)``
+- ``barlow_twins(backend, z1, z2, lambda_param, eps, side)``
+- ``spectral(backend, z1, z2, mu, side)``
+- ``covariance(backend, z, correction)``
+- ``cross_correlation(backend, z1, z2, eps)``
+- ``normalized_gram(backend, z1, z2)`` (z2 may be None)
+- ``duality_terms(backend, z, side)``
+
+``side`` is the side the op computes on, "sample" or "dimension" (the ops take it resolved; the
+public functions resolve "auto"). Backward ops take the forward's saved tensors, which the C++
+entry points check (RuntimeError naming the argument).
+"""
+
+from __future__ import annotations
+
+from .. import _backend
+from .. import _validation as V
+
+OP_SIDES = ("sample", "dimension")
+_TWO_ROWS = "a batch variance needs two rows"
+
+
+def _device(backend: str, op: str, z) -> None:
+    """The public functions' device and availability check for ``backend`` (_backend.resolve)."""
+    _backend.resolve(backend, op, z)
+
+
+def _side(side) -> None:
+    V.check_choice(side, "side", OP_SIDES)
+
+
+def vicreg(backend, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side) -> None:
+    V.check_pair(z1, z2, min_rows=2, what=_TWO_ROWS)
+    V.vicreg_weights(inv_weight, var_weight, cov_weight, gamma, eps)
+    _side(side)
+    _device(backend, "vicreg_loss", z1)
+
+
+def barlow_twins(backend, z1, z2, lambda_param, eps, side) -> None:
+    V.check_pair(z1, z2, min_rows=2, what=_TWO_ROWS)
+    V.check_finite(lambda_param, "lambda_param")
+    V.check_nonnegative(eps, "eps")
+    _side(side)
+    _device(backend, "barlow_twins_loss", z1)
+
+
+def spectral(backend, z1, z2, mu, side) -> None:
+    V.check_pair(z1, z2, min_rows=2, what="the off-diagonal term needs two rows")
+    V.check_positive(mu, "mu")
+    _side(side)
+    _device(backend, "spectral_contrastive_loss", z1)
+
+
+def covariance(backend, z, correction) -> None:
+    V.check_tensor(z, "z")
+    V.check_correction(correction, z.shape[0])
+    _device(backend, "covariance", z)
+
+
+def cross_correlation(backend, z1, z2, eps) -> None:
+    V.check_pair(z1, z2, min_rows=2, what=_TWO_ROWS)
+    V.check_nonnegative(eps, "eps")
+    _device(backend, "cross_correlation", z1)
+
+
+def normalized_gram(backend, z1, z2) -> None:
+    if z2 is None:
+        V.check_tensor(z1, "z1")
+    else:
+        V.check_pair(z1, z2)
+    _device(backend, "normalized_gram", z1)
+
+
+def duality_terms(backend, z, side) -> None:
+    V.check_tensor(z, "z")
+    _side(side)
+    _device(backend, "duality_terms", z)

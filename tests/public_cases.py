@@ -1,0 +1,116 @@
+"""Every public function of duality_kernels as a function of two views, for the tests that sweep all
+of them (test_properties.py, test_determinism.py): its parameters, and the backends implementing it;
+and the recipe of the property tests' inputs (Recipe).
+
+``call(name, params, backend)`` returns ``fn(z1, z2)``: the public function with those parameters
+on that backend (single-input functions use z1 only), composite losses with ``return_terms=True``
+so that every term is compared too.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+import duality_kernels as dk
+
+# ops/triton/gram.py and ops/cuda.py (the covariance family and the primitives)
+GRAM_FAMILY = ("normalized_gram", "covariance", "cross_correlation", "sample_contrastive_criterion",
+               "dimension_contrastive_criterion", "duality_terms", "vicreg_loss", "barlow_twins_loss",
+               "spectral_contrastive_loss")
+# ops/triton/lse.py (the log-sum-exp family); the torch reference elsewhere
+LSE_FAMILY = ("ntxent_loss", "dcl_loss", "infonce_loss", "vicreg_exp_loss", "vicreg_ctr_loss")
+PUBLIC = GRAM_FAMILY + LSE_FAMILY
+
+
+def backends(name):
+    """The backends that implement ``name`` (besides the reference, "torch")."""
+    return ("torch", "triton", "cuda") if name in GRAM_FAMILY else ("torch", "triton")
+
+
+def min_cols(name):
+    """VICReg-exp's off-diagonal terms and VICReg-ctr's row variance need two columns (SPEC §6)."""
+    return 2 if name in ("vicreg_exp_loss", "vicreg_ctr_loss") else 1
+
+
+# A parameter set of each function that the sweeps start from (defaults where SPEC has them).
+DEFAULTS = {
+    "normalized_gram": {"pair": True},
+    "covariance": {"correction": 1},
+    "cross_correlation": {},
+    "sample_contrastive_criterion": {"side": "auto"},
+    "dimension_contrastive_criterion": {"side": "auto"},
+    "duality_terms": {"side": "auto"},
+    "vicreg_loss": {"side": "auto"},
+    "barlow_twins_loss": {"side": "auto"},
+    "spectral_contrastive_loss": {"mu": 1.0, "side": "auto"},
+    "ntxent_loss": {"temperature": 0.1, "similarity": "dot", "normalization": "l2", "reduction": "mean"},
+    "dcl_loss": {"temperature": 0.1, "similarity": "dot", "reduction": "mean"},
+    "infonce_loss": {"temperature": 0.1, "reduction": "mean"},
+    "vicreg_exp_loss": {"temperature": 0.1},
+    "vicreg_ctr_loss": {"temperature": 0.1},
+}
+
+
+def call(name, params, backend):
+    f = getattr(dk, name)
+    p = params
+    if name == "normalized_gram":
+        if p["pair"]:
+            return lambda a, b: f(a, b, backend=backend)
+        return lambda a, b: f(a, backend=backend)
+    if name == "covariance":
+        return lambda a, b: f(a, p["correction"], backend=backend)
+    if name == "cross_correlation":
+        return lambda a, b: f(a, b, backend=backend)
+    if name in ("sample_contrastive_criterion", "dimension_contrastive_criterion", "duality_terms"):
+        return lambda a, b: f(a, side=p["side"], backend=backend)
+    if name in ("vicreg_loss", "barlow_twins_loss"):
+        return lambda a, b: f(a, b, side=p["side"], return_terms=True, backend=backend)
+    if name == "spectral_contrastive_loss":
+        return lambda a, b: f(a, b, mu=p["mu"], side=p["side"], return_terms=True, backend=backend)
+    if name in ("vicreg_exp_loss", "vicreg_ctr_loss"):
+        return lambda a, b: f(a, b, temperature=p["temperature"], return_terms=True, backend=backend)
+    if name == "ntxent_loss":
+        return lambda a, b: f(a, b, p["temperature"], p["similarity"], p["normalization"], p["reduction"],
+                              backend=backend)
+    if name == "dcl_loss":
+        return lambda a, b: f(a, b, p["temperature"], p["similarity"], p["reduction"], backend=backend)
+    if name == "infonce_loss":
+        return lambda a, b: f(a, b, p["temperature"], p["reduction"], backend=backend)
+    raise KeyError(name)
+
+
+class Recipe(NamedTuple):
+    """How to build an example's two views (``views``): printed in full when an example fails, so
+    that it can be rebuilt exactly (a tensor's repr rounds)."""
+
+    kind: str
+    n: int
+    d: int
+    seed: int
+    scale: float
+    offset: float
+    count: int  # constant columns, zero rows or duplicated rows
+    both: bool  # the degeneracy in z2 too
+
+    def views(self):
+        """(z1, z2) in float64: two correlated views, made degenerate as ``kind`` says."""
+        n, d, count = self.n, self.d, self.count
+        gen = torch.Generator().manual_seed(self.seed)
+        z1 = torch.randn(n, d, generator=gen, dtype=torch.float64) * self.scale + self.offset
+        z2 = 0.6 * z1 + 0.5 * self.scale * torch.randn(n, d, generator=gen, dtype=torch.float64)
+        if self.kind == "constant_columns":
+            cols = torch.randperm(d, generator=gen)[:count]
+            z1[:, cols] = torch.randn(count, generator=gen, dtype=torch.float64)
+            if self.both:
+                z2[:, cols] = torch.randn(count, generator=gen, dtype=torch.float64)
+        elif self.kind == "zero_rows":
+            rows = torch.randperm(n, generator=gen)[:count]
+            z1[rows] = 0.0
+            if self.both:
+                z2[rows[: max(1, count // 2)]] = 0.0
+        elif self.kind == "duplicate_rows":
+            src = torch.randint(0, n, (count,), generator=gen)
+            dst = torch.randperm(n, generator=gen)[:count]
+            z1[dst], z2[dst] = z1[src].clone(), z2[src].clone()
+        return z1, z2

@@ -1,0 +1,255 @@
+"""Property-based tests (hypothesis): every public function on every backend against the reference,
+on inputs hypothesis draws, under DESIGN convention 5's accuracy rule (accuracy._check).
+
+Inputs: N in 2..300 and D in 1..300 (N·D capped per profile, so that large D comes in few rows),
+Gaussian views with a drawn scale and offset, or one column, constant columns, zero rows or
+duplicate rows; float32 and float64 (what every backend takes on this machine); temperatures in
+0.02..1, every similarity, normalization, reduction and side. The CUDA backend runs in its CPU
+simulator and Triton in its interpreter when there is no GPU (on a GPU, CUDA tensors).
+
+Where the rule measures nothing it is replaced by a documented check, never skipped:
+- float64 inputs: eager IS the truth (both float64), so the rule reduces to its 1e-6 slack,
+  less than one ulp of a value past ~1e10 (seen: dimension_contrastive_criterion of 299x5 views
+  with constant columns, 3e7, right to 7.7e-14), and no measure of the truth's own rounding,
+  which a cancellation makes large (seen: the same criterion of one column, 236 rows: its truth
+  is 0, the float64 reference's ‖zᵀz‖² − Σ_k c_k² is 1.1e-6 off, the kernel's off-diagonal sum
+  exactly 0). So each item must lie within max(1e-6, 1e-10·max|truth|) plus twice the spread of
+  the float64 reference between the two sides (SPEC §2: they agree to rounding, so the spread
+  measures that rounding), for the functions that have sides.
+- all-zero rows in float32: l2n's gradient there is dn/1e-12 ~ 1e12 times the upstream one, so
+  the slack becomes max(1e-6, 1e-6·max|truth|), as tests/test_triton_lse.py has it everywhere
+  (tests/test_cuda_gram.py::test_zero_rows checks those relatively too).
+
+Profiles (HYPOTHESIS_PROFILE): "ci" (default) draws a few examples per function with a fixed
+seed (derandomize) and N·D <= 1500, a few minutes in all on 2 cores; "long" draws 60 per function,
+N·D up to 300·300, seeded randomly (run it locally: HYPOTHESIS_PROFILE=long pytest
+tests/test_properties.py). A failure prints the example, which the test can replay with
+``@example``.
+"""
+
+import os
+
+import pytest
+import torch
+
+hypothesis = pytest.importorskip("hypothesis")  # the "test" extra in pyproject.toml
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from . import csim  # noqa: E402
+from . import public_cases as P  # noqa: E402
+from .accuracy import _check, _err, _flat, _run, _weights  # noqa: E402
+from .public_cases import Recipe  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = [pytest.mark.cuda] if ON_GPU else []
+
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in ("ci", "long"):
+    raise ValueError(f"HYPOTHESIS_PROFILE must be 'ci' or 'long', got {PROFILE!r}")
+LONG = PROFILE == "long"
+MAX_CELLS = 300 * 300 if LONG else 1500
+# the Triton interpreter and the CUDA simulator run a kernel element by element in Python / fibers
+EXAMPLES = {"torch": 60 if LONG else 4, "triton": 60 if LONG else 3, "cuda": 60 if LONG else 4}
+if os.environ.get("DK_PROPERTY_EXAMPLES"):  # e.g. a quick look at a longer run
+    EXAMPLES = dict.fromkeys(EXAMPLES, int(os.environ["DK_PROPERTY_EXAMPLES"]))
+
+KINDS = ("gaussian", "one_column", "constant_columns", "zero_rows", "duplicate_rows")
+
+
+def _settings(backend):
+    # CI: no shrinking, so that a failing (or known, xfail) example costs one run, not hundreds;
+    # the fixed seed reproduces it, and "long" shrinks.
+    phases = tuple(Phase) if LONG else (Phase.explicit, Phase.reuse, Phase.generate)
+    return settings(max_examples=EXAMPLES[backend], derandomize=not LONG, deadline=None, database=None,
+                    print_blob=True, phases=phases,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def recipes(draw, min_cols=1):
+    kind = draw(st.sampled_from(KINDS))
+    n = draw(st.integers(2, min(300, MAX_CELLS // min_cols)))
+    if kind == "one_column" and min_cols == 1:
+        d = 1
+    else:
+        d = draw(st.integers(min_cols, max(min_cols, min(300, MAX_CELLS // n))))
+    count = {"constant_columns": d, "zero_rows": n, "duplicate_rows": n - 1}.get(kind, 1)
+    return Recipe(kind, n, d, seed=draw(st.integers(0, 2**31 - 1)),
+                  scale=draw(st.sampled_from([0.1, 1.0, 10.0])), offset=draw(st.sampled_from([0.0, 2.0])),
+                  count=draw(st.integers(1, count)), both=draw(st.booleans()))
+
+
+TEMPERATURES = st.floats(0.02, 1.0)
+SIDES = st.sampled_from(["auto", "sample", "dimension"])
+REDUCTIONS = st.sampled_from(["mean", "sum", "none"])
+SIMILARITIES = st.sampled_from(["dot", "abs", "square"])
+PARAMS = {
+    "normalized_gram": st.fixed_dictionaries({"pair": st.booleans()}),
+    "covariance": st.fixed_dictionaries({"correction": st.sampled_from([0, 1])}),
+    "cross_correlation": st.just({}),
+    "sample_contrastive_criterion": st.fixed_dictionaries({"side": SIDES}),
+    "dimension_contrastive_criterion": st.fixed_dictionaries({"side": SIDES}),
+    "duality_terms": st.fixed_dictionaries({"side": SIDES}),
+    "vicreg_loss": st.fixed_dictionaries({"side": SIDES}),
+    "barlow_twins_loss": st.fixed_dictionaries({"side": SIDES}),
+    "spectral_contrastive_loss": st.fixed_dictionaries({"mu": st.floats(0.01, 1000.0), "side": SIDES}),
+    "ntxent_loss": st.fixed_dictionaries({"temperature": TEMPERATURES, "similarity": SIMILARITIES,
+                                          "normalization": st.sampled_from(["l2", "center_l2", "dim_std"]),
+                                          "reduction": REDUCTIONS}),
+    "dcl_loss": st.fixed_dictionaries({"temperature": TEMPERATURES, "similarity": SIMILARITIES,
+                                       "reduction": REDUCTIONS}),
+    "infonce_loss": st.fixed_dictionaries({"temperature": TEMPERATURES, "reduction": REDUCTIONS}),
+    "vicreg_exp_loss": st.fixed_dictionaries({"temperature": TEMPERATURES}),
+    "vicreg_ctr_loss": st.fixed_dictionaries({"temperature": TEMPERATURES}),
+}
+
+# What these tests found (2026-11-30, this machine), each replayed by test_found_examples below.
+# Fixed in the CUDA backend: VICReg's backward (gram_ops.h VICRegBwdArgs), duality_terms' backward
+# (DualityBwdArgs) and the l2n/clamp backward (row_bwd). Open in the Triton kernels, which other
+# work rewrites (issue 17: the Gram family, ops/triton/gram.py; issue 18: the log-sum-exp family,
+# ops/triton/lse.py): marked xfail(strict=False) so that the marks can go once the rewrites land.
+_T17 = "issue 17 (Triton Gram family, being rewritten): "
+_T18 = "issue 18 (Triton log-sum-exp family, being reworked): "
+XFAIL = {
+    ("triton", "normalized_gram"): _T17 + "one column (l2n's backward projection leaves ~1 ulp of da / ‖z‖; "
+                                          "CUDA had the same, fixed): grad 3.0e-5 vs eager 7.6e-6",
+    ("triton", "barlow_twins_loss"): _T17 + "2x2 with a constant column, dimension side: grad 9.8e-6 vs eager 2.5e-6",
+    ("triton", "vicreg_loss"): _T17 + "N = 2, D = 1 (as CUDA's, fixed: the Gram's diagonal cancelled against m2 of "
+                                      "the unrounded views, after the other terms): grad 9.8e-4 vs eager 1.6e-5",
+    ("triton", "sample_contrastive_criterion"): _T17 + "two equal rows (the Gram's diagonal cancelled against "
+                                                       "another reduction; CUDA had the same, fixed): grad 2.6e-5 vs eager 7.4e-6",
+    ("triton", "dcl_loss"): _T18 + "one column, similarity 'square': grad 3.2e-5 vs eager 4.8e-7",
+    ("triton", "ntxent_loss"): _T18 + "one column with duplicate rows, center_l2, 'abs': grad 4.6e-6 vs eager 9.5e-7",
+    ("triton", "vicreg_exp_loss"): _T18 + "117x5, offset 2, scale 10: loss 1.1e-4 vs eager 1.1e-5",
+}
+
+# (name, params, views, dtype): each failing example found above, for every backend of the function;
+# views: a Recipe, or the two views' values.
+FOUND = [
+    # VICReg's first (N = 2, D = 1, before the Recipe form): 43x eager's gradient error on the
+    # dimension side, 26x on the sample side
+    ("vicreg_loss", {"side": "sample"}, ([[15.41], [-2.9343]], [[-1.648], [1.0816]]), torch.float32),
+    ("vicreg_loss", {"side": "dimension"}, ([[15.41], [-2.9343]], [[-1.648], [1.0816]]), torch.float32),
+    ("normalized_gram", {"pair": False},
+     Recipe(kind="one_column", n=67, d=1, seed=768136, scale=10.0, offset=0.0, count=1, both=False), torch.float32),
+    ("normalized_gram", {"pair": True},
+     Recipe(kind="one_column", n=135, d=1, seed=6075, scale=1.0, offset=2.0, count=1, both=True), torch.float32),
+    ("sample_contrastive_criterion", {"side": "auto"},
+     Recipe(kind="duplicate_rows", n=2, d=18, seed=18, scale=1.0, offset=0.0, count=1, both=False), torch.float32),
+    ("dimension_contrastive_criterion", {"side": "auto"},
+     Recipe(kind="one_column", n=236, d=1, seed=142, scale=10.0, offset=2.0, count=1, both=False), torch.float64),
+    ("barlow_twins_loss", {"side": "auto"},
+     Recipe(kind="constant_columns", n=2, d=2, seed=62416, scale=0.1, offset=0.0, count=1, both=False), torch.float32),
+    ("dcl_loss", {"similarity": "square", "temperature": 0.8374124245221101, "reduction": "sum"},
+     Recipe(kind="one_column", n=57, d=1, seed=105134, scale=10.0, offset=0.0, count=1, both=True), torch.float32),
+    ("ntxent_loss", {"normalization": "center_l2", "similarity": "abs", "temperature": 0.797070814484124,
+                     "reduction": "sum"},
+     Recipe(kind="duplicate_rows", n=292, d=1, seed=266, scale=10.0, offset=2.0, count=62, both=False), torch.float32),
+    ("vicreg_exp_loss", {"temperature": 0.1},
+     Recipe(kind="one_column", n=117, d=5, seed=117, scale=10.0, offset=2.0, count=1, both=False), torch.float32),
+]
+
+
+# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (tests/csim.py)
+_simulator = csim.module_fixture()
+
+
+def _check_example(name, backend, data):
+    recipe = data.draw(recipes(P.min_cols(name)), label="inputs")
+    params = data.draw(PARAMS[name], label="params")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    _check_views(name, backend, params, recipe, dtype)
+
+
+def _check_views(name, backend, params, views, dtype):
+    if isinstance(views, Recipe):
+        z1, z2 = views.views()
+    else:
+        z1, z2 = (torch.tensor(v, dtype=torch.float64) for v in views)
+    kind = views.kind if isinstance(views, Recipe) else "explicit"
+    z1, z2 = z1.to(DEVICE, dtype), z2.to(DEVICE, dtype)
+    fn, ref = P.call(name, params, backend), P.call(name, params, "torch")
+    if dtype == torch.float64:
+        _check_float64(fn, ref, name, params, [z1, z2])
+    else:
+        _check(fn, ref, [z1, z2], rel_slack=1e-6 if kind == "zero_rows" else 0.0)
+
+
+def _check_float64(fn, ref, name, params, inputs):
+    """float64: each output and gradient within max(1e-6, 1e-10·max|truth|) of the truth, plus
+    twice the float64 reference's spread between its two sides where it has sides (see above)."""
+    weights = _weights(_flat(ref(*inputs)), 0)
+    k_items = sum(_run(fn, inputs, weights), [])
+    t_items = sum(_run(ref, inputs, weights), [])
+    spread = [0.0] * len(t_items)
+    if "side" in params:
+        sides = [sum(_run(P.call(name, dict(params, side=s), "torch"), inputs, weights), []) for s in ("sample", "dimension")]
+        spread = [_err(a, b) for a, b in zip(*sides)]
+    for i, (k, t, sp) in enumerate(zip(k_items, t_items, spread)):
+        assert k.dtype == t.dtype and not torch.isnan(k).any(), f"item {i}: dtype {k.dtype} or NaN"
+        err, tol = _err(k, t), max(1e-6, 1e-10 * t.abs().max().item()) + 2 * sp
+        assert err <= tol, f"item {i}: |kernel - truth| = {err:.3e} > {tol:.3e} (side spread {sp:.3e})"
+
+
+def _cases(backend):
+    out = []
+    for name in P.PUBLIC:
+        if backend not in P.backends(name):
+            continue
+        marks = [pytest.mark.xfail(strict=False, reason=XFAIL[(backend, name)])] if (backend, name) in XFAIL else []
+        out.append(pytest.param(name, id=name, marks=marks))
+    return out
+
+
+def _found_cases():
+    out = []
+    for i, (name, params, views, dtype) in enumerate(FOUND):
+        for backend in P.backends(name):
+            if backend == "torch":
+                continue
+            marks = [pytest.mark.xfail(strict=False, reason=XFAIL[(backend, name)])] if (backend, name) in XFAIL else []
+            out.append(pytest.param(name, params, views, dtype, backend, marks=marks, id=f"{backend}-{name}-{i}"))
+    return out
+
+
+@pytest.mark.parametrize("name,params,views,dtype,backend", _found_cases())
+def test_found_examples(name, params, views, dtype, backend):
+    """The failing examples these tests found, replayed exactly on every backend of the function
+    (the CUDA backend's are fixed; the Triton ones are xfail, see XFAIL)."""
+    if backend == "cuda":
+        from duality_kernels.ops import cuda as cuda_ops
+
+        if not cuda_ops.is_available() and not cuda_ops.simulating():  # pragma: no cover
+            pytest.skip(cuda_ops.unavailable_reason())
+    _check_views(name, backend, params, views, dtype)
+
+
+@pytest.mark.parametrize("name", _cases("torch"))
+@_settings("torch")
+@given(data=st.data())
+def test_torch(name, data):
+    """The reference itself: finite on every input kind, values and gradients (the check also
+    asserts no NaN), in the dtype SPEC says."""
+    _check_example(name, "torch", data)
+
+
+@pytest.mark.parametrize("name", _cases("cuda"))
+@_settings("cuda")
+@given(data=st.data())
+def test_cuda(name, data):
+    from duality_kernels.ops import cuda as cuda_ops
+
+    if not cuda_ops.is_available() and not cuda_ops.simulating():  # pragma: no cover
+        pytest.skip(cuda_ops.unavailable_reason())
+    _check_example(name, "cuda", data)
+
+
+@pytest.mark.parametrize("name", _cases("triton"))
+@_settings("triton")
+@given(data=st.data())
+def test_triton(name, data):
+    _check_example(name, "triton", data)
