@@ -115,7 +115,7 @@ def _check_saturating(kernel_fn, ref_fn, inputs, rtol):
 @pytest.fixture
 def overrides(request, monkeypatch):
     """Runs the test under gram._OVERRIDES (the bf16/fp16 plan in fp32/fp64, fp16's scales, forced
-    chunking, one backward epilogue per view)."""
+    chunking, one backward epilogue per view, the finalize as its own launch)."""
     monkeypatch.setattr(gram, "_OVERRIDES", dict(request.param))
     return request.param
 
@@ -375,8 +375,8 @@ def test_functions_validate_their_arguments():
 # ------------------------------------------------------------------------------------------------
 # the bf16/fp16 plan (module docstring "Backward operands") in fp32/fp64, and fp16 for real
 
-_PLANS = [{"ident": True}, {"ident": True, "scale": True, "split": True, "chunks": 3}]
-_PLAN_IDS = ["ident", "ident-scale-split-chunks"]
+_PLANS = [{"ident": True}, {"ident": True, "scale": True, "split": True, "chunks": 3, "unfused": True}]
+_PLAN_IDS = ["ident", "ident-scale-split-chunks-unfused"]
 _ONE_SIDED = ("covariance", "cross_correlation", "normalized_gram", "normalized_gram_single")
 
 

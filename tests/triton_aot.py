@@ -182,18 +182,13 @@ def gram_scenarios(everything: bool):
             sum(o.float() for o in outs).backward()
         return run
 
-    def vicreg_only(dtype):  # fp16 takes bf16's code paths: one loss per side is enough
-        def run():
-            z1, z2 = (torch.randn(40, 70).to(dtype).requires_grad_() for _ in range(2))
-            sum(dk.vicreg_loss(z1, z2, side=s, backend="triton") for s in ("sample", "dimension")).backward()
-        return run
-
-    runs = [all_of(torch.bfloat16), vicreg_only(torch.float16), all_of(torch.float64)]
-    if everything:
-        runs.append(all_of(torch.float16))
+    # fp16 adds the power-of-two scaled operands to every op; N·D > 2^20 with few column stripes
+    # takes the chunked (stats, merge, apply) column passes and BatchNorm backward
+    big = (1200, 1000)
+    runs = [all_of(torch.bfloat16), all_of(torch.float16), all_of(torch.float64), all_of(torch.bfloat16, big)]
     if everything:
         runs.append(all_of(torch.bfloat16, (300, 1030)))
-    return runs, [all_of(torch.float32)]
+    return runs, [all_of(torch.float32), all_of(torch.float32, big)]
 
 
 def main(argv=None) -> int:

@@ -1,69 +1,75 @@
-"""Triton backend of the covariance family: VICReg, Barlow Twins, spectral contrastive, the §1
-primitives (covariance, cross_correlation, normalized_gram) and the §2 duality terms
-(../shared/SPEC.md).
+"""Triton backend of the covariance family (../shared/SPEC.md §1–3): VICReg, Barlow Twins, spectral
+contrastive, covariance, cross_correlation, normalized_gram and the duality terms.
 
-UNTESTED ON GPU. The kernels have run under the Triton interpreter (TRITON_INTERPRET=1, triton 3.8)
-on CPU tensors in float16/float32/float64 only (tests/test_triton_gram.py); every launched variant
-compiles for sm_90 (tests/triton_aot.py). Times below are expectations at the H200's measured
-ceilings (../shared/ENVIRONMENT.md: 4.25 TB/s copy, 701 TFLOP/s bf16, 356 TF32, 51 fp32), not
-measurements.
+UNTESTED ON GPU: the kernels have run under the Triton interpreter (triton 3.8) on CPU tensors in
+fp16/fp32/fp64 (tests/test_triton_gram.py), and every launched variant compiles for sm_90
+(tests/triton_aot.py). Times below are the plan's arithmetic at the H200 ceilings of
+../shared/ENVIRONMENT.md (4.25 TB/s, 701 TFLOP/s bf16, 356 TF32, ~60 fp64), not measurements.
 
-Plan (DESIGN convention 13, the CUDA backend's plan in csrc/bindings.cpp + gram_ops.cu): the Gram
-products go through cuBLAS (``torch.mm``/``bmm``; bf16/fp16 operands with fp32 outputs), and the
-Triton kernels here are the memory-bound passes around them, each reading its inputs once or twice:
+Plan (DESIGN 13; the CUDA backend's, csrc/bindings.cpp + gram_ops.cu): the Gram products run on
+cuBLAS (``torch.mm``/``bmm``, fp32 outputs for bf16/fp16); the kernels here are the passes around
+them, each reading its inputs once or twice:
+1. ``_colpass_kernel`` (+ ``_colmerge_kernel``): float64 column moments of both views (shifted
+   sums, and VICReg's Σ(z1 − z2)²), then the GEMM operand x̃ = round((z − mean)·s) (s = 1 or
+   BatchNorm's 1/sqrt(var_b + eps)) computed in float64 and rounded once, with the float64 column
+   sums of the ROUNDED operand (Σx̃², Σx̃1·x̃2) that the N×N-side identities subtract. One launch
+   (one program per column stripe) for small problems; stats over row chunks, a merge in chunk
+   order and the operand pass otherwise. ``_rowpass_kernel``: row norms (spectral's clamp, l2,
+   duality's ‖z_i‖²) and the scaled rows, one launch.
+2. cuBLAS: the small-side Grams (N×N on side "sample", D×D on "dimension"); fp32 under matmul
+   precision "highest" takes a float64 GEMM for the Grams whose squares are summed (the N×N-side
+   identities cancel most of ‖G‖²), "high" the TF32 GEMM torch would run.
+3. ``_prep_kernel``: per row block of the Gram(s), float64 sums of squares split into off-diagonal
+   and diagonal parts (Σ GA∘GB for ⟨a aᵀ, b bᵀ⟩), so a loss's off-diagonal sum is taken directly on
+   its own side (VICReg/Barlow D×D, spectral N×N) and through SPEC §2's identity on the other;
+   bf16/fp16: also the backward's M×M operand in the input dtype.
+4. The finalize (``_finalize_kernel``, or the tail of a one-program ``_prep_kernel`` when the Gram
+   is small): loss and terms in float64 on device, rounded once; no host sync (DESIGN 3). Every
+   reduction is two-stage in a fixed order, no float atomics (DESIGN 7).
+5. Backward: dz = (small Gram)·x by cuBLAS, then one fused epilogue: ``_elem_bwd_kernel`` (VICReg's
+   hinge and invariance, duality terms, covariance), ``_bn_bwd_kernel`` (BatchNorm's Jacobian for
+   cross_correlation and Barlow, float64, keeping the (a − mean a) term as the CUDA backend does),
+   ``_row_bwd_kernel`` (spectral's clamp and l2's projections).
 
-1. column pass (``_colpass_kernel`` [+ ``_colmerge_kernel``]): float64 column moments of both views
-   (shifted data: Σ(z − z₀), Σ(z − z₀)², and VICReg's Σ(z1 − z2)²), then the GEMM operand x̃ =
-   round((z − mean)·s) written once (s = 1, or BatchNorm's 1/sqrt(var_b + eps)), computed in
-   float64 and rounded once, with the column sums Σ x̃² / Σ x̃1·x̃2 of the rounded operand that the
-   N×N-side identities subtract. One launch when one program per column stripe suffices; else
-   stats over (stripe × row chunk), a merge in chunk order, then the operand pass.
-   Row pass (``_rowpass_kernel``, spectral's norm clamp, l2 for normalized_gram, duality's row
-   norms): row norms in float64 and the scaled rows, one launch (rows are program-local).
-2. cuBLAS: the small-side Gram(s) x̃x̃ᵀ (N×N, side "sample") or x̃ᵀx̃ (D×D), fp32 out; fp32 inputs
-   under matmul precision "highest" take a float64 GEMM for the Grams whose squares are summed
-   (the N×N-side identities cancel most of ‖G‖²), "high" the TF32 GEMM torch would run.
-3. ``_prep_kernel``: per row block of the M×M Gram(s), float64 sums of squares split into
-   off-diagonal and diagonal parts (or Σ GA∘GB for the pair identities ⟨a aᵀ, b bᵀ⟩), so the loss's
-   off-diagonal sum is taken directly on the op's own side (VICReg/Barlow on D×D, spectral on N×N)
-   and through SPEC §2's identity on the other. For bf16/fp16 it also writes the backward's GEMM
-   operand in the input dtype (see "Backward operands").
-4. ``_finalize_kernel``: one program, the loss and its terms on device in float64, rounded once
-   (no host sync, DESIGN 3). Two-stage sums in a fixed order: deterministic, no float atomics
-   (DESIGN 7).
-5. Backward: dz = (small Gram)·x̃ through cuBLAS (``torch.mm``), then one fused epilogue that adds
-   the variance hinge, invariance, norm-clamp / l2 / BatchNorm Jacobians and scales and writes dz:
-   ``_elem_bwd_kernel`` (VICReg, duality terms, covariance: elementwise), ``_bn_bwd_kernel``
-   (cross_correlation, Barlow: column sums of da, da∘a and a, then dz = s∘(da − mean da −
-   (a − mean a)∘mean(da∘a)), keeping the (a − mean a) term as the CUDA backend does), and
-   ``_row_bwd_kernel`` (spectral, normalized_gram: a row dot a·da, then the projection).
+Backward operands. fp32/fp64 save x̃ (N×D) and the fp32 Gram, and cuBLAS writes its products
+straight into the gradient buffers, which the epilogue rewrites in place. bf16/fp16 save neither:
+the products run on the raw input z and the epilogue removes the centering with a rank-one
+correction computed from the same rounded operand the GEMM used (N×N side: G·(z − 1·meanᵀ) =
+G·z − (G·1)·meanᵀ; D×D side: z·G − 1·(meanᵀG)); BatchNorm's column scale and the clamp's row
+scale fold into the M×M operand or the epilogue. So the product sees the exact centered input, and
+peak memory is gradients + one fp32 N×D product (views one after the other) + the M×M operands.
+fp16 operands get a power-of-two scale per row (largest entry in [2¹⁴, 2¹⁵), undone exactly in
+the epilogue): Gram entries reach D·var (3.7e8 at D = 4096, |z| ≈ 300), far past fp16's 65504;
+no fp16 intermediate can overflow, and every loss and term comes back in fp32.
 
-Backward operands. fp32/fp64 inputs save the rounded operand x̃ (N×D) and the fp32 Gram, and cuBLAS
-writes its product straight into the gradient buffers, which the epilogue then rewrites in place:
-no N×D temporary. bf16/fp16 inputs save neither: the product runs on the raw input z, and the
-epilogue undoes the centering with a rank-one correction computed from the very operand the GEMM
-used, e.g. on the N×N side G·(z − 1·meanᵀ) = G·z − (G·1)·meanᵀ, on the D×D side
-(z − 1·meanᵀ)·G = z·G − 1·(meanᵀG); BatchNorm's column scale and the spectral clamp's row scale
-fold into the M×M operand or the epilogue. The product has the exact centered input instead of a
-bf16-rounded one, and peak memory is the two gradients + one fp32 N×D product + the M×M operands
-(the bound of test_cuda_peak_memory_bound). The M×M operand is written in the input dtype by
-``_prep_kernel``; for fp16 each row is scaled by a power of two that puts its largest entry in
-[2¹⁴, 2¹⁵) (undone exactly in the epilogue), so no fp16 intermediate can overflow: Gram entries
-reach D·var (e.g. 3e8 for D = 4096 and |z| ≈ 300) where fp16 stops at 65504. Every loss and term
-comes back in fp32 (float64 for float64 inputs).
+Launches per forward + backward of ``loss.backward()`` (Triton + cuBLAS + torch fills, bf16,
+side "auto", recorded on meta tensors, 2026-12-01); before = the hand-written Gram tiles:
+VICReg 2048×256 9 → 7 (3 + 3 + 1), 2048×8192 9 → 11 (7 + 3 + 1); Barlow 9 → 7 / 13; spectral
+9 → 7 / 9; duality terms 10 → 7 / 9; covariance, cross_correlation, normalized_gram 5-6 → 5-7
+(small) / 7-12 (large). Small (launch-bound) problems take the one-launch column pass, the fused
+finalize and one epilogue for both views; large ones split the column pass over row chunks
+(≥ 4 waves of programs on 132 SMs) and run one fp32 product and epilogue per view.
 
-Launches per forward + backward (Triton + cuBLAS, bf16, large shapes / small shapes):
-VICReg 4+2+2+1 = 8 (colpass 3 or 1, GEMM, prep, finalize; 2 GEMMs, epilogue per view: 2 or 1)...
-see ``LAUNCHES`` below for the table per op and side.
+Expected forward + backward (Triton bytes at 4.25 TB/s + GEMM flops; then measured CUDA / eager):
+- VICReg 2048×8192 bf16 (N×N): stats 67 MB, operand 134, sums 50, epilogues 2×168 = 587 MB
+  (0.14 ms) + GEMMs 2×137 GFLOP (0.39 ms) ≈ 0.55 ms (0.85 / 5.09).
+- VICReg 16384×2048 bf16 (D×D): 134 + 268 + 50 + 2×335 MB (0.26 ms) + 2×275 GFLOP (0.78 ms)
+  ≈ 1.05 ms (1.38 / 3.05).
+- VICReg 2048×256 bf16: 6 MB, 1.6 GFLOP, 7 launches: host-bound (0.23 / 1.95).
+- Barlow 2048×8192 bf16 (N×N): 67 + 134 + 67 + BatchNorm backward 2×302 MB (0.21 ms) + 2×137
+  GFLOP (0.39 ms) ≈ 0.6 ms (1.03 / 2.53).
+- spectral 16384×256 bf16 (D×D): 50 + 2×42 MB (0.03 ms) + 2×4.3 GFLOP of skinny GEMMs (~0.05 ms):
+  host-bound (0.38 / 4.16).
+- VICReg 2048×8192 fp32 "high": 134 + 268 + 34 + 402 MB (0.2 ms) + TF32 2×137 GFLOP (0.77 ms)
+  ≈ 1.0 ms (1.25 / 9.35); "highest": fp64 forward GEMM and IEEE backward, ≈ 5.5 ms (5.78 / 36.4).
+Peak extra memory, bf16, against test_cuda_peak_memory_bound's 2·M²·4 + 2·inputs (torch's CPU
+allocator with the kernels stubbed and GEMM outputs allocated as on the GPU): VICReg 2048×8192
+151.3 of 167.8 MB, 16384×2048 285.3 of 302.0, Barlow 2048×8192 152.4 of 167.8, spectral
+16384×256 34.0 of 34.1.
 
-Headline shapes (bytes moved by the Triton passes, flops of the GEMMs, expected at the ceilings):
-see ``EXPECTED`` below (filled in from the plan's byte counts).
-
-Loads are 2-D tiles with the block along the contiguous column axis and masks only at the tile
-edges; Triton vectorizes them to 16 bytes when D·itemsize is a multiple of 16, and otherwise they
-stay coalesced (consecutive lanes, consecutive addresses). Indices are int64 where N·D can pass
-2³¹. Python scalars reach kernels as float64 arguments (``tl.float64``): a plain float would be
-passed as fp32.
+Loads are 2-D tiles with the block along the contiguous columns and masks only at tile edges:
+16-byte vectors when D·itemsize is a multiple of 16, coalesced otherwise. Indices are int64 where
+N·D can pass 2³¹; Python scalars reach kernels as float64 (``tl.float64``) arguments.
 """
 from __future__ import annotations
 
@@ -144,9 +150,11 @@ def _floor(x, lo):
 
 
 @triton.jit
-def _bn_inv(m2, nf, eps):
-    """BatchNorm's column scale 1/sqrt(m2/N + eps) (biased variance, SPEC §1), float64."""
-    return 1.0 / tl.sqrt(m2 / nf + eps)
+def _bn_inv(m2, inv_n, eps):
+    """BatchNorm's column scale 1/sqrt(m2/N + eps) (biased variance, SPEC §1), float64. Vector
+    divisions are written as products with scalar reciprocals and rsqrt throughout: a float64
+    division compiles to a subroutine call on sm_90 whose register saves ptxas counts as spills."""
+    return tl.math.rsqrt(m2 * inv_n + eps)
 
 
 @triton.jit
@@ -158,12 +166,24 @@ def _operand(z, mean, inv, T: tl.constexpr):
 
 @triton.jit
 def _pow2_scale(mx):
-    """2^k (fp32) with mx·2^k in [2^14, 2^15): fp16's largest finite value is 65504 < 2^16, so a row
-    scaled by it cannot overflow; 1 for zero, subnormal, inf or NaN maxima."""
+    """(2^k, 2^-k) fp32 with mx·2^k in [2^14, 2^15): fp16's largest finite value is 65504 < 2^16, so
+    a row scaled by it cannot overflow; (1, 1) for zero, subnormal, inf or NaN maxima."""
     e = (mx.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    k = tl.minimum(tl.maximum(268 - e, 1), 254)  # biased exponent: 127 + (141 − e)
+    k = tl.minimum(tl.maximum(268 - e, 2), 252)  # biased exponent 127 + (141 − e), inverse in range
     k = tl.where((e == 0) | (e == 255), 127, k)
-    return (k << 23).to(tl.float32, bitcast=True)
+    return (k << 23).to(tl.float32, bitcast=True), ((254 - k) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _view_vectors(rs_ptr, w_ptr, v, N, D, RS: tl.constexpr, CORR: tl.constexpr):
+    """View v's rows of the fp16 scales (by row: N, by column: D) and of the corrections."""
+    rsv = rs_ptr + v * D
+    if RS == 1:
+        rsv = rs_ptr + v * N
+    wv = w_ptr + v * D
+    if CORR == 1:
+        wv = w_ptr + v * N
+    return rsv, wv
 
 
 @triton.jit
@@ -194,7 +214,8 @@ def _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rs_ptr, w_ptr, mean_ptr
 def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, part_ptr, dpart_ptr,
                     N, D, RPC, eps: tl.float64,
                     MODE: tl.constexpr, PHASE: tl.constexpr, TWO: tl.constexpr,
-                    SQDIFF: tl.constexpr, DIAG: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+                    SQDIFF: tl.constexpr, DIAG: tl.constexpr, ST: tl.constexpr,
+                    BR: tl.constexpr, BD: tl.constexpr):
     """Column statistics and the GEMM operand for a stripe of BD columns × a chunk of RPC rows
     (grid: stripes, chunks), both views per program.
 
@@ -205,7 +226,9 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
       Σ x̃1·x̃2) into dpart[(chunk, j, D)]: the N×N-side identities subtract exactly those.
     _FUSED: both, one program per stripe over all rows (grid (stripes, 1)).
     MODE _SQ (duality): no shift, no operand; m2 = Σ z² per column.
-    MODE _BN also writes the scales 1/sqrt(m2/N + eps) (float64) to cs.
+    MODE _BN also writes the scales 1/sqrt(m2/N + eps) (float64) to cs. ST: the dtype of the
+    per-tile sums (BR rows) before they join the float64 totals: fp32 for bf16/fp16 inputs (z − z₀
+    of two bf16 values is exact in fp32; it halves the registers of the stats loop), else float64.
     Bytes: stats read V·N·D·itemsize; operand pass reads it again and writes it once.
     """
     pid_d = tl.program_id(0)
@@ -216,17 +239,18 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
     r_lo = pid_c * RPC
     r_hi = tl.minimum(r_lo + RPC, N)
     nf = tl.cast(N, tl.float64)
+    inv_n = 1.0 / nf
     e64 = _scalar(eps, tl.float64)
     nd = tl.cast(N, tl.int64) * D
     if PHASE != 2:
         if MODE == 2:
-            s1 = tl.zeros([BD], tl.float64)
-            s2 = tl.zeros([BD], tl.float64)
+            s1 = tl.zeros([BD], ST)
+            s2 = tl.zeros([BD], ST)
         else:
-            s1 = tl.load(z1_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
+            s1 = tl.load(z1_ptr + cols, mask=cmask, other=0.0).to(ST)
             s2 = s1
             if TWO:
-                s2 = tl.load(z2_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
+                s2 = tl.load(z2_ptr + cols, mask=cmask, other=0.0).to(ST)
         S1 = tl.zeros([BD], tl.float64)
         Q1 = tl.zeros([BD], tl.float64)
         S2 = tl.zeros([BD], tl.float64)
@@ -236,18 +260,18 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
             rows = r0 + tl.arange(0, BR)
             mask = (rows < r_hi)[:, None] & cmask[None, :]
             idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
-            a = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(tl.float64)
+            a = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ST)
             d1 = tl.where(mask, a - s1[None, :], 0.0)
-            S1 += tl.sum(d1, axis=0)
-            Q1 += tl.sum(d1 * d1, axis=0)
+            S1 += tl.sum(d1, axis=0).to(tl.float64)
+            Q1 += tl.sum(d1 * d1, axis=0).to(tl.float64)
             if TWO:
-                b = tl.load(z2_ptr + idx, mask=mask, other=0.0).to(tl.float64)
+                b = tl.load(z2_ptr + idx, mask=mask, other=0.0).to(ST)
                 d2 = tl.where(mask, b - s2[None, :], 0.0)
-                S2 += tl.sum(d2, axis=0)
-                Q2 += tl.sum(d2 * d2, axis=0)
+                S2 += tl.sum(d2, axis=0).to(tl.float64)
+                Q2 += tl.sum(d2 * d2, axis=0).to(tl.float64)
                 if SQDIFF:
                     e = a - b
-                    R += tl.sum(e * e, axis=0)
+                    R += tl.sum(e * e, axis=0).to(tl.float64)
         if PHASE == 1:
             out = pid_c * D + cols
             tl.store(part_ptr + out, S1, mask=cmask)
@@ -258,8 +282,8 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
                 if SQDIFF:
                     tl.store(part_ptr + 4 * chunks * D + out, R, mask=cmask)
         else:
-            mean1 = s1 + S1 / nf
-            m21 = _clamp0(Q1 - S1 * S1 / nf)
+            mean1 = s1.to(tl.float64) + S1 * inv_n
+            m21 = _clamp0(Q1 - S1 * S1 * inv_n)
             if MODE == 2:
                 m21 = Q1
             tl.store(mean_ptr + cols, mean1, mask=cmask)
@@ -267,8 +291,8 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
             mean2 = mean1
             m22 = m21
             if TWO:
-                mean2 = s2 + S2 / nf
-                m22 = _clamp0(Q2 - S2 * S2 / nf)
+                mean2 = s2.to(tl.float64) + S2 * inv_n
+                m22 = _clamp0(Q2 - S2 * S2 * inv_n)
                 tl.store(mean_ptr + D + cols, mean2, mask=cmask)
                 tl.store(m2_ptr + D + cols, m22, mask=cmask)
                 if SQDIFF:
@@ -286,8 +310,8 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
         inv1 = tl.full([BD], 1.0, tl.float64)
         inv2 = inv1
         if MODE == 1:
-            inv1 = _bn_inv(m21, nf, e64)
-            inv2 = _bn_inv(m22, nf, e64)
+            inv1 = _bn_inv(m21, inv_n, e64)
+            inv2 = _bn_inv(m22, inv_n, e64)
             if pid_c == 0:  # the scales, for the backward's D×D operands (bf16/fp16)
                 tl.store(cs_ptr + cols, inv1, mask=cmask)
                 if TWO:
@@ -326,7 +350,7 @@ def _colmerge_kernel(z1_ptr, z2_ptr, part_ptr, mean_ptr, m2_ptr, sq_ptr, N, D, c
     stripes). Reads 5·chunks·D float64."""
     cols = tl.program_id(0) * BD + tl.arange(0, BD)
     cmask = cols < D
-    nf = tl.cast(N, tl.float64)
+    inv_n = 1.0 / tl.cast(N, tl.float64)
     S1 = tl.zeros([BD], tl.float64)
     Q1 = tl.zeros([BD], tl.float64)
     S2 = tl.zeros([BD], tl.float64)
@@ -347,14 +371,14 @@ def _colmerge_kernel(z1_ptr, z2_ptr, part_ptr, mean_ptr, m2_ptr, sq_ptr, N, D, c
         s1 = tl.load(z1_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
         if TWO:
             s2 = tl.load(z2_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
-    tl.store(mean_ptr + cols, s1 + S1 / nf, mask=cmask)
+    tl.store(mean_ptr + cols, s1 + S1 * inv_n, mask=cmask)
     if MODE == 2:
         tl.store(m2_ptr + cols, Q1, mask=cmask)
     else:
-        tl.store(m2_ptr + cols, _clamp0(Q1 - S1 * S1 / nf), mask=cmask)
+        tl.store(m2_ptr + cols, _clamp0(Q1 - S1 * S1 * inv_n), mask=cmask)
     if TWO:
-        tl.store(mean_ptr + D + cols, s2 + S2 / nf, mask=cmask)
-        tl.store(m2_ptr + D + cols, _clamp0(Q2 - S2 * S2 / nf), mask=cmask)
+        tl.store(mean_ptr + D + cols, s2 + S2 * inv_n, mask=cmask)
+        tl.store(m2_ptr + D + cols, _clamp0(Q2 - S2 * S2 * inv_n), mask=cmask)
         if SQDIFF:
             tl.store(sq_ptr + cols, R, mask=cmask)
 
@@ -401,14 +425,14 @@ def _rowpass_kernel(z1_ptr, z2_ptr, x_ptr, info_ptr, pv_ptr, N, D, radius: tl.fl
             rad = _scalar(radius, tl.float64)
             k1 = n1 < rad
             k2 = n2 < rad
-            t1 = tl.where(k1, 1.0, rad / _floor(n1, eps))
-            t2 = tl.where(k2, 1.0, rad / _floor(n2, eps))
+            t1 = tl.where(k1, 1.0, rad * tl.math.rsqrt(_floor(q11, eps * eps)))
+            t2 = tl.where(k2, 1.0, rad * tl.math.rsqrt(_floor(q22, eps * eps)))
             p = t1 * t2 * q12
             f1 = n1 >= rad
             f2 = n2 >= rad
         else:
-            t1 = 1.0 / _floor(n1, eps)
-            t2 = 1.0 / _floor(n2, eps)
+            t1 = tl.math.rsqrt(_floor(q11, eps * eps))  # 1/max(‖z‖, eps)
+            t2 = tl.math.rsqrt(_floor(q22, eps * eps))
             f1 = n1 >= eps
             f2 = n2 >= eps
         a1 = t1.to(ACC)
@@ -443,11 +467,38 @@ def _rowpass_kernel(z1_ptr, z2_ptr, x_ptr, info_ptr, pv_ptr, N, D, radius: tl.fl
 
 @triton.jit
 def _prep_kernel(src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_ptr,
-                 vec0_ptr, vec1_ptr, alpha: tl.float64, o_ptr, rs_ptr, w_ptr, part_ptr, M,
+                 vec0_ptr, vec1_ptr, alpha: tl.float64, o_ptr, rs_ptr, w_ptr, part_ptr, M, NRB,
+                 a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr, N, D, NCH,
+                 w0: tl.float64, w1: tl.float64, w2: tl.float64, w3: tl.float64, w4: tl.float64,
                  SUMS: tl.constexpr, SUMV: tl.constexpr, WRITE: tl.constexpr, SYM: tl.constexpr,
                  COLMUL: tl.constexpr, VEC: tl.constexpr, SCALE: tl.constexpr,
-                 BR: tl.constexpr, BC: tl.constexpr):
-    """One block of BR rows of an M×M matrix per program (grid: row blocks, views).
+                 BR: tl.constexpr, BC: tl.constexpr, FINAL: tl.constexpr, VIEWS: tl.constexpr,
+                 MODE: tl.constexpr, NATIVE: tl.constexpr, BV: tl.constexpr):
+    """``_prep_rows`` for one block of BR rows per program (grid: NRB row blocks, views); or, FINAL
+    (small M: launch-bound), one program walks every block of every view and then runs the
+    finalize (``_finalize_body``, arguments as ``_finalize_kernel``'s): one launch instead of two."""
+    if FINAL:
+        for v in range(0, VIEWS):
+            for rb in range(0, NRB):
+                _prep_rows(rb, v, NRB, src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr,
+                           cm1_ptr, vec0_ptr, vec1_ptr, alpha, o_ptr, rs_ptr, w_ptr, part_ptr, M,
+                           SUMS, SUMV, WRITE, SYM, COLMUL, VEC, SCALE, BR, BC)
+        tl.debug_barrier()  # the partial sums, written by every thread, are read below
+        _finalize_body(part_ptr, NRB, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
+                       N, D, NCH, w0, w1, w2, w3, w4, MODE, NATIVE, BV)
+    else:
+        _prep_rows(tl.program_id(0), tl.program_id(1), NRB, src0_ptr, src1_ptr, s00, s01, s10,
+                   s11, pair_ptr, cm0_ptr, cm1_ptr, vec0_ptr, vec1_ptr, alpha, o_ptr, rs_ptr,
+                   w_ptr, part_ptr, M, SUMS, SUMV, WRITE, SYM, COLMUL, VEC, SCALE, BR, BC)
+
+
+@triton.jit
+def _prep_rows(rb, v, nrb, src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_ptr,
+               vec0_ptr, vec1_ptr, alpha, o_ptr, rs_ptr, w_ptr, part_ptr, M,
+               SUMS: tl.constexpr, SUMV: tl.constexpr, WRITE: tl.constexpr, SYM: tl.constexpr,
+               COLMUL: tl.constexpr, VEC: tl.constexpr, SCALE: tl.constexpr,
+               BR: tl.constexpr, BC: tl.constexpr):
+    """Row block rb of view v's M×M matrix.
 
     Sums (float64, views v < SUMV): _SUM_SQ: Σ A² off the diagonal and on it; _SUM_PAIR (view 0):
     Σ A∘B over all entries (B = pair, row-major) into part[(v, 2, row blocks)].
@@ -458,8 +509,6 @@ def _prep_kernel(src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_
     correction of the epilogue (module docstring).
     Bytes: reads V·M² of src (twice with SCALE, the second time from L2), writes V·M² of O.
     """
-    rb = tl.program_id(0)
-    v = tl.program_id(1)
     src = _pick(v, src0_ptr, src1_ptr)
     s0 = _pick(v, s00, s10)
     s1 = _pick(v, s01, s11)
@@ -468,6 +517,7 @@ def _prep_kernel(src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_
     r64 = rows.to(tl.int64)
     al = _scalar(alpha, tl.float64)
     scale = tl.full([BR], 1.0, tl.float32)
+    inv = scale
     if SCALE:
         mx = tl.zeros([BR], tl.float32)
         for c0 in range(0, M, BC):
@@ -482,11 +532,11 @@ def _prep_kernel(src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_
             if COLMUL:
                 a = a * tl.abs(tl.load(_pick(v, cm0_ptr, cm1_ptr) + cols, mask=cmask, other=0.0).to(tl.float32))[None, :]
             mx = tl.maximum(mx, tl.max(tl.abs(a), axis=1))
-        scale = _pow2_scale(mx)
+        scale, inv = _pow2_scale(mx)
     off = tl.zeros([BR], tl.float64)
     dg = tl.zeros([BR], tl.float64)
     wacc = tl.zeros([BR], tl.float64)
-    o_base = o_ptr + v.to(tl.int64) * M * M
+    o_base = o_ptr + tl.cast(v, tl.int64) * M * M
     for c0 in range(0, M, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < M
@@ -519,11 +569,9 @@ def _prep_kernel(src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_
                 vv = tl.load(_pick(v, vec0_ptr, vec1_ptr) + cols, mask=cmask, other=0.0).to(tl.float64)
                 wacc += tl.sum(o.to(tl.float64) * vv[None, :], axis=1)
     if SUMS != 0:
-        nrb = tl.num_programs(0)
         if v < SUMV:
             tl.store(part_ptr + (v * 2) * nrb + rb, tl.sum(off, axis=0))
             tl.store(part_ptr + (v * 2 + 1) * nrb + rb, tl.sum(dg, axis=0))
-    inv = 1.0 / scale  # exact: a power of two
     if SCALE:
         tl.store(rs_ptr + v * M + rows, inv, mask=rmask)
     if VEC != 0:
@@ -554,6 +602,15 @@ def _finalize_kernel(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr,
                      N, D, NCH, w0: tl.float64, w1: tl.float64, w2: tl.float64,
                      w3: tl.float64, w4: tl.float64,
                      MODE: tl.constexpr, NATIVE: tl.constexpr, BV: tl.constexpr):
+    """``_finalize_body`` on one program."""
+    _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
+                   N, D, NCH, w0, w1, w2, w3, w4, MODE, NATIVE, BV)
+
+
+@triton.jit
+def _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
+                   N, D, NCH, w0, w1, w2, w3, w4,
+                   MODE: tl.constexpr, NATIVE: tl.constexpr, BV: tl.constexpr):
     """The loss and its terms in float64 on one program, rounded once (SPEC §2–4). Where the loss's
     off-diagonal sum is the Gram's own (NATIVE: same side) it is the sum of the off-diagonal squares
     directly; otherwise the full sum minus the other side's diagonal (SPEC §2), with that diagonal
@@ -564,12 +621,14 @@ def _finalize_kernel(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr,
     """
     nf = tl.cast(N, tl.float64)
     df = tl.cast(D, tl.float64)
+    inv_n = 1.0 / nf
     offs = tl.arange(0, BV)
     off0 = _vsum(part_ptr, nrb, BV)
     dg0 = _vsum(part_ptr + nrb, nrb, BV)
     if MODE == 0:
         gam = _scalar(w3, tl.float64)
         eps = _scalar(w4, tl.float64)
+        inv_nm1 = 1.0 / (nf - 1.0)
         off1 = _vsum(part_ptr + 2 * nrb, nrb, BV)
         dg1 = _vsum(part_ptr + 3 * nrb, nrb, BV)
         h = tl.zeros([BV], tl.float64)
@@ -578,7 +637,7 @@ def _finalize_kernel(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr,
             k = k0 + offs
             km = k < D
             for v in range(0, 2):
-                s = tl.sqrt(tl.load(a_ptr + v * D + k, mask=km, other=0.0) / (nf - 1.0) + eps)
+                s = tl.sqrt(tl.load(a_ptr + v * D + k, mask=km, other=0.0) * inv_nm1 + eps)
                 hv = gam - s
                 # relu written so that NaN propagates (SPEC §6), as torch's relu does
                 h += tl.where(km, tl.where(hv < 0, 0.0, hv), 0.0)
@@ -604,7 +663,7 @@ def _finalize_kernel(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr,
         for k0 in range(0, D, BV):
             k = k0 + offs
             km = k < D
-            d = _chunk_sum(c_ptr, k, km, NCH, D, BV) / nf
+            d = _chunk_sum(c_ptr, k, km, NCH, D, BV) * inv_n
             tl.store(dv_ptr + k, d.to(dv_ptr.dtype.element_ty), mask=km)
             on += tl.where(km, (1.0 - d) * (1.0 - d), 0.0)
             dd += d * d
@@ -693,14 +752,7 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
     r_hi = tl.minimum(r_lo + RPC, N)
     nf = tl.cast(N, tl.float64)
     df = tl.cast(D, tl.float64)
-    if RS == 1:
-        rsv = rs_ptr + v * N
-    else:
-        rsv = rs_ptr + v * D
-    if CORR == 1:
-        wv = w_ptr + v * N
-    else:
-        wv = w_ptr + v * D
+    rsv, wv = _view_vectors(rs_ptr, w_ptr, v, N, D, RS, CORR)
     meanv = mean_ptr + v * D
     gl = tl.load(g0_ptr).to(tl.float64)
     if MODE == 0:
@@ -709,9 +761,10 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         a_cov = gl * _scalar(w_cov, tl.float64) + tl.load(g3_ptr).to(tl.float64)
         nm1 = nf - 1.0
         m2 = tl.load(cv_ptr + v * D + cols, mask=cmask, other=0.0)
-        std = tl.sqrt(m2 / nm1 + _scalar(eps, tl.float64))
+        var = m2 * (1.0 / nm1) + _scalar(eps, tl.float64)
         c_cov = 4.0 * a_cov / (nm1 * nm1 * df)
-        col = tl.where(_scalar(gamma, tl.float64) - std > 0, -a_var / (2.0 * df * nm1 * std), 0.0) \
+        c_var = -a_var / (2.0 * df * nm1)
+        col = tl.where(_scalar(gamma, tl.float64) - tl.sqrt(var) > 0, c_var * tl.math.rsqrt(var), 0.0) \
             - c_cov * m2
         col = col.to(ACC)
         cc = c_cov.to(ACC)
@@ -740,6 +793,23 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         if MODE == 2:
             dz = p
         tl.store(dz_ptr + idx, dz.to(T), mask=mask)
+
+
+@triton.jit
+def _bn_tile(r0, r_hi, cols, cmask, D, p_ptr, zs, zo, meanp, mean_s, s_s, mean_o, s_o, alpha, beta,
+             rsv, wv, RS: tl.constexpr, CORR: tl.constexpr, POST: tl.constexpr, T: tl.constexpr,
+             BR: tl.constexpr):
+    """Rows [r0, r0 + BR) of ``_bn_bwd_kernel``'s stripe: (idx, mask, da, ã), float64."""
+    rows = r0 + tl.arange(0, BR)
+    rmask = rows < r_hi
+    mask = rmask[:, None] & cmask[None, :]
+    idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    p = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, wv, meanp, RS, CORR).to(tl.float64)
+    if POST:
+        p = p * s_s[None, :]
+    o = _operand(tl.load(zo + idx, mask=mask, other=0.0), mean_o[None, :], s_o[None, :], T)
+    a = _operand(tl.load(zs + idx, mask=mask, other=0.0), mean_s[None, :], s_s[None, :], T)
+    return idx, mask, alpha * p + beta[None, :] * o.to(tl.float64), a.to(tl.float64)
 
 
 @triton.jit
@@ -775,28 +845,22 @@ def _bn_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr, m
     r_lo = pid_c * RPC
     r_hi = tl.minimum(r_lo + RPC, N)
     nf = tl.cast(N, tl.float64)
+    inv_n = 1.0 / nf
     e64 = _scalar(eps, tl.float64)
-    if RS == 1:
-        rsv = rs_ptr + v * N
-    else:
-        rsv = rs_ptr + v * D
-    if CORR == 1:
-        wv = w_ptr + v * N
-    else:
-        wv = w_ptr + v * D
+    rsv, wv = _view_vectors(rs_ptr, w_ptr, v, N, D, RS, CORR)
     mean_s = tl.load(mean_ptr + v * D + cols, mask=cmask, other=0.0)
     mean_o = tl.load(mean_ptr + (1 - v) * D + cols, mask=cmask, other=0.0)
-    s_s = _bn_inv(tl.load(m2_ptr + v * D + cols, mask=cmask, other=0.0), nf, e64)
-    s_o = _bn_inv(tl.load(m2_ptr + (1 - v) * D + cols, mask=cmask, other=0.0), nf, e64)
+    s_s = _bn_inv(tl.load(m2_ptr + v * D + cols, mask=cmask, other=0.0), inv_n, e64)
+    s_o = _bn_inv(tl.load(m2_ptr + (1 - v) * D + cols, mask=cmask, other=0.0), inv_n, e64)
     if BARLOW:
         gl = tl.load(g0_ptr).to(tl.float64)
         a_on = gl + tl.load(g1_ptr).to(tl.float64)
         a_off = gl * _scalar(lam, tl.float64) + tl.load(g2_ptr).to(tl.float64)
         d = tl.load(dv_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
-        alpha = 2.0 * a_off / (nf * nf)
-        beta = (-2.0 * a_on * (1.0 - d) - 2.0 * a_off * d) / nf
+        alpha = 2.0 * a_off * inv_n * inv_n
+        beta = (-2.0 * a_on * (1.0 - d) - 2.0 * a_off * d) * inv_n
     else:
-        alpha = 1.0 / nf
+        alpha = inv_n
         beta = tl.zeros([BD], tl.float64)
     sbase = part_ptr + (lv * 3 * chunks).to(tl.int64) * D + cols
     if PHASE != 2:
@@ -804,19 +868,12 @@ def _bn_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr, m
         t2 = tl.zeros([BD], tl.float64)
         t3 = tl.zeros([BD], tl.float64)
         for r0 in range(r_lo, r_hi, BR):
-            rows = r0 + tl.arange(0, BR)
-            rmask = rows < r_hi
-            mask = rmask[:, None] & cmask[None, :]
-            idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
-            p = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, wv, mean_ptr + v * D,
-                         RS, CORR).to(tl.float64)
-            if POST:
-                p = p * s_s[None, :]
-            o = _operand(tl.load(zo + idx, mask=mask, other=0.0), mean_o[None, :], s_o[None, :], T)
-            a = _operand(tl.load(zs + idx, mask=mask, other=0.0), mean_s[None, :], s_s[None, :], T)
+            idx, mask, da, a = _bn_tile(r0, r_hi, cols, cmask, D, p_ptr, zs, zo, mean_ptr + v * D,
+                                        mean_s, s_s, mean_o, s_o, alpha, beta, rsv, wv,
+                                        RS, CORR, POST, T, BR)
             # padding is not 0 after centering: masked out of the sums
-            da = tl.where(mask, alpha * p + beta[None, :] * o.to(tl.float64), 0.0)
-            a = tl.where(mask, a.to(tl.float64), 0.0)
+            da = tl.where(mask, da, 0.0)
+            a = tl.where(mask, a, 0.0)
             t1 += tl.sum(da, axis=0)
             t2 += tl.sum(da * a, axis=0)
             t3 += tl.sum(a, axis=0)
@@ -829,23 +886,34 @@ def _bn_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr, m
             t1 = _chunk_sum(sbase, 0, cmask, chunks, D, BD)
             t2 = _chunk_sum(sbase + chunks * D, 0, cmask, chunks, D, BD)
             t3 = _chunk_sum(sbase + 2 * chunks * D, 0, cmask, chunks, D, BD)
-        m_da = t1 / nf
-        m_daa = t2 / nf
-        m_a = t3 / nf
+        m_da = t1 * inv_n
+        m_daa = t2 * inv_n
+        m_a = t3 * inv_n
         for r0 in range(r_lo, r_hi, BR):
-            rows = r0 + tl.arange(0, BR)
-            rmask = rows < r_hi
-            mask = rmask[:, None] & cmask[None, :]
-            idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
-            p = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, wv, mean_ptr + v * D,
-                         RS, CORR).to(tl.float64)
-            if POST:
-                p = p * s_s[None, :]
-            o = _operand(tl.load(zo + idx, mask=mask, other=0.0), mean_o[None, :], s_o[None, :], T)
-            a = _operand(tl.load(zs + idx, mask=mask, other=0.0), mean_s[None, :], s_s[None, :], T)
-            da = alpha * p + beta[None, :] * o.to(tl.float64)
-            dz = s_s[None, :] * (da - m_da[None, :] - (a.to(tl.float64) - m_a[None, :]) * m_daa[None, :])
+            idx, mask, da, a = _bn_tile(r0, r_hi, cols, cmask, D, p_ptr, zs, zo, mean_ptr + v * D,
+                                        mean_s, s_s, mean_o, s_o, alpha, beta, rsv, wv,
+                                        RS, CORR, POST, T, BR)
+            dz = s_s[None, :] * (da - m_da[None, :] - (a - m_a[None, :]) * m_daa[None, :])
             tl.store(dz_ptr + idx, dz.to(T), mask=mask)
+
+
+@triton.jit
+def _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv, MODE: tl.constexpr,
+              RS: tl.constexpr, POST: tl.constexpr, T: tl.constexpr, ACC: tl.constexpr,
+              BD: tl.constexpr):
+    """Columns [c0, c0 + BD) of ``_row_bwd_kernel``'s rows: (idx, mask, da, ã) in ACC."""
+    cols = c0 + tl.arange(0, BD)
+    cmask = cols < D
+    mask = rmask[:, None] & cmask[None, :]
+    idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    da = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, rsv, rsv, RS, 0)
+    if POST:
+        da = da * t_s[:, None]
+    a = (tl.load(zs + idx, mask=mask, other=0.0).to(ACC) * t_s[:, None]).to(T)
+    if MODE == 0:
+        o = (tl.load(zo + idx, mask=mask, other=0.0).to(ACC) * t_o[:, None]).to(T)
+        da = k2 * da + e[:, None] * o.to(ACC)
+    return idx, mask, da, a.to(ACC)
 
 
 @triton.jit
@@ -873,14 +941,10 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
     ACC = p0_ptr.dtype.element_ty
     rows = rb * BR + tl.arange(0, BR)
     rmask = rows < N
-    r64 = rows.to(tl.int64)
     nf = tl.cast(N, tl.float64)
     ts = tl.load(info_ptr + v * N + rows, mask=rmask, other=1.0)
     t_s = tl.abs(ts)
-    if RS == 1:
-        rsv = rs_ptr + v * N
-    else:
-        rsv = rs_ptr + v * D
+    rsv, _ = _view_vectors(rs_ptr, rs_ptr, v, N, D, RS, 0)
     if MODE == 0:
         mu_ = _scalar(mu, tl.float64)
         t_o = tl.abs(tl.load(info_ptr + (1 - v) * N + rows, mask=rmask, other=1.0))
@@ -894,34 +958,19 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
         proj = tl.where(ts < 0, 1.0 / mu_, 0.0)
     else:
         proj = tl.where(ts > 0, 1.0, 0.0)
+        t_o = t_s
+        e = tl.zeros([BR], ACC)
+        k2 = 1.0
     dot = tl.zeros([BR], tl.float64)
     for c0 in range(0, D, BD):
-        cols = c0 + tl.arange(0, BD)
-        cmask = cols < D
-        mask = rmask[:, None] & cmask[None, :]
-        idx = r64[:, None] * D + cols[None, :]
-        da = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, rsv, rsv, RS, 0)
-        if POST:
-            da = da * t_s[:, None]
-        a = (tl.load(zs + idx, mask=mask, other=0.0).to(ACC) * t_s[:, None]).to(T)
-        if MODE == 0:
-            o = (tl.load(zo + idx, mask=mask, other=0.0).to(ACC) * t_o[:, None]).to(T)
-            da = k2 * da + e[:, None] * o.to(ACC)
+        idx, mask, da, a = _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv,
+                                     MODE, RS, POST, T, ACC, BD)
         dot += tl.sum(a.to(tl.float64) * da.to(tl.float64), axis=1)
     q = (proj * dot).to(ACC)
     for c0 in range(0, D, BD):
-        cols = c0 + tl.arange(0, BD)
-        cmask = cols < D
-        mask = rmask[:, None] & cmask[None, :]
-        idx = r64[:, None] * D + cols[None, :]
-        da = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, rsv, rsv, RS, 0)
-        if POST:
-            da = da * t_s[:, None]
-        a = (tl.load(zs + idx, mask=mask, other=0.0).to(ACC) * t_s[:, None]).to(T)
-        if MODE == 0:
-            o = (tl.load(zo + idx, mask=mask, other=0.0).to(ACC) * t_o[:, None]).to(T)
-            da = k2 * da + e[:, None] * o.to(ACC)
-        dz = t_s[:, None] * (da - q[:, None] * a.to(ACC))
+        idx, mask, da, a = _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv,
+                                     MODE, RS, POST, T, ACC, BD)
+        dz = t_s[:, None] * (da - q[:, None] * a)
         tl.store(dz_ptr + idx, dz.to(T), mask=mask)
 
 
@@ -939,7 +988,7 @@ class _Plan(NamedTuple):
 
 # Test hooks (tests/test_triton_gram.py): "ident" runs fp32/fp64 through the bf16/fp16 plan, "scale"
 # adds fp16's row scales to it, "chunks" forces the chunked column pass, "split" one backward
-# epilogue per view. Empty in normal use.
+# epilogue per view, "unfused" the finalize as its own launch. Empty in normal use.
 _OVERRIDES: Dict[str, object] = {}
 
 
@@ -953,6 +1002,7 @@ def _plan(z: Tensor) -> _Plan:
 
 class _Blocks(NamedTuple):
     col: Tuple[int, int]    # (BR, BD) of the column-stripe kernels
+    bn: Tuple[int, int]     # (BR, BD) of _bn_bwd_kernel (float64 tiles)
     row: Tuple[int, int]    # (BR, BD) of the row kernels
     prep: Tuple[int, int]   # (BR, BC) of _prep_kernel
     fin: int                # vector block of the one-program finalize
@@ -961,16 +1011,16 @@ class _Blocks(NamedTuple):
 def _blocks(dtype: torch.dtype) -> _Blocks:
     if interpreting():
         # small tiles: several stripes, row blocks and chunks at the test sizes (17, 31, 33, 48)
-        return _Blocks((8, 16), (8, 16), (8, 16), 64)
+        return _Blocks((8, 16), (8, 16), (8, 16), (8, 16), 64)
     # GPU (unmeasured, untested on GPU): 4 warps; a [16, 64] tile is 8 elements (16 B of bf16) per
     # thread, 128-byte row segments; float64 tiles half as tall (register budget of the fp64 math)
     br = 8 if dtype == torch.float64 else 16
-    return _Blocks((br, 64), (8, 128), (8, 128), 1024)
+    return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), 256)
 
 
 _SMS = 132                 # H200
 _FUSED_MAX = 1 << 20       # N·D at or below which one program per stripe does a column pass
-_SPLIT_BYTES = 32 << 20    # bf16/fp16: one fp32 product (and epilogue) per view above this
+_SPLIT_BYTES = 8 << 20     # bf16/fp16: one fp32 product (and epilogue) per view above this
 _WARPS = 4
 
 
@@ -978,17 +1028,18 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _chunks(n: int, d: int, br: int, bd: int) -> Tuple[int, int]:
-    """(rows per chunk, chunks) of a column-stripe kernel: one chunk when the problem is small
-    (launch-bound: one launch instead of three) or the stripes alone fill two waves of 132 SMs;
-    else about four waves of (stripe, chunk) programs, at least 128 rows each."""
+def _chunks(n: int, d: int, br: int, bd: int, fuse: bool = True) -> Tuple[int, int]:
+    """(rows per chunk, chunks) of a column-stripe kernel. ``fuse`` (the column pass and the
+    BatchNorm backward, where one chunk saves launches): one chunk when the problem is small
+    (launch-bound: one launch instead of three) or the stripes alone fill two waves of 132 SMs.
+    Otherwise about four waves of (stripe, chunk) programs, at least 128 rows each."""
     stripes = _cdiv(d, bd)
     forced = _OVERRIDES.get("chunks")
     if forced:
         want = int(forced)
     elif interpreting():
         want = 2 if n >= 2 * br else 1
-    elif n * d <= _FUSED_MAX or stripes >= 2 * _SMS:
+    elif fuse and (n * d <= _FUSED_MAX or stripes >= 2 * _SMS):
         want = 1
     else:
         want = max(1, min(_cdiv(4 * _SMS, stripes), _cdiv(n, 128)))
@@ -1065,7 +1116,8 @@ def _colpass(z1: Tensor, z2: Optional[Tensor], mode: int, *, eps: float = 0.0, s
     dpart = torch.empty((chunks, 2 if diag == _DIAG_SQ else 1, d), **f64) if diag else mean
     b = z2 if two else z1
     grid = (_cdiv(d, bd), chunks)
-    flags = dict(MODE=mode, TWO=two, SQDIFF=sqdiff, DIAG=diag, BR=br, BD=bd, num_warps=_WARPS)
+    st = tl.float32 if z1.dtype in (torch.bfloat16, torch.float16) else tl.float64
+    flags = dict(MODE=mode, TWO=two, SQDIFF=sqdiff, DIAG=diag, ST=st, BR=br, BD=bd, num_warps=_WARPS)
     if chunks == 1:
         _colpass_kernel[grid](z1, b, x, mean, m2, sq, cs, mean, dpart, n, d, rpc, float(eps),
                               PHASE=_FUSED, **flags)
@@ -1106,50 +1158,75 @@ class _Prep(NamedTuple):
     o: Optional[Tensor]   # (V, M, M) operands (WRITE)
     rs: Tensor            # (V, M) fp32 inverse row scales (SCALE) or empty
     w: Tensor             # (V, M) fp32 centering corrections (VEC) or empty
-    part: Tensor          # (V', 2, row blocks) float64 sums
-    nrb: int
+    outs: List[Tensor]    # the finalize's 0-dim outputs (``fin``)
+
+
+class _Fin(NamedTuple):
+    """Arguments of the finalize (``_finalize_body``): mode, native side, and its vectors."""
+    mode: int
+    native: bool
+    acc: torch.dtype
+    n: int
+    d: int
+    outs: int = 3
+    a: Optional[Tensor] = None
+    b: Optional[Tensor] = None
+    c: Optional[Tensor] = None
+    nch: int = 1
+    dv: Optional[Tensor] = None
+    weights: tuple = ()
+
+
+_FINAL_MAX = 1 << 17   # V·M² at or below which one program does the sums and the finalize
 
 
 def _prep(like: Tensor, m: int, srcs, strides, *, sums: int = _SUM_NONE, sumv: int = 0,
           pair: Optional[Tensor] = None, out_dtype: Optional[torch.dtype] = None,
           scale: bool = False, colmuls=None, vecs=None, ones: bool = False, alpha: float = 1.0,
-          sym: bool = False, views: int = 1) -> _Prep:
+          sym: bool = False, views: int = 1, fin: Optional[_Fin] = None) -> _Prep:
     """Launch ``_prep_kernel`` over ``views`` operands: srcs (one or two M×M tensors), strides
-    ((s00, s01), (s10, s11)) per view. ``like``: a tensor on the device (for placeholders)."""
-    br, bc = _blocks(like.dtype).prep
+    ((s00, s01), (s10, s11)) per view; then the finalize ``fin`` (in the same launch for small M).
+    ``like``: a tensor on the device (for placeholders)."""
+    bl = _blocks(like.dtype)
+    br, bc = bl.prep
     nrb = _cdiv(m, br)
     dev = like.device
+    dm = _dummy(like)
     f32 = dict(dtype=torch.float32, device=dev)
     write = out_dtype is not None
-    o = torch.empty((views, m, m), dtype=out_dtype, device=dev) if write else _dummy(like)
+    o = torch.empty((views, m, m), dtype=out_dtype, device=dev) if write else dm
     rs = torch.empty((views, m), **f32) if scale else torch.empty((0,), **f32)
     vec = 1 if ones else (2 if vecs is not None else 0)
     w = torch.empty((views, m), **f32) if vec else torch.empty((0,), **f32)
-    part = (torch.empty((max(sumv, 1), 2, nrb), dtype=torch.float64, device=dev) if sums
-            else _dummy(like))
+    part = torch.empty((max(sumv, 1), 2, nrb), dtype=torch.float64, device=dev) if sums else dm
     src0, src1 = srcs[0], srcs[-1]
     (s00, s01), (s10, s11) = strides[0], strides[-1]
-    cm = colmuls if colmuls is not None else (_dummy(like),)
-    vv = vecs if vecs is not None else (_dummy(like),)
-    _prep_kernel[(nrb, views)](
-        src0, src1, s00, s01, s10, s11, pair if pair is not None else _dummy(like), cm[0], cm[-1],
+    cm = colmuls if colmuls is not None else (dm,)
+    vv = vecs if vecs is not None else (dm,)
+    res: List[Tensor] = []
+    if fin is not None:
+        res = [torch.empty((), dtype=fin.acc, device=dev) for _ in range(fin.outs)]
+        outs = res + [res[0]] * (4 - fin.outs)
+        wts = [float(x) for x in fin.weights] + [0.0] * (5 - len(fin.weights))
+        fargs = (dm if fin.a is None else fin.a, dm if fin.b is None else fin.b,
+                 dm if fin.c is None else fin.c, dm if fin.dv is None else fin.dv, *outs,
+                 fin.n, fin.d, fin.nch, *wts)
+        fflags = dict(MODE=fin.mode, NATIVE=fin.native, BV=bl.fin)
+    else:
+        fargs = (dm,) * 8 + (1, 1, 1) + (0.0,) * 5
+        fflags = dict(MODE=0, NATIVE=False, BV=bl.fin)
+    limit = (1 << 10) if interpreting() else _FINAL_MAX
+    final = fin is not None and views * m * m <= limit and not _OVERRIDES.get("unfused")
+    _prep_kernel[(1, 1) if final else (nrb, views)](
+        src0, src1, s00, s01, s10, s11, pair if pair is not None else dm, cm[0], cm[-1],
         vv[0], vv[-1], float(alpha), o, rs if scale else _dummy(like, torch.float32),
-        w if vec else _dummy(like, torch.float32), part, m,
+        w if vec else _dummy(like, torch.float32), part, m, nrb, *fargs,
         SUMS=sums, SUMV=sumv, WRITE=write, SYM=sym, COLMUL=colmuls is not None, VEC=vec,
-        SCALE=scale, BR=br, BC=bc, num_warps=_WARPS)
-    return _Prep(o if write else None, rs, w, part, nrb)
-
-
-def _finalize(mode: int, like: Tensor, acc: torch.dtype, n: int, d: int, prep: _Prep, *,
-              native: bool, a=None, b=None, c=None, nch: int = 1, dv=None, weights=(), outs: int = 3):
-    res = [torch.empty((), dtype=acc, device=like.device) for _ in range(outs)]
-    o = res + [res[0]] * (4 - outs)
-    dm = _dummy(like)
-    w = [float(x) for x in weights] + [0.0] * (5 - len(weights))
-    _finalize_kernel[(1,)](prep.part, prep.nrb, dm if a is None else a, dm if b is None else b,
-                           dm if c is None else c, dm if dv is None else dv, *o, n, d, nch, *w,
-                           MODE=mode, NATIVE=native, BV=_blocks(like.dtype).fin, num_warps=_WARPS)
-    return res
+        SCALE=scale, BR=br, BC=bc, FINAL=final, VIEWS=views,
+        **(fflags if final else dict(MODE=0, NATIVE=False, BV=bl.fin)), num_warps=_WARPS)
+    if fin is not None and not final:
+        _finalize_kernel[(1,)](part, nrb, *fargs, **fflags, num_warps=_WARPS)
+    return _Prep(o if write else None, rs, w, res)
 
 
 def _grads(like: Tensor, dtype: torch.dtype, gs) -> List[Tensor]:
@@ -1170,7 +1247,7 @@ def _elem_bwd(mode, ps, group, dz, z1, z2, *, mean=None, cv=None, rv=None, rs=No
               gs=(), rsm=_RS_NONE, corr=_CORR_NONE, weights=()):
     n, d = z1.shape
     br, bd = _blocks(z1.dtype).col
-    rpc, chunks = _chunks(n, d, br, bd)
+    rpc, chunks = _chunks(n, d, br, bd, fuse=False)
     dm = _dummy(z1)
     g = list(gs) + [gs[0]] * (4 - len(gs)) if gs else [dm] * 4
     wts = [float(x) for x in weights] + [0.0] * (5 - len(weights))
@@ -1183,7 +1260,7 @@ def _elem_bwd(mode, ps, group, dz, z1, z2, *, mean=None, cv=None, rv=None, rs=No
 def _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, *, dv=None, gs=(), lam=0.0, rs=None, w=None,
             rsm=_RS_NONE, corr=_CORR_NONE, post=False):
     n, d = z1.shape
-    br, bd = _blocks(z1.dtype).col
+    br, bd = _blocks(z1.dtype).bn
     rpc, chunks = _chunks(n, d, br, bd)
     dm = _dummy(z1)
     g = list(gs) if gs else [dm] * 3
@@ -1252,6 +1329,48 @@ def _rs_mode(pl: _Plan, sample: bool) -> int:
 
 
 # ============================================================================================
+# The ops (DESIGN conventions 1–3): duality_kernels::<op>_fwd / _bwd custom ops with fakes; the
+# forward's registered autograd saves the tensor inputs and the forward's outputs past the results,
+# and calls the backward op with them, the incoming gradients and the non-tensor inputs.
+
+
+def _register(name: str, fwd_impl, fwd_fake, bwd_impl, bwd_fake, nz: int, nres: int,
+              scalar: bool) -> Spec:
+    """Registers ``duality_kernels::<name>_fwd`` / ``_bwd`` and returns the op's Spec (ops/_direct.py).
+    nz: leading tensor inputs (None allowed: normalized_gram's z2); nres: results returned to the
+    caller (the rest is saved for the backward); scalar: the results are 0-dim (their gradients
+    arrive as 0-dim tensors, or None when unused) rather than one matrix."""
+    fwd = torch.library.custom_op(f"duality_kernels::{name}_fwd", mutates_args=())(fwd_impl)
+    fwd.register_fake(fwd_fake)
+    bwd = torch.library.custom_op(f"duality_kernels::{name}_bwd", mutates_args=())(bwd_impl)
+    bwd.register_fake(bwd_fake)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:nz], *output[nres:])
+        ctx.args = tuple(inputs[nz:])
+
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        none = (None,) * (nz + len(ctx.args))
+        if scalar:
+            gs = _grads(saved[0], acc_dtype(saved[0].dtype), grads[:nres])
+        elif grads[0] is None:
+            return none
+        else:
+            gs = [grads[0]]
+        dz = pick(ctx, bwd, bwd_impl)(*saved, *gs, *ctx.args)
+        dz = (dz,) if isinstance(dz, Tensor) else tuple(dz)
+        return dz + none[len(dz):]
+
+    fwd.register_autograd(backward, setup_context=setup)
+    return Spec(fwd, fwd_impl, setup, backward, nres)
+
+
+def _bwd_fake2(z1, z2, *_args):
+    return _new(z1), _new(z2)
+
+
+# ============================================================================================
 # VICReg (SPEC §3)
 
 
@@ -1272,25 +1391,20 @@ def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: floa
         x = cols.x
         xt = x.transpose(1, 2)
         g = _mm(x, xt, wide=pl.wide) if sample else _mm(xt, x, wide=pl.wide)
+        fin = _Fin(_F_VICREG, not sample, pl.acc, n, d, 4, cols.m2, cols.sq, cols.dpart, cols.chunks,
+                   weights=(inv_weight, var_weight, cov_weight, gamma, eps))
         if pl.ident:
             pr = _prep(z1, m, (g[0], g[1]), (rm, rm), sums=_SUM_SQ, sumv=2, out_dtype=z1.dtype,
                        scale=pl.scale, ones=sample, vecs=None if sample else (cols.mean[0], cols.mean[1]),
-                       views=2)
+                       views=2, fin=fin)
             x, gram = _none(z1, z1.dtype), pr.o
         else:
-            pr = _prep(z1, m, (g[0], g[1]), (rm, rm), sums=_SUM_SQ, sumv=2, views=2)
+            pr = _prep(z1, m, (g[0], g[1]), (rm, rm), sums=_SUM_SQ, sumv=2, views=2, fin=fin)
             gram = g.float() if pl.wide else g
-        outs = _finalize(_F_VICREG, z1, pl.acc, n, d, pr, native=not sample, a=cols.m2, b=cols.sq,
-                         c=cols.dpart, nch=cols.chunks, outs=4,
-                         weights=(inv_weight, var_weight, cov_weight, gamma, eps))
-    return (*outs, x, gram, pr.rs, pr.w, cols.mean, cols.m2)
+    return (*pr.outs, x, gram, pr.rs, pr.w, cols.mean, cols.m2)
 
 
-vicreg_fwd = torch.library.custom_op("duality_kernels::vicreg_fwd", mutates_args=())(_vicreg_fwd_impl)
-
-
-@vicreg_fwd.register_fake
-def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
+def _vicreg_fwd_fake(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
     pl = _plan(z1)
     n, d = z1.shape
     m = n if side == "sample" else d
@@ -1320,32 +1434,12 @@ def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, rs: Tensor
                 ps = [_mm(gram[v], zs[v]) if sample else _mm(zs[v], gram[v].t()) for v in group]
                 _elem_bwd(_E_VICREG, ps, group, dz, z1, z2, rsm=_rs_mode(pl, sample),
                           corr=_CORR_OUTER if sample else _CORR_COL, **kw)
+                del ps  # one fp32 product alive at a time (the memory bound)
     return dz
 
 
-vicreg_bwd = torch.library.custom_op("duality_kernels::vicreg_bwd", mutates_args=())(_vicreg_bwd_impl)
-
-
-@vicreg_bwd.register_fake
-def _(z1, z2, *_args):
-    return _new(z1), _new(z2)
-
-
-def _vicreg_setup(ctx, inputs, output):
-    z1, z2, *args = inputs
-    ctx.save_for_backward(z1, z2, *output[4:])
-    ctx.args = tuple(args)
-
-
-def _vicreg_backward(ctx, g_loss, g_inv, g_var, g_cov, *_unused):
-    z1, z2, *saved = ctx.saved_tensors
-    gs = _grads(z1, acc_dtype(z1.dtype), (g_loss, g_inv, g_var, g_cov))
-    dz1, dz2 = pick(ctx, vicreg_bwd, _vicreg_bwd_impl)(z1, z2, *saved, *gs, *ctx.args)
-    return dz1, dz2, None, None, None, None, None, None
-
-
-vicreg_fwd.register_autograd(_vicreg_backward, setup_context=_vicreg_setup)
-_SPEC_VICREG = Spec(vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backward, 4)
+_SPEC_VICREG = _register("vicreg", _vicreg_fwd_impl, _vicreg_fwd_fake, _vicreg_bwd_impl,
+                         _bwd_fake2, 2, 4, True)
 
 
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
@@ -1373,14 +1467,17 @@ def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: flo
     with _device(z1):
         cols = _colpass(z1, z2, _BN, eps=eps, diag=_DIAG_DOT)
         x = cols.x
+        dv = torch.empty((d,), dtype=pl.acc, device=z1.device)
+        fin = _Fin(_F_BARLOW, not sample, pl.acc, n, d, c=cols.dpart, nch=cols.chunks, dv=dv,
+                   weights=(lambda_param,))
         if sample:  # ‖aᵀb‖² = ⟨a aᵀ, b bᵀ⟩ (SPEC §2); view 0's operand is b bᵀ (applied to a)
             g = _mm(x, x.transpose(1, 2), wide=pl.wide)
             rm = _rm(n)[0]
             if pl.ident:
                 pr = _prep(z1, n, (g[1], g[0]), (rm, rm), sums=_SUM_PAIR, sumv=1, pair=g[0],
-                           out_dtype=z1.dtype, scale=pl.scale, ones=True, views=2)
+                           out_dtype=z1.dtype, scale=pl.scale, ones=True, views=2, fin=fin)
             else:
-                pr = _prep(z1, n, (g[1],), (rm,), sums=_SUM_PAIR, sumv=1, pair=g[0])
+                pr = _prep(z1, n, (g[1],), (rm,), sums=_SUM_PAIR, sumv=1, pair=g[0], fin=fin)
                 gram = g.float() if pl.wide else g
         else:  # P = aᵀb; view 0 applies Pᵀ to b (operand P∘s_b), view 1 P to a (Pᵀ∘s_a)
             g = _mm(x[0].t(), x[1], wide=pl.wide)
@@ -1388,23 +1485,16 @@ def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: flo
             if pl.ident:
                 pr = _prep(z1, d, (g, g), (rm, tr), sums=_SUM_SQ, sumv=1, out_dtype=z1.dtype,
                            scale=pl.scale, colmuls=(cols.cs[1], cols.cs[0]),
-                           vecs=(cols.mean[1], cols.mean[0]), views=2)
+                           vecs=(cols.mean[1], cols.mean[0]), views=2, fin=fin)
             else:
-                pr = _prep(z1, d, (g,), (rm,), sums=_SUM_SQ, sumv=1)
+                pr = _prep(z1, d, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
                 gram = (g.float() if pl.wide else g).unsqueeze(0)
         if pl.ident:
             x, gram = _none(z1, z1.dtype), pr.o
-        dv = torch.empty((d,), dtype=pl.acc, device=z1.device)
-        outs = _finalize(_F_BARLOW, z1, pl.acc, n, d, pr, native=not sample, c=cols.dpart,
-                         nch=cols.chunks, dv=dv, weights=(lambda_param,))
-    return (*outs, x, gram, pr.rs, pr.w, cols.mean, cols.m2, cols.cs, dv)
+    return (*pr.outs, x, gram, pr.rs, pr.w, cols.mean, cols.m2, cols.cs, dv)
 
 
-barlow_twins_fwd = torch.library.custom_op("duality_kernels::barlow_twins_fwd", mutates_args=())(_barlow_twins_fwd_impl)
-
-
-@barlow_twins_fwd.register_fake
-def _(z1, z2, lambda_param, eps, side):
+def _barlow_twins_fwd_fake(z1, z2, lambda_param, eps, side):
     pl = _plan(z1)
     n, d = z1.shape
     sample = side == "sample"
@@ -1442,32 +1532,12 @@ def _barlow_twins_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, rs: 
                     ps = [_mm(zs[1 - v], gram[v].t()) for v in group]
                 _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, rs=rs, w=w, rsm=_rs_mode(pl, sample),
                         corr=_CORR_OUTER if sample else _CORR_COL, post=sample, **kw)
+                del ps  # one fp32 product alive at a time (the memory bound)
     return dz
 
 
-barlow_twins_bwd = torch.library.custom_op("duality_kernels::barlow_twins_bwd", mutates_args=())(_barlow_twins_bwd_impl)
-
-
-@barlow_twins_bwd.register_fake
-def _(z1, z2, *_args):
-    return _new(z1), _new(z2)
-
-
-def _barlow_setup(ctx, inputs, output):
-    z1, z2, lambda_param, eps, side = inputs
-    ctx.save_for_backward(z1, z2, *output[3:])
-    ctx.args = (lambda_param, eps, side)
-
-
-def _barlow_backward(ctx, g_loss, g_on, g_off, *_unused):
-    z1, z2, *saved = ctx.saved_tensors
-    gs = _grads(z1, acc_dtype(z1.dtype), (g_loss, g_on, g_off))
-    dz1, dz2 = pick(ctx, barlow_twins_bwd, _barlow_twins_bwd_impl)(z1, z2, *saved, *gs, *ctx.args)
-    return dz1, dz2, None, None, None
-
-
-barlow_twins_fwd.register_autograd(_barlow_backward, setup_context=_barlow_setup)
-_SPEC_BARLOW_TWINS = Spec(barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setup, _barlow_backward, 3)
+_SPEC_BARLOW_TWINS = _register("barlow_twins", _barlow_twins_fwd_impl, _barlow_twins_fwd_fake, _barlow_twins_bwd_impl,
+                               _bwd_fake2, 2, 3, True)
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
@@ -1493,35 +1563,31 @@ def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str
     sample = side == "sample"
     with _device(z1):
         x, info, pv = _rowpass(z1, z2, _ROW_CLAMP, pl.acc, radius=float(mu) ** 0.5)
+        fin = _Fin(_F_SPECTRAL, sample, pl.acc, n, d, a=pv, weights=(mu,))
         if sample:  # S = a bᵀ; view 0 applies S∘t2 to z2, view 1 Sᵀ∘t1 to z1
             g = _mm(x[0], x[1].t(), wide=pl.wide)
             rm, tr = _rm(n)
             if pl.ident:
                 pr = _prep(z1, n, (g, g), (rm, tr), sums=_SUM_SQ, sumv=1, out_dtype=z1.dtype,
-                           scale=pl.scale, colmuls=(info[1], info[0]), views=2)
+                           scale=pl.scale, colmuls=(info[1], info[0]), views=2, fin=fin)
             else:
-                pr = _prep(z1, n, (g,), (rm,), sums=_SUM_SQ, sumv=1)
+                pr = _prep(z1, n, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
                 gram = (g.float() if pl.wide else g).unsqueeze(0)
         else:  # ‖a bᵀ‖² = ⟨aᵀa, bᵀb⟩; view 0 applies bᵀb to a, view 1 aᵀa to b
             g = _mm(x.transpose(1, 2), x, wide=pl.wide)
             rm = _rm(d)[0]
             if pl.ident:
                 pr = _prep(z1, d, (g[1], g[0]), (rm, rm), sums=_SUM_PAIR, sumv=1, pair=g[0],
-                           out_dtype=z1.dtype, scale=pl.scale, views=2)
+                           out_dtype=z1.dtype, scale=pl.scale, views=2, fin=fin)
             else:
-                pr = _prep(z1, d, (g[1],), (rm,), sums=_SUM_PAIR, sumv=1, pair=g[0])
+                pr = _prep(z1, d, (g[1],), (rm,), sums=_SUM_PAIR, sumv=1, pair=g[0], fin=fin)
                 gram = g.float() if pl.wide else g
         if pl.ident:
             x, gram = _none(z1, z1.dtype), pr.o
-        outs = _finalize(_F_SPECTRAL, z1, pl.acc, n, d, pr, native=sample, a=pv, weights=(mu,))
-    return (*outs, x, gram, pr.rs, info)
+    return (*pr.outs, x, gram, pr.rs, info)
 
 
-spectral_fwd = torch.library.custom_op("duality_kernels::spectral_fwd", mutates_args=())(_spectral_fwd_impl)
-
-
-@spectral_fwd.register_fake
-def _(z1, z2, mu, side):
+def _spectral_fwd_fake(z1, z2, mu, side):
     pl = _plan(z1)
     n, d = z1.shape
     sample = side == "sample"
@@ -1556,32 +1622,12 @@ def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, rs: Tens
                     ps = [_mm(zs[v], gram[v].t()) for v in group]
                 _row_bwd(_R_SPECTRAL, ps, group, dz, z1, z2, info, rs=rs, rsm=_rs_mode(pl, sample),
                          post=not sample, **kw)
+                del ps  # one fp32 product alive at a time (the memory bound)
     return dz
 
 
-spectral_bwd = torch.library.custom_op("duality_kernels::spectral_bwd", mutates_args=())(_spectral_bwd_impl)
-
-
-@spectral_bwd.register_fake
-def _(z1, z2, *_args):
-    return _new(z1), _new(z2)
-
-
-def _spectral_setup(ctx, inputs, output):
-    z1, z2, mu, side = inputs
-    ctx.save_for_backward(z1, z2, *output[3:])
-    ctx.args = (mu, side)
-
-
-def _spectral_backward(ctx, g_loss, g_pos, g_neg, *_unused):
-    z1, z2, *saved = ctx.saved_tensors
-    gs = _grads(z1, acc_dtype(z1.dtype), (g_loss, g_pos, g_neg))
-    dz1, dz2 = pick(ctx, spectral_bwd, _spectral_bwd_impl)(z1, z2, *saved, *gs, *ctx.args)
-    return dz1, dz2, None, None
-
-
-spectral_fwd.register_autograd(_spectral_backward, setup_context=_spectral_setup)
-_SPEC_SPECTRAL = Spec(spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectral_backward, 3)
+_SPEC_SPECTRAL = _register("spectral", _spectral_fwd_impl, _spectral_fwd_fake, _spectral_bwd_impl,
+                           _bwd_fake2, 2, 3, True)
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -1606,11 +1652,7 @@ def _covariance_fwd_impl(z: Tensor, correction: int) -> Tuple[Tensor, Tensor, Te
     return c, (_none(z, z.dtype) if pl.ident else x), cols.mean
 
 
-covariance_fwd = torch.library.custom_op("duality_kernels::covariance_fwd", mutates_args=())(_covariance_fwd_impl)
-
-
-@covariance_fwd.register_fake
-def _(z, correction):
+def _covariance_fwd_fake(z, correction):
     pl = _plan(z)
     n, d = z.shape
     return (_e(z, (d, d), pl.acc), _e(z, (0,)) if pl.ident else _e(z, (1, n, d)),
@@ -1638,29 +1680,12 @@ def _covariance_bwd_impl(z: Tensor, x: Tensor, mean: Tensor, grad: Tensor, corre
     return dz
 
 
-covariance_bwd = torch.library.custom_op("duality_kernels::covariance_bwd", mutates_args=())(_covariance_bwd_impl)
-
-
-@covariance_bwd.register_fake
-def _(z, x, mean, grad, correction):
+def _covariance_bwd_fake(z, x, mean, grad, correction):
     return _new(z)
 
 
-def _covariance_setup(ctx, inputs, output):
-    z, correction = inputs
-    ctx.save_for_backward(z, output[1], output[2])
-    ctx.correction = correction
-
-
-def _covariance_backward(ctx, grad, *_unused):
-    z, x, mean = ctx.saved_tensors
-    if grad is None:
-        return None, None
-    return pick(ctx, covariance_bwd, _covariance_bwd_impl)(z, x, mean, grad, ctx.correction), None
-
-
-covariance_fwd.register_autograd(_covariance_backward, setup_context=_covariance_setup)
-_SPEC_COVARIANCE = Spec(covariance_fwd, _covariance_fwd_impl, _covariance_setup, _covariance_backward, 1)
+_SPEC_COVARIANCE = _register("covariance", _covariance_fwd_impl, _covariance_fwd_fake, _covariance_bwd_impl,
+                             _covariance_bwd_fake, 1, 1, False)
 
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
@@ -1685,11 +1710,7 @@ def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float
     return c, (_none(z1, z1.dtype) if pl.ident else x), cols.mean, cols.m2, cols.cs
 
 
-cross_correlation_fwd = torch.library.custom_op("duality_kernels::cross_correlation_fwd", mutates_args=())(_cross_correlation_fwd_impl)
-
-
-@cross_correlation_fwd.register_fake
-def _(z1, z2, eps):
+def _cross_correlation_fwd_fake(z1, z2, eps):
     pl = _plan(z1)
     n, d = z1.shape
     f64 = torch.float64
@@ -1718,33 +1739,12 @@ def _cross_correlation_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, mean: Tensor,
                 ps = [_mm(zs[1 - v], pr.o[v].t()) for v in group]
                 _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, rs=pr.rs, w=pr.w,
                         rsm=_rs_mode(pl, False), corr=_CORR_COL)
+                del ps  # one fp32 product alive at a time (the memory bound)
     return dz
 
 
-cross_correlation_bwd = torch.library.custom_op("duality_kernels::cross_correlation_bwd", mutates_args=())(_cross_correlation_bwd_impl)
-
-
-@cross_correlation_bwd.register_fake
-def _(z1, z2, *_args):
-    return _new(z1), _new(z2)
-
-
-def _xcorr_setup(ctx, inputs, output):
-    z1, z2, eps = inputs
-    ctx.save_for_backward(z1, z2, *output[1:])
-    ctx.eps = eps
-
-
-def _xcorr_backward(ctx, grad, *_unused):
-    z1, z2, *saved = ctx.saved_tensors
-    if grad is None:
-        return None, None, None
-    dz1, dz2 = pick(ctx, cross_correlation_bwd, _cross_correlation_bwd_impl)(z1, z2, *saved, grad, ctx.eps)
-    return dz1, dz2, None
-
-
-cross_correlation_fwd.register_autograd(_xcorr_backward, setup_context=_xcorr_setup)
-_SPEC_CROSS_CORRELATION = Spec(cross_correlation_fwd, _cross_correlation_fwd_impl, _xcorr_setup, _xcorr_backward, 1)
+_SPEC_CROSS_CORRELATION = _register("cross_correlation", _cross_correlation_fwd_impl, _cross_correlation_fwd_fake, _cross_correlation_bwd_impl,
+                                    _bwd_fake2, 2, 1, False)
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
@@ -1767,11 +1767,7 @@ def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> Tuple[Tensor,
     return k, (_none(z1, z1.dtype) if pl.ident else x), info
 
 
-normalized_gram_fwd = torch.library.custom_op("duality_kernels::normalized_gram_fwd", mutates_args=())(_normalized_gram_fwd_impl)
-
-
-@normalized_gram_fwd.register_fake
-def _(z1, z2):
+def _normalized_gram_fwd_fake(z1, z2):
     pl = _plan(z1)
     n, d = z1.shape
     v = 1 if z2 is None else 2
@@ -1808,36 +1804,16 @@ def _normalized_gram_bwd_impl(z1: Tensor, z2: Optional[Tensor], x: Tensor, info:
             for group in _groups(pl, n, d):
                 ps = [_mm(pr.o[v], zs[1 - v]) for v in group]
                 _row_bwd(_R_NGRAM, ps, group, dz, z1, z2, info, rs=pr.rs, rsm=_rs_mode(pl, True))
+                del ps  # one fp32 product alive at a time (the memory bound)
     return list(dz)
 
 
-normalized_gram_bwd = torch.library.custom_op("duality_kernels::normalized_gram_bwd", mutates_args=())(_normalized_gram_bwd_impl)
-
-
-@normalized_gram_bwd.register_fake
-def _(z1, z2, x, info, grad):
+def _normalized_gram_bwd_fake(z1, z2, x, info, grad):
     return [_new(z1)] if z2 is None else [_new(z1), _new(z2)]
 
 
-def _ngram_setup(ctx, inputs, output):
-    z1, z2 = inputs
-    ctx.single = z2 is None
-    ctx.save_for_backward(z1, z1 if z2 is None else z2, output[1], output[2])
-
-
-def _ngram_backward(ctx, grad, *_unused):
-    z1, z2, x, info = ctx.saved_tensors
-    if grad is None:
-        return None, None
-    bwd = pick(ctx, normalized_gram_bwd, _normalized_gram_bwd_impl)
-    if ctx.single:
-        return bwd(z1, None, x, info, grad)[0], None
-    dz1, dz2 = bwd(z1, z2, x, info, grad)
-    return dz1, dz2
-
-
-normalized_gram_fwd.register_autograd(_ngram_backward, setup_context=_ngram_setup)
-_SPEC_NORMALIZED_GRAM = Spec(normalized_gram_fwd, _normalized_gram_fwd_impl, _ngram_setup, _ngram_backward, 1)
+_SPEC_NORMALIZED_GRAM = _register("normalized_gram", _normalized_gram_fwd_impl, _normalized_gram_fwd_fake, _normalized_gram_bwd_impl,
+                                  _normalized_gram_bwd_fake, 2, 1, False)
 
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
@@ -1864,21 +1840,18 @@ def _duality_terms_fwd_impl(z: Tensor, side: str
         c = _colpass(z, None, _SQ).m2[0]
         g = _mm(z, z.t(), wide=pl.wide) if sample else _mm(z.t(), z, wide=pl.wide)
         rm = _rm(m)[0]
+        fin = _Fin(_F_DUALITY, not sample, pl.acc, n, d, 4, r, c)
         if pl.ident:
-            pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1, out_dtype=z.dtype, scale=pl.scale)
+            pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1, out_dtype=z.dtype, scale=pl.scale,
+                       fin=fin)
             gram = pr.o
         else:
-            pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1)
+            pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
             gram = (g.float() if pl.wide else g).unsqueeze(0)
-        outs = _finalize(_F_DUALITY, z, pl.acc, n, d, pr, native=not sample, a=r, b=c, outs=4)
-    return (*outs, gram, pr.rs, r, c)
+    return (*pr.outs, gram, pr.rs, r, c)
 
 
-duality_terms_fwd = torch.library.custom_op("duality_kernels::duality_terms_fwd", mutates_args=())(_duality_terms_fwd_impl)
-
-
-@duality_terms_fwd.register_fake
-def _(z, side):
+def _duality_terms_fwd_fake(z, side):
     pl = _plan(z)
     n, d = z.shape
     _, gram, rs, _ = _fake_saved(z, pl, n if side == "sample" else d, 1, 1, 1, False)
@@ -1901,28 +1874,12 @@ def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, rs: Tensor, r: Tensor, c: T
     return dz
 
 
-duality_terms_bwd = torch.library.custom_op("duality_kernels::duality_terms_bwd", mutates_args=())(_duality_terms_bwd_impl)
-
-
-@duality_terms_bwd.register_fake
-def _(z, *_args):
+def _duality_terms_bwd_fake(z, *_args):
     return _new(z)
 
 
-def _duality_setup(ctx, inputs, output):
-    z, side = inputs
-    ctx.save_for_backward(z, *output[4:])
-    ctx.side = side
-
-
-def _duality_backward(ctx, g_lc, g_lnc, g_r4, g_c4, *_unused):
-    z, *saved = ctx.saved_tensors
-    gs = _grads(z, acc_dtype(z.dtype), (g_lc, g_lnc, g_r4, g_c4))
-    return pick(ctx, duality_terms_bwd, _duality_terms_bwd_impl)(z, *saved, *gs, ctx.side), None
-
-
-duality_terms_fwd.register_autograd(_duality_backward, setup_context=_duality_setup)
-_SPEC_DUALITY_TERMS = Spec(duality_terms_fwd, _duality_terms_fwd_impl, _duality_setup, _duality_backward, 4)
+_SPEC_DUALITY_TERMS = _register("duality_terms", _duality_terms_fwd_impl, _duality_terms_fwd_fake, _duality_terms_bwd_impl,
+                                _duality_terms_bwd_fake, 1, 4, True)
 
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -1937,88 +1894,71 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 # shapes, dtypes, devices and Python scalars only, no synchronization, traceable by torch.compile.
 # ``side`` is already "sample" or "dimension" here.
 
-_SIDES = ("sample", "dimension")
+def _side(value, name, z):
+    V.check_choice(value, name, ("sample", "dimension"))
 
 
-def _check_device(z: Tensor, name: str) -> None:
-    problem = device_problem(z)
-    if problem:
-        raise ValueError(f"{name}: {problem}")
+def _correction(value, name, z):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < 0 or z.shape[0] - value < 1:
+        raise ValueError(f"{name} must be >= 0 and < N={z.shape[0]}, got {value}")
 
 
-def _check_one(z, name="z", min_rows=1, what=""):
-    V.check_tensor(z, name, min_rows=min_rows, what=what)
-    _check_device(z, name)
+def _scalar_check(f):
+    return lambda value, name, z: f(value, name)
 
 
-def _check_two(z1, z2, min_rows=1, what=""):
-    V.check_pair(z1, z2, min_rows=min_rows, what=what)
-    _check_device(z1, "z1")
+_FIN, _NONNEG, _POS = (_scalar_check(f) for f in (V.check_finite, V.check_nonnegative, V.check_positive))
 
 
-def _vicreg_check(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
-    _check_two(z1, z2, 2, "a batch variance needs two rows")
-    for value, name in ((inv_weight, "inv_weight"), (var_weight, "var_weight"),
-                        (cov_weight, "cov_weight"), (gamma, "gamma")):
-        V.check_finite(value, name)
-    V.check_nonnegative(eps, "eps")
-    V.check_choice(side, "side", _SIDES)
-
-
-def _barlow_check(z1, z2, lambda_param, eps, side):
-    _check_two(z1, z2, 2, "a batch variance needs two rows")
-    V.check_finite(lambda_param, "lambda_param")
-    V.check_nonnegative(eps, "eps")
-    V.check_choice(side, "side", _SIDES)
-
-
-def _spectral_check(z1, z2, mu, side):
-    _check_two(z1, z2, 2, "the off-diagonal term needs two rows")
-    V.check_positive(mu, "mu")
-    V.check_choice(side, "side", _SIDES)
-
-
-def _covariance_check(z, correction):
-    _check_one(z)
-    if isinstance(correction, bool) or not isinstance(correction, int):
-        raise TypeError(f"correction must be an int, got {correction!r} ({type(correction).__name__})")
-    if correction < 0 or z.shape[0] - correction < 1:
-        raise ValueError(f"correction must be >= 0 and < N={z.shape[0]}, got {correction}")
-
-
-def _xcorr_check(z1, z2, eps):
-    _check_two(z1, z2, 2, "a batch variance needs two rows")
-    V.check_nonnegative(eps, "eps")
-
-
-def _ngram_check(z1, z2):
-    if z2 is None:
-        _check_one(z1, "z1")
-    else:
-        _check_two(z1, z2)
-
-
-def _duality_check(z, side):
-    _check_one(z)
-    V.check_choice(side, "side", _SIDES)
-
-
-def _function(spec: Spec, name: str, doc: str, check) -> type:
+def _function(spec: Spec, name: str, doc: str, zs: int, rows: int, what: str, *scalars) -> type:
+    """``function(spec)`` whose forward first checks its inputs: ``zs`` tensors (z1 [, z2 or None]:
+    2-D floating, matching, at least ``rows`` rows, on a device the kernels run on), then the
+    Python scalars, each with its (name, check)."""
     cls = function(spec, name, doc)
     forward = cls.forward
 
     def checked(ctx, *inputs):
-        check(*inputs)
+        z = inputs[0]
+        if zs == 1 or inputs[1] is None:
+            V.check_tensor(z, "z" if zs == 1 else "z1", min_rows=rows, what=what)
+        else:
+            V.check_pair(z, inputs[1], min_rows=rows, what=what)
+        problem = device_problem(z)
+        if problem:
+            raise ValueError(problem)
+        for (arg, check), value in zip(scalars, inputs[zs:]):
+            check(value, arg, z)
         return forward(ctx, *inputs)
 
     cls.forward = staticmethod(checked)
     return cls
 
 
-VICRegFunction = _function(_SPEC_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).", _vicreg_check)
-BarlowTwinsFunction = _function(_SPEC_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).", _barlow_check)
-SpectralContrastiveFunction = _function(_SPEC_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).", _spectral_check)
-CovarianceFunction = _function(_SPEC_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).", _covariance_check)
-CrossCorrelationFunction = _function(_SPEC_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).", _xcorr_check)
-NormalizedGramFunction = _function(_SPEC_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).", _ngram_check)
-DualityTermsFunction = _function(_SPEC_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).", _duality_check)
+_VAR = "a batch variance needs two rows"
+VICRegFunction = _function(
+    _SPEC_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, "
+    "cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).", 2, 2, _VAR,
+    ("inv_weight", _FIN), ("var_weight", _FIN), ("cov_weight", _FIN), ("gamma", _FIN), ("eps", _NONNEG),
+    ("side", _side))
+BarlowTwinsFunction = _function(
+    _SPEC_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, "
+    "eps, side)`` -> (loss, on_diagonal, off_diagonal).", 2, 2, _VAR,
+    ("lambda_param", _FIN), ("eps", _NONNEG), ("side", _side))
+SpectralContrastiveFunction = _function(
+    _SPEC_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): "
+    "``apply(z1, z2, mu, side)`` -> (loss, positive, negative).", 2, 2,
+    "the off-diagonal term needs two rows", ("mu", _POS), ("side", _side))
+CovarianceFunction = _function(
+    _SPEC_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).",
+    1, 1, "", ("correction", _correction))
+CrossCorrelationFunction = _function(
+    _SPEC_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): "
+    "``apply(z1, z2, eps)`` -> (C,).", 2, 2, _VAR, ("eps", _NONNEG))
+NormalizedGramFunction = _function(
+    _SPEC_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): "
+    "``apply(z1, z2_or_None)`` -> (K,).", 2, 1, "")
+DualityTermsFunction = _function(
+    _SPEC_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> "
+    "(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).", 1, 1, "", ("side", _side))
