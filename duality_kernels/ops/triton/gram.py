@@ -1229,14 +1229,25 @@ def _prep(like: Tensor, m: int, srcs, strides, *, sums: int = _SUM_NONE, sumv: i
     return _Prep(o if write else None, rs, w, res)
 
 
-def _grads(like: Tensor, dtype: torch.dtype, gs) -> List[Tensor]:
-    """Incoming 0-dim gradients in ``dtype``; one shared zero for the unused outputs (None)."""
+_ZEROS: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _grads(like: Tensor, dtype: torch.dtype, gs, cached: bool) -> List[Tensor]:
+    """Incoming 0-dim gradients in ``dtype``, a zero for each unused output (None). ``cached``
+    (eager calls): one read-only zero per device and dtype, kept, so no fill launch per call;
+    traced backwards create theirs (a kept tensor would become a graph constant)."""
     zero = None
     out = []
     for g in gs:
         if g is None:
             if zero is None:
-                zero = torch.zeros((), dtype=dtype, device=like.device)
+                key = (like.device, dtype)
+                zero = _ZEROS.get(key) if cached else None
+                if zero is None:
+                    zero = torch.zeros((), dtype=dtype, device=like.device)
+                    # not from inside a CUDA graph capture: its fill would run only on replay
+                    if cached and not (like.is_cuda and torch.cuda.is_current_stream_capturing()):
+                        _ZEROS[key] = zero
             out.append(zero)
         else:
             out.append(g.to(dtype).contiguous())
@@ -1353,7 +1364,7 @@ def _register(name: str, fwd_impl, fwd_fake, bwd_impl, bwd_fake, nz: int, nres: 
         saved = ctx.saved_tensors
         none = (None,) * (nz + len(ctx.args))
         if scalar:
-            gs = _grads(saved[0], acc_dtype(saved[0].dtype), grads[:nres])
+            gs = _grads(saved[0], acc_dtype(saved[0].dtype), grads[:nres], getattr(ctx, "direct", False))
         elif grads[0] is None:
             return none
         else:
