@@ -29,6 +29,9 @@ class Spec(NamedTuple):
 class Direct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, *inputs):
+        # Unused outputs' gradients arrive as None instead of materialized zeros: every backward
+        # here handles None, and the zeros would be one fill launch per unused term.
+        ctx.set_materialize_grads(False)
         out = spec.impl(*inputs)
         spec.setup(ctx, inputs, out)
         ctx.direct = True

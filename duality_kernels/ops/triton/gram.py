@@ -1,74 +1,75 @@
-"""Triton kernels of the Gram family: VICReg, Barlow Twins, spectral contrastive, the §1 primitives
-(covariance, cross_correlation, normalized_gram) and the §2 duality terms (../shared/SPEC.md).
+"""Triton backend of the covariance family (../shared/SPEC.md §1–3): VICReg, Barlow Twins, spectral
+contrastive, covariance, cross_correlation, normalized_gram and the duality terms.
 
-UNTESTED ON GPU: nothing here has run on a GPU. The kernels have run under the Triton interpreter
-(TRITON_INTERPRET=1, triton 3.8) on CPU tensors in float32/float64 only (tests/test_triton_gram.py).
-Every specialization the ops launch (fp32 IEEE and TF32, fp64, bf16, fp16; both sides; the
-interpreter's and the GPU's block sizes) was compiled to sm_90 cubins with triton 3.6.0 and 3.8.0
-on a machine without a GPU (2026-11-30). The ``cuda`` tests of that file are the first GPU run.
+UNTESTED ON GPU: the kernels have run under the Triton interpreter (triton 3.8) on CPU tensors in
+fp16/fp32/fp64 (tests/test_triton_gram.py), and every launched variant compiles for sm_90
+(tests/triton_aot.py). Times below are the plan's arithmetic at the H200 ceilings of
+../shared/ENVIRONMENT.md (4.25 TB/s, 701 TFLOP/s bf16, 356 TF32, ~60 fp64), not measurements.
 
-Two kernel shapes (DESIGN "The idea that shapes the code"):
+Plan (DESIGN 13; the CUDA backend's, csrc/bindings.cpp + gram_ops.cu): the Gram products run on
+cuBLAS (``torch.mm``/``bmm``, fp32 outputs for bf16/fp16); the kernels here are the passes around
+them, each reading its inputs once or twice:
+1. ``_colpass_kernel`` (+ ``_colmerge_kernel``): float64 column moments of both views (shifted
+   sums, and VICReg's Σ(z1 − z2)²), then the GEMM operand x̃ = round((z − mean)·s) (s = 1 or
+   BatchNorm's 1/sqrt(var_b + eps)) computed in float64 and rounded once, with the float64 column
+   sums of the ROUNDED operand (Σx̃², Σx̃1·x̃2) that the N×N-side identities subtract. One launch
+   (one program per column stripe) for small problems; stats over row chunks, a merge in chunk
+   order and the operand pass otherwise. ``_rowpass_kernel``: row norms (spectral's clamp, l2,
+   duality's ‖z_i‖²) and the scaled rows, one launch.
+2. cuBLAS: the small-side Grams (N×N on side "sample", D×D on "dimension"); fp32 under matmul
+   precision "highest" takes a float64 GEMM for the Grams whose squares are summed (the N×N-side
+   identities cancel most of ‖G‖²), "high" the TF32 GEMM torch would run.
+3. ``_prep_kernel``: per row block of the Gram(s), float64 sums of squares split into off-diagonal
+   and diagonal parts (Σ GA∘GB for ⟨a aᵀ, b bᵀ⟩), so a loss's off-diagonal sum is taken directly on
+   its own side (VICReg/Barlow D×D, spectral N×N) and through SPEC §2's identity on the other;
+   bf16/fp16: also the backward's M×M operand in the input dtype.
+4. The finalize (``_finalize_kernel``, or the tail of a one-program ``_prep_kernel`` when the Gram
+   is small): loss and terms in float64 on device, rounded once; no host sync (DESIGN 3). Every
+   reduction is two-stage in a fixed order, no float atomics (DESIGN 7).
+5. Backward: dz = (small Gram)·x by cuBLAS, then one fused epilogue: ``_elem_bwd_kernel`` (VICReg's
+   hinge and invariance, duality terms, covariance), ``_bn_bwd_kernel`` (BatchNorm's Jacobian for
+   cross_correlation and Barlow, float64, keeping the (a − mean a) term as the CUDA backend does),
+   ``_row_bwd_kernel`` (spectral's clamp and l2's projections).
 
-``_gram_reduce_kernel`` (Gram-reduce): tiles of x xᵀ (N×N, side="sample") or xᵀx (D×D,
-    side="dimension") from ``tl.dot`` over the other axis, with the prologue fused into the tile
-    loads (``_load_x``: column centering, BatchNorm's 1/sqrt(var_b + eps) per column, a per-row
-    scale for spectral's norm clamp or the l2 normalization). Three modes: SYM (x xᵀ, upper-triangle
-    tiles only, mirror-stored), CROSS (a bᵀ / aᵀb, every tile) and PAIR (⟨a aᵀ, b bᵀ⟩, two Grams per
-    symmetric tile, SPEC §2). Each tile's sums of squares (or of GA∘GB), split into off-diagonal
-    and diagonal parts, go to a float64 partials buffer that a one-program finalize kernel sums
-    in a fixed order: deterministic, no float atomics (DESIGN convention 7). When the loss's
-    off-diagonal sum lives on the side computed (VICReg / Barlow on the D×D side, spectral on the
-    N×N side, each criterion of ``duality_terms`` on its own side) it is taken directly from the
-    off-diagonal tiles instead of ‖G‖² minus a separately computed diagonal (no cancellation); on
-    the other side the SPEC §2 identity is used. The small-side Gram is written only because the
-    backward needs it (or because it is the primitive's output).
-``_gram_apply`` (Gram-apply, backward): dz tile = (N×N Gram)·x or x·(D×D Gram), x loaded with the
-    same prologue, then a per-loss epilogue (invariance, variance hinge, diagonal corrections,
-    normalization Jacobians, scales). One pass, dz written once, where the math allows:
-    - VICReg, covariance: the centering Jacobian vanishes exactly, because x is centered: the
-      column sums of G·x = x xᵀ x and of x·(xᵀx) are 1ᵀx(..) = 0, and Σ_i x_ik = 0 for the
-      variance term's 2·x_ik. So dz = dx, no column reduction of the gradient.
-    - duality_terms: no normalization at all.
-    - l2 normalization (normalized_gram): dz_i = (dn_i − n_i(n_i·dn_i))/‖z_i‖ with
-      n_i·dn_i = Σ_j Gout_ij K_ij, a row reduction of N×N matrices (``_rowcol_dot_kernel``).
-    - spectral on the N×N side: a_i·da_i = 2κ Σ_j S_ij² + e_i p_i, with Σ_j S_ij² reduced by the
-      forward kernel from the same tiles (ROWCOL partials).
-    Two passes (da to an N×D buffer in the accumulation dtype plus per-tile partial sums, then
-    ``_proj_finish_kernel``) where the Jacobian needs a reduction of the gradient itself:
-    - BatchNorm (cross_correlation, Barlow Twins, both sides): dz = s∘(da − mean_i da −
-      (a − mean_i a)∘mean_i(da∘a)). mean_i(da∘a) has a D×D shortcut ((1/N)Σ_l C_kl·∂L/∂C_kl),
-      but the residual cancels strongly when da ∥ a (N = 2, near-converged Barlow) and the
-      shortcut's rounding then reached 4.4× eager's error; reducing the computed da is as
-      accurate as autograd (``_bn_bwd_kernel`` docstring).
-    - spectral on the D×D side: a_i·da_i needs a_i Gb a_iᵀ over all columns.
+Backward operands. fp32/fp64 save x̃ (N×D) and the fp32 Gram, and cuBLAS writes its products
+straight into the gradient buffers, which the epilogue rewrites in place. bf16/fp16 save neither:
+the products run on the raw input z and the epilogue removes the centering with a rank-one
+correction computed from the same rounded operand the GEMM used (N×N side: G·(z − 1·meanᵀ) =
+G·z − (G·1)·meanᵀ; D×D side: z·G − 1·(meanᵀG)); BatchNorm's column scale and the clamp's row
+scale fold into the M×M operand or the epilogue. So the product sees the exact centered input, and
+peak memory is gradients + one fp32 N×D product (views one after the other) + the M×M operands.
+fp16 operands get a power-of-two scale per row (largest entry in [2¹⁴, 2¹⁵), undone exactly in
+the epilogue): Gram entries reach D·var (3.7e8 at D = 4096, |z| ≈ 300), far past fp16's 65504;
+no fp16 intermediate can overflow, and every loss and term comes back in fp32.
 
-Per-column statistics (mean, centered sum of squares, and for two views their co-moment and
-Σ(z1 − z2)²) come from ``_colstats_partial_kernel`` (both views in one launch, Chan/Welford merges
-per tile) and ``_colstats_merge_kernel`` (the per-chunk partials merged in a fixed order). Per-row
-(and duality_terms' per-column) raw sums of squares from ``_rowstats_partial_kernel`` +
-``_rowinfo_kernel`` / ``_sum_partials_kernel``, accumulated in float64 (memory-bound kernels).
-The scalar finalize kernels compute in float64 and round once.
+Launches per forward + backward of ``loss.backward()`` (Triton + cuBLAS + torch fills, bf16,
+side "auto", recorded on meta tensors, 2026-12-01); before = the hand-written Gram tiles:
+VICReg 2048×256 9 → 7 (3 + 3 + 1), 2048×8192 9 → 11 (7 + 3 + 1); Barlow 9 → 7 / 13; spectral
+9 → 7 / 9; duality terms 10 → 7 / 9; covariance, cross_correlation, normalized_gram 5-6 → 5-7
+(small) / 7-12 (large). Small (launch-bound) problems take the one-launch column pass, the fused
+finalize and one epilogue for both views; large ones split the column pass over row chunks
+(≥ 4 waves of programs on 132 SMs) and run one fp32 product and epilogue per view.
 
-Left in torch (why): allocation of outputs and scratch buffers, and ``torch.stack`` of two (N,)
-sums; nothing that scales with N·D or touches data twice. The effective coefficients of the
-backward (g_loss·weight + g_term) are computed inside the kernels from the 0-dim gradients.
+Expected forward + backward (Triton bytes at 4.25 TB/s + GEMM flops; then measured CUDA / eager):
+- VICReg 2048×8192 bf16 (N×N): stats 67 MB, operand 134, sums 50, epilogues 2×168 = 587 MB
+  (0.14 ms) + GEMMs 2×137 GFLOP (0.39 ms) ≈ 0.55 ms (0.85 / 5.09).
+- VICReg 16384×2048 bf16 (D×D): 134 + 268 + 50 + 2×335 MB (0.26 ms) + 2×275 GFLOP (0.78 ms)
+  ≈ 1.05 ms (1.38 / 3.05).
+- VICReg 2048×256 bf16: 6 MB, 1.6 GFLOP, 7 launches: host-bound (0.23 / 1.95).
+- Barlow 2048×8192 bf16 (N×N): 67 + 134 + 67 + BatchNorm backward 2×302 MB (0.21 ms) + 2×137
+  GFLOP (0.39 ms) ≈ 0.6 ms (1.03 / 2.53).
+- spectral 16384×256 bf16 (D×D): 50 + 2×42 MB (0.03 ms) + 2×4.3 GFLOP of skinny GEMMs (~0.05 ms):
+  host-bound (0.38 / 4.16).
+- VICReg 2048×8192 fp32 "high": 134 + 268 + 34 + 402 MB (0.2 ms) + TF32 2×137 GFLOP (0.77 ms)
+  ≈ 1.0 ms (1.25 / 9.35); "highest": fp64 forward GEMM and IEEE backward, ≈ 5.5 ms (5.78 / 36.4).
+Peak extra memory, bf16, against test_cuda_peak_memory_bound's 2·M²·4 + 2·inputs (torch's CPU
+allocator with the kernels stubbed and GEMM outputs allocated as on the GPU): VICReg 2048×8192
+151.3 of 167.8 MB, 16384×2048 285.3 of 302.0, Barlow 2048×8192 152.4 of 167.8, spectral
+16384×256 34.0 of 34.1.
 
-Custom ops (DESIGN conventions 1–3): ``duality_kernels::<op>_fwd`` / ``<op>_bwd`` for op in
-vicreg, barlow_twins, spectral, covariance, cross_correlation, normalized_gram, duality_terms; each
-with a fake, the forward with ``register_autograd`` calling the backward op. The forward returns
-(loss, term₁, term₂, …, saved tensors…); the backward op takes the incoming gradient of the loss and
-of every term as 0-dim tensors and folds them into effective coefficients INSIDE the kernels
-(loaded from device memory; no ``.item()``, no host-device synchronization, DESIGN convention 3).
-
-Python scalars reach the kernels as float64 arguments (annotated ``tl.float64``) and are cast to
-the accumulation dtype in the kernel (``_scalar``): a plain Python float would be passed as fp32,
-which costs float64 inputs ~1e-8 relative accuracy. ``tl.dot`` gets ``out_dtype=ACC`` (triton 3.6
-defaults it to fp32, which rejects a float64 accumulator).
-
-Block sizes: 32/16 under the interpreter (fast tests, several tiles even at N, D ≈ 33); on the GPU
-64-wide tiles (32 for float64), not tuned, no measurement yet. All are powers of two and every
-``tl.dot`` operand dimension is at least 16 (DESIGN convention 10). Indices are int64 where N·D or
-M² can pass 2³¹.
+Loads are 2-D tiles with the block along the contiguous columns and masks only at tile edges:
+16-byte vectors when D·itemsize is a multiple of 16, coalesced otherwise. Indices are int64 where
+N·D can pass 2³¹; Python scalars reach kernels as float64 (``tl.float64``) arguments.
 """
 from __future__ import annotations
 
@@ -76,8 +77,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ... import _validation as V
 from .._direct import Spec, apply, function, pick
-from ._common import acc_dtype, input_precision, interpreting, tl, triton, unavailable_reason
+from ._common import acc_dtype, device_problem, interpreting, tl, triton, unavailable_reason
 from ._common import device_guard as _device
 from ._common import scalar as _scalar
 
@@ -104,8 +106,22 @@ __all__ = [
 ]
 
 L2_EPS = 1e-12  # torch.nn.functional.normalize's eps (SPEC "Notation")
-_SYM, _CROSS, _PAIR = 0, 1, 2  # _gram_reduce_kernel modes
-_SAMPLE, _DIMENSION = 0, 1
+
+# column pass modes / phases
+_CENTER, _BN, _SQ = 0, 1, 2
+_FUSED, _STATS, _APPLY = 0, 1, 2
+_DIAG_NONE, _DIAG_SQ, _DIAG_DOT = 0, 1, 2
+# row pass modes
+_ROW_CLAMP, _ROW_L2, _ROW_SQ = 0, 1, 2
+# prep sums
+_SUM_NONE, _SUM_SQ, _SUM_PAIR = 0, 1, 2
+# finalize / epilogue modes
+_F_VICREG, _F_BARLOW, _F_SPECTRAL, _F_DUALITY = 0, 1, 2, 3
+_E_VICREG, _E_DUALITY, _E_COV = 0, 1, 2
+_R_SPECTRAL, _R_NGRAM = 0, 1
+# how a GEMM result P' is turned into the true product (IDENT operands, module docstring)
+_RS_NONE, _RS_ROW, _RS_COL = 0, 1, 2          # undo the fp16 power-of-two scales by row / column
+_CORR_NONE, _CORR_OUTER, _CORR_COL = 0, 1, 2  # − w_i·mean_k (N×N side) / − u_k (D×D side)
 
 # ============================================================================================
 # JIT helpers
@@ -113,7 +129,7 @@ _SAMPLE, _DIMENSION = 0, 1
 
 @triton.jit
 def _pick(view, first, second):
-    """``first`` for view 0, ``second`` for view 1 (kernels whose grid axis 2 is the view)."""
+    """``first`` for view 0, ``second`` for view 1."""
     r = first
     if view != 0:
         r = second
@@ -121,1116 +137,1248 @@ def _pick(view, first, second):
 
 
 @triton.jit
-def _sqrt(x):
-    """Correctly rounded square root (``tl.sqrt`` is approximate in fp32; ``sqrt_rn`` is fp32-only)."""
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
+def _clamp0(x):
+    """max(x, 0) that keeps NaN (SPEC §6: NaN propagates as in the reference; Triton's maximum
+    drops a NaN operand)."""
+    return tl.where(x < 0, 0.0, x)
 
 
 @triton.jit
-def _div(x, y, ACC: tl.constexpr):
-    """x / y correctly rounded in ACC: Triton's fp32 ``/`` is div.full.f32 (up to 2 ulp, seen in the
-    sm_90 PTX); ``div_rn`` is fp32-only (fp64 ``/`` is already div.rn.f64)."""
-    if ACC == tl.float32:
-        return tl.div_rn(tl.cast(x, ACC), tl.cast(y, ACC))
-    else:
-        return tl.cast(x, ACC) / tl.cast(y, ACC)
+def _floor(x, lo):
+    """max(x, lo) that keeps NaN (as torch's clamp_min)."""
+    return tl.where(x < lo, lo, x)
 
 
 @triton.jit
-def _load_x(z_ptr, m_ptr, c_ptr, r_ptr, ri, ci, N, D,
-            HAS_M: tl.constexpr, HAS_C: tl.constexpr, HAS_R: tl.constexpr, ACC: tl.constexpr):
-    """Prologue-fused load of x[ri, ci] = (z[ri, ci] − mean[ci])·cscale[ci]·rscale[ri], 0 outside.
+def _bn_inv(m2, inv_n, eps):
+    """BatchNorm's column scale 1/sqrt(m2/N + eps) (biased variance, SPEC §1), float64. Vector
+    divisions are written as products with scalar reciprocals and rsqrt throughout: a float64
+    division compiles to a subroutine call on sm_90 whose register saves ptxas counts as spills."""
+    return tl.math.rsqrt(m2 * inv_n + eps)
 
-    ``ri`` / ``ci`` are broadcastable index blocks ((B, 1) and (1, C), or the transpose), so the
-    same helper loads a tile of x or of xᵀ. ``z`` is a contiguous (N, D) tensor.
+
+@triton.jit
+def _operand(z, mean, inv, T: tl.constexpr):
+    """The GEMM operand round_T((z − mean)·inv), computed in float64 and rounded once; the
+    backward epilogues call it again and get the forward's operand bit for bit."""
+    return ((z.to(tl.float64) - mean) * inv).to(T)
+
+
+@triton.jit
+def _pow2_scale(mx):
+    """(2^k, 2^-k) fp32 with mx·2^k in [2^14, 2^15): fp16's largest finite value is 65504 < 2^16, so
+    a row scaled by it cannot overflow; (1, 1) for zero, subnormal, inf or NaN maxima."""
+    e = (mx.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    k = tl.minimum(tl.maximum(268 - e, 2), 252)  # biased exponent 127 + (141 − e), inverse in range
+    k = tl.where((e == 0) | (e == 255), 127, k)
+    return (k << 23).to(tl.float32, bitcast=True), ((254 - k) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _view_vectors(rs_ptr, w_ptr, v, N, D, RS: tl.constexpr, CORR: tl.constexpr):
+    """View v's rows of the fp16 scales (by row: N, by column: D) and of the corrections."""
+    rsv = rs_ptr + v * D
+    if RS == 1:
+        rsv = rs_ptr + v * N
+    wv = w_ptr + v * D
+    if CORR == 1:
+        wv = w_ptr + v * N
+    return rsv, wv
+
+
+@triton.jit
+def _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rs_ptr, w_ptr, mean_ptr,
+             RS: tl.constexpr, CORR: tl.constexpr):
+    """A tile of the true product from the GEMM result P' (module docstring, backward operands):
+    P'·rs (fp16 row scales, by row on the N×N side, by column on the D×D side), minus the centering
+    correction w_i·mean_k (N×N side) or u_k (D×D side)."""
+    p = tl.load(p_ptr + idx, mask=mask, other=0.0)
+    if RS == 1:
+        p = p * tl.load(rs_ptr + rows, mask=rmask, other=0.0)[:, None]
+    if RS == 2:
+        p = p * tl.load(rs_ptr + cols, mask=cmask, other=0.0)[None, :]
+    if CORR == 1:
+        w = tl.load(w_ptr + rows, mask=rmask, other=0.0)
+        m = tl.load(mean_ptr + cols, mask=cmask, other=0.0).to(p.dtype)
+        p = p - w[:, None] * m[None, :]
+    if CORR == 2:
+        p = p - tl.load(w_ptr + cols, mask=cmask, other=0.0)[None, :]
+    return p
+
+
+# ============================================================================================
+# Forward passes
+
+
+@triton.jit
+def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, part_ptr, dpart_ptr,
+                    N, D, RPC, eps: tl.float64,
+                    MODE: tl.constexpr, PHASE: tl.constexpr, TWO: tl.constexpr,
+                    SQDIFF: tl.constexpr, DIAG: tl.constexpr, ST: tl.constexpr,
+                    BR: tl.constexpr, BD: tl.constexpr):
+    """Column statistics and the GEMM operand for a stripe of BD columns × a chunk of RPC rows
+    (grid: stripes, chunks), both views per program.
+
+    _STATS: shifted sums Σ(z − z₀), Σ(z − z₀)² per view (z₀ = row 0, so chunk sums add up) and
+      Σ(z1 − z2)², float64, into part[(j, chunk, D)], j = S1, Q1, S2, Q2, R.
+    _APPLY: x̃ = _operand(z, mean, inv) (inv = 1, or BatchNorm's) from the merged statistics, written
+      once, and per chunk the float64 column sums of the ROUNDED operand (DIAG: Σ x̃_v² per view or
+      Σ x̃1·x̃2) into dpart[(chunk, j, D)]: the N×N-side identities subtract exactly those.
+    _FUSED: both, one program per stripe over all rows (grid (stripes, 1)).
+    MODE _SQ (duality): no shift, no operand; m2 = Σ z² per column.
+    MODE _BN also writes the scales 1/sqrt(m2/N + eps) (float64) to cs. ST: the dtype of the
+    per-tile sums (BR rows) before they join the float64 totals: fp32 for bf16/fp16 inputs (z − z₀
+    of two bf16 values is exact in fp32; it halves the registers of the stats loop), else float64.
+    Bytes: stats read V·N·D·itemsize; operand pass reads it again and writes it once.
     """
-    rmask = ri < N
-    cmask = ci < D
-    mask = rmask & cmask
-    x = tl.load(z_ptr + ri.to(tl.int64) * D + ci, mask=mask, other=0.0).to(ACC)
-    if HAS_M:  # column centering (SPEC "Notation": center)
-        x = x - tl.load(m_ptr + ci, mask=cmask, other=0.0)
-    if HAS_C:  # BatchNorm standardization, 1/sqrt(var_b + eps) (SPEC §1 cross_correlation)
-        x = x * tl.load(c_ptr + ci, mask=cmask, other=0.0)
-    if HAS_R:  # per-row scale: l2n (SPEC §1) or spectral's norm clamp (SPEC §4)
-        x = x * tl.load(r_ptr + ri, mask=rmask, other=0.0)
-    return tl.where(mask, x, 0.0)  # padding stays 0 after centering
-
-
-@triton.jit
-def _load_mat(g_ptr, s0, s1, ri, ci, M, SYMM: tl.constexpr, ACC: tl.constexpr):
-    """G[ri, ci] (+ G[ci, ri] when SYMM) of an M×M matrix with strides (s0, s1), 0 outside.
-
-    Strides make transposition free and accept autograd's expanded (stride-0) gradients."""
-    mask = (ri < M) & (ci < M)
-    r64 = ri.to(tl.int64)
-    c64 = ci.to(tl.int64)
-    g = tl.load(g_ptr + r64 * s0 + c64 * s1, mask=mask, other=0.0).to(ACC)
-    if SYMM:
-        g += tl.load(g_ptr + c64 * s0 + r64 * s1, mask=mask, other=0.0).to(ACC)
-    return g
-
-
-@triton.jit
-def _gram_apply(g_ptr, s0, s1, x_ptr, xm_ptr, xc_ptr, xr_ptr, offs_i, offs_k, N, D,
-                SYMM: tl.constexpr, X_M: tl.constexpr, X_C: tl.constexpr, X_R: tl.constexpr,
-                SIDE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """Gram-apply tile (rows offs_i, columns offs_k of an N×D result):
-    SIDE 0: (G·x)[i, k] with G N×N; SIDE 1: (x·G)[i, k] with G D×D; x prologue-loaded."""
-    acc = tl.zeros((BM, BM), ACC)
-    if SIDE == 0:
-        for j0 in range(0, N, BK):
-            offs_j = j0 + tl.arange(0, BK)
-            g = _load_mat(g_ptr, s0, s1, offs_i[:, None], offs_j[None, :], N, SYMM, ACC)
-            x = _load_x(x_ptr, xm_ptr, xc_ptr, xr_ptr, offs_j[:, None], offs_k[None, :], N, D,
-                        X_M, X_C, X_R, ACC)
-            acc = tl.dot(g.to(DOT), x.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
+    pid_d = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    chunks = tl.num_programs(1)
+    cols = pid_d * BD + tl.arange(0, BD)
+    cmask = cols < D
+    r_lo = pid_c * RPC
+    r_hi = tl.minimum(r_lo + RPC, N)
+    nf = tl.cast(N, tl.float64)
+    inv_n = 1.0 / nf
+    e64 = _scalar(eps, tl.float64)
+    nd = tl.cast(N, tl.int64) * D
+    if PHASE != 2:
+        if MODE == 2:
+            s1 = tl.zeros([BD], ST)
+            s2 = tl.zeros([BD], ST)
+        else:
+            s1 = tl.load(z1_ptr + cols, mask=cmask, other=0.0).to(ST)
+            s2 = s1
+            if TWO:
+                s2 = tl.load(z2_ptr + cols, mask=cmask, other=0.0).to(ST)
+        S1 = tl.zeros([BD], tl.float64)
+        Q1 = tl.zeros([BD], tl.float64)
+        S2 = tl.zeros([BD], tl.float64)
+        Q2 = tl.zeros([BD], tl.float64)
+        R = tl.zeros([BD], tl.float64)
+        for r0 in range(r_lo, r_hi, BR):
+            rows = r0 + tl.arange(0, BR)
+            mask = (rows < r_hi)[:, None] & cmask[None, :]
+            idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+            a = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ST)
+            d1 = tl.where(mask, a - s1[None, :], 0.0)
+            S1 += tl.sum(d1, axis=0).to(tl.float64)
+            Q1 += tl.sum(d1 * d1, axis=0).to(tl.float64)
+            if TWO:
+                b = tl.load(z2_ptr + idx, mask=mask, other=0.0).to(ST)
+                d2 = tl.where(mask, b - s2[None, :], 0.0)
+                S2 += tl.sum(d2, axis=0).to(tl.float64)
+                Q2 += tl.sum(d2 * d2, axis=0).to(tl.float64)
+                if SQDIFF:
+                    e = a - b
+                    R += tl.sum(e * e, axis=0).to(tl.float64)
+        if PHASE == 1:
+            out = pid_c * D + cols
+            tl.store(part_ptr + out, S1, mask=cmask)
+            tl.store(part_ptr + chunks * D + out, Q1, mask=cmask)
+            if TWO:
+                tl.store(part_ptr + 2 * chunks * D + out, S2, mask=cmask)
+                tl.store(part_ptr + 3 * chunks * D + out, Q2, mask=cmask)
+                if SQDIFF:
+                    tl.store(part_ptr + 4 * chunks * D + out, R, mask=cmask)
+        else:
+            mean1 = s1.to(tl.float64) + S1 * inv_n
+            m21 = _clamp0(Q1 - S1 * S1 * inv_n)
+            if MODE == 2:
+                m21 = Q1
+            tl.store(mean_ptr + cols, mean1, mask=cmask)
+            tl.store(m2_ptr + cols, m21, mask=cmask)
+            mean2 = mean1
+            m22 = m21
+            if TWO:
+                mean2 = s2.to(tl.float64) + S2 * inv_n
+                m22 = _clamp0(Q2 - S2 * S2 * inv_n)
+                tl.store(mean_ptr + D + cols, mean2, mask=cmask)
+                tl.store(m2_ptr + D + cols, m22, mask=cmask)
+                if SQDIFF:
+                    tl.store(sq_ptr + cols, R, mask=cmask)
     else:
-        for l0 in range(0, D, BK):
-            offs_l = l0 + tl.arange(0, BK)
-            x = _load_x(x_ptr, xm_ptr, xc_ptr, xr_ptr, offs_i[:, None], offs_l[None, :], N, D,
-                        X_M, X_C, X_R, ACC)
-            g = _load_mat(g_ptr, s0, s1, offs_l[:, None], offs_k[None, :], D, SYMM, ACC)
-            acc = tl.dot(x.to(DOT), g.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
+        mean1 = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
+        m21 = tl.load(m2_ptr + cols, mask=cmask, other=0.0)
+        mean2 = mean1
+        m22 = m21
+        if TWO:
+            mean2 = tl.load(mean_ptr + D + cols, mask=cmask, other=0.0)
+            m22 = tl.load(m2_ptr + D + cols, mask=cmask, other=0.0)
+    if PHASE != 1 and MODE != 2:
+        T = x_ptr.dtype.element_ty
+        inv1 = tl.full([BD], 1.0, tl.float64)
+        inv2 = inv1
+        if MODE == 1:
+            inv1 = _bn_inv(m21, inv_n, e64)
+            inv2 = _bn_inv(m22, inv_n, e64)
+            if pid_c == 0:  # the scales, for the backward's D×D operands (bf16/fp16)
+                tl.store(cs_ptr + cols, inv1, mask=cmask)
+                if TWO:
+                    tl.store(cs_ptr + D + cols, inv2, mask=cmask)
+        g0 = tl.zeros([BD], tl.float64)
+        g1 = tl.zeros([BD], tl.float64)
+        for r0 in range(r_lo, r_hi, BR):
+            rows = r0 + tl.arange(0, BR)
+            mask = (rows < r_hi)[:, None] & cmask[None, :]
+            idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+            x1 = _operand(tl.load(z1_ptr + idx, mask=mask, other=0.0), mean1[None, :], inv1[None, :], T)
+            tl.store(x_ptr + idx, x1, mask=mask)
+            f1 = tl.where(mask, x1.to(tl.float64), 0.0)
+            if DIAG == 1:
+                g0 += tl.sum(f1 * f1, axis=0)
+            if TWO:
+                x2 = _operand(tl.load(z2_ptr + idx, mask=mask, other=0.0), mean2[None, :], inv2[None, :], T)
+                tl.store(x_ptr + nd + idx, x2, mask=mask)
+                f2 = tl.where(mask, x2.to(tl.float64), 0.0)
+                if DIAG == 1:
+                    g1 += tl.sum(f2 * f2, axis=0)
+                if DIAG == 2:
+                    g0 += tl.sum(f1 * f2, axis=0)
+        if DIAG == 1:
+            tl.store(dpart_ptr + (pid_c * 2) * D + cols, g0, mask=cmask)
+            if TWO:
+                tl.store(dpart_ptr + (pid_c * 2 + 1) * D + cols, g1, mask=cmask)
+        if DIAG == 2:
+            tl.store(dpart_ptr + pid_c * D + cols, g0, mask=cmask)
+
+
+@triton.jit
+def _colmerge_kernel(z1_ptr, z2_ptr, part_ptr, mean_ptr, m2_ptr, sq_ptr, N, D, chunks,
+                     MODE: tl.constexpr, TWO: tl.constexpr, SQDIFF: tl.constexpr, BD: tl.constexpr):
+    """Stage 2 of the column statistics: the chunks' shifted sums added in chunk order (grid:
+    stripes). Reads 5·chunks·D float64."""
+    cols = tl.program_id(0) * BD + tl.arange(0, BD)
+    cmask = cols < D
+    inv_n = 1.0 / tl.cast(N, tl.float64)
+    S1 = tl.zeros([BD], tl.float64)
+    Q1 = tl.zeros([BD], tl.float64)
+    S2 = tl.zeros([BD], tl.float64)
+    Q2 = tl.zeros([BD], tl.float64)
+    R = tl.zeros([BD], tl.float64)
+    for c in range(0, chunks):
+        off = c * D + cols
+        S1 += tl.load(part_ptr + off, mask=cmask, other=0.0)
+        Q1 += tl.load(part_ptr + chunks * D + off, mask=cmask, other=0.0)
+        if TWO:
+            S2 += tl.load(part_ptr + 2 * chunks * D + off, mask=cmask, other=0.0)
+            Q2 += tl.load(part_ptr + 3 * chunks * D + off, mask=cmask, other=0.0)
+            if SQDIFF:
+                R += tl.load(part_ptr + 4 * chunks * D + off, mask=cmask, other=0.0)
+    s1 = tl.zeros([BD], tl.float64)
+    s2 = tl.zeros([BD], tl.float64)
+    if MODE != 2:
+        s1 = tl.load(z1_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
+        if TWO:
+            s2 = tl.load(z2_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
+    tl.store(mean_ptr + cols, s1 + S1 * inv_n, mask=cmask)
+    if MODE == 2:
+        tl.store(m2_ptr + cols, Q1, mask=cmask)
+    else:
+        tl.store(m2_ptr + cols, _clamp0(Q1 - S1 * S1 * inv_n), mask=cmask)
+    if TWO:
+        tl.store(mean_ptr + D + cols, s2 + S2 * inv_n, mask=cmask)
+        tl.store(m2_ptr + D + cols, _clamp0(Q2 - S2 * S2 * inv_n), mask=cmask)
+        if SQDIFF:
+            tl.store(sq_ptr + cols, R, mask=cmask)
+
+
+@triton.jit
+def _rowpass_kernel(z1_ptr, z2_ptr, x_ptr, info_ptr, pv_ptr, N, D, radius: tl.float64,
+                    MODE: tl.constexpr, TWO: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """Per block of BR rows (grid: row blocks): row norms in float64, then the scaled rows.
+
+    _ROW_CLAMP (spectral, SPEC §4): t = 1 where ‖z‖ < sqrt(mu), else sqrt(mu)/‖z‖; x̃ = round(z·t);
+      info[v] = ±t (negative: clamped, the projection applies), info[2] = p = a·b (exact), and
+      pv = [p, p̃] float64 with p̃ = x̃1·x̃2 of the rounded rows (the D×D identity subtracts Σ p̃²).
+    _ROW_L2 (l2n): r = 1/max(‖z‖, 1e-12), x̃ = round(z·r), info[v] = ±r (negative: ‖z‖ < eps, no
+      projection, as torch's clamp_min backward).
+    _ROW_SQ (duality): pv = ‖z_i‖² float64 only.
+    Bytes: reads V·BR·D twice (the second time from L2), writes V·BR·D.
+    """
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rmask = rows < N
+    r64 = rows.to(tl.int64)
+    nd = tl.cast(N, tl.int64) * D
+    q11 = tl.zeros([BR], tl.float64)
+    q22 = tl.zeros([BR], tl.float64)
+    q12 = tl.zeros([BR], tl.float64)
+    for c0 in range(0, D, BD):
+        cols = c0 + tl.arange(0, BD)
+        mask = rmask[:, None] & (cols < D)[None, :]
+        idx = r64[:, None] * D + cols[None, :]
+        a = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(tl.float64)
+        q11 += tl.sum(a * a, axis=1)
+        if TWO:
+            b = tl.load(z2_ptr + idx, mask=mask, other=0.0).to(tl.float64)
+            q22 += tl.sum(b * b, axis=1)
+            q12 += tl.sum(a * b, axis=1)
+    if MODE == 2:
+        tl.store(pv_ptr + rows, q11, mask=rmask)
+    else:
+        T = x_ptr.dtype.element_ty
+        ACC = info_ptr.dtype.element_ty
+        eps = tl.full([BR], 1e-12, tl.float64)
+        n1 = tl.sqrt(q11)
+        n2 = tl.sqrt(q22)
+        if MODE == 0:
+            rad = _scalar(radius, tl.float64)
+            k1 = n1 < rad
+            k2 = n2 < rad
+            t1 = tl.where(k1, 1.0, rad * tl.math.rsqrt(_floor(q11, eps * eps)))
+            t2 = tl.where(k2, 1.0, rad * tl.math.rsqrt(_floor(q22, eps * eps)))
+            p = t1 * t2 * q12
+            f1 = n1 >= rad
+            f2 = n2 >= rad
+        else:
+            t1 = tl.math.rsqrt(_floor(q11, eps * eps))  # 1/max(‖z‖, eps)
+            t2 = tl.math.rsqrt(_floor(q22, eps * eps))
+            f1 = n1 >= eps
+            f2 = n2 >= eps
+        a1 = t1.to(ACC)
+        a2 = t2.to(ACC)
+        # the sign carries the projection flag (spectral: clamped, negative; l2: ‖z‖ ≥ eps,
+        # positive), so the backward needs one row per view
+        if MODE == 1:
+            i1 = tl.where(f1, a1, -a1)
+            i2 = tl.where(f2, a2, -a2)
+        else:
+            i1 = tl.where(f1, -a1, a1)
+            i2 = tl.where(f2, -a2, a2)
+        tl.store(info_ptr + rows, i1, mask=rmask)
+        if TWO:
+            tl.store(info_ptr + N + rows, i2, mask=rmask)
+        pt = tl.zeros([BR], tl.float64)
+        for c0 in range(0, D, BD):
+            cols = c0 + tl.arange(0, BD)
+            mask = rmask[:, None] & (cols < D)[None, :]
+            idx = r64[:, None] * D + cols[None, :]
+            x1 = (tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ACC) * a1[:, None]).to(T)
+            tl.store(x_ptr + idx, x1, mask=mask)
+            if TWO:
+                x2 = (tl.load(z2_ptr + idx, mask=mask, other=0.0).to(ACC) * a2[:, None]).to(T)
+                tl.store(x_ptr + nd + idx, x2, mask=mask)
+                pt += tl.sum(x1.to(tl.float64) * x2.to(tl.float64), axis=1)
+        if MODE == 0:
+            tl.store(info_ptr + 2 * N + rows, p.to(ACC), mask=rmask)
+            tl.store(pv_ptr + rows, p, mask=rmask)
+            tl.store(pv_ptr + N + rows, pt, mask=rmask)
+
+
+@triton.jit
+def _prep_kernel(src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_ptr,
+                 vec0_ptr, vec1_ptr, alpha: tl.float64, o_ptr, rs_ptr, w_ptr, part_ptr, M, NRB,
+                 a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr, N, D, NCH,
+                 w0: tl.float64, w1: tl.float64, w2: tl.float64, w3: tl.float64, w4: tl.float64,
+                 SUMS: tl.constexpr, SUMV: tl.constexpr, WRITE: tl.constexpr, SYM: tl.constexpr,
+                 COLMUL: tl.constexpr, VEC: tl.constexpr, SCALE: tl.constexpr,
+                 BR: tl.constexpr, BC: tl.constexpr, FINAL: tl.constexpr, VIEWS: tl.constexpr,
+                 MODE: tl.constexpr, NATIVE: tl.constexpr, BV: tl.constexpr):
+    """``_prep_rows`` for one block of BR rows per program (grid: NRB row blocks, views); or, FINAL
+    (small M: launch-bound), one program walks every block of every view and then runs the
+    finalize (``_finalize_body``, arguments as ``_finalize_kernel``'s): one launch instead of two."""
+    if FINAL:
+        for v in range(0, VIEWS):
+            for rb in range(0, NRB):
+                _prep_rows(rb, v, NRB, src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr,
+                           cm1_ptr, vec0_ptr, vec1_ptr, alpha, o_ptr, rs_ptr, w_ptr, part_ptr, M,
+                           SUMS, SUMV, WRITE, SYM, COLMUL, VEC, SCALE, BR, BC)
+        tl.debug_barrier()  # the partial sums, written by every thread, are read below
+        _finalize_body(part_ptr, NRB, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
+                       N, D, NCH, w0, w1, w2, w3, w4, MODE, NATIVE, BV)
+    else:
+        _prep_rows(tl.program_id(0), tl.program_id(1), NRB, src0_ptr, src1_ptr, s00, s01, s10,
+                   s11, pair_ptr, cm0_ptr, cm1_ptr, vec0_ptr, vec1_ptr, alpha, o_ptr, rs_ptr,
+                   w_ptr, part_ptr, M, SUMS, SUMV, WRITE, SYM, COLMUL, VEC, SCALE, BR, BC)
+
+
+@triton.jit
+def _prep_rows(rb, v, nrb, src0_ptr, src1_ptr, s00, s01, s10, s11, pair_ptr, cm0_ptr, cm1_ptr,
+               vec0_ptr, vec1_ptr, alpha, o_ptr, rs_ptr, w_ptr, part_ptr, M,
+               SUMS: tl.constexpr, SUMV: tl.constexpr, WRITE: tl.constexpr, SYM: tl.constexpr,
+               COLMUL: tl.constexpr, VEC: tl.constexpr, SCALE: tl.constexpr,
+               BR: tl.constexpr, BC: tl.constexpr):
+    """Row block rb of view v's M×M matrix.
+
+    Sums (float64, views v < SUMV): _SUM_SQ: Σ A² off the diagonal and on it; _SUM_PAIR (view 0):
+    Σ A∘B over all entries (B = pair, row-major) into part[(v, 2, row blocks)].
+    WRITE: the backward's GEMM operand O_v = A·alpha·colmul_v[col] (A = src_v with strides (s0, s1),
+    + its transpose with SYM), rounded to o's dtype, each row times a power of two when SCALE
+    (``_pow2_scale``, fp16; rs = the inverse factors), and with VEC the row dot
+    w_r = rs_r·Σ_c O_v[r, c]·vec_v[c] (VEC 1: vec = 1) of the rounded operand: the centering
+    correction of the epilogue (module docstring).
+    Bytes: reads V·M² of src (twice with SCALE, the second time from L2), writes V·M² of O.
+    """
+    src = _pick(v, src0_ptr, src1_ptr)
+    s0 = _pick(v, s00, s10)
+    s1 = _pick(v, s01, s11)
+    rows = rb * BR + tl.arange(0, BR)
+    rmask = rows < M
+    r64 = rows.to(tl.int64)
+    al = _scalar(alpha, tl.float64)
+    scale = tl.full([BR], 1.0, tl.float32)
+    inv = scale
+    if SCALE:
+        mx = tl.zeros([BR], tl.float32)
+        for c0 in range(0, M, BC):
+            cols = c0 + tl.arange(0, BC)
+            cmask = cols < M
+            mask = rmask[:, None] & cmask[None, :]
+            c64 = cols.to(tl.int64)
+            a = tl.load(src + r64[:, None] * s0 + c64[None, :] * s1, mask=mask, other=0.0).to(tl.float32)
+            if SYM:
+                a += tl.load(src + c64[None, :] * s0 + r64[:, None] * s1, mask=mask, other=0.0).to(tl.float32)
+            a = a * al.to(tl.float32)
+            if COLMUL:
+                a = a * tl.abs(tl.load(_pick(v, cm0_ptr, cm1_ptr) + cols, mask=cmask, other=0.0).to(tl.float32))[None, :]
+            mx = tl.maximum(mx, tl.max(tl.abs(a), axis=1))
+        scale, inv = _pow2_scale(mx)
+    off = tl.zeros([BR], tl.float64)
+    dg = tl.zeros([BR], tl.float64)
+    wacc = tl.zeros([BR], tl.float64)
+    o_base = o_ptr + tl.cast(v, tl.int64) * M * M
+    for c0 in range(0, M, BC):
+        cols = c0 + tl.arange(0, BC)
+        cmask = cols < M
+        mask = rmask[:, None] & cmask[None, :]
+        c64 = cols.to(tl.int64)
+        a = tl.load(src + r64[:, None] * s0 + c64[None, :] * s1, mask=mask, other=0.0)
+        if SYM:
+            a += tl.load(src + c64[None, :] * s0 + r64[:, None] * s1, mask=mask, other=0.0)
+        if SUMS == 1:
+            a64 = a.to(tl.float64)
+            sq = a64 * a64
+            on = rows[:, None] == cols[None, :]
+            if v < SUMV:
+                off += tl.sum(tl.where(on, 0.0, sq), axis=1)
+                dg += tl.sum(tl.where(on, sq, 0.0), axis=1)
+        if SUMS == 2:
+            if v == 0:
+                b = tl.load(pair_ptr + r64[:, None] * M + c64[None, :], mask=mask, other=0.0)
+                off += tl.sum(a.to(tl.float64) * b.to(tl.float64), axis=1)
+        if WRITE:
+            # float64: for fp32/fp64 outputs (the symmetrized upstream gradient) one rounding
+            y = a.to(tl.float64) * al
+            if COLMUL:
+                y = y * tl.abs(tl.load(_pick(v, cm0_ptr, cm1_ptr) + cols, mask=cmask, other=0.0).to(tl.float64))[None, :]
+            o = (y * scale.to(tl.float64)[:, None]).to(o_ptr.dtype.element_ty)
+            tl.store(o_base + r64[:, None] * M + c64[None, :], o, mask=mask)
+            if VEC == 1:
+                wacc += tl.sum(tl.where(mask, o.to(tl.float64), 0.0), axis=1)
+            if VEC == 2:
+                vv = tl.load(_pick(v, vec0_ptr, vec1_ptr) + cols, mask=cmask, other=0.0).to(tl.float64)
+                wacc += tl.sum(o.to(tl.float64) * vv[None, :], axis=1)
+    if SUMS != 0:
+        if v < SUMV:
+            tl.store(part_ptr + (v * 2) * nrb + rb, tl.sum(off, axis=0))
+            tl.store(part_ptr + (v * 2 + 1) * nrb + rb, tl.sum(dg, axis=0))
+    if SCALE:
+        tl.store(rs_ptr + v * M + rows, inv, mask=rmask)
+    if VEC != 0:
+        tl.store(w_ptr + v * M + rows, (wacc * inv.to(tl.float64)).to(tl.float32), mask=rmask)
+
+
+@triton.jit
+def _vsum(ptr, n, BV: tl.constexpr):
+    """Σ ptr[0:n] in a fixed order, float64."""
+    offs = tl.arange(0, BV)
+    acc = tl.zeros([BV], tl.float64)
+    for i0 in range(0, n, BV):
+        acc += tl.load(ptr + i0 + offs, mask=i0 + offs < n, other=0.0).to(tl.float64)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _chunk_sum(ptr, k, kmask, nch, stride, BV: tl.constexpr):
+    """Σ_c ptr[c·stride + k] over nch chunks, in chunk order."""
+    acc = tl.zeros([BV], tl.float64)
+    for c in range(0, nch):
+        acc += tl.load(ptr + c * stride + k, mask=kmask, other=0.0)
     return acc
 
 
 @triton.jit
-def _vsum(ptr, n, BV: tl.constexpr, ACC: tl.constexpr):
-    """Σ ptr[0:n] in a fixed order (one program)."""
+def _finalize_kernel(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
+                     N, D, NCH, w0: tl.float64, w1: tl.float64, w2: tl.float64,
+                     w3: tl.float64, w4: tl.float64,
+                     MODE: tl.constexpr, NATIVE: tl.constexpr, BV: tl.constexpr):
+    """``_finalize_body`` on one program."""
+    _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
+                   N, D, NCH, w0, w1, w2, w3, w4, MODE, NATIVE, BV)
+
+
+@triton.jit
+def _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
+                   N, D, NCH, w0, w1, w2, w3, w4,
+                   MODE: tl.constexpr, NATIVE: tl.constexpr, BV: tl.constexpr):
+    """The loss and its terms in float64 on one program, rounded once (SPEC §2–4). Where the loss's
+    off-diagonal sum is the Gram's own (NATIVE: same side) it is the sum of the off-diagonal squares
+    directly; otherwise the full sum minus the other side's diagonal (SPEC §2), with that diagonal
+    from the rounded operand (Σ x̃², Σ ã·b̃, p̃), so the identity cancels nothing rounded differently.
+    _F_VICREG: a = m2 (2, D), b = Σ(z1 − z2)² (D), c = Σ x̃² chunks (NCH, 2, D); w = weights, γ, eps.
+    _F_BARLOW: c = Σ ã·b̃ chunks (NCH, 1, D); writes d = C_kk (D) to dv; w0 = λ.
+    _F_SPECTRAL: a = [p, p̃] (2, N); w0 = mu.  _F_DUALITY: a = ‖z_i‖² (N), b = Σ_i z_ik² (D).
+    """
+    nf = tl.cast(N, tl.float64)
+    df = tl.cast(D, tl.float64)
+    inv_n = 1.0 / nf
     offs = tl.arange(0, BV)
-    acc = tl.zeros((BV,), ACC)
-    for p0 in range(0, n, BV):
-        acc += tl.load(ptr + p0 + offs, mask=p0 + offs < n, other=0.0).to(ACC)
-    return tl.sum(acc, axis=0)
-
-
-# ============================================================================================
-# Statistics kernels (SPEC "Notation": center, var_u, var_b; l2n; spectral's norm clamp)
-
-
-@triton.jit
-def _colstats_partial_kernel(z1_ptr, z2_ptr, pmean_ptr, pm2_ptr, pco_ptr, psq_ptr,
-                             N, D, CHUNK,
-                             TWO: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
-                             ACC: tl.constexpr):
-    """Stage 1: per chunk of CHUNK rows and block of BD columns, the chunk's column mean and
-    centered sum of squares (per view), and with TWO views the centered co-moment Σ x1·x2 and
-    Σ (z1 − z2)². Tiles of BR rows are merged with Chan's parallel formulas, so the centered sums
-    never come from a difference of raw moments (no cancellation)."""
-    pid_c = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    n_chunks = tl.num_programs(0)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    dmask = offs_d < D
-    start = pid_c * CHUNK
-    end = tl.minimum(start + CHUNK, N)
-    mean1 = tl.zeros((BD,), ACC)
-    m21 = tl.zeros((BD,), ACC)
-    mean2 = tl.zeros((BD,), ACC)
-    m22 = tl.zeros((BD,), ACC)
-    co = tl.zeros((BD,), ACC)
-    sq = tl.zeros((BD,), ACC)
-    for r0 in range(start, end, BR):
-        offs_r = r0 + tl.arange(0, BR)
-        mask = (offs_r < end)[:, None] & dmask[None, :]
-        idx = offs_r.to(tl.int64)[:, None] * D + offs_d[None, :]
-        n_t = tl.cast(tl.minimum(end - r0, BR), ACC)
-        n_a = tl.cast(r0 - start, ACC)
-        w_t = _div(n_t, n_a + n_t, ACC)
-        w_at = n_a * w_t
-        x1 = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ACC)
-        t_mean1 = _div(tl.sum(x1, axis=0), n_t, ACC)
-        d1 = tl.where(mask, x1 - t_mean1[None, :], 0.0)
-        delta1 = t_mean1 - mean1
-        mean1 = mean1 + delta1 * w_t
-        m21 = m21 + tl.sum(d1 * d1, axis=0) + delta1 * delta1 * w_at
-        if TWO:
-            x2 = tl.load(z2_ptr + idx, mask=mask, other=0.0).to(ACC)
-            t_mean2 = _div(tl.sum(x2, axis=0), n_t, ACC)
-            d2 = tl.where(mask, x2 - t_mean2[None, :], 0.0)
-            delta2 = t_mean2 - mean2
-            mean2 = mean2 + delta2 * w_t
-            m22 = m22 + tl.sum(d2 * d2, axis=0) + delta2 * delta2 * w_at
-            co = co + tl.sum(d1 * d2, axis=0) + delta1 * delta2 * w_at
-            diff = x1 - x2
-            sq = sq + tl.sum(diff * diff, axis=0)
-    out = pid_c * D + offs_d
-    tl.store(pmean_ptr + out, mean1, mask=dmask)
-    tl.store(pm2_ptr + out, m21, mask=dmask)
-    if TWO:
-        out2 = (n_chunks + pid_c) * D + offs_d
-        tl.store(pmean_ptr + out2, mean2, mask=dmask)
-        tl.store(pm2_ptr + out2, m22, mask=dmask)
-        tl.store(pco_ptr + out, co, mask=dmask)
-        tl.store(psq_ptr + out, sq, mask=dmask)
-
-
-@triton.jit
-def _colstats_merge_kernel(pmean_ptr, pm2_ptr, pco_ptr, psq_ptr,
-                           mean_ptr, m2_ptr, co_ptr, sq_ptr, cs_ptr,
-                           N, D, CHUNK, n_chunks, eps: tl.float64,
-                           TWO: tl.constexpr, BN_SCALE: tl.constexpr, BD: tl.constexpr,
-                           ACC: tl.constexpr):
-    """Stage 2: merge the chunks' partial moments in chunk order (deterministic). With BN_SCALE
-    also write BatchNorm's per-column scale 1/sqrt(m2/N + eps) (biased variance, SPEC §1)."""
-    pid_d = tl.program_id(0)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    dmask = offs_d < D
-    mean1 = tl.zeros((BD,), ACC)
-    m21 = tl.zeros((BD,), ACC)
-    mean2 = tl.zeros((BD,), ACC)
-    m22 = tl.zeros((BD,), ACC)
-    co = tl.zeros((BD,), ACC)
-    sq = tl.zeros((BD,), ACC)
-    for c in range(0, n_chunks):
-        n_a = tl.cast(c * CHUNK, ACC)
-        n_t = tl.cast(tl.minimum(N - c * CHUNK, CHUNK), ACC)
-        w_t = _div(n_t, n_a + n_t, ACC)
-        w_at = n_a * w_t
-        off = c * D + offs_d
-        delta1 = tl.load(pmean_ptr + off, mask=dmask, other=0.0) - mean1
-        mean1 = mean1 + delta1 * w_t
-        m21 = m21 + tl.load(pm2_ptr + off, mask=dmask, other=0.0) + delta1 * delta1 * w_at
-        if TWO:
-            off2 = (n_chunks + c) * D + offs_d
-            delta2 = tl.load(pmean_ptr + off2, mask=dmask, other=0.0) - mean2
-            mean2 = mean2 + delta2 * w_t
-            m22 = m22 + tl.load(pm2_ptr + off2, mask=dmask, other=0.0) + delta2 * delta2 * w_at
-            co = co + tl.load(pco_ptr + off, mask=dmask, other=0.0) + delta1 * delta2 * w_at
-            sq = sq + tl.load(psq_ptr + off, mask=dmask, other=0.0)
-    tl.store(mean_ptr + offs_d, mean1, mask=dmask)
-    tl.store(m2_ptr + offs_d, m21, mask=dmask)
-    n = tl.cast(N, ACC)
-    eps_ = _scalar(eps, ACC)
-    if BN_SCALE:
-        tl.store(cs_ptr + offs_d, _div(1.0, _sqrt(_div(m21, n, ACC) + eps_), ACC), mask=dmask)
-    if TWO:
-        tl.store(mean_ptr + D + offs_d, mean2, mask=dmask)
-        tl.store(m2_ptr + D + offs_d, m22, mask=dmask)
-        tl.store(co_ptr + offs_d, co, mask=dmask)
-        tl.store(sq_ptr + offs_d, sq, mask=dmask)
-        if BN_SCALE:
-            tl.store(cs_ptr + D + offs_d, _div(1.0, _sqrt(_div(m22, n, ACC) + eps_), ACC), mask=dmask)
-
-
-@triton.jit
-def _rowstats_partial_kernel(z1_ptr, z2_ptr, part_ptr, colp_ptr, N, D, CHUNK,
-                             TWO: tl.constexpr, COLS: tl.constexpr,
-                             BM: tl.constexpr, BD: tl.constexpr, SACC: tl.constexpr):
-    """Per block of BM rows and chunk of CHUNK columns: partial Σ_k z1², (TWO) Σ_k z2², Σ_k z1·z2
-    into part[chunk, 0:3, rows]; with COLS also each tile's column sums Σ_i z1² into
-    colp[row block, columns] (duality_terms needs both the row and the column norms).
-    Accumulated in SACC = float64: raw (uncentered) sums of squares, whose squares and square roots
-    feed Σ‖z_i‖⁴, the norm clamp and l2n; memory-bound, so the wider adds cost nothing."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    mmask = offs_m < N
-    r11 = tl.zeros((BM,), SACC)
-    r22 = tl.zeros((BM,), SACC)
-    r12 = tl.zeros((BM,), SACC)
-    start = pid_c * CHUNK
-    end = tl.minimum(start + CHUNK, D)
-    for c0 in range(start, end, BD):
-        offs_d = c0 + tl.arange(0, BD)
-        mask = mmask[:, None] & (offs_d < end)[None, :]
-        idx = offs_m.to(tl.int64)[:, None] * D + offs_d[None, :]
-        x1 = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(SACC)
-        s1 = x1 * x1
-        r11 += tl.sum(s1, axis=1)
-        if COLS:
-            tl.store(colp_ptr + pid_m.to(tl.int64) * D + offs_d, tl.sum(s1, axis=0),
-                     mask=offs_d < end)
-        if TWO:
-            x2 = tl.load(z2_ptr + idx, mask=mask, other=0.0).to(SACC)
-            r22 += tl.sum(x2 * x2, axis=1)
-            r12 += tl.sum(x1 * x2, axis=1)
-    base = pid_c * 3 * N
-    tl.store(part_ptr + base + offs_m, r11, mask=mmask)
-    if TWO:
-        tl.store(part_ptr + base + N + offs_m, r22, mask=mmask)
-        tl.store(part_ptr + base + 2 * N + offs_m, r12, mask=mmask)
-
-
-@triton.jit
-def _sum_partials_kernel(part_ptr, out_ptr, R, M, stride, BV: tl.constexpr, ACC: tl.constexpr):
-    """out[m] = Σ_{r<R} part[r·stride + m], in r order (the second stage of a reduction)."""
-    offs = tl.program_id(0) * BV + tl.arange(0, BV)
-    mask = offs < M
-    acc = tl.zeros((BV,), ACC)
-    for r in range(0, R):
-        acc += tl.load(part_ptr + tl.cast(r, tl.int64) * stride + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, acc, mask=mask)
-
-
-@triton.jit
-def _rowinfo_kernel(part_ptr, info_ptr, N, n_chunks, radius: tl.float64, inv_mu: tl.float64,
-                    l2_eps: tl.float64,
-                    CLAMP: tl.constexpr, TWO: tl.constexpr, BV: tl.constexpr, SACC: tl.constexpr):
-    """Sum the row partials and derive the per-row prologue scales.
-
-    Computed in SACC = float64, stored in the info dtype.
-    CLAMP=False (l2n, SPEC "Notation"): info rows [1/max(‖z1‖, eps), (TWO) 1/max(‖z2‖, eps),
-        [‖z1‖ ≥ eps], (TWO) [‖z2‖ ≥ eps]] (the flag says whether the projection of the Jacobian
-        applies, as torch's clamp_min backward).
-    CLAMP=True (spectral, SPEC §4): info rows [t1, t2, proj1, proj2, p] with t = 1 for rows of
-        norm < sqrt(mu), sqrt(mu)/‖z‖ otherwise; proj = 1/mu on clamped rows, 0 on kept ones;
-        p_i = a_i·b_i of the clamped rows.
-    """
-    offs = tl.program_id(0) * BV + tl.arange(0, BV)
-    mask = offs < N
-    s11 = tl.zeros((BV,), SACC)
-    s22 = tl.zeros((BV,), SACC)
-    s12 = tl.zeros((BV,), SACC)
-    for c in range(0, n_chunks):
-        base = c * 3 * N
-        s11 += tl.load(part_ptr + base + offs, mask=mask, other=0.0)
-        if TWO:
-            s22 += tl.load(part_ptr + base + N + offs, mask=mask, other=0.0)
-            s12 += tl.load(part_ptr + base + 2 * N + offs, mask=mask, other=0.0)
-    n1 = _sqrt(s11)
-    n2 = _sqrt(s22)
-    eps = _scalar(l2_eps, SACC)  # an fp32 literal 1e-12 would be off by 2e-8 relative in fp64
-    if CLAMP:
-        r = _scalar(radius, SACC)
-        im = _scalar(inv_mu, SACC)
-        keep1 = n1 < r
-        keep2 = n2 < r
-        t1 = tl.where(keep1, 1.0, r / tl.maximum(n1, eps))
-        t2 = tl.where(keep2, 1.0, r / tl.maximum(n2, eps))
-        tl.store(info_ptr + offs, t1, mask=mask)
-        tl.store(info_ptr + N + offs, t2, mask=mask)
-        tl.store(info_ptr + 2 * N + offs, tl.where(keep1, 0.0, im), mask=mask)
-        tl.store(info_ptr + 3 * N + offs, tl.where(keep2, 0.0, im), mask=mask)
-        tl.store(info_ptr + 4 * N + offs, t1 * t2 * s12, mask=mask)
-    else:
-        tl.store(info_ptr + offs, 1.0 / tl.maximum(n1, eps), mask=mask)
-        f1 = tl.where(n1 >= eps, 1.0, 0.0).to(SACC)
-        if TWO:
-            tl.store(info_ptr + N + offs, 1.0 / tl.maximum(n2, eps), mask=mask)
-            tl.store(info_ptr + 2 * N + offs, f1, mask=mask)
-            tl.store(info_ptr + 3 * N + offs, tl.where(n2 >= eps, 1.0, 0.0).to(SACC), mask=mask)
-        else:
-            tl.store(info_ptr + N + offs, f1, mask=mask)
-
-
-@triton.jit
-def _rowcol_dot_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, out_ptr, M,
-                       BV: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr):
-    """out[0, m] = Σ_n A_mn B_mn, out[1, n] = Σ_m A_mn B_mn for M×M strided A, B (axis 1 of the
-    grid picks rows or columns by swapping strides): l2n's Jacobian contraction n_i·dn_i of
-    normalized_gram is a row (column) sum of Gout∘K (module docstring)."""
-    pid = tl.program_id(0)
-    axis = tl.program_id(1)
-    # swap strides arithmetically (an int argument equal to 1 is a compile-time constant)
-    ta0 = sa0 + (sa1 - sa0) * axis
-    ta1 = sa1 + (sa0 - sa1) * axis
-    tb0 = sb0 + (sb1 - sb0) * axis
-    tb1 = sb1 + (sb0 - sb1) * axis
-    offs_m = pid * BV + tl.arange(0, BV)
-    m64 = offs_m.to(tl.int64)
-    acc = tl.zeros((BV,), ACC)
-    for n0 in range(0, M, BW):
-        offs_n = n0 + tl.arange(0, BW)
-        n64 = offs_n.to(tl.int64)
-        mask = (offs_m < M)[:, None] & (offs_n < M)[None, :]
-        a = tl.load(a_ptr + m64[:, None] * ta0 + n64[None, :] * ta1, mask=mask, other=0.0).to(ACC)
-        b = tl.load(b_ptr + m64[:, None] * tb0 + n64[None, :] * tb1, mask=mask, other=0.0).to(ACC)
-        acc += tl.sum(a * b, axis=1)
-    tl.store(out_ptr + axis * M + offs_m, acc, mask=offs_m < M)
-
-
-# ============================================================================================
-# Gram-reduce
-
-
-@triton.jit
-def _gram_reduce_kernel(a_ptr, am_ptr, ac_ptr, ar_ptr, b_ptr, bm_ptr, bc_ptr, br_ptr,
-                        g_ptr, part_ptr, rowp_ptr, colp_ptr, N, D, out_div,
-                        SIDE: tl.constexpr, MODE: tl.constexpr, STORE: tl.constexpr,
-                        ROWCOL: tl.constexpr,
-                        A_M: tl.constexpr, A_C: tl.constexpr, A_R: tl.constexpr,
-                        B_M: tl.constexpr, B_C: tl.constexpr, B_R: tl.constexpr,
-                        BM: tl.constexpr, BK: tl.constexpr,
-                        ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """One (BM×BM) tile (i, j) of the side's Gram, reduced on chip (SPEC §2).
-
-    SIDE 0: M = N rows, the reduction runs over D; SIDE 1: M = D columns, over N.
-    MODE _SYM: G = x xᵀ / xᵀx of one operand per view (grid axis 2: view 0 = a, view 1 = b, same
-        prologue flags A_*): upper-triangle tiles only, mirror-stored, off-diagonal tiles count 2×
-        in Σ G². MODE _CROSS: G = a bᵀ / aᵀb, every tile; ROWCOL also writes the tile's row and
-        column sums of G² (partials over the other tile index). MODE _PAIR: GA and GB of a and b
-        on the same symmetric tile, reduced as Σ GA∘GB = ‖aᵀb‖² or ‖a bᵀ‖² (SPEC §2).
-    part[view, 0, i, j] gets the tile's sum of off-diagonal squares (of GA∘GB for PAIR),
-    part[view, 1, i, j] the diagonal's (nonzero on diagonal tiles only); both are 0 for skipped
-    lower tiles (the buffer is zeroed). Float64 sums of the fp32/fp64 accumulator's squares.
-    STORE writes G / out_div (G[view] or [GA, GB]) in the accumulation dtype.
-    """
-    pid_i = tl.program_id(0)
-    pid_j = tl.program_id(1)
-    view = tl.program_id(2)
-    nb = tl.num_programs(0)
-    if MODE != 1:
-        if pid_i > pid_j:  # symmetric: the lower triangle is the mirror of the upper one
-            return
-    if SIDE == 0:
-        M = N
-        R = D
-    else:
-        M = D
-        R = N
+    off0 = _vsum(part_ptr, nrb, BV)
+    dg0 = _vsum(part_ptr + nrb, nrb, BV)
     if MODE == 0:
-        pz = _pick(view, a_ptr, b_ptr)
-        pm = _pick(view, am_ptr, bm_ptr)
-        pc = _pick(view, ac_ptr, bc_ptr)
-        pr = _pick(view, ar_ptr, br_ptr)
-    else:
-        pz = a_ptr
-        pm = am_ptr
-        pc = ac_ptr
-        pr = ar_ptr
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_j = pid_j * BM + tl.arange(0, BM)
-    acc = tl.zeros((BM, BM), ACC)
-    acc2 = tl.zeros((BM, BM), ACC)
-    for r0 in range(0, R, BK):
-        offs_r = r0 + tl.arange(0, BK)
-        if SIDE == 0:
-            ri_i = offs_i[:, None]   # left operand (BM, BK): x[i, r]
-            ci_i = offs_r[None, :]
-            ri_j = offs_j[None, :]   # right operand (BK, BM): x[j, r]ᵀ
-            ci_j = offs_r[:, None]
+        gam = _scalar(w3, tl.float64)
+        eps = _scalar(w4, tl.float64)
+        inv_nm1 = 1.0 / (nf - 1.0)
+        off1 = _vsum(part_ptr + 2 * nrb, nrb, BV)
+        dg1 = _vsum(part_ptr + 3 * nrb, nrb, BV)
+        h = tl.zeros([BV], tl.float64)
+        cc = tl.zeros([BV], tl.float64)
+        for k0 in range(0, D, BV):
+            k = k0 + offs
+            km = k < D
+            for v in range(0, 2):
+                s = tl.sqrt(tl.load(a_ptr + v * D + k, mask=km, other=0.0) * inv_nm1 + eps)
+                hv = gam - s
+                # relu written so that NaN propagates (SPEC §6), as torch's relu does
+                h += tl.where(km, tl.where(hv < 0, 0.0, hv), 0.0)
+                if not NATIVE:
+                    g = _chunk_sum(c_ptr + v * D, k, km, NCH, 2 * D, BV)
+                    cc += g * g
+        if NATIVE:
+            cov = off0 + off1
         else:
-            ri_i = offs_r[None, :]   # left operand (BM, BK): x[r, i]ᵀ
-            ci_i = offs_i[:, None]
-            ri_j = offs_r[:, None]   # right operand (BK, BM): x[r, j]
-            ci_j = offs_j[None, :]
-        left = _load_x(pz, pm, pc, pr, ri_i, ci_i, N, D, A_M, A_C, A_R, ACC)
-        if MODE == 1:
-            right = _load_x(b_ptr, bm_ptr, bc_ptr, br_ptr, ri_j, ci_j, N, D, B_M, B_C, B_R, ACC)
+            cov = (off0 + dg0) + (off1 + dg1) - tl.sum(cc, axis=0)
+        inv = _vsum(b_ptr, D, BV) / (nf * df)
+        var = tl.sum(h, axis=0) / (2.0 * df)
+        cov = cov / ((nf - 1.0) * (nf - 1.0) * df)
+        loss = _scalar(w0, tl.float64) * inv + _scalar(w1, tl.float64) * var \
+            + _scalar(w2, tl.float64) * cov
+        tl.store(o0_ptr, loss.to(o0_ptr.dtype.element_ty))
+        tl.store(o1_ptr, inv.to(o1_ptr.dtype.element_ty))
+        tl.store(o2_ptr, var.to(o2_ptr.dtype.element_ty))
+        tl.store(o3_ptr, cov.to(o3_ptr.dtype.element_ty))
+    if MODE == 1:
+        on = tl.zeros([BV], tl.float64)
+        dd = tl.zeros([BV], tl.float64)
+        for k0 in range(0, D, BV):
+            k = k0 + offs
+            km = k < D
+            d = _chunk_sum(c_ptr, k, km, NCH, D, BV) * inv_n
+            tl.store(dv_ptr + k, d.to(dv_ptr.dtype.element_ty), mask=km)
+            on += tl.where(km, (1.0 - d) * (1.0 - d), 0.0)
+            dd += d * d
+        on_s = tl.sum(on, axis=0)
+        if NATIVE:
+            off_s = off0 / (nf * nf)
         else:
-            right = _load_x(pz, pm, pc, pr, ri_j, ci_j, N, D, A_M, A_C, A_R, ACC)
-        acc = tl.dot(left.to(DOT), right.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
-        if MODE == 2:
-            left2 = _load_x(b_ptr, bm_ptr, bc_ptr, br_ptr, ri_i, ci_i, N, D, B_M, B_C, B_R, ACC)
-            right2 = _load_x(b_ptr, bm_ptr, bc_ptr, br_ptr, ri_j, ci_j, N, D, B_M, B_C, B_R, ACC)
-            acc2 = tl.dot(left2.to(DOT), right2.to(DOT), acc2, input_precision=PREC, out_dtype=ACC)
-    # squares summed in float64: the tile sums and the finalize's combination (‖G‖² minus a
-    # diagonal sum, often of similar size) are where fp32 would lose the last bits
-    a64 = acc.to(tl.float64)
+            off_s = off0 / (nf * nf) - tl.sum(dd, axis=0)
+        tl.store(o0_ptr, (on_s + _scalar(w0, tl.float64) * off_s).to(o0_ptr.dtype.element_ty))
+        tl.store(o1_ptr, on_s.to(o1_ptr.dtype.element_ty))
+        tl.store(o2_ptr, off_s.to(o2_ptr.dtype.element_ty))
     if MODE == 2:
-        prod = a64 * acc2.to(tl.float64)
-    else:
-        prod = a64 * a64
-    on_diag = offs_i[:, None] == offs_j[None, :]
-    dsum = tl.sum(tl.sum(tl.where(on_diag, prod, 0.0), axis=1), axis=0)
-    osum = tl.sum(tl.sum(tl.where(on_diag, 0.0, prod), axis=1), axis=0)
-    if MODE != 1:
-        osum = tl.where(pid_i == pid_j, osum, osum + osum)
-    pp = part_ptr + ((view * 2) * nb + pid_i) * nb + pid_j
-    tl.store(pp, osum)
-    tl.store(pp + nb * nb, dsum)
-    if STORE:
-        div = tl.cast(out_div, ACC)
-        i64 = offs_i.to(tl.int64)
-        j64 = offs_j.to(tl.int64)
-        mask = (offs_i < M)[:, None] & (offs_j < M)[None, :]
-        maskT = (offs_j < M)[:, None] & (offs_i < M)[None, :]
-        MM = tl.cast(M, tl.int64) * M
-        g0 = g_ptr + view.to(tl.int64) * MM
-        tl.store(g0 + i64[:, None] * M + j64[None, :], _div(acc, div, ACC), mask=mask)
-        if MODE != 1:
-            if pid_i != pid_j:
-                tl.store(g0 + j64[:, None] * M + i64[None, :], _div(tl.trans(acc), div, ACC), mask=maskT)
+        mu = _scalar(w0, tl.float64)
+        sp = tl.zeros([BV], tl.float64)
+        spp = tl.zeros([BV], tl.float64)
+        for i0 in range(0, N, BV):
+            i = i0 + offs
+            sp += tl.load(a_ptr + i, mask=i < N, other=0.0)
+            pt = tl.load(a_ptr + N + i, mask=i < N, other=0.0)
+            spp += pt * pt
+        if NATIVE:
+            offsq = off0
+        else:
+            offsq = off0 - tl.sum(spp, axis=0)
+        pos = -2.0 * tl.sum(sp, axis=0) / nf / mu
+        neg = offsq / (nf * (nf - 1.0)) / mu
+        tl.store(o0_ptr, (pos + neg).to(o0_ptr.dtype.element_ty))
+        tl.store(o1_ptr, pos.to(o1_ptr.dtype.element_ty))
+        tl.store(o2_ptr, neg.to(o2_ptr.dtype.element_ty))
+    if MODE == 3:
+        rr = tl.zeros([BV], tl.float64)
+        cc = tl.zeros([BV], tl.float64)
+        for i0 in range(0, N, BV):
+            r = tl.load(a_ptr + i0 + offs, mask=i0 + offs < N, other=0.0)
+            rr += r * r
+        for k0 in range(0, D, BV):
+            c = tl.load(b_ptr + k0 + offs, mask=k0 + offs < D, other=0.0)
+            cc += c * c
+        r4 = tl.sum(rr, axis=0)
+        c4 = tl.sum(cc, axis=0)
+        # the Gram's own off-diagonal squares give its side's criterion (paper Thm 3.3)
+        if NATIVE:  # D×D side
+            lc = (off0 + dg0) - r4
+            lnc = off0
+        else:
+            lc = off0
+            lnc = (off0 + dg0) - c4
+        tl.store(o0_ptr, lc.to(o0_ptr.dtype.element_ty))
+        tl.store(o1_ptr, lnc.to(o1_ptr.dtype.element_ty))
+        tl.store(o2_ptr, r4.to(o2_ptr.dtype.element_ty))
+        tl.store(o3_ptr, c4.to(o3_ptr.dtype.element_ty))
+
+
+# ============================================================================================
+# Backward epilogues (after the cuBLAS product P' of each view)
+
+
+@triton.jit
+def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr, cv_ptr, rv_ptr,
+                     rs_ptr, w_ptr, g0_ptr, g1_ptr, g2_ptr, g3_ptr, N, D, RPC, v0,
+                     w_inv: tl.float64, w_var: tl.float64, w_cov: tl.float64,
+                     gamma: tl.float64, eps: tl.float64,
+                     MODE: tl.constexpr, RS: tl.constexpr, CORR: tl.constexpr,
+                     BR: tl.constexpr, BD: tl.constexpr):
+    """Elementwise epilogues over a stripe of BD columns × a chunk of RPC rows (grid: stripes,
+    chunks, views in this launch; view = v0 + axis 2), P from ``_product``.
+    _E_VICREG (SPEC §3), with a_t = g_loss·w_t + g_t (device scalars, no sync):
+        dz = c_cov·P + x̃∘col_k ± (2a_inv/(N·D))·(z1 − z2),  P = G·x (N×N) or x·G (D×D),
+        c_cov = 4a_cov/((N−1)²D), col_k = −a_var·[γ > std_k]/(2D(N−1)std_k) − c_cov·m2_k, and no
+        centering Jacobian: every term is a combination of the centered x (its columns sum to 0).
+    _E_DUALITY (SPEC §2): dz = 4(g_Lc + g_Lnc)·P + 4z∘((g_r4 − g_Lc)·r_i + (g_c4 − g_Lnc)·c_k).
+    _E_COV: dz = P (the 1/(N − correction) is in the operand).
+    Bytes per view: P (4 B) + z1, z2 (VICReg) or z read + dz written per element.
+    """
+    pid_d = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    lv = tl.program_id(2)
+    v = v0 + lv
+    p_ptr = _pick(lv, p0_ptr, p1_ptr)
+    dz_ptr = _pick(v, dz0_ptr, dz1_ptr)
+    T = dz0_ptr.dtype.element_ty
+    ACC = p0_ptr.dtype.element_ty
+    cols = pid_d * BD + tl.arange(0, BD)
+    cmask = cols < D
+    r_lo = pid_c * RPC
+    r_hi = tl.minimum(r_lo + RPC, N)
+    nf = tl.cast(N, tl.float64)
+    df = tl.cast(D, tl.float64)
+    rsv, wv = _view_vectors(rs_ptr, w_ptr, v, N, D, RS, CORR)
+    meanv = mean_ptr + v * D
+    gl = tl.load(g0_ptr).to(tl.float64)
+    if MODE == 0:
+        a_inv = gl * _scalar(w_inv, tl.float64) + tl.load(g1_ptr).to(tl.float64)
+        a_var = gl * _scalar(w_var, tl.float64) + tl.load(g2_ptr).to(tl.float64)
+        a_cov = gl * _scalar(w_cov, tl.float64) + tl.load(g3_ptr).to(tl.float64)
+        nm1 = nf - 1.0
+        m2 = tl.load(cv_ptr + v * D + cols, mask=cmask, other=0.0)
+        var = m2 * (1.0 / nm1) + _scalar(eps, tl.float64)
+        c_cov = 4.0 * a_cov / (nm1 * nm1 * df)
+        c_var = -a_var / (2.0 * df * nm1)
+        col = tl.where(_scalar(gamma, tl.float64) - tl.sqrt(var) > 0, c_var * tl.math.rsqrt(var), 0.0) \
+            - c_cov * m2
+        col = col.to(ACC)
+        cc = c_cov.to(ACC)
+        ci = ((1.0 - 2.0 * v) * 2.0 * a_inv / (nf * df)).to(ACC)
+        mean = tl.load(meanv + cols, mask=cmask, other=0.0)
+    if MODE == 1:
+        a_fro = (4.0 * (gl + tl.load(g1_ptr).to(tl.float64))).to(ACC)
+        a_r = 4.0 * (tl.load(g2_ptr).to(tl.float64) - gl)
+        a_c = 4.0 * (tl.load(g3_ptr).to(tl.float64) - tl.load(g1_ptr).to(tl.float64))
+        ck = (a_c * tl.load(cv_ptr + cols, mask=cmask, other=0.0)).to(ACC)
+    for r0 in range(r_lo, r_hi, BR):
+        rows = r0 + tl.arange(0, BR)
+        rmask = rows < r_hi
+        mask = rmask[:, None] & cmask[None, :]
+        idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+        p = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, wv, meanv, RS, CORR)
+        if MODE == 0:
+            a = tl.load(z1_ptr + idx, mask=mask, other=0.0)
+            b = tl.load(z2_ptr + idx, mask=mask, other=0.0)
+            x = _operand(_pick(v, a, b), mean[None, :], 1.0, T).to(ACC)
+            dz = cc * p + x * col[None, :] + ci * (a.to(ACC) - b.to(ACC))
+        if MODE == 1:
+            z = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ACC)
+            ri = (a_r * tl.load(rv_ptr + rows, mask=rmask, other=0.0)).to(ACC)
+            dz = a_fro * p + z * (ri[:, None] + ck[None, :])
         if MODE == 2:
-            g1 = g_ptr + MM
-            tl.store(g1 + i64[:, None] * M + j64[None, :], _div(acc2, div, ACC), mask=mask)
-            if pid_i != pid_j:
-                tl.store(g1 + j64[:, None] * M + i64[None, :], _div(tl.trans(acc2), div, ACC), mask=maskT)
-    if ROWCOL:
-        tl.store(rowp_ptr + pid_j * M + offs_i, tl.sum(prod, axis=1), mask=offs_i < M)
-        tl.store(colp_ptr + pid_i * M + offs_j, tl.sum(prod, axis=0), mask=offs_j < M)
-
-
-# ============================================================================================
-# Finalize kernels (one program each: O(D + N + tiles) scalar work, fixed summation order).
-# They compute in float64 whatever the input (FIN): a few thousand flops, and the outputs
-# are then rounded once, which keeps the fp32 losses within an ulp or so of float64 truth.
+            dz = p
+        tl.store(dz_ptr + idx, dz.to(T), mask=mask)
 
 
 @triton.jit
-def _offdiag(part_ptr, n_part, view, BV: tl.constexpr, FIN: tl.constexpr):
-    """(Σ of the off-diagonal squares, Σ of the diagonal squares) of view ``view``'s Gram from the
-    tile partials. Where the loss's off-diagonal sum is the Gram's own (NATIVE in the callers: same
-    side, SPEC §2) it is used as such, instead of ‖G‖² minus a separately computed diagonal: no
-    cancellation, and no mismatch between the diagonal inside ‖G‖² and the one subtracted."""
-    off = _vsum(part_ptr + (2 * view) * n_part, n_part, BV, FIN)
-    diag = _vsum(part_ptr + (2 * view + 1) * n_part, n_part, BV, FIN)
-    return off, diag
+def _bn_tile(r0, r_hi, cols, cmask, D, p_ptr, zs, zo, meanp, mean_s, s_s, mean_o, s_o, alpha, beta,
+             rsv, wv, RS: tl.constexpr, CORR: tl.constexpr, POST: tl.constexpr, T: tl.constexpr,
+             BR: tl.constexpr):
+    """Rows [r0, r0 + BR) of ``_bn_bwd_kernel``'s stripe: (idx, mask, da, ã), float64."""
+    rows = r0 + tl.arange(0, BR)
+    rmask = rows < r_hi
+    mask = rmask[:, None] & cmask[None, :]
+    idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    p = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, wv, meanp, RS, CORR).to(tl.float64)
+    if POST:
+        p = p * s_s[None, :]
+    o = _operand(tl.load(zo + idx, mask=mask, other=0.0), mean_o[None, :], s_o[None, :], T)
+    a = _operand(tl.load(zs + idx, mask=mask, other=0.0), mean_s[None, :], s_s[None, :], T)
+    return idx, mask, alpha * p + beta[None, :] * o.to(tl.float64), a.to(tl.float64)
 
 
 @triton.jit
-def _vicreg_finalize_kernel(part_ptr, n_part, m2_ptr, sq_ptr,
-                            loss_ptr, inv_ptr, var_ptr, cov_ptr, N, D,
-                            inv_weight: tl.float64, var_weight: tl.float64,
-                            cov_weight: tl.float64, gamma: tl.float64, eps: tl.float64,
-                            NATIVE: tl.constexpr, BV: tl.constexpr, FIN: tl.constexpr):
-    """SPEC §3 VICReg: inv = Σ(z1 − z2)²/(N·D); v = mean_k relu(γ − sqrt(m2/(N−1) + eps));
-    c = offsq(xᵀx)/((N−1)²·D): on the D×D side (NATIVE) the Gram's off-diagonal squares; on the
-    N×N side ‖x xᵀ‖² − Σ_k m2_k² (SPEC §2)."""
-    gam = _scalar(gamma, FIN)
-    eps_ = _scalar(eps, FIN)
-    nm1 = tl.cast(N - 1, FIN)
-    df = tl.cast(D, FIN)
-    off0, diag0 = _offdiag(part_ptr, n_part, 0, BV, FIN)
-    off1, diag1 = _offdiag(part_ptr, n_part, 1, BV, FIN)
-    offs = tl.arange(0, BV)
-    dg0 = tl.zeros((BV,), FIN)
-    dg1 = tl.zeros((BV,), FIN)
-    h = tl.zeros((BV,), FIN)
-    for k0 in range(0, D, BV):
-        k = k0 + offs
-        kmask = k < D
-        a0 = tl.load(m2_ptr + k, mask=kmask, other=0.0).to(FIN)
-        a1 = tl.load(m2_ptr + D + k, mask=kmask, other=0.0).to(FIN)
-        dg0 += a0 * a0
-        dg1 += a1 * a1
-        h0 = gam - _sqrt(a0 / nm1 + eps_)
-        h1 = gam - _sqrt(a1 / nm1 + eps_)
-        # relu written so that NaN propagates (SPEC §6), as torch's relu does
-        h += tl.where(kmask, tl.where(h0 < 0, 0.0, h0) + tl.where(h1 < 0, 0.0, h1), 0.0)
-    if not NATIVE:
-        off0 = (off0 + diag0) - tl.sum(dg0, axis=0)
-        off1 = (off1 + diag1) - tl.sum(dg1, axis=0)
-    sq = _vsum(sq_ptr, D, BV, FIN)
-    inv = sq / (tl.cast(N, FIN) * df)
-    var = tl.sum(h, axis=0) / (2.0 * df)
-    cov = (off0 + off1) / (nm1 * nm1 * df)
-    loss = _scalar(inv_weight, FIN) * inv + _scalar(var_weight, FIN) * var \
-        + _scalar(cov_weight, FIN) * cov
-    tl.store(loss_ptr, loss)
-    tl.store(inv_ptr, inv)
-    tl.store(var_ptr, var)
-    tl.store(cov_ptr, cov)
-
-
-@triton.jit
-def _barlow_finalize_kernel(part_ptr, n_part, cs_ptr, co_ptr, loss_ptr, on_ptr, off_ptr, N, D,
-                            lambda_param: tl.float64,
-                            NATIVE: tl.constexpr, BV: tl.constexpr, FIN: tl.constexpr):
-    """SPEC §3 Barlow Twins: d_k = C_kk = co_k·s1_k·s2_k/N; on = Σ(1 − d)²; off = offsq(C):
-    on the D×D side (NATIVE) the off-diagonal squares of P = aᵀb over N²; on the N×N side
-    ⟨a aᵀ, b bᵀ⟩/N² − Σ d² (SPEC §2)."""
-    n = tl.cast(N, FIN)
-    off, diag = _offdiag(part_ptr, n_part, 0, BV, FIN)
-    offs = tl.arange(0, BV)
-    on = tl.zeros((BV,), FIN)
-    dd = tl.zeros((BV,), FIN)
-    for k0 in range(0, D, BV):
-        k = k0 + offs
-        kmask = k < D
-        d = tl.load(co_ptr + k, mask=kmask, other=0.0).to(FIN) \
-            * tl.load(cs_ptr + k, mask=kmask, other=0.0).to(FIN) \
-            * tl.load(cs_ptr + D + k, mask=kmask, other=0.0).to(FIN) / n
-        on += tl.where(kmask, (1.0 - d) * (1.0 - d), 0.0)
-        dd += d * d
-    on_s = tl.sum(on, axis=0)
-    if NATIVE:
-        off_s = off / (n * n)
-    else:
-        off_s = (off + diag) / (n * n) - tl.sum(dd, axis=0)
-    tl.store(loss_ptr, on_s + _scalar(lambda_param, FIN) * off_s)
-    tl.store(on_ptr, on_s)
-    tl.store(off_ptr, off_s)
-
-
-@triton.jit
-def _spectral_finalize_kernel(part_ptr, n_part, info_ptr, loss_ptr, pos_ptr, neg_ptr, N,
-                              mu: tl.float64, NATIVE: tl.constexpr, BV: tl.constexpr,
-                              FIN: tl.constexpr):
-    """SPEC §4 spectral: [−(2/N)Σ p_i + offsq(a bᵀ)/(N(N−1))]/mu on the clamped rows; offsq from
-    the N×N tiles directly (NATIVE), or ⟨aᵀa, bᵀb⟩ − Σ p_i² on the D×D side."""
-    mu_ = _scalar(mu, FIN)
-    n = tl.cast(N, FIN)
-    off, diag = _offdiag(part_ptr, n_part, 0, BV, FIN)
-    offs = tl.arange(0, BV)
-    sp = tl.zeros((BV,), FIN)
-    spp = tl.zeros((BV,), FIN)
-    for i0 in range(0, N, BV):
-        p = tl.load(info_ptr + 4 * N + i0 + offs, mask=i0 + offs < N, other=0.0).to(FIN)
-        sp += p
-        spp += p * p
-    if not NATIVE:
-        off = (off + diag) - tl.sum(spp, axis=0)
-    pos = -2.0 * tl.sum(sp, axis=0) / n / mu_
-    neg = off / (n * (n - 1.0)) / mu_
-    tl.store(loss_ptr, pos + neg)
-    tl.store(pos_ptr, pos)
-    tl.store(neg_ptr, neg)
-
-
-@triton.jit
-def _duality_finalize_kernel(part_ptr, n_part, r_ptr, c_ptr, lc_ptr, lnc_ptr, r4_ptr, c4_ptr,
-                             N, D, SIDE: tl.constexpr, BV: tl.constexpr, FIN: tl.constexpr):
-    """SPEC §2: the Gram's own off-diagonal squares give its side's criterion (L_c on the N×N
-    side, L_nc on the D×D side); the other one is ‖G‖² − Σ of the other side's norms⁴."""
-    off, diag = _offdiag(part_ptr, n_part, 0, BV, FIN)
-    offs = tl.arange(0, BV)
-    rr = tl.zeros((BV,), FIN)
-    cc = tl.zeros((BV,), FIN)
-    for i0 in range(0, N, BV):
-        r = tl.load(r_ptr + i0 + offs, mask=i0 + offs < N, other=0.0).to(FIN)
-        rr += r * r
-    for k0 in range(0, D, BV):
-        c = tl.load(c_ptr + k0 + offs, mask=k0 + offs < D, other=0.0).to(FIN)
-        cc += c * c
-    r4 = tl.sum(rr, axis=0)
-    c4 = tl.sum(cc, axis=0)
-    if SIDE == 0:
-        lc = off
-        lnc = (off + diag) - c4
-    else:
-        lc = (off + diag) - r4
-        lnc = off
-    tl.store(lc_ptr, lc)
-    tl.store(lnc_ptr, lnc)
-    tl.store(r4_ptr, r4)
-    tl.store(c4_ptr, c4)
-
-
-# ============================================================================================
-# Gram-apply kernels (backward)
-
-
-@triton.jit
-def _vicreg_bwd_kernel(z1_ptr, z2_ptr, g_ptr, mean_ptr, m2_ptr, dz1_ptr, dz2_ptr,
-                       gl_ptr, gi_ptr, gv_ptr, gc_ptr, N, D,
-                       inv_weight: tl.float64, var_weight: tl.float64, cov_weight: tl.float64,
-                       gamma: tl.float64, eps: tl.float64,
-                       SIDE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                       ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """dz of SPEC §3 VICReg for one view (grid axis 2), in one pass:
-        dz = (4·a_cov/((N−1)²D))·(G x)  + x∘col_k  ± (2·a_inv/(N·D))·(z1 − z2),
-        col_k = −a_var·[γ > std_k]/(2·D·(N−1)·std_k) − 4·a_cov·m2_k/((N−1)²D),
-    with G·x = x xᵀ x (N×N side) or x·xᵀx (D×D side), and a_t = g_loss·w_t + g_t the effective
-    coefficients of the terms (loaded from device memory). No centering Jacobian: it vanishes
-    exactly because every contribution is a combination of the centered x (module docstring)."""
-    pid_i = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    view = tl.program_id(2)
-    zp = _pick(view, z1_ptr, z2_ptr)
-    dzp = _pick(view, dz1_ptr, dz2_ptr)
-    if SIDE == 0:
-        M = N
-    else:
-        M = D
-    gp = g_ptr + view.to(tl.int64) * M * M
-    mp = mean_ptr + view * D
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_k = pid_k * BM + tl.arange(0, BM)
-    acc = _gram_apply(gp, M, 1, zp, mp, mp, mp, offs_i, offs_k, N, D,
-                      False, True, False, False, SIDE, BM, BK, ACC, DOT, PREC)
-    gl = tl.load(gl_ptr).to(ACC)
-    a_inv = gl * _scalar(inv_weight, ACC) + tl.load(gi_ptr).to(ACC)
-    a_var = gl * _scalar(var_weight, ACC) + tl.load(gv_ptr).to(ACC)
-    a_cov = gl * _scalar(cov_weight, ACC) + tl.load(gc_ptr).to(ACC)
-    nm1 = tl.cast(N - 1, ACC)
-    df = tl.cast(D, ACC)
-    kmask = offs_k < D
-    m2k = tl.load(m2_ptr + view * D + offs_k, mask=kmask, other=0.0).to(ACC)
-    std = _sqrt(_div(m2k, nm1, ACC) + _scalar(eps, ACC))
-    hinge = (_scalar(gamma, ACC) - std) > 0
-    c_cov = _div(4.0 * a_cov, nm1 * nm1 * df, ACC)
-    col = tl.where(hinge, _div(-a_var, 2.0 * df * nm1 * std, ACC), 0.0) - c_cov * m2k
-    x = _load_x(zp, mp, mp, mp, offs_i[:, None], offs_k[None, :], N, D, True, False, False, ACC)
-    mask = (offs_i < N)[:, None] & kmask[None, :]
-    idx = offs_i.to(tl.int64)[:, None] * D + offs_k[None, :]
-    diff = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ACC) \
-        - tl.load(z2_ptr + idx, mask=mask, other=0.0).to(ACC)
-    sign = 1.0 - 2.0 * tl.cast(view, ACC)
-    dz = c_cov * acc + x * col[None, :] + _div(sign * 2.0 * a_inv, tl.cast(N, ACC) * df, ACC) * diff
-    tl.store(dzp + idx, dz.to(dzp.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _duality_bwd_kernel(z_ptr, g_ptr, r_ptr, c_ptr, dz_ptr, g_lc, g_lnc, g_r4, g_c4, N, D,
-                        SIDE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                        ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """SPEC §2: with a_fro = g_Lc + g_Lnc, a_r = g_r4 − g_Lc, a_c = g_c4 − g_Lnc,
-    dz = 4·a_fro·(G z) + 4·z∘(a_r·r_i + a_c·c_k), r / c the row / column sums of squares."""
-    pid_i = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    if SIDE == 0:
-        M = N
-    else:
-        M = D
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_k = pid_k * BM + tl.arange(0, BM)
-    acc = _gram_apply(g_ptr, M, 1, z_ptr, z_ptr, z_ptr, z_ptr, offs_i, offs_k, N, D,
-                      False, False, False, False, SIDE, BM, BK, ACC, DOT, PREC)
-    glc = tl.load(g_lc).to(ACC)
-    glnc = tl.load(g_lnc).to(ACC)
-    a_fro = glc + glnc
-    a_r = tl.load(g_r4).to(ACC) - glc
-    a_c = tl.load(g_c4).to(ACC) - glnc
-    r = tl.load(r_ptr + offs_i, mask=offs_i < N, other=0.0).to(ACC)
-    c = tl.load(c_ptr + offs_k, mask=offs_k < D, other=0.0).to(ACC)
-    mask = (offs_i < N)[:, None] & (offs_k < D)[None, :]
-    idx = offs_i.to(tl.int64)[:, None] * D + offs_k[None, :]
-    z = tl.load(z_ptr + idx, mask=mask, other=0.0).to(ACC)
-    dz = 4.0 * (a_fro * acc + z * (a_r * r[:, None] + a_c * c[None, :]))
-    tl.store(dz_ptr + idx, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _covariance_bwd_kernel(z_ptr, mean_ptr, go_ptr, sg0, sg1, dz_ptr, N, D, out_div,
-                           BM: tl.constexpr, BK: tl.constexpr,
-                           ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """SPEC §1 covariance: dz = x·(Gout + Goutᵀ)/(N − correction); no centering Jacobian (the
-    column means of x·S vanish because x is centered)."""
-    pid_i = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_k = pid_k * BM + tl.arange(0, BM)
-    acc = _gram_apply(go_ptr, sg0, sg1, z_ptr, mean_ptr, mean_ptr, mean_ptr, offs_i, offs_k, N, D,
-                      True, True, False, False, 1, BM, BK, ACC, DOT, PREC)
-    mask = (offs_i < N)[:, None] & (offs_k < D)[None, :]
-    idx = offs_i.to(tl.int64)[:, None] * D + offs_k[None, :]
-    dz = _div(acc, tl.cast(out_div, ACC), ACC)
-    tl.store(dz_ptr + idx, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _bn_bwd_kernel(z1_ptr, z2_ptr, mean_ptr, cs_ptr, m_ptr, sm0, sm1, co_ptr, da_ptr, part_ptr,
-                   gl_ptr, gon_ptr, goff_ptr, N, D, lambda_param: tl.float64,
-                   SIDE: tl.constexpr, BARLOW: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                   ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """Backward through C = aᵀb/N with a, b BatchNorm-standardized (SPEC §1), pass 1 of 2
-    (view = grid axis 2; view 0: self a, other b → dz1; view 1 the reverse):
-        da = b·Gcᵀ/N  (Gc = ∂L/∂C),  stored in the accumulation dtype, plus this row block's
-        Σ_i da_ik, Σ_i da_ik·a_ik and Σ_i a_ik into part[view, 0:3, row block, k].
-    ``_proj_finish_kernel`` then applies BatchNorm's Jacobian
-        dz = s∘(da − mean_i da − (a − mean_i a)∘mean_i(da∘a)),
-    which is autograd's dx − mean_i(dx) with dx = s∘(da − a∘mean_i(da∘a)). In exact arithmetic
-    mean_i a = 0, mean_i da = 0 (b is centered) and mean_i(da∘a)_k = (1/N)Σ_l C_kl Gc_kl (a D×D
-    shortcut, one pass), but the result is a residual that cancels strongly when da ∥ a (N = 2,
-    or a ≈ b near convergence). Measured in fp32 at N=2 (torch emulation, 7 seeds, 2026-11-30):
-    dropping the two mean terms gave up to 30× eager's error; keeping them with the shortcut for
-    mean_i(da∘a), up to 4.4×; reducing the very da that is subtracted (this kernel), about 1×.
-    SIDE 1 (D×D): cross_correlation: M = Gout (strided); BARLOW (SPEC §3): M = P = aᵀb (saved,
-        C = P/N) and Gc = 2·a_off·C + diag(e), e_k = −2·a_on(1 − d_k) − 2·a_off·d_k with
-        a_on = g_loss + g_on, a_off = λ·g_loss + g_off, d_k = C_kk:
-        da = (2a_off/N²)·b·Pᵀ + b∘e/N (view 1: a·P).
-    SIDE 0 (N×N, BARLOW only): d‖aᵀb‖²/da = 2·(b bᵀ)·a, so da = (2a_off/N²)·(b bᵀ)·a + b∘e/N
-        with m_ptr = [a aᵀ, b bᵀ] (view 0 applies b bᵀ to a, view 1 a aᵀ to b)."""
-    pid_i = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    view = tl.program_id(2)
-    nbi = tl.num_programs(0)
-    sz = _pick(view, z1_ptr, z2_ptr)
-    oz = _pick(view, z2_ptr, z1_ptr)
-    sm = mean_ptr + view * D
-    om = mean_ptr + (1 - view) * D
-    scs = cs_ptr + view * D
-    ocs = cs_ptr + (1 - view) * D
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_k = pid_k * BM + tl.arange(0, BM)
-    kmask = offs_k < D
-    if SIDE == 1:
-        # view 0 applies Mᵀ (strides swapped), view 1 applies M
-        t0 = sm1 + (sm0 - sm1) * view
-        t1 = sm0 + (sm1 - sm0) * view
-        acc = _gram_apply(m_ptr, t0, t1, oz, om, ocs, ocs, offs_i, offs_k, N, D,
-                          False, True, True, False, 1, BM, BK, ACC, DOT, PREC)
-    else:
-        gp = m_ptr + (1 - view).to(tl.int64) * N * N
-        acc = _gram_apply(gp, N, 1, sz, sm, scs, scs, offs_i, offs_k, N, D,
-                          False, True, True, False, 0, BM, BK, ACC, DOT, PREC)
-    n = tl.cast(N, ACC)
+def _bn_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr, m2_ptr, dv_ptr,
+                   rs_ptr, w_ptr, g0_ptr, g1_ptr, g2_ptr, part_ptr, N, D, RPC, v0,
+                   lam: tl.float64, eps: tl.float64,
+                   BARLOW: tl.constexpr, RS: tl.constexpr, CORR: tl.constexpr, POST: tl.constexpr,
+                   PHASE: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """Backward through C = aᵀb/N with a, b BatchNorm-standardized (SPEC §1), float64 like the CUDA
+    backend's (the result is a residual that cancels when da ∥ a: N = 2, or a ≈ b). Grid: stripes,
+    chunks, views in this launch (view 0: self a, other b → dz1; view 1 the reverse).
+        da = α·P + β_k·b̃,  dz = s∘(da − mean_i da − (ã − mean_i ã)∘mean_i(da∘ã)),
+    ã, b̃ the forward's rounded operands (``_operand``), s = 1/sqrt(var_b + eps).
+    cross_correlation: α = 1/N, β = 0, P = b·Goutᵀ / a·Gout. Barlow (SPEC §3): α = 2a_off/N²,
+    β_k = (−2a_on(1 − d_k) − 2a_off·d_k)/N, d = C_kk, a_on = g_loss + g_on, a_off = λg_loss + g_off,
+    P = (b bᵀ)·a (N×N) or b·(aᵀb)ᵀ (D×D). POST: P'' ∘ s_self (the N×N side's IDENT operand is z).
+    _STATS-like PHASE 1 writes per-chunk sums of da, da∘ã, ã into part[(lv, 3, chunk, D)]; PHASE 2
+    adds them in chunk order and writes dz; PHASE 0 does both in one program per stripe.
+    Bytes per view: P (4 B) + z1, z2 read twice, dz written once per element.
+    """
+    pid_d = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    lv = tl.program_id(2)
+    chunks = tl.num_programs(1)
+    v = v0 + lv
+    p_ptr = _pick(lv, p0_ptr, p1_ptr)
+    dz_ptr = _pick(v, dz0_ptr, dz1_ptr)
+    zs = _pick(v, z1_ptr, z2_ptr)
+    zo = _pick(v, z2_ptr, z1_ptr)
+    T = dz0_ptr.dtype.element_ty
+    cols = pid_d * BD + tl.arange(0, BD)
+    cmask = cols < D
+    r_lo = pid_c * RPC
+    r_hi = tl.minimum(r_lo + RPC, N)
+    nf = tl.cast(N, tl.float64)
+    inv_n = 1.0 / nf
+    e64 = _scalar(eps, tl.float64)
+    rsv, wv = _view_vectors(rs_ptr, w_ptr, v, N, D, RS, CORR)
+    mean_s = tl.load(mean_ptr + v * D + cols, mask=cmask, other=0.0)
+    mean_o = tl.load(mean_ptr + (1 - v) * D + cols, mask=cmask, other=0.0)
+    s_s = _bn_inv(tl.load(m2_ptr + v * D + cols, mask=cmask, other=0.0), inv_n, e64)
+    s_o = _bn_inv(tl.load(m2_ptr + (1 - v) * D + cols, mask=cmask, other=0.0), inv_n, e64)
     if BARLOW:
-        gl = tl.load(gl_ptr).to(ACC)
-        a_on = gl + tl.load(gon_ptr).to(ACC)
-        a_off = gl * _scalar(lambda_param, ACC) + tl.load(goff_ptr).to(ACC)
-        d = tl.load(co_ptr + offs_k, mask=kmask, other=0.0).to(ACC) \
-            * tl.load(scs + offs_k, mask=kmask, other=0.0) \
-            * tl.load(ocs + offs_k, mask=kmask, other=0.0)
-        d = _div(d, n, ACC)
-        e = -2.0 * a_on * (1.0 - d) - 2.0 * a_off * d
-        other = _load_x(oz, om, ocs, ocs, offs_i[:, None], offs_k[None, :], N, D,
-                        True, True, False, ACC)
-        da = _div(2.0 * a_off, n * n, ACC) * acc + other * _div(e, n, ACC)[None, :]
+        gl = tl.load(g0_ptr).to(tl.float64)
+        a_on = gl + tl.load(g1_ptr).to(tl.float64)
+        a_off = gl * _scalar(lam, tl.float64) + tl.load(g2_ptr).to(tl.float64)
+        d = tl.load(dv_ptr + cols, mask=cmask, other=0.0).to(tl.float64)
+        alpha = 2.0 * a_off * inv_n * inv_n
+        beta = (-2.0 * a_on * (1.0 - d) - 2.0 * a_off * d) * inv_n
     else:
-        da = _div(acc, n, ACC)
-    selfx = _load_x(sz, sm, scs, scs, offs_i[:, None], offs_k[None, :], N, D, True, True, False, ACC)
-    mask = (offs_i < N)[:, None] & kmask[None, :]
-    idx = offs_i.to(tl.int64)[:, None] * D + offs_k[None, :]
-    tl.store(da_ptr + view.to(tl.int64) * N * D + idx, da, mask=mask)
-    pbase = part_ptr + (view * 3 * nbi + pid_i).to(tl.int64) * D + offs_k
-    tl.store(pbase, tl.sum(da, axis=0), mask=kmask)  # padding rows of da are 0 (acc and other are)
-    tl.store(pbase + nbi * D, tl.sum(da * selfx, axis=0), mask=kmask)
-    tl.store(pbase + 2 * nbi * D, tl.sum(selfx, axis=0), mask=kmask)
+        alpha = inv_n
+        beta = tl.zeros([BD], tl.float64)
+    sbase = part_ptr + (lv * 3 * chunks).to(tl.int64) * D + cols
+    if PHASE != 2:
+        t1 = tl.zeros([BD], tl.float64)
+        t2 = tl.zeros([BD], tl.float64)
+        t3 = tl.zeros([BD], tl.float64)
+        for r0 in range(r_lo, r_hi, BR):
+            idx, mask, da, a = _bn_tile(r0, r_hi, cols, cmask, D, p_ptr, zs, zo, mean_ptr + v * D,
+                                        mean_s, s_s, mean_o, s_o, alpha, beta, rsv, wv,
+                                        RS, CORR, POST, T, BR)
+            # padding is not 0 after centering: masked out of the sums
+            da = tl.where(mask, da, 0.0)
+            a = tl.where(mask, a, 0.0)
+            t1 += tl.sum(da, axis=0)
+            t2 += tl.sum(da * a, axis=0)
+            t3 += tl.sum(a, axis=0)
+        if PHASE == 1:
+            tl.store(sbase + pid_c * D, t1, mask=cmask)
+            tl.store(sbase + (chunks + pid_c) * D, t2, mask=cmask)
+            tl.store(sbase + (2 * chunks + pid_c) * D, t3, mask=cmask)
+    if PHASE != 1:
+        if PHASE == 2:
+            t1 = _chunk_sum(sbase, 0, cmask, chunks, D, BD)
+            t2 = _chunk_sum(sbase + chunks * D, 0, cmask, chunks, D, BD)
+            t3 = _chunk_sum(sbase + 2 * chunks * D, 0, cmask, chunks, D, BD)
+        m_da = t1 * inv_n
+        m_daa = t2 * inv_n
+        m_a = t3 * inv_n
+        for r0 in range(r_lo, r_hi, BR):
+            idx, mask, da, a = _bn_tile(r0, r_hi, cols, cmask, D, p_ptr, zs, zo, mean_ptr + v * D,
+                                        mean_s, s_s, mean_o, s_o, alpha, beta, rsv, wv,
+                                        RS, CORR, POST, T, BR)
+            dz = s_s[None, :] * (da - m_da[None, :] - (a - m_a[None, :]) * m_daa[None, :])
+            tl.store(dz_ptr + idx, dz.to(T), mask=mask)
 
 
 @triton.jit
-def _spectral_bwd_kernel(z1_ptr, z2_ptr, g_ptr, info_ptr, s2_ptr, dz1_ptr, dz2_ptr, da_ptr, part_ptr,
-                         gl_ptr, gp_ptr, gn_ptr, N, D, mu: tl.float64,
-                         SIDE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                         ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """SPEC §4 spectral, view = grid axis 2 (view 0: self a = t1∘z1, other b = t2∘z2).
-    With a_pos = g_loss + g_pos, a_neg = g_loss + g_neg, κ = a_neg/(N(N−1)mu) and
-    e_i = −2a_pos/(N·mu) − 2κ·p_i:  da = 2κ·(dF/da)/2 + e∘b, F = ‖a bᵀ‖²;
-    the clamp's Jacobian dz_i = t_i·(da_i − proj_i·a_i·(a_i·da_i)) (proj = 1/mu on clamped rows).
-    SIDE 0 (S = a bᵀ saved): dF/da = 2·S·b, dF/db = 2·Sᵀ·a, and a_i·da_i = 2κ·Σ_j S_ij² + e_i·p_i
-        with Σ_j S_ij² from the forward: dz written in one pass.
-    SIDE 1 (Ga = aᵀa, Gb = bᵀb saved): dF/da = 2·a·Gb; a_i·da_i is a reduction over all columns,
-        so this pass stores da and per-tile partial row sums; ``_proj_finish_kernel`` finishes."""
-    pid_i = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    view = tl.program_id(2)
-    nbk = tl.num_programs(1)
-    sz = _pick(view, z1_ptr, z2_ptr)
-    oz = _pick(view, z2_ptr, z1_ptr)
-    dzp = _pick(view, dz1_ptr, dz2_ptr)
-    st = info_ptr + view * N          # t of self
-    ot = info_ptr + (1 - view) * N    # t of other
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_k = pid_k * BM + tl.arange(0, BM)
-    imask = offs_i < N
-    n = tl.cast(N, ACC)
-    mu_ = _scalar(mu, ACC)
-    gl = tl.load(gl_ptr).to(ACC)
-    a_pos = gl + tl.load(gp_ptr).to(ACC)
-    a_neg = gl + tl.load(gn_ptr).to(ACC)
-    kappa = _div(a_neg, n * (n - 1.0) * mu_, ACC)
-    p = tl.load(info_ptr + 4 * N + offs_i, mask=imask, other=0.0)
-    e = _div(-2.0 * a_pos, n * mu_, ACC) - 2.0 * kappa * p
-    if SIDE == 0:
-        # view 0: S·b (S strides (N, 1)); view 1: Sᵀ·a (strides (1, N))
-        s0 = 1 + (N - 1) * (1 - view)
-        s1 = N + (1 - N) * (1 - view)
-        acc = _gram_apply(g_ptr, s0, s1, oz, ot, ot, ot, offs_i, offs_k, N, D,
-                          False, False, False, True, 0, BM, BK, ACC, DOT, PREC)
-    else:
-        gp = g_ptr + (1 - view).to(tl.int64) * D * D  # view 0 applies Gb, view 1 Ga
-        acc = _gram_apply(gp, D, 1, sz, st, st, st, offs_i, offs_k, N, D,
-                          False, False, False, True, 1, BM, BK, ACC, DOT, PREC)
-    other = _load_x(oz, ot, ot, ot, offs_i[:, None], offs_k[None, :], N, D, False, False, True, ACC)
-    selfx = _load_x(sz, st, st, st, offs_i[:, None], offs_k[None, :], N, D, False, False, True, ACC)
-    da = 2.0 * kappa * acc + e[:, None] * other
-    mask = imask[:, None] & (offs_k < D)[None, :]
-    idx = offs_i.to(tl.int64)[:, None] * D + offs_k[None, :]
-    if SIDE == 0:
-        s2 = tl.load(s2_ptr + view * N + offs_i, mask=imask, other=0.0)
-        t = tl.load(st + offs_i, mask=imask, other=0.0)
-        proj = tl.load(info_ptr + (2 + view) * N + offs_i, mask=imask, other=0.0)
-        q = proj * (2.0 * kappa * s2 + e * p)
-        dz = t[:, None] * (da - selfx * q[:, None])
-        tl.store(dzp + idx, dz.to(dzp.dtype.element_ty), mask=mask)
-    else:
-        tl.store(da_ptr + view.to(tl.int64) * N * D + idx, da, mask=mask)
-        tl.store(part_ptr + (view * nbk + pid_k).to(tl.int64) * N + offs_i, tl.sum(da * selfx, axis=1),
-                 mask=imask)
+def _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv, MODE: tl.constexpr,
+              RS: tl.constexpr, POST: tl.constexpr, T: tl.constexpr, ACC: tl.constexpr,
+              BD: tl.constexpr):
+    """Columns [c0, c0 + BD) of ``_row_bwd_kernel``'s rows: (idx, mask, da, ã) in ACC."""
+    cols = c0 + tl.arange(0, BD)
+    cmask = cols < D
+    mask = rmask[:, None] & cmask[None, :]
+    idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    da = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, rsv, rsv, RS, 0)
+    if POST:
+        da = da * t_s[:, None]
+    a = (tl.load(zs + idx, mask=mask, other=0.0).to(ACC) * t_s[:, None]).to(T)
+    if MODE == 0:
+        o = (tl.load(zo + idx, mask=mask, other=0.0).to(ACC) * t_o[:, None]).to(T)
+        da = k2 * da + e[:, None] * o.to(ACC)
+    return idx, mask, da, a.to(ACC)
 
 
 @triton.jit
-def _proj_finish_kernel(z1_ptr, z2_ptr, mean_ptr, scale_ptr, proj_ptr, da_ptr, part_ptr,
-                        dz1_ptr, dz2_ptr, N, D, n_part,
-                        COLWISE: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr):
-    """Pass 2 of the two-pass backwards: dz = scale∘(da − …) with y the view's prologued rows.
-    COLWISE (BatchNorm: cross_correlation, Barlow Twins): y = a = (z − mean)∘s, scale = s_k,
-        dz = s∘(da − mean_i(da) − (a − mean_i a)∘mean_i(da∘a)), sums from part[view, 0:3, ·, k].
-    else (spectral's clamp on the D×D side): y = a = t_i∘z, scale = t_i,
-        dz = t∘(da − a∘Q), Q_i = proj_i·Σ_{column blocks} part[view, ·, i] = proj_i·(a_i·da_i)."""
-    pid_i = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    view = tl.program_id(2)
-    zp = _pick(view, z1_ptr, z2_ptr)
-    dzp = _pick(view, dz1_ptr, dz2_ptr)
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_k = pid_k * BM + tl.arange(0, BM)
-    imask = offs_i < N
-    kmask = offs_k < D
-    mask = imask[:, None] & kmask[None, :]
-    idx = offs_i.to(tl.int64)[:, None] * D + offs_k[None, :]
-    da = tl.load(da_ptr + view.to(tl.int64) * N * D + idx, mask=mask, other=0.0)
-    if COLWISE:
-        sm = mean_ptr + view * D
-        sc = scale_ptr + view * D
-        y = _load_x(zp, sm, sc, sc, offs_i[:, None], offs_k[None, :], N, D, True, True, False, ACC)
-        q0 = tl.zeros((BM,), ACC)
-        q1 = tl.zeros((BM,), ACC)
-        q2 = tl.zeros((BM,), ACC)
-        pbase = part_ptr + (view * 3 * n_part).to(tl.int64) * D + offs_k
-        for r in range(0, n_part):
-            r64 = tl.cast(r, tl.int64)
-            q0 += tl.load(pbase + r64 * D, mask=kmask, other=0.0)
-            q1 += tl.load(pbase + (n_part + r64) * D, mask=kmask, other=0.0)
-            q2 += tl.load(pbase + (2 * n_part + r64) * D, mask=kmask, other=0.0)
-        n = tl.cast(N, ACC)
-        s = tl.load(sc + offs_k, mask=kmask, other=0.0)
-        m_da = _div(q0, n, ACC)
-        m_a = _div(q2, n, ACC)
-        m_daa = _div(q1, n, ACC)
-        dz = s[None, :] * (da - m_da[None, :] - (y - m_a[None, :]) * m_daa[None, :])
+def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, rs_ptr,
+                    g0_ptr, g1_ptr, g2_ptr, N, D, v0, mu: tl.float64,
+                    MODE: tl.constexpr, RS: tl.constexpr, POST: tl.constexpr,
+                    BR: tl.constexpr, BD: tl.constexpr):
+    """Row epilogues over a block of BR rows (grid: row blocks, views in this launch): a row dot,
+    then the projection; P from ``_product`` (POST: times the row's clamp t, D×D side IDENT).
+    _R_SPECTRAL (SPEC §4), a = t∘z1 / b = t∘z2 the clamped rows: with a_pos = g_loss + g_pos,
+        a_neg = g_loss + g_neg, κ = a_neg/(N(N−1)mu), e_i = −2a_pos/(N·mu) − 2κ·p_i,
+        da = 2κ·P + e∘b̃ (P = S·b or a·(bᵀb)),  dz_i = t_i·(da_i − proj_i·ã_i·(ã_i·da_i)),
+        proj = 1/mu on clamped rows.
+    _R_NGRAM (l2n): dz_i = r_i·(dn_i − f_i·ñ_i·(ñ_i·dn_i)), dn = P = Gout·n2 (Goutᵀ·n1).
+    Bytes per view: P (4 B) + z (+ the other view for spectral) read twice, dz written once.
+    """
+    rb = tl.program_id(0)
+    lv = tl.program_id(1)
+    v = v0 + lv
+    p_ptr = _pick(lv, p0_ptr, p1_ptr)
+    dz_ptr = _pick(v, dz0_ptr, dz1_ptr)
+    zs = _pick(v, z1_ptr, z2_ptr)
+    zo = _pick(v, z2_ptr, z1_ptr)
+    T = dz0_ptr.dtype.element_ty
+    ACC = p0_ptr.dtype.element_ty
+    rows = rb * BR + tl.arange(0, BR)
+    rmask = rows < N
+    nf = tl.cast(N, tl.float64)
+    ts = tl.load(info_ptr + v * N + rows, mask=rmask, other=1.0)
+    t_s = tl.abs(ts)
+    rsv, _ = _view_vectors(rs_ptr, rs_ptr, v, N, D, RS, 0)
+    if MODE == 0:
+        mu_ = _scalar(mu, tl.float64)
+        t_o = tl.abs(tl.load(info_ptr + (1 - v) * N + rows, mask=rmask, other=1.0))
+        p = tl.load(info_ptr + 2 * N + rows, mask=rmask, other=0.0).to(tl.float64)
+        gl = tl.load(g0_ptr).to(tl.float64)
+        a_pos = gl + tl.load(g1_ptr).to(tl.float64)
+        a_neg = gl + tl.load(g2_ptr).to(tl.float64)
+        kappa = a_neg / (nf * (nf - 1.0) * mu_)
+        e = (-2.0 * a_pos / (nf * mu_) - 2.0 * kappa * p).to(ACC)
+        k2 = (2.0 * kappa).to(ACC)
+        proj = tl.where(ts < 0, 1.0 / mu_, 0.0)
     else:
-        st = scale_ptr + view * N
-        y = _load_x(zp, st, st, st, offs_i[:, None], offs_k[None, :], N, D, False, False, True, ACC)
-        q = tl.zeros((BM,), ACC)
-        for r in range(0, n_part):
-            q += tl.load(part_ptr + (view * n_part + tl.cast(r, tl.int64)) * N + offs_i, mask=imask,
-                         other=0.0)
-        q = q * tl.load(proj_ptr + view * N + offs_i, mask=imask, other=0.0)
-        t = tl.load(st + offs_i, mask=imask, other=0.0)
-        dz = t[:, None] * (da - y * q[:, None])
-    tl.store(dzp + idx, dz.to(dzp.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _ngram_bwd_kernel(z1_ptr, z2_ptr, info_ptr, go_ptr, sg0, sg1, q_ptr, dz1_ptr, dz2_ptr, N, D,
-                      SINGLE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                      ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """SPEC §1 normalized_gram, K = n1 n2ᵀ: dn1 = Gout·n2, dn2 = Goutᵀ·n1 (SINGLE, z2 = z1:
-    dn = (Gout + Goutᵀ)·n), then l2n's Jacobian dz_i = r_i·(dn_i − f_i·n_i·(n_i·dn_i)) with
-    r = 1/max(‖z‖, eps), f = [‖z‖ ≥ eps] and n_i·dn_i = Σ_j Gout_ij K_ij (row / column sums of
-    Gout∘K from ``_rowcol_dot_kernel``, both for SINGLE): one pass."""
-    pid_i = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    view = tl.program_id(2)
-    offs_i = pid_i * BM + tl.arange(0, BM)
-    offs_k = pid_k * BM + tl.arange(0, BM)
-    imask = offs_i < N
-    if SINGLE:
-        rs = info_ptr
-        fl = info_ptr + N
-        acc = _gram_apply(go_ptr, sg0, sg1, z1_ptr, rs, rs, rs, offs_i, offs_k, N, D,
-                          True, False, False, True, 0, BM, BK, ACC, DOT, PREC)
-        q = tl.load(q_ptr + offs_i, mask=imask, other=0.0) \
-            + tl.load(q_ptr + N + offs_i, mask=imask, other=0.0)
-        zp = z1_ptr
-        dzp = dz1_ptr
-    else:
-        zp = _pick(view, z1_ptr, z2_ptr)
-        oz = _pick(view, z2_ptr, z1_ptr)
-        dzp = _pick(view, dz1_ptr, dz2_ptr)
-        rs = info_ptr + view * N
-        fl = info_ptr + (2 + view) * N
-        ors = info_ptr + (1 - view) * N
-        t0 = sg0 + (sg1 - sg0) * view  # view 1 applies Goutᵀ
-        t1 = sg1 + (sg0 - sg1) * view
-        acc = _gram_apply(go_ptr, t0, t1, oz, ors, ors, ors, offs_i, offs_k, N, D,
-                          False, False, False, True, 0, BM, BK, ACC, DOT, PREC)
-        q = tl.load(q_ptr + view * N + offs_i, mask=imask, other=0.0)
-    r = tl.load(rs + offs_i, mask=imask, other=0.0)
-    f = tl.load(fl + offs_i, mask=imask, other=0.0)
-    nself = _load_x(zp, rs, rs, rs, offs_i[:, None], offs_k[None, :], N, D, False, False, True, ACC)
-    dz = r[:, None] * (acc - nself * (f * q)[:, None])
-    mask = imask[:, None] & (offs_k < D)[None, :]
-    idx = offs_i.to(tl.int64)[:, None] * D + offs_k[None, :]
-    tl.store(dzp + idx, dz.to(dzp.dtype.element_ty), mask=mask)
+        proj = tl.where(ts > 0, 1.0, 0.0)
+        t_o = t_s
+        e = tl.zeros([BR], ACC)
+        k2 = 1.0
+    dot = tl.zeros([BR], tl.float64)
+    for c0 in range(0, D, BD):
+        idx, mask, da, a = _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv,
+                                     MODE, RS, POST, T, ACC, BD)
+        dot += tl.sum(a.to(tl.float64) * da.to(tl.float64), axis=1)
+    q = (proj * dot).to(ACC)
+    for c0 in range(0, D, BD):
+        idx, mask, da, a = _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv,
+                                     MODE, RS, POST, T, ACC, BD)
+        dz = t_s[:, None] * (da - q[:, None] * a)
+        tl.store(dz_ptr + idx, dz.to(T), mask=mask)
 
 
 # ============================================================================================
-# Launchers
+# Launch plans
 
 
-_TL = {torch.float32: tl.float32, torch.float64: tl.float64,
-       torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+class _Plan(NamedTuple):
+    """What a dtype's ops do (the fakes use it too, so it depends on the dtype only; DESIGN 3)."""
+    ident: bool    # backward products on the raw input z, operands in the input dtype (bf16/fp16)
+    scale: bool    # fp16: power-of-two row scales on the M×M operands (no overflow)
+    wide: bool     # fp32 under "highest": the summed Grams from a float64 GEMM
+    acc: torch.dtype
 
 
-class _Cfg(NamedTuple):
-    acc: torch.dtype    # accumulation / statistics dtype (SPEC "Notation")
-    ACC: object         # the same as a triton dtype
-    DOT: object         # tl.dot operand dtype: the input dtype for bf16/fp16 (tensor cores), else ACC
-    PREC: str           # tl.dot input_precision (DESIGN convention 4)
-    BM: int             # Gram tile edge (both tile dims, power of two, >= 16)
-    BK: int             # tl.dot reduction block (>= 16)
-    BR: int             # rows per statistics tile
-    BD: int             # columns per statistics tile
-    BV: int             # vector block of the one-program and 1-D kernels
-    warps: int
-    target: int         # programs wanted for the chunked statistics reductions
+# Test hooks (tests/test_triton_gram.py): "ident" runs fp32/fp64 through the bf16/fp16 plan, "scale"
+# adds fp16's row scales to it, "chunks" forces the chunked column pass, "split" one backward
+# epilogue per view, "unfused" the finalize as its own launch. Empty in normal use.
+_OVERRIDES: Dict[str, object] = {}
 
 
-def _cfg(z: Tensor) -> _Cfg:
-    return _cfg_of(z.dtype)
+def _plan(z: Tensor) -> _Plan:
+    low = z.dtype in (torch.bfloat16, torch.float16)
+    ident = low or bool(_OVERRIDES.get("ident"))
+    scale = z.dtype == torch.float16 or (ident and bool(_OVERRIDES.get("scale")))
+    wide = z.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+    return _Plan(ident, scale, wide, acc_dtype(z.dtype))
 
 
-def _cfg_of(dtype: torch.dtype) -> _Cfg:
-    acc = acc_dtype(dtype)
-    ACC = _TL[acc]
-    DOT = _TL[dtype] if dtype in (torch.bfloat16, torch.float16) else ACC
-    prec = input_precision(dtype)
+class _Blocks(NamedTuple):
+    col: Tuple[int, int]    # (BR, BD) of the column-stripe kernels
+    bn: Tuple[int, int]     # (BR, BD) of _bn_bwd_kernel (float64 tiles)
+    row: Tuple[int, int]    # (BR, BD) of the row kernels
+    prep: Tuple[int, int]   # (BR, BC) of _prep_kernel
+    fin: int                # vector block of the one-program finalize
+
+
+def _blocks(dtype: torch.dtype) -> _Blocks:
     if interpreting():
-        # small blocks: several tiles at test sizes (31, 33, ...) and fast numpy-backed programs;
-        # target=2 chunks per column block so that the chunk merges are exercised
-        return _Cfg(acc, ACC, DOT, prec, 32, 16, 16, 32, 128, 4, 2)
-    if dtype == torch.float64:
-        return _Cfg(acc, ACC, DOT, prec, 32, 16, 32, 64, 1024, 4, 512)
-    if dtype == torch.float32:
-        return _Cfg(acc, ACC, DOT, prec, 64, 32, 32, 128, 1024, 4, 512)
-    return _Cfg(acc, ACC, DOT, prec, 64, 64, 32, 128, 1024, 4, 512)
+        # small tiles: several stripes, row blocks and chunks at the test sizes (17, 31, 33, 48)
+        return _Blocks((8, 16), (8, 16), (8, 16), (8, 16), 64)
+    # GPU (unmeasured, untested on GPU): 4 warps; a [16, 64] tile is 8 elements (16 B of bf16) per
+    # thread, 128-byte row segments; float64 tiles half as tall (register budget of the fp64 math)
+    br = 8 if dtype == torch.float64 else 16
+    return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), 256)
+
+
+_SMS = 132                 # H200
+_FUSED_MAX = 1 << 20       # N·D at or below which one program per stripe does a column pass
+_SPLIT_BYTES = 8 << 20     # bf16/fp16: one fp32 product (and epilogue) per view above this
+_WARPS = 4
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _chunking(n: int, block: int, other_programs: int, target: int) -> Tuple[int, int]:
-    """(chunk length, number of chunks) splitting n into block-multiples so that about
-    ``target`` programs run in all (stage 1 of a two-stage reduction)."""
-    tiles = _cdiv(n, block)
-    want = max(1, min(tiles, _cdiv(target, max(other_programs, 1))))
-    chunk = _cdiv(tiles, want) * block
-    return chunk, _cdiv(n, chunk)
+def _chunks(n: int, d: int, br: int, bd: int, fuse: bool = True) -> Tuple[int, int]:
+    """(rows per chunk, chunks) of a column-stripe kernel. ``fuse`` (the column pass and the
+    BatchNorm backward, where one chunk saves launches): one chunk when the problem is small
+    (launch-bound: one launch instead of three) or the stripes alone fill two waves of 132 SMs.
+    Otherwise about four waves of (stripe, chunk) programs, at least 128 rows each."""
+    stripes = _cdiv(d, bd)
+    forced = _OVERRIDES.get("chunks")
+    if forced:
+        want = int(forced)
+    elif interpreting():
+        want = 2 if n >= 2 * br else 1
+    elif fuse and (n * d <= _FUSED_MAX or stripes >= 2 * _SMS):
+        want = 1
+    else:
+        want = max(1, min(_cdiv(4 * _SMS, stripes), _cdiv(n, 128)))
+    rpc = _cdiv(_cdiv(n, want), br) * br
+    return rpc, _cdiv(n, rpc)
 
 
-def _colstats(z1: Tensor, z2: Optional[Tensor], eps: float, bn_scale: bool, cfg: _Cfg):
-    """Per-column (mean (V, D), m2 (V, D), co (D), sq (D), cs (V, D)) for V = 1 or 2 views.
+def _groups(pl: _Plan, n: int, d: int) -> List[Tuple[int, ...]]:
+    """Views per backward epilogue launch: both, unless their fp32 products would not fit the
+    memory bound (bf16/fp16 products live in a temporary; fp32/fp64 ones in the gradients)."""
+    if pl.ident and (_OVERRIDES.get("split") or 2 * n * d * 4 > _SPLIT_BYTES):
+        return [(0,), (1,)]
+    return [(0, 1)]
 
-    Accumulated in float64 for every input dtype (memory-bound kernels: the wider arithmetic is
-    free), as the CUDA backend's column moments. mean and cs, which build the GEMM operands, are
-    rounded to the accumulation dtype; m2, co and sq stay float64: the finalize kernels subtract
-    Σ_k m2_k² (VICReg) or Σ_k C_kk² (Barlow) from a Gram's ‖·‖² on the N×N side, and fp32-rounded
-    moments there cost a few ulp of the loss (VICReg fp32 7×3: 3.2× eager's error)."""
+
+_DUMMIES: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _dummy(like: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A placeholder for a pointer argument a kernel variant never touches (cached: no allocation
+    per call)."""
+    key = (like.device, dtype)
+    t = _DUMMIES.get(key)
+    if t is None:
+        t = _DUMMIES[key] = torch.empty((1,), dtype=dtype, device=like.device)
+    return t
+
+
+_MM_DTYPE = "dtype" in torch.ops.aten.mm.overloads() and "dtype" in torch.ops.aten.bmm.overloads()
+
+
+def _mm(a: Tensor, b: Tensor, out: Optional[Tensor] = None, wide: bool = False) -> Tensor:
+    """a @ b (2-D, or batched 3-D) by cuBLAS with an fp32 (fp64) result. bf16/fp16 operands keep
+    tensor cores with an fp32 result (``mm``/``bmm`` with ``out_dtype``, torch >= 2.8/2.9 on CUDA;
+    an fp32 upcast elsewhere: CPU, older torch). ``wide``: a float64 GEMM (fp32 "highest" sums)."""
+    f = torch.bmm if a.dim() == 3 else torch.mm
+    if wide:
+        return f(a.double(), b.double())
+    if a.dtype in (torch.float32, torch.float64):
+        return f(a, b) if out is None else f(a, b, out=out)
+    if a.is_cuda and _MM_DTYPE:
+        return f(a, b, out_dtype=torch.float32)
+    return f(a.float(), b.float())
+
+
+# ============================================================================================
+# Launchers
+
+
+class _Cols(NamedTuple):
+    x: Optional[Tensor]   # (V, N, D) operand, input dtype
+    mean: Tensor          # (V, D) float64
+    m2: Tensor            # (V, D) float64 (_SQ: Σ z²)
+    cs: Tensor            # (V, D) float64 BatchNorm scales (_BN)
+    sq: Tensor            # (D,) float64 Σ(z1 − z2)² (sqdiff)
+    dpart: Tensor         # (chunks, ·, D) float64 column sums of the rounded operand (diag)
+    chunks: int
+
+
+def _colpass(z1: Tensor, z2: Optional[Tensor], mode: int, *, eps: float = 0.0, sqdiff: bool = False,
+             diag: int = _DIAG_NONE) -> _Cols:
     n, d = z1.shape
     two = z2 is not None
     v = 2 if two else 1
-    dev = z1.device
-    f64 = torch.float64
-    nbd = _cdiv(d, cfg.BD)
-    chunk, n_chunks = _chunking(n, cfg.BR, nbd, cfg.target)
-    pmean = torch.empty((v, n_chunks, d), dtype=f64, device=dev)
-    pm2 = torch.empty_like(pmean)
-    pco = torch.empty((n_chunks, d) if two else (1,), dtype=f64, device=dev)
-    psq = torch.empty_like(pco)
-    _colstats_partial_kernel[(n_chunks, nbd)](
-        z1, z2 if two else z1, pmean, pm2, pco, psq, n, d, chunk,
-        TWO=two, BR=cfg.BR, BD=cfg.BD, ACC=tl.float64, num_warps=cfg.warps)
-    mean = torch.empty((v, d), dtype=cfg.acc, device=dev)
-    m2 = torch.empty((v, d), dtype=f64, device=dev)
-    co = torch.empty((d,) if two else (1,), dtype=f64, device=dev)
-    sq = torch.empty_like(co)
-    cs = torch.empty_like(mean) if bn_scale else mean
-    _colstats_merge_kernel[(nbd,)](
-        pmean, pm2, pco, psq, mean, m2, co, sq, cs, n, d, chunk, n_chunks, float(eps),
-        TWO=two, BN_SCALE=bn_scale, BD=cfg.BD, ACC=tl.float64, num_warps=cfg.warps)
-    return mean, m2, co, sq, cs
+    br, bd = _blocks(z1.dtype).col
+    rpc, chunks = _chunks(n, d, br, bd)
+    f64 = dict(dtype=torch.float64, device=z1.device)
+    mean = torch.empty((v, d), **f64)
+    m2 = torch.empty((v, d), **f64)
+    sq = torch.empty((d,), **f64) if sqdiff else mean
+    cs = torch.empty((v, d), **f64) if mode == _BN else mean
+    write = mode != _SQ
+    x = torch.empty((v, n, d), dtype=z1.dtype, device=z1.device) if write else _dummy(z1, z1.dtype)
+    dpart = torch.empty((chunks, 2 if diag == _DIAG_SQ else 1, d), **f64) if diag else mean
+    b = z2 if two else z1
+    grid = (_cdiv(d, bd), chunks)
+    st = tl.float32 if z1.dtype in (torch.bfloat16, torch.float16) else tl.float64
+    flags = dict(MODE=mode, TWO=two, SQDIFF=sqdiff, DIAG=diag, ST=st, BR=br, BD=bd, num_warps=_WARPS)
+    if chunks == 1:
+        _colpass_kernel[grid](z1, b, x, mean, m2, sq, cs, mean, dpart, n, d, rpc, float(eps),
+                              PHASE=_FUSED, **flags)
+    else:
+        part = torch.empty((5, chunks, d), **f64)
+        _colpass_kernel[grid](z1, b, x, mean, m2, sq, cs, part, dpart, n, d, rpc, float(eps),
+                              PHASE=_STATS, **flags)
+        _colmerge_kernel[(grid[0],)](z1, b, part, mean, m2, sq, n, d, chunks, MODE=mode, TWO=two,
+                                     SQDIFF=sqdiff, BD=bd, num_warps=_WARPS)
+        if write:
+            _colpass_kernel[grid](z1, b, x, mean, m2, sq, cs, part, dpart, n, d, rpc, float(eps),
+                                  PHASE=_APPLY, **flags)
+    return _Cols(x if write else None, mean, m2, cs, sq, dpart, chunks)
 
 
-def _rowstats(z1: Tensor, z2: Optional[Tensor], cols: bool, cfg: _Cfg):
-    """(row partials (chunks, 3, N), number of chunks, column partials (row blocks, D) or None),
-    float64."""
+def _rowpass(z1: Tensor, z2: Optional[Tensor], mode: int, acc: torch.dtype, radius: float = 0.0):
+    """-> (x (V, N, D) or None, info (rows, N) acc, pv float64: [p, p̃] (2, N) or ‖z_i‖² (N))."""
     n, d = z1.shape
     two = z2 is not None
+    br, bd = _blocks(z1.dtype).row
     dev = z1.device
-    nbm = _cdiv(n, cfg.BR)
-    chunk, n_chunks = _chunking(d, cfg.BD, nbm, cfg.target)
-    part = torch.empty((n_chunks, 3, n), dtype=torch.float64, device=dev)
-    colp = torch.empty((nbm, d), dtype=torch.float64, device=dev) if cols else part
-    _rowstats_partial_kernel[(nbm, n_chunks)](
-        z1, z2 if two else z1, part, colp, n, d, chunk,
-        TWO=two, COLS=cols, BM=cfg.BR, BD=cfg.BD, SACC=tl.float64, num_warps=cfg.warps)
-    return part, n_chunks, (colp if cols else None)
+    x = _dummy(z1, z1.dtype)
+    info = _dummy(z1, acc)
+    pv = _dummy(z1)
+    if mode == _ROW_SQ:
+        pv = torch.empty((n,), dtype=torch.float64, device=dev)
+    else:
+        x = torch.empty((2 if two else 1, n, d), dtype=z1.dtype, device=dev)
+        info = torch.empty((3 if mode == _ROW_CLAMP else (2 if two else 1), n), dtype=acc, device=dev)
+        if mode == _ROW_CLAMP:
+            pv = torch.empty((2, n), dtype=torch.float64, device=dev)
+    _rowpass_kernel[(_cdiv(n, br),)](z1, z2 if two else z1, x, info, pv, n, d, float(radius),
+                                     MODE=mode, TWO=two, BR=br, BD=bd, num_warps=_WARPS)
+    return (None if mode == _ROW_SQ else x), info, pv
 
 
-def _sum_partials(part: Tensor, r: int, m: int, stride: int, cfg: _Cfg) -> Tensor:
-    """Σ over the r partial rows, in the partials' dtype."""
-    out = torch.empty((m,), dtype=part.dtype, device=part.device)
-    _sum_partials_kernel[(_cdiv(m, cfg.BV),)](part, out, r, m, stride, BV=cfg.BV, ACC=_TL[part.dtype],
-                                              num_warps=cfg.warps)
+class _Prep(NamedTuple):
+    o: Optional[Tensor]   # (V, M, M) operands (WRITE)
+    rs: Tensor            # (V, M) fp32 inverse row scales (SCALE) or empty
+    w: Tensor             # (V, M) fp32 centering corrections (VEC) or empty
+    outs: List[Tensor]    # the finalize's 0-dim outputs (``fin``)
+
+
+class _Fin(NamedTuple):
+    """Arguments of the finalize (``_finalize_body``): mode, native side, and its vectors."""
+    mode: int
+    native: bool
+    acc: torch.dtype
+    n: int
+    d: int
+    outs: int = 3
+    a: Optional[Tensor] = None
+    b: Optional[Tensor] = None
+    c: Optional[Tensor] = None
+    nch: int = 1
+    dv: Optional[Tensor] = None
+    weights: tuple = ()
+
+
+_FINAL_MAX = 1 << 17   # V·M² at or below which one program does the sums and the finalize
+
+
+def _prep(like: Tensor, m: int, srcs, strides, *, sums: int = _SUM_NONE, sumv: int = 0,
+          pair: Optional[Tensor] = None, out_dtype: Optional[torch.dtype] = None,
+          scale: bool = False, colmuls=None, vecs=None, ones: bool = False, alpha: float = 1.0,
+          sym: bool = False, views: int = 1, fin: Optional[_Fin] = None) -> _Prep:
+    """Launch ``_prep_kernel`` over ``views`` operands: srcs (one or two M×M tensors), strides
+    ((s00, s01), (s10, s11)) per view; then the finalize ``fin`` (in the same launch for small M).
+    ``like``: a tensor on the device (for placeholders)."""
+    bl = _blocks(like.dtype)
+    br, bc = bl.prep
+    nrb = _cdiv(m, br)
+    dev = like.device
+    dm = _dummy(like)
+    f32 = dict(dtype=torch.float32, device=dev)
+    write = out_dtype is not None
+    o = torch.empty((views, m, m), dtype=out_dtype, device=dev) if write else dm
+    rs = torch.empty((views, m), **f32) if scale else torch.empty((0,), **f32)
+    vec = 1 if ones else (2 if vecs is not None else 0)
+    w = torch.empty((views, m), **f32) if vec else torch.empty((0,), **f32)
+    part = torch.empty((max(sumv, 1), 2, nrb), dtype=torch.float64, device=dev) if sums else dm
+    src0, src1 = srcs[0], srcs[-1]
+    (s00, s01), (s10, s11) = strides[0], strides[-1]
+    cm = colmuls if colmuls is not None else (dm,)
+    vv = vecs if vecs is not None else (dm,)
+    res: List[Tensor] = []
+    if fin is not None:
+        res = [torch.empty((), dtype=fin.acc, device=dev) for _ in range(fin.outs)]
+        outs = res + [res[0]] * (4 - fin.outs)
+        wts = [float(x) for x in fin.weights] + [0.0] * (5 - len(fin.weights))
+        fargs = (dm if fin.a is None else fin.a, dm if fin.b is None else fin.b,
+                 dm if fin.c is None else fin.c, dm if fin.dv is None else fin.dv, *outs,
+                 fin.n, fin.d, fin.nch, *wts)
+        fflags = dict(MODE=fin.mode, NATIVE=fin.native, BV=bl.fin)
+    else:
+        fargs = (dm,) * 8 + (1, 1, 1) + (0.0,) * 5
+        fflags = dict(MODE=0, NATIVE=False, BV=bl.fin)
+    limit = (1 << 10) if interpreting() else _FINAL_MAX
+    final = fin is not None and views * m * m <= limit and not _OVERRIDES.get("unfused")
+    _prep_kernel[(1, 1) if final else (nrb, views)](
+        src0, src1, s00, s01, s10, s11, pair if pair is not None else dm, cm[0], cm[-1],
+        vv[0], vv[-1], float(alpha), o, rs if scale else _dummy(like, torch.float32),
+        w if vec else _dummy(like, torch.float32), part, m, nrb, *fargs,
+        SUMS=sums, SUMV=sumv, WRITE=write, SYM=sym, COLMUL=colmuls is not None, VEC=vec,
+        SCALE=scale, BR=br, BC=bc, FINAL=final, VIEWS=views,
+        **(fflags if final else dict(MODE=0, NATIVE=False, BV=bl.fin)), num_warps=_WARPS)
+    if fin is not None and not final:
+        _finalize_kernel[(1,)](part, nrb, *fargs, **fflags, num_warps=_WARPS)
+    return _Prep(o if write else None, rs, w, res)
+
+
+_ZEROS: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _grads(like: Tensor, dtype: torch.dtype, gs, cached: bool) -> List[Tensor]:
+    """Incoming 0-dim gradients in ``dtype``, a zero for each unused output (None). ``cached``
+    (eager calls): one read-only zero per device and dtype, kept, so no fill launch per call;
+    traced backwards create theirs (a kept tensor would become a graph constant)."""
+    zero = None
+    out = []
+    for g in gs:
+        if g is None:
+            if zero is None:
+                key = (like.device, dtype)
+                zero = _ZEROS.get(key) if cached else None
+                if zero is None:
+                    zero = torch.zeros((), dtype=dtype, device=like.device)
+                    # not from inside a CUDA graph capture: its fill would run only on replay
+                    if cached and not (like.is_cuda and torch.cuda.is_current_stream_capturing()):
+                        _ZEROS[key] = zero
+            out.append(zero)
+        else:
+            out.append(g.to(dtype).contiguous())
     return out
 
 
-def _rowinfo(z1: Tensor, z2: Optional[Tensor], clamp: bool, mu: float, cfg: _Cfg) -> Tensor:
-    n = z1.shape[0]
-    part, n_chunks, _ = _rowstats(z1, z2, False, cfg)
-    two = z2 is not None
-    rows = 5 if clamp else (4 if two else 2)
-    info = torch.empty((rows, n), dtype=cfg.acc, device=z1.device)
-    radius = float(mu) ** 0.5 if clamp else 0.0
-    inv_mu = 1.0 / float(mu) if clamp else 0.0
-    _rowinfo_kernel[(_cdiv(n, cfg.BV),)](part, info, n, n_chunks, radius, inv_mu, L2_EPS,
-                                         CLAMP=clamp, TWO=two, BV=cfg.BV, SACC=tl.float64,
-                                         num_warps=cfg.warps)
-    return info
+def _elem_bwd(mode, ps, group, dz, z1, z2, *, mean=None, cv=None, rv=None, rs=None, w=None,
+              gs=(), rsm=_RS_NONE, corr=_CORR_NONE, weights=()):
+    n, d = z1.shape
+    br, bd = _blocks(z1.dtype).col
+    rpc, chunks = _chunks(n, d, br, bd, fuse=False)
+    dm = _dummy(z1)
+    g = list(gs) + [gs[0]] * (4 - len(gs)) if gs else [dm] * 4
+    wts = [float(x) for x in weights] + [0.0] * (5 - len(weights))
+    _elem_bwd_kernel[(_cdiv(d, bd), chunks, len(group))](
+        ps[0], ps[-1], dz[0], dz[-1], z1, z2, dm if mean is None else mean, dm if cv is None else cv,
+        dm if rv is None else rv, rs if rsm else dm, w if corr else dm, *g, n, d, rpc, group[0], *wts,
+        MODE=mode, RS=rsm, CORR=corr, BR=br, BD=bd, num_warps=_WARPS)
 
 
-class _Operand(NamedTuple):
-    z: Tensor
-    mean: Optional[Tensor] = None
-    cscale: Optional[Tensor] = None
-    rscale: Optional[Tensor] = None
+def _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, *, dv=None, gs=(), lam=0.0, rs=None, w=None,
+            rsm=_RS_NONE, corr=_CORR_NONE, post=False):
+    n, d = z1.shape
+    br, bd = _blocks(z1.dtype).bn
+    rpc, chunks = _chunks(n, d, br, bd)
+    dm = _dummy(z1)
+    g = list(gs) if gs else [dm] * 3
+    grid = (_cdiv(d, bd), chunks, len(group))
+    args = (ps[0], ps[-1], dz[0], dz[-1], z1, z2, mean, m2, dm if dv is None else dv,
+            rs if rsm else dm, w if corr else dm, *g)
+    flags = dict(BARLOW=dv is not None, RS=rsm, CORR=corr, POST=post, BR=br, BD=bd,
+                 num_warps=_WARPS)
+    if chunks == 1:
+        _bn_bwd_kernel[grid](*args, dm, n, d, rpc, group[0], float(lam), float(eps), PHASE=_FUSED,
+                             **flags)
+    else:
+        part = torch.empty((len(group), 3, chunks, d), dtype=torch.float64, device=z1.device)
+        for phase in (_STATS, _APPLY):
+            _bn_bwd_kernel[grid](*args, part, n, d, rpc, group[0], float(lam), float(eps),
+                                 PHASE=phase, **flags)
 
 
-def _gram_reduce(side: str, mode: int, a: _Operand, b: Optional[_Operand], cfg: _Cfg, *,
-                 store: bool, views: int = 1, rowcol: bool = False, out_div: int = 1,
-                 sums: bool = True):
-    """Launch ``_gram_reduce_kernel``; returns (G or None, partials (views, 2, nb, nb), rowp, colp).
-
-    ``sums``: the caller uses the partial sums of squares (a loss or criterion, not a primitive's
-    matrix alone). For fp32 under IEEE precision ("highest") their Gram tiles are then accumulated
-    in float64, as the CUDA backend takes those Grams from a float64 GEMM: the losses cancel most
-    of ‖G‖² (Barlow's ⟨a aᵀ, b bᵀ⟩/N² − Σ C_kk² on the N×N side, VICReg's ‖x xᵀ‖² − Σ m2²), so
-    fp32-rounded tile entries left the kernel 2-3 ulp off where eager's direct D×D sum was within
-    one, on some CPUs' BLAS under the interpreter (Barlow fp32 2×5, sample side, OpenBLAS SkylakeX
-    kernels). The stored G (for the backward) is still rounded to fp32.
-    """
-    n, d = a.z.shape
-    m = n if side == "sample" else d
-    dev = a.z.device
-    if sums and cfg.acc == torch.float32 and cfg.PREC == "ieee":
-        wide = _cfg_of(torch.float64)
-        cfg = cfg._replace(ACC=wide.ACC, DOT=wide.DOT, BM=wide.BM, BK=wide.BK)
-    nb = _cdiv(m, cfg.BM)
-    dummy = torch.empty((1,), dtype=cfg.acc, device=dev)
-    b = a if b is None else b
-    n_mats = 2 if mode == _PAIR else views
-    g = torch.empty((n_mats, m, m), dtype=cfg.acc, device=dev) if store else dummy
-    part = torch.zeros((views, 2, nb, nb), dtype=torch.float64, device=dev)
-    rowp = torch.empty((nb, m), dtype=cfg.acc, device=dev) if rowcol else dummy
-    colp = torch.empty((nb, m), dtype=cfg.acc, device=dev) if rowcol else dummy
-
-    def vec(t):
-        return dummy if t is None else t
-
-    _gram_reduce_kernel[(nb, nb, views)](
-        a.z, vec(a.mean), vec(a.cscale), vec(a.rscale), b.z, vec(b.mean), vec(b.cscale), vec(b.rscale),
-        g, part, rowp, colp, n, d, out_div,
-        SIDE=_SAMPLE if side == "sample" else _DIMENSION, MODE=mode, STORE=store, ROWCOL=rowcol,
-        A_M=a.mean is not None, A_C=a.cscale is not None, A_R=a.rscale is not None,
-        B_M=b.mean is not None, B_C=b.cscale is not None, B_R=b.rscale is not None,
-        BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
-    return (g if store else None), part, (rowp if rowcol else None), (colp if rowcol else None)
+def _row_bwd(mode, ps, group, dz, z1, z2, info, *, rs=None, gs=(), mu=1.0, rsm=_RS_NONE,
+             post=False):
+    n, d = z1.shape
+    br, bd = _blocks(z1.dtype).row
+    dm = _dummy(z1)
+    g = list(gs) if gs else [dm] * 3
+    _row_bwd_kernel[(_cdiv(n, br), len(group))](
+        ps[0], ps[-1], dz[0], dz[-1], z1, z2, info, rs if rsm else dm, *g, n, d, group[0],
+        float(mu), MODE=mode, RS=rsm, POST=post, BR=br, BD=bd, num_warps=_WARPS)
 
 
-def _rowcol_dot(a: Tensor, b: Tensor, cfg: _Cfg) -> Tensor:
-    """(2, M): row sums and column sums of a∘b (M×M, any strides)."""
-    m = a.shape[0]
-    out = torch.empty((2, m), dtype=cfg.acc, device=a.device)
-    bv = 32 if interpreting() else 64
-    _rowcol_dot_kernel[(_cdiv(m, bv), 2)](a, a.stride(0), a.stride(1), b, b.stride(0), b.stride(1),
-                                          out, m, BV=bv, BW=bv, ACC=cfg.ACC, num_warps=cfg.warps)
-    return out
+def _new(z: Tensor) -> Tensor:
+    """A contiguous tensor like z (the gradients, and the fp32/fp64 products written into them)."""
+    return torch.empty(z.shape, dtype=z.dtype, device=z.device)
 
 
-def _zeros0(like: Tensor, g: Optional[Tensor]) -> Tensor:
-    """An incoming 0-dim gradient, or 0 where autograd passes None (an unused output)."""
-    if g is None:
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-    return g.to(like.dtype).contiguous()
+def _none(z: Tensor, dtype=torch.float32) -> Tensor:
+    return torch.empty((0,), dtype=dtype, device=z.device)
 
 
-def _apply_grid(n: int, d: int, cfg: _Cfg, views: int):
-    return (_cdiv(n, cfg.BM), _cdiv(d, cfg.BM), views)
+def _rm(m: int):
+    """Row-major strides of an M×M matrix, and its transpose's."""
+    return (m, 1), (1, m)
 
 
-def _acc_of(z: Tensor) -> torch.dtype:
-    return acc_dtype(z.dtype)
+def _e(z: Tensor, shape, dtype=None) -> Tensor:
+    return z.new_empty(shape, dtype=z.dtype if dtype is None else dtype)
+
+
+def _fake_saved(z: Tensor, pl: _Plan, m: int, views: int, full_views: int, x_views: int, vec: bool):
+    """Fakes of (x, gram, rs, w) as the forward ops save them (see each op's impl)."""
+    n, d = z.shape
+    x = _e(z, (0,)) if pl.ident else _e(z, (x_views, n, d))
+    gram = _e(z, (views, m, m)) if pl.ident else _e(z, (full_views, m, m), pl.acc)
+    rs = _e(z, (views, m) if pl.scale else (0,), torch.float32)
+    w = _e(z, (views, m) if (pl.ident and vec) else (0,), torch.float32)
+    return x, gram, rs, w
+
+
+def _scalars(z: Tensor, pl: _Plan, k: int) -> List[Tensor]:
+    return [_e(z, (), pl.acc) for _ in range(k)]
+
+
+def _rs_mode(pl: _Plan, sample: bool) -> int:
+    if not pl.scale:
+        return _RS_NONE
+    return _RS_ROW if sample else _RS_COL
+
+
+# ============================================================================================
+# The ops (DESIGN conventions 1–3): duality_kernels::<op>_fwd / _bwd custom ops with fakes; the
+# forward's registered autograd saves the tensor inputs and the forward's outputs past the results,
+# and calls the backward op with them, the incoming gradients and the non-tensor inputs.
+
+
+def _register(name: str, fwd_impl, fwd_fake, bwd_impl, bwd_fake, nz: int, nres: int,
+              scalar: bool) -> Spec:
+    """Registers ``duality_kernels::<name>_fwd`` / ``_bwd`` and returns the op's Spec (ops/_direct.py).
+    nz: leading tensor inputs (None allowed: normalized_gram's z2); nres: results returned to the
+    caller (the rest is saved for the backward); scalar: the results are 0-dim (their gradients
+    arrive as 0-dim tensors, or None when unused) rather than one matrix."""
+    fwd = torch.library.custom_op(f"duality_kernels::{name}_fwd", mutates_args=())(fwd_impl)
+    fwd.register_fake(fwd_fake)
+    bwd = torch.library.custom_op(f"duality_kernels::{name}_bwd", mutates_args=())(bwd_impl)
+    bwd.register_fake(bwd_fake)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:nz], *output[nres:])
+        ctx.args = tuple(inputs[nz:])
+
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        none = (None,) * (nz + len(ctx.args))
+        if scalar:
+            gs = _grads(saved[0], acc_dtype(saved[0].dtype), grads[:nres], getattr(ctx, "direct", False))
+        elif grads[0] is None:
+            return none
+        else:
+            gs = [grads[0]]
+        dz = pick(ctx, bwd, bwd_impl)(*saved, *gs, *ctx.args)
+        dz = (dz,) if isinstance(dz, Tensor) else tuple(dz)
+        return dz + none[len(dz):]
+
+    fwd.register_autograd(backward, setup_context=setup)
+    return Spec(fwd, fwd_impl, setup, backward, nres)
+
+
+def _bwd_fake2(z1, z2, *_args):
+    return _new(z1), _new(z2)
 
 
 # ============================================================================================
@@ -1238,87 +1386,78 @@ def _acc_of(z: Tensor) -> torch.dtype:
 
 
 def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
-               gamma: float, eps: float, side: str
-               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (loss, invariance, variance, covariance, gram (2, M, M), mean (2, D), m2 (2, D) float64)."""
-    cfg = _cfg(z1)
+                     gamma: float, eps: float, side: str
+                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (loss, invariance, variance, covariance, x, gram, rs, w, mean, m2): x = the centered views
+    (2, N, D) and gram = the fp32 Grams (2, M, M) for fp32/fp64; for bf16/fp16 x is empty and gram
+    the backward's operands in the input dtype, with rs (fp16 scales) and w (corrections)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
     n, d = z1.shape
+    sample = side == "sample"
+    m = n if sample else d
+    rm = _rm(m)[0]
     with _device(z1):
-        # one launch for both views' column moments and Σ(z1 − z2)² (the invariance term)
-        mean, m2, _, sq, _ = _colstats(z1, z2, 0.0, False, cfg)
-        g, part, _, _ = _gram_reduce(side, _SYM, _Operand(z1, mean[0]), _Operand(z2, mean[1]), cfg,
-                                     store=True, views=2)
-        outs = [torch.empty((), dtype=cfg.acc, device=z1.device) for _ in range(4)]
-        _vicreg_finalize_kernel[(1,)](part, part[0, 0].numel(), m2, sq, *outs, n, d,
-                                      float(inv_weight), float(var_weight), float(cov_weight),
-                                      float(gamma), float(eps), NATIVE=side == "dimension",
-                                      BV=cfg.BV, FIN=tl.float64,
-                                      num_warps=cfg.warps)
-    return (*outs, g, mean, m2)
+        cols = _colpass(z1, z2, _CENTER, sqdiff=True, diag=_DIAG_SQ if sample else _DIAG_NONE)
+        x = cols.x
+        xt = x.transpose(1, 2)
+        g = _mm(x, xt, wide=pl.wide) if sample else _mm(xt, x, wide=pl.wide)
+        fin = _Fin(_F_VICREG, not sample, pl.acc, n, d, 4, cols.m2, cols.sq, cols.dpart, cols.chunks,
+                   weights=(inv_weight, var_weight, cov_weight, gamma, eps))
+        if pl.ident:
+            pr = _prep(z1, m, (g[0], g[1]), (rm, rm), sums=_SUM_SQ, sumv=2, out_dtype=z1.dtype,
+                       scale=pl.scale, ones=sample, vecs=None if sample else (cols.mean[0], cols.mean[1]),
+                       views=2, fin=fin)
+            x, gram = _none(z1, z1.dtype), pr.o
+        else:
+            pr = _prep(z1, m, (g[0], g[1]), (rm, rm), sums=_SUM_SQ, sumv=2, views=2, fin=fin)
+            gram = g.float() if pl.wide else g
+    return (*pr.outs, x, gram, pr.rs, pr.w, cols.mean, cols.m2)
 
 
-vicreg_fwd = torch.library.custom_op("duality_kernels::vicreg_fwd", mutates_args=())(_vicreg_fwd_impl)
-
-
-@vicreg_fwd.register_fake
-def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
+def _vicreg_fwd_fake(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
+    pl = _plan(z1)
     n, d = z1.shape
     m = n if side == "sample" else d
-    acc = _acc_of(z1)
-    scalars = [z1.new_empty((), dtype=acc) for _ in range(4)]
-    return (*scalars, z1.new_empty((2, m, m), dtype=acc), z1.new_empty((2, d), dtype=acc),
-            z1.new_empty((2, d), dtype=torch.float64))
+    return (*_scalars(z1, pl, 4), *_fake_saved(z1, pl, m, 2, 2, 2, True),
+            _e(z1, (2, d), torch.float64), _e(z1, (2, d), torch.float64))
 
 
-def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, gram: Tensor, mean: Tensor, m2: Tensor,
-               g_loss: Tensor, g_inv: Tensor, g_var: Tensor, g_cov: Tensor,
-               inv_weight: float, var_weight: float, cov_weight: float, gamma: float, eps: float,
-               side: str) -> Tuple[Tensor, Tensor]:
-    cfg = _cfg(z1)
+def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, rs: Tensor, w: Tensor,
+                     mean: Tensor, m2: Tensor, g_loss: Tensor, g_inv: Tensor, g_var: Tensor,
+                     g_cov: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
+                     gamma: float, eps: float, side: str) -> Tuple[Tensor, Tensor]:
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
     n, d = z1.shape
-    dz1 = torch.empty_like(z1)
-    dz2 = torch.empty_like(z2)
+    sample = side == "sample"
+    dz = (_new(z1), _new(z2))
+    kw = dict(mean=mean, cv=m2, rs=rs, w=w, gs=(g_loss, g_inv, g_var, g_cov),
+              weights=(inv_weight, var_weight, cov_weight, gamma, eps))
     with _device(z1):
-        _vicreg_bwd_kernel[_apply_grid(n, d, cfg, 2)](
-            z1, z2, gram, mean, m2, dz1, dz2, g_loss, g_inv, g_var, g_cov, n, d,
-            float(inv_weight), float(var_weight), float(cov_weight), float(gamma), float(eps),
-            SIDE=_SAMPLE if side == "sample" else _DIMENSION, BM=cfg.BM, BK=cfg.BK,
-            ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
-    return dz1, dz2
+        if not pl.ident:  # products straight into the gradients; the epilogue rewrites them
+            for v in (0, 1):
+                _mm(gram[v], x[v], out=dz[v]) if sample else _mm(x[v], gram[v], out=dz[v])
+            _elem_bwd(_E_VICREG, dz, (0, 1), dz, z1, z2, **kw)
+        else:
+            zs = (z1, z2)
+            for group in _groups(pl, n, d):
+                ps = [_mm(gram[v], zs[v]) if sample else _mm(zs[v], gram[v].t()) for v in group]
+                _elem_bwd(_E_VICREG, ps, group, dz, z1, z2, rsm=_rs_mode(pl, sample),
+                          corr=_CORR_OUTER if sample else _CORR_COL, **kw)
+                del ps  # one fp32 product alive at a time (the memory bound)
+    return dz
 
 
-vicreg_bwd = torch.library.custom_op("duality_kernels::vicreg_bwd", mutates_args=())(_vicreg_bwd_impl)
-
-
-@vicreg_bwd.register_fake
-def _(z1, z2, gram, mean, m2, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight, cov_weight,
-      gamma, eps, side):
-    return torch.empty_like(z1), torch.empty_like(z2)
-
-
-def _vicreg_setup(ctx, inputs, output):
-    z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side = inputs
-    ctx.save_for_backward(z1, z2, output[4], output[5], output[6])
-    ctx.args = (inv_weight, var_weight, cov_weight, gamma, eps, side)
-
-
-def _vicreg_backward(ctx, g_loss, g_inv, g_var, g_cov, *_unused):
-    z1, z2, gram, mean, m2 = ctx.saved_tensors
-    gs = [_zeros0(mean, g) for g in (g_loss, g_inv, g_var, g_cov)]
-    dz1, dz2 = pick(ctx, vicreg_bwd, _vicreg_bwd_impl)(z1, z2, gram, mean, m2, *gs, *ctx.args)
-    return dz1, dz2, None, None, None, None, None, None
-
-
-vicreg_fwd.register_autograd(_vicreg_backward, setup_context=_vicreg_setup)
-_SPEC_VICREG = Spec(vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backward, 4)
+_SPEC_VICREG = _register("vicreg", _vicreg_fwd_impl, _vicreg_fwd_fake, _vicreg_bwd_impl,
+                         _bwd_fake2, 2, 4, True)
 
 
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
            gamma: float, eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """SPEC §3 VICReg (reference.vicreg with ctx LOCAL): (loss, {"invariance", "variance", "covariance"})."""
+    """SPEC §3 VICReg: (loss, {"invariance", "variance", "covariance"})."""
     loss, inv, var, cov, *_ = apply(_SPEC_VICREG, z1.contiguous(), z2.contiguous(), float(inv_weight),
-                                         float(var_weight), float(cov_weight), float(gamma),
-                                         float(eps), side)
+                                    float(var_weight), float(cov_weight), float(gamma), float(eps), side)
     return loss, {"invariance": inv, "variance": var, "covariance": cov}
 
 
@@ -1327,97 +1466,96 @@ def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_wei
 
 
 def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
-                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (loss, on_diagonal, off_diagonal, grams, mean (2, D), cs (2, D), co (D)).
-
-    grams: side "dimension" → P = aᵀb (1, D, D); side "sample" → [a aᵀ, b bᵀ] (2, N, N).
-    cs = 1/sqrt(var_b + eps), co = the centered co-moment Σ_i x1_ik·x2_ik (float64), so
-    C_kk = co·cs1·cs2/N."""
-    cfg = _cfg(z1)
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                      Tensor, Tensor, Tensor]:
+    """-> (loss, on_diagonal, off_diagonal, x, gram, rs, w, mean, m2, cs, d): x = the standardized
+    views a, b; gram = [a aᵀ, b bᵀ] (2, N, N) or aᵀb (1, D, D) for fp32/fp64, the backward's
+    operands (2, M, M) for bf16/fp16; d = C_kk (D)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
     n, d = z1.shape
+    sample = side == "sample"
     with _device(z1):
-        mean, _, co, _, cs = _colstats(z1, z2, eps, True, cfg)
-        a = _Operand(z1, mean[0], cs[0])
-        b = _Operand(z2, mean[1], cs[1])
-        # N×N side: ⟨a aᵀ, b bᵀ⟩ (PAIR); D×D side: ‖aᵀb‖² (CROSS). SPEC §3
-        g, part, _, _ = _gram_reduce(side, _PAIR if side == "sample" else _CROSS, a, b, cfg, store=True)
-        outs = [torch.empty((), dtype=cfg.acc, device=z1.device) for _ in range(3)]
-        _barlow_finalize_kernel[(1,)](part, part[0, 0].numel(), cs, co, *outs, n, d,
-                                      float(lambda_param), NATIVE=side == "dimension",
-                                      BV=cfg.BV, FIN=tl.float64, num_warps=cfg.warps)
-    return (*outs, g, mean, cs, co)
+        cols = _colpass(z1, z2, _BN, eps=eps, diag=_DIAG_DOT)
+        x = cols.x
+        dv = torch.empty((d,), dtype=pl.acc, device=z1.device)
+        fin = _Fin(_F_BARLOW, not sample, pl.acc, n, d, c=cols.dpart, nch=cols.chunks, dv=dv,
+                   weights=(lambda_param,))
+        if sample:  # ‖aᵀb‖² = ⟨a aᵀ, b bᵀ⟩ (SPEC §2); view 0's operand is b bᵀ (applied to a)
+            g = _mm(x, x.transpose(1, 2), wide=pl.wide)
+            rm = _rm(n)[0]
+            if pl.ident:
+                pr = _prep(z1, n, (g[1], g[0]), (rm, rm), sums=_SUM_PAIR, sumv=1, pair=g[0],
+                           out_dtype=z1.dtype, scale=pl.scale, ones=True, views=2, fin=fin)
+            else:
+                pr = _prep(z1, n, (g[1],), (rm,), sums=_SUM_PAIR, sumv=1, pair=g[0], fin=fin)
+                gram = g.float() if pl.wide else g
+        else:  # P = aᵀb; view 0 applies Pᵀ to b (operand P∘s_b), view 1 P to a (Pᵀ∘s_a)
+            g = _mm(x[0].t(), x[1], wide=pl.wide)
+            rm, tr = _rm(d)
+            if pl.ident:
+                pr = _prep(z1, d, (g, g), (rm, tr), sums=_SUM_SQ, sumv=1, out_dtype=z1.dtype,
+                           scale=pl.scale, colmuls=(cols.cs[1], cols.cs[0]),
+                           vecs=(cols.mean[1], cols.mean[0]), views=2, fin=fin)
+            else:
+                pr = _prep(z1, d, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
+                gram = (g.float() if pl.wide else g).unsqueeze(0)
+        if pl.ident:
+            x, gram = _none(z1, z1.dtype), pr.o
+    return (*pr.outs, x, gram, pr.rs, pr.w, cols.mean, cols.m2, cols.cs, dv)
 
 
-barlow_twins_fwd = torch.library.custom_op("duality_kernels::barlow_twins_fwd", mutates_args=())(_barlow_twins_fwd_impl)
-
-
-@barlow_twins_fwd.register_fake
-def _(z1, z2, lambda_param, eps, side):
+def _barlow_twins_fwd_fake(z1, z2, lambda_param, eps, side):
+    pl = _plan(z1)
     n, d = z1.shape
-    acc = _acc_of(z1)
-    scalars = [z1.new_empty((), dtype=acc) for _ in range(3)]
-    g = z1.new_empty((2, n, n) if side == "sample" else (1, d, d), dtype=acc)
-    return (*scalars, g, z1.new_empty((2, d), dtype=acc), z1.new_empty((2, d), dtype=acc),
-            z1.new_empty((d,), dtype=torch.float64))
+    sample = side == "sample"
+    m = n if sample else d
+    f64 = torch.float64
+    return (*_scalars(z1, pl, 3), *_fake_saved(z1, pl, m, 2, 2 if sample else 1, 2, True),
+            _e(z1, (2, d), f64), _e(z1, (2, d), f64), _e(z1, (2, d), f64), _e(z1, (d,), pl.acc))
 
 
-def _bn_backward(z1, z2, mean, cs, m, co, gl, gon, goff, lambda_param, side, barlow, cfg):
-    """Both passes of the BatchNorm backward (``_bn_bwd_kernel`` + ``_proj_finish_kernel``)."""
+def _barlow_twins_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, rs: Tensor, w: Tensor,
+                           mean: Tensor, m2: Tensor, cs: Tensor, dv: Tensor, g_loss: Tensor,
+                           g_on: Tensor, g_off: Tensor, lambda_param: float, eps: float,
+                           side: str) -> Tuple[Tensor, Tensor]:
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
     n, d = z1.shape
-    dz1 = torch.empty_like(z1)
-    dz2 = torch.empty_like(z2)
-    grid = _apply_grid(n, d, cfg, 2)
-    da = torch.empty((2, n, d), dtype=cfg.acc, device=z1.device)
-    part = torch.empty((2, 3, grid[0], d), dtype=cfg.acc, device=z1.device)
-    s0, s1 = (m.stride(-2), m.stride(-1))
+    sample = side == "sample"
+    dz = (_new(z1), _new(z2))
+    kw = dict(dv=dv, gs=(g_loss, g_on, g_off), lam=lambda_param)
     with _device(z1):
-        _bn_bwd_kernel[grid](
-            z1, z2, mean, cs, m, s0, s1, co, da, part, gl, gon, goff, n, d, float(lambda_param),
-            SIDE=_SAMPLE if side == "sample" else _DIMENSION, BARLOW=barlow, BM=cfg.BM, BK=cfg.BK,
-            ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
-        _proj_finish_kernel[grid](
-            z1, z2, mean, cs, cs, da, part, dz1, dz2, n, d, grid[0],
-            COLWISE=True, BM=cfg.BM, ACC=cfg.ACC, num_warps=cfg.warps)
-    return dz1, dz2
+        if not pl.ident:
+            if sample:  # (b bᵀ)·a, (a aᵀ)·b
+                _mm(gram[1], x[0], out=dz[0])
+                _mm(gram[0], x[1], out=dz[1])
+            else:  # b·Pᵀ, a·P
+                _mm(x[1], gram[0].t(), out=dz[0])
+                _mm(x[0], gram[0], out=dz[1])
+            _bn_bwd(dz, (0, 1), dz, z1, z2, mean, m2, eps, **kw)
+        else:
+            zs = (z1, z2)
+            for group in _groups(pl, n, d):
+                if sample:
+                    ps = [_mm(gram[v], zs[v]) for v in group]
+                else:
+                    ps = [_mm(zs[1 - v], gram[v].t()) for v in group]
+                _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, rs=rs, w=w, rsm=_rs_mode(pl, sample),
+                        corr=_CORR_OUTER if sample else _CORR_COL, post=sample, **kw)
+                del ps  # one fp32 product alive at a time (the memory bound)
+    return dz
 
 
-def _barlow_twins_bwd_impl(z1: Tensor, z2: Tensor, grams: Tensor, mean: Tensor, cs: Tensor, co: Tensor,
-                     g_loss: Tensor, g_on: Tensor, g_off: Tensor, lambda_param: float,
-                     side: str) -> Tuple[Tensor, Tensor]:
-    return _bn_backward(z1, z2, mean, cs, grams, co, g_loss, g_on, g_off, lambda_param, side, True,
-                        _cfg(z1))
-
-
-barlow_twins_bwd = torch.library.custom_op("duality_kernels::barlow_twins_bwd", mutates_args=())(_barlow_twins_bwd_impl)
-
-
-@barlow_twins_bwd.register_fake
-def _(z1, z2, grams, mean, cs, co, g_loss, g_on, g_off, lambda_param, side):
-    return torch.empty_like(z1), torch.empty_like(z2)
-
-
-def _barlow_setup(ctx, inputs, output):
-    z1, z2, lambda_param, eps, side = inputs
-    ctx.save_for_backward(z1, z2, *output[3:7])
-    ctx.args = (lambda_param, side)
-
-
-def _barlow_backward(ctx, g_loss, g_on, g_off, *_unused):
-    z1, z2, grams, mean, cs, co = ctx.saved_tensors
-    gs = [_zeros0(mean, g) for g in (g_loss, g_on, g_off)]
-    dz1, dz2 = pick(ctx, barlow_twins_bwd, _barlow_twins_bwd_impl)(z1, z2, grams, mean, cs, co, *gs, *ctx.args)
-    return dz1, dz2, None, None, None
-
-
-barlow_twins_fwd.register_autograd(_barlow_backward, setup_context=_barlow_setup)
-_SPEC_BARLOW_TWINS = Spec(barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setup, _barlow_backward, 3)
+_SPEC_BARLOW_TWINS = _register("barlow_twins", _barlow_twins_fwd_impl, _barlow_twins_fwd_fake, _barlow_twins_bwd_impl,
+                               _bwd_fake2, 2, 3, True)
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
-    loss, on, off, *_ = apply(_SPEC_BARLOW_TWINS, z1.contiguous(), z2.contiguous(), float(lambda_param),
-                                         float(eps), side)
+    loss, on, off, *_ = apply(_SPEC_BARLOW_TWINS, z1.contiguous(), z2.contiguous(),
+                              float(lambda_param), float(eps), side)
     return loss, {"on_diagonal": on, "off_diagonal": off}
 
 
@@ -1426,100 +1564,81 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
 
 
 def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str
-                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (loss, positive, negative, grams, info (5, N), s2).
-
-    grams: side "sample" → S = a bᵀ (1, N, N), s2 = (Σ_j S_ij², Σ_i S_ij) as (2, N);
-    side "dimension" → [aᵀa, bᵀb] (2, D, D), s2 empty (2, 0). info = [t1, t2, proj1, proj2, p]
-    (``_rowinfo_kernel``)."""
-    cfg = _cfg(z1)
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (loss, positive, negative, x, gram, rs, info): x = the clamped rows; gram = S = a bᵀ
+    (1, N, N) or [aᵀa, bᵀb] (2, D, D) for fp32/fp64, the backward's operands (2, M, M) for bf16/fp16;
+    info (3, N) = [±t1, ±t2, p] (``_rowpass_kernel``)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
     n, d = z1.shape
+    sample = side == "sample"
     with _device(z1):
-        info = _rowinfo(z1, z2, True, mu, cfg)
-        a = _Operand(z1, rscale=info[0])
-        b = _Operand(z2, rscale=info[1])
-        if side == "sample":
-            g, part, rowp, colp = _gram_reduce(side, _CROSS, a, b, cfg, store=True, rowcol=True)
-            nb = rowp.shape[0]
-            s2 = torch.stack([_sum_partials(rowp, nb, n, n, cfg), _sum_partials(colp, nb, n, n, cfg)])
-        else:
-            g, part, _, _ = _gram_reduce(side, _PAIR, a, b, cfg, store=True)
-            s2 = torch.empty((2, 0), dtype=cfg.acc, device=z1.device)
-        outs = [torch.empty((), dtype=cfg.acc, device=z1.device) for _ in range(3)]
-        _spectral_finalize_kernel[(1,)](part, part[0, 0].numel(), info, *outs, n, float(mu),
-                                        NATIVE=side == "sample", BV=cfg.BV, FIN=tl.float64,
-                                        num_warps=cfg.warps)
-    return (*outs, g, info, s2)
+        x, info, pv = _rowpass(z1, z2, _ROW_CLAMP, pl.acc, radius=float(mu) ** 0.5)
+        fin = _Fin(_F_SPECTRAL, sample, pl.acc, n, d, a=pv, weights=(mu,))
+        if sample:  # S = a bᵀ; view 0 applies S∘t2 to z2, view 1 Sᵀ∘t1 to z1
+            g = _mm(x[0], x[1].t(), wide=pl.wide)
+            rm, tr = _rm(n)
+            if pl.ident:
+                pr = _prep(z1, n, (g, g), (rm, tr), sums=_SUM_SQ, sumv=1, out_dtype=z1.dtype,
+                           scale=pl.scale, colmuls=(info[1], info[0]), views=2, fin=fin)
+            else:
+                pr = _prep(z1, n, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
+                gram = (g.float() if pl.wide else g).unsqueeze(0)
+        else:  # ‖a bᵀ‖² = ⟨aᵀa, bᵀb⟩; view 0 applies bᵀb to a, view 1 aᵀa to b
+            g = _mm(x.transpose(1, 2), x, wide=pl.wide)
+            rm = _rm(d)[0]
+            if pl.ident:
+                pr = _prep(z1, d, (g[1], g[0]), (rm, rm), sums=_SUM_PAIR, sumv=1, pair=g[0],
+                           out_dtype=z1.dtype, scale=pl.scale, views=2, fin=fin)
+            else:
+                pr = _prep(z1, d, (g[1],), (rm,), sums=_SUM_PAIR, sumv=1, pair=g[0], fin=fin)
+                gram = g.float() if pl.wide else g
+        if pl.ident:
+            x, gram = _none(z1, z1.dtype), pr.o
+    return (*pr.outs, x, gram, pr.rs, info)
 
 
-spectral_fwd = torch.library.custom_op("duality_kernels::spectral_fwd", mutates_args=())(_spectral_fwd_impl)
-
-
-@spectral_fwd.register_fake
-def _(z1, z2, mu, side):
+def _spectral_fwd_fake(z1, z2, mu, side):
+    pl = _plan(z1)
     n, d = z1.shape
-    acc = _acc_of(z1)
-    scalars = [z1.new_empty((), dtype=acc) for _ in range(3)]
-    if side == "sample":
-        g = z1.new_empty((1, n, n), dtype=acc)
-        s2 = z1.new_empty((2, n), dtype=acc)
-    else:
-        g = z1.new_empty((2, d, d), dtype=acc)
-        s2 = z1.new_empty((2, 0), dtype=acc)
-    return (*scalars, g, z1.new_empty((5, n), dtype=acc), s2)
+    sample = side == "sample"
+    x, gram, rs, _ = _fake_saved(z1, pl, n if sample else d, 2, 1 if sample else 2, 2, False)
+    return (*_scalars(z1, pl, 3), x, gram, rs, _e(z1, (3, n), pl.acc))
 
 
-def _spectral_bwd_impl(z1: Tensor, z2: Tensor, grams: Tensor, info: Tensor, s2: Tensor,
-                 g_loss: Tensor, g_pos: Tensor, g_neg: Tensor, mu: float, side: str
-                 ) -> Tuple[Tensor, Tensor]:
-    cfg = _cfg(z1)
+def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, rs: Tensor, info: Tensor,
+                       g_loss: Tensor, g_pos: Tensor, g_neg: Tensor, mu: float, side: str
+                       ) -> Tuple[Tensor, Tensor]:
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
     n, d = z1.shape
-    dz1 = torch.empty_like(z1)
-    dz2 = torch.empty_like(z2)
-    grid = _apply_grid(n, d, cfg, 2)
+    sample = side == "sample"
+    dz = (_new(z1), _new(z2))
+    kw = dict(gs=(g_loss, g_pos, g_neg), mu=mu)
     with _device(z1):
-        if side == "sample":
-            _spectral_bwd_kernel[grid](
-                z1, z2, grams, info, s2, dz1, dz2, info, info, g_loss, g_pos, g_neg, n, d, float(mu),
-                SIDE=_SAMPLE, BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC,
-                num_warps=cfg.warps)
+        if not pl.ident:
+            if sample:  # S·b, Sᵀ·a
+                _mm(gram[0], x[1], out=dz[0])
+                _mm(gram[0].t(), x[0], out=dz[1])
+            else:  # a·(bᵀb), b·(aᵀa)
+                _mm(x[0], gram[1], out=dz[0])
+                _mm(x[1], gram[0], out=dz[1])
+            _row_bwd(_R_SPECTRAL, dz, (0, 1), dz, z1, z2, info, **kw)
         else:
-            # two passes: a_i·da_i needs every column of the row (module docstring)
-            da = torch.empty((2, n, d), dtype=cfg.acc, device=z1.device)
-            part = torch.empty((2, grid[1], n), dtype=cfg.acc, device=z1.device)
-            _spectral_bwd_kernel[grid](
-                z1, z2, grams, info, info, dz1, dz2, da, part, g_loss, g_pos, g_neg, n, d, float(mu),
-                SIDE=_DIMENSION, BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC,
-                num_warps=cfg.warps)
-            _proj_finish_kernel[grid](
-                z1, z2, info, info, info[2:4], da, part, dz1, dz2, n, d, grid[1],
-                COLWISE=False, BM=cfg.BM, ACC=cfg.ACC, num_warps=cfg.warps)
-    return dz1, dz2
+            zs = (z1, z2)
+            for group in _groups(pl, n, d):
+                if sample:
+                    ps = [_mm(gram[v], zs[1 - v]) for v in group]
+                else:
+                    ps = [_mm(zs[v], gram[v].t()) for v in group]
+                _row_bwd(_R_SPECTRAL, ps, group, dz, z1, z2, info, rs=rs, rsm=_rs_mode(pl, sample),
+                         post=not sample, **kw)
+                del ps  # one fp32 product alive at a time (the memory bound)
+    return dz
 
 
-spectral_bwd = torch.library.custom_op("duality_kernels::spectral_bwd", mutates_args=())(_spectral_bwd_impl)
-
-
-@spectral_bwd.register_fake
-def _(z1, z2, grams, info, s2, g_loss, g_pos, g_neg, mu, side):
-    return torch.empty_like(z1), torch.empty_like(z2)
-
-
-def _spectral_setup(ctx, inputs, output):
-    z1, z2, mu, side = inputs
-    ctx.save_for_backward(z1, z2, *output[3:6])
-    ctx.args = (mu, side)
-
-
-def _spectral_backward(ctx, g_loss, g_pos, g_neg, *_unused):
-    z1, z2, grams, info, s2 = ctx.saved_tensors
-    gs = [_zeros0(info, g) for g in (g_loss, g_pos, g_neg)]
-    dz1, dz2 = pick(ctx, spectral_bwd, _spectral_bwd_impl)(z1, z2, grams, info, s2, *gs, *ctx.args)
-    return dz1, dz2, None, None
-
-
-spectral_fwd.register_autograd(_spectral_backward, setup_context=_spectral_setup)
-_SPEC_SPECTRAL = Spec(spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectral_backward, 3)
+_SPEC_SPECTRAL = _register("spectral", _spectral_fwd_impl, _spectral_fwd_fake, _spectral_bwd_impl,
+                           _bwd_fake2, 2, 3, True)
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -1532,61 +1651,52 @@ def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict
 # covariance (SPEC §1)
 
 
-def _covariance_fwd_impl(z: Tensor, correction: int) -> Tuple[Tensor, Tensor]:
-    """-> (center(z)ᵀcenter(z)/(N − correction) (D, D), column means (D,))."""
-    cfg = _cfg(z)
-    n, d = z.shape
+def _covariance_fwd_impl(z: Tensor, correction: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (center(z)ᵀcenter(z)/(N − correction) (D, D), x (1, N, D) or empty, mean (1, D))."""
+    z = z.contiguous()
+    pl = _plan(z)
     with _device(z):
-        mean, _, _, _, _ = _colstats(z, None, 0.0, False, cfg)
-        g, _, _, _ = _gram_reduce("dimension", _SYM, _Operand(z, mean[0]), None, cfg, store=True,
-                                  out_div=n - int(correction), sums=False)
-    return g[0], mean[0]
+        cols = _colpass(z, None, _CENTER)
+        x = cols.x
+        c = _mm(x[0].t(), x[0])
+        c.div_(z.shape[0] - int(correction))
+    return c, (_none(z, z.dtype) if pl.ident else x), cols.mean
 
 
-covariance_fwd = torch.library.custom_op("duality_kernels::covariance_fwd", mutates_args=())(_covariance_fwd_impl)
-
-
-@covariance_fwd.register_fake
-def _(z, correction):
-    d = z.shape[1]
-    acc = _acc_of(z)
-    return z.new_empty((d, d), dtype=acc), z.new_empty((d,), dtype=acc)
-
-
-def _covariance_bwd_impl(z: Tensor, mean: Tensor, grad: Tensor, correction: int) -> Tensor:
-    cfg = _cfg(z)
+def _covariance_fwd_fake(z, correction):
+    pl = _plan(z)
     n, d = z.shape
-    dz = torch.empty_like(z)
+    return (_e(z, (d, d), pl.acc), _e(z, (0,)) if pl.ident else _e(z, (1, n, d)),
+            _e(z, (1, d), torch.float64))
+
+
+def _covariance_bwd_impl(z: Tensor, x: Tensor, mean: Tensor, grad: Tensor, correction: int) -> Tensor:
+    """dz = x·(Gout + Goutᵀ)/(N − correction); no centering Jacobian (x's columns sum to 0)."""
+    z = z.contiguous()
+    pl = _plan(z)
+    n, d = z.shape
+    alpha = 1.0 / (n - int(correction))
+    strides = ((grad.stride(0), grad.stride(1)),)
+    dz = _new(z)
     with _device(z):
-        _covariance_bwd_kernel[_apply_grid(n, d, cfg, 1)](
-            z, mean, grad, grad.stride(0), grad.stride(1), dz, n, d, n - int(correction),
-            BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
+        if not pl.ident:
+            pr = _prep(z, d, (grad,), strides, out_dtype=pl.acc, sym=True, alpha=alpha)
+            _mm(x[0], pr.o[0], out=dz)
+        else:
+            pr = _prep(z, d, (grad,), strides, out_dtype=z.dtype, scale=pl.scale, sym=True,
+                       alpha=alpha, vecs=(mean[0],))
+            p = _mm(z, pr.o[0].t())
+            _elem_bwd(_E_COV, (p,), (0,), (dz, dz), z, z, mean=mean, rs=pr.rs, w=pr.w,
+                      rsm=_rs_mode(pl, False), corr=_CORR_COL)
     return dz
 
 
-covariance_bwd = torch.library.custom_op("duality_kernels::covariance_bwd", mutates_args=())(_covariance_bwd_impl)
+def _covariance_bwd_fake(z, x, mean, grad, correction):
+    return _new(z)
 
 
-@covariance_bwd.register_fake
-def _(z, mean, grad, correction):
-    return torch.empty_like(z)
-
-
-def _covariance_setup(ctx, inputs, output):
-    z, correction = inputs
-    ctx.save_for_backward(z, output[1])
-    ctx.correction = correction
-
-
-def _covariance_backward(ctx, grad, _unused):
-    z, mean = ctx.saved_tensors
-    if grad is None:
-        return None, None
-    return pick(ctx, covariance_bwd, _covariance_bwd_impl)(z, mean, grad, ctx.correction), None
-
-
-covariance_fwd.register_autograd(_covariance_backward, setup_context=_covariance_setup)
-_SPEC_COVARIANCE = Spec(covariance_fwd, _covariance_fwd_impl, _covariance_setup, _covariance_backward, 1)
+_SPEC_COVARIANCE = _register("covariance", _covariance_fwd_impl, _covariance_fwd_fake, _covariance_bwd_impl,
+                             _covariance_bwd_fake, 1, 1, False)
 
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
@@ -1598,58 +1708,54 @@ def covariance(z: Tensor, correction: int = 1) -> Tensor:
 # cross_correlation (SPEC §1)
 
 
-def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """-> (C = s(z1)ᵀ s(z2)/N (D, D), mean (2, D), cs (2, D))."""
-    cfg = _cfg(z1)
-    n, d = z1.shape
+def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float
+                                ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (C = s(z1)ᵀ s(z2)/N (D, D), x (2, N, D) or empty, mean, m2, cs (2, D) float64)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
     with _device(z1):
-        mean, _, _, _, cs = _colstats(z1, z2, eps, True, cfg)
-        g, _, _, _ = _gram_reduce("dimension", _CROSS, _Operand(z1, mean[0], cs[0]),
-                                  _Operand(z2, mean[1], cs[1]), cfg, store=True, out_div=n,
-                                  sums=False)
-    return g[0], mean, cs
+        cols = _colpass(z1, z2, _BN, eps=eps)
+        x = cols.x
+        c = _mm(x[0].t(), x[1])
+        c.div_(z1.shape[0])
+    return c, (_none(z1, z1.dtype) if pl.ident else x), cols.mean, cols.m2, cols.cs
 
 
-cross_correlation_fwd = torch.library.custom_op("duality_kernels::cross_correlation_fwd", mutates_args=())(_cross_correlation_fwd_impl)
+def _cross_correlation_fwd_fake(z1, z2, eps):
+    pl = _plan(z1)
+    n, d = z1.shape
+    f64 = torch.float64
+    return (_e(z1, (d, d), pl.acc), _e(z1, (0,)) if pl.ident else _e(z1, (2, n, d)),
+            _e(z1, (2, d), f64), _e(z1, (2, d), f64), _e(z1, (2, d), f64))
 
 
-@cross_correlation_fwd.register_fake
-def _(z1, z2, eps):
-    d = z1.shape[1]
-    acc = _acc_of(z1)
-    return (z1.new_empty((d, d), dtype=acc), z1.new_empty((2, d), dtype=acc),
-            z1.new_empty((2, d), dtype=acc))
+def _cross_correlation_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, mean: Tensor, m2: Tensor,
+                                cs: Tensor, grad: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+    """C = aᵀb/N: da = b·Goutᵀ/N, db = a·Gout/N, then BatchNorm's Jacobian (``_bn_bwd_kernel``)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
+    n, d = z1.shape
+    dz = (_new(z1), _new(z2))
+    s0, s1 = grad.stride(0), grad.stride(1)
+    with _device(z1):
+        if not pl.ident:
+            _mm(x[1], grad.t(), out=dz[0])
+            _mm(x[0], grad, out=dz[1])
+            _bn_bwd(dz, (0, 1), dz, z1, z2, mean, m2, eps)
+        else:
+            pr = _prep(z1, d, (grad, grad), ((s0, s1), (s1, s0)), out_dtype=z1.dtype, scale=pl.scale,
+                       colmuls=(cs[1], cs[0]), vecs=(mean[1], mean[0]), views=2)
+            zs = (z1, z2)
+            for group in _groups(pl, n, d):
+                ps = [_mm(zs[1 - v], pr.o[v].t()) for v in group]
+                _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, rs=pr.rs, w=pr.w,
+                        rsm=_rs_mode(pl, False), corr=_CORR_COL)
+                del ps  # one fp32 product alive at a time (the memory bound)
+    return dz
 
 
-def _cross_correlation_bwd_impl(z1: Tensor, z2: Tensor, mean: Tensor, cs: Tensor, grad: Tensor
-                          ) -> Tuple[Tensor, Tensor]:
-    return _bn_backward(z1, z2, mean, cs, grad, cs, grad, grad, grad, 0.0, "dimension", False,
-                        _cfg(z1))
-
-
-cross_correlation_bwd = torch.library.custom_op("duality_kernels::cross_correlation_bwd", mutates_args=())(_cross_correlation_bwd_impl)
-
-
-@cross_correlation_bwd.register_fake
-def _(z1, z2, mean, cs, grad):
-    return torch.empty_like(z1), torch.empty_like(z2)
-
-
-def _xcorr_setup(ctx, inputs, output):
-    z1, z2, eps = inputs
-    ctx.save_for_backward(z1, z2, output[1], output[2])
-
-
-def _xcorr_backward(ctx, grad, *_unused):
-    z1, z2, mean, cs = ctx.saved_tensors
-    if grad is None:
-        return None, None, None
-    dz1, dz2 = pick(ctx, cross_correlation_bwd, _cross_correlation_bwd_impl)(z1, z2, mean, cs, grad)
-    return dz1, dz2, None
-
-
-cross_correlation_fwd.register_autograd(_xcorr_backward, setup_context=_xcorr_setup)
-_SPEC_CROSS_CORRELATION = Spec(cross_correlation_fwd, _cross_correlation_fwd_impl, _xcorr_setup, _xcorr_backward, 1)
+_SPEC_CROSS_CORRELATION = _register("cross_correlation", _cross_correlation_fwd_impl, _cross_correlation_fwd_fake, _cross_correlation_bwd_impl,
+                                    _bwd_fake2, 2, 1, False)
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
@@ -1661,74 +1767,64 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
 # normalized_gram (SPEC §1)
 
 
-def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """-> (K = l2n(z1)·l2n(z2 or z1)ᵀ (N, N), info): info rows [1/max(‖z_v‖, eps) per view,
-    [‖z_v‖ ≥ eps] per view] ((2, N) without z2, (4, N) with it)."""
-    cfg = _cfg(z1)
+def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (K = l2n(z1)·l2n(z2 or z1)ᵀ (N, N), x (V, N, D) or empty, info (V, N) = ±1/max(‖z‖, eps))."""
+    z1 = z1.contiguous()
+    z2 = None if z2 is None else z2.contiguous()
+    pl = _plan(z1)
     with _device(z1):
-        info = _rowinfo(z1, z2, False, 1.0, cfg)
-        if z2 is None:
-            g, _, _, _ = _gram_reduce("sample", _SYM, _Operand(z1, rscale=info[0]), None, cfg, store=True,
-                                      sums=False)
-        else:
-            g, _, _, _ = _gram_reduce("sample", _CROSS, _Operand(z1, rscale=info[0]),
-                                      _Operand(z2, rscale=info[1]), cfg, store=True, sums=False)
-    return g[0], info
+        x, info, _ = _rowpass(z1, z2, _ROW_L2, pl.acc)
+        k = _mm(x[0], x[-1].t())
+    return k, (_none(z1, z1.dtype) if pl.ident else x), info
 
 
-normalized_gram_fwd = torch.library.custom_op("duality_kernels::normalized_gram_fwd", mutates_args=())(_normalized_gram_fwd_impl)
+def _normalized_gram_fwd_fake(z1, z2):
+    pl = _plan(z1)
+    n, d = z1.shape
+    v = 1 if z2 is None else 2
+    return (_e(z1, (n, n), pl.acc), _e(z1, (0,)) if pl.ident else _e(z1, (v, n, d)),
+            _e(z1, (v, n), pl.acc))
 
 
-@normalized_gram_fwd.register_fake
-def _(z1, z2):
-    n = z1.shape[0]
-    acc = _acc_of(z1)
-    return z1.new_empty((n, n), dtype=acc), z1.new_empty((2 if z2 is None else 4, n), dtype=acc)
-
-
-def _normalized_gram_bwd_impl(z1: Tensor, z2: Optional[Tensor], k: Tensor, info: Tensor, grad: Tensor
-                        ) -> List[Tensor]:
-    """-> [dz1] without z2, [dz1, dz2] with it."""
-    cfg = _cfg(z1)
+def _normalized_gram_bwd_impl(z1: Tensor, z2: Optional[Tensor], x: Tensor, info: Tensor, grad: Tensor
+                              ) -> List[Tensor]:
+    """-> [dz1] without z2, [dz1, dz2] with it: dn1 = Gout·n2, dn2 = Goutᵀ·n1 ((Gout + Goutᵀ)·n
+    without z2), then l2n's Jacobian (``_row_bwd_kernel``)."""
+    z1 = z1.contiguous()
+    pl = _plan(z1)
     n, d = z1.shape
     single = z2 is None
-    dz1 = torch.empty_like(z1)
-    dz2 = dz1 if single else torch.empty_like(z2)
+    z2 = z1 if single else z2.contiguous()
+    dz = (_new(z1),) if single else (_new(z1), _new(z2))
+    s0, s1 = grad.stride(0), grad.stride(1)
     with _device(z1):
-        q = _rowcol_dot(grad, k, cfg)  # n_i·dn_i (row sums; column sums for view 2 / Goutᵀ)
-        _ngram_bwd_kernel[_apply_grid(n, d, cfg, 1 if single else 2)](
-            z1, z1 if single else z2, info, grad, grad.stride(0), grad.stride(1), q, dz1, dz2, n, d,
-            SINGLE=single, BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC, DOT=cfg.DOT, PREC=cfg.PREC,
-            num_warps=cfg.warps)
-    return [dz1] if single else [dz1, dz2]
+        if single:
+            out = pl.acc if not pl.ident else z1.dtype
+            pr = _prep(z1, n, (grad,), ((s0, s1),), out_dtype=out, scale=pl.scale, sym=True,
+                       colmuls=(info[0],) if pl.ident else None)
+            p = _mm(pr.o[0], x[0] if not pl.ident else z1, out=None if pl.ident else dz[0])
+            _row_bwd(_R_NGRAM, (p,), (0,), dz, z1, z1, info, rs=pr.rs, rsm=_rs_mode(pl, True))
+        elif not pl.ident:
+            _mm(grad, x[1], out=dz[0])
+            _mm(grad.t(), x[0], out=dz[1])
+            _row_bwd(_R_NGRAM, dz, (0, 1), dz, z1, z2, info)
+        else:
+            pr = _prep(z1, n, (grad, grad), ((s0, s1), (s1, s0)), out_dtype=z1.dtype, scale=pl.scale,
+                       colmuls=(info[1], info[0]), views=2)
+            zs = (z1, z2)
+            for group in _groups(pl, n, d):
+                ps = [_mm(pr.o[v], zs[1 - v]) for v in group]
+                _row_bwd(_R_NGRAM, ps, group, dz, z1, z2, info, rs=pr.rs, rsm=_rs_mode(pl, True))
+                del ps  # one fp32 product alive at a time (the memory bound)
+    return list(dz)
 
 
-normalized_gram_bwd = torch.library.custom_op("duality_kernels::normalized_gram_bwd", mutates_args=())(_normalized_gram_bwd_impl)
+def _normalized_gram_bwd_fake(z1, z2, x, info, grad):
+    return [_new(z1)] if z2 is None else [_new(z1), _new(z2)]
 
 
-@normalized_gram_bwd.register_fake
-def _(z1, z2, k, info, grad):
-    return [torch.empty_like(z1)] if z2 is None else [torch.empty_like(z1), torch.empty_like(z2)]
-
-
-def _ngram_setup(ctx, inputs, output):
-    z1, z2 = inputs
-    ctx.single = z2 is None
-    ctx.save_for_backward(z1, z1 if z2 is None else z2, *output)
-
-
-def _ngram_backward(ctx, grad, _unused):
-    z1, z2, k, info = ctx.saved_tensors
-    if grad is None:
-        return None, None
-    if ctx.single:
-        return pick(ctx, normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, None, k, info, grad)[0], None
-    dz1, dz2 = pick(ctx, normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, z2, k, info, grad)
-    return dz1, dz2
-
-
-normalized_gram_fwd.register_autograd(_ngram_backward, setup_context=_ngram_setup)
-_SPEC_NORMALIZED_GRAM = Spec(normalized_gram_fwd, _normalized_gram_fwd_impl, _ngram_setup, _ngram_backward, 1)
+_SPEC_NORMALIZED_GRAM = _register("normalized_gram", _normalized_gram_fwd_impl, _normalized_gram_fwd_fake, _normalized_gram_bwd_impl,
+                                  _normalized_gram_bwd_fake, 2, 1, False)
 
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
@@ -1741,71 +1837,60 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
 
 
 def _duality_terms_fwd_impl(z: Tensor, side: str
-                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (L_c, L_nc, Σ_i‖z_i‖⁴, Σ_k‖z_:k‖⁴, gram (1, M, M), row sums of squares (N,),
-    column sums of squares (D,)); the two sums of squares in float64 (``_rowstats``)."""
-    cfg = _cfg(z)
+                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (L_c, L_nc, Σ_i‖z_i‖⁴, Σ_k‖z_:k‖⁴, gram (1, M, M), rs, row sums of squares r (N),
+    column sums of squares c (D)); r and c float64, the Gram fp32 (bf16/fp16: the backward's
+    operand in the input dtype)."""
+    z = z.contiguous()
+    pl = _plan(z)
     n, d = z.shape
+    sample = side == "sample"
+    m = n if sample else d
     with _device(z):
-        part_r, n_chunks, colp = _rowstats(z, None, True, cfg)
-        r = _sum_partials(part_r, n_chunks, n, 3 * n, cfg)
-        c = _sum_partials(colp, colp.shape[0], d, d, cfg)
-        g, part, _, _ = _gram_reduce(side, _SYM, _Operand(z), None, cfg, store=True)
-        outs = [torch.empty((), dtype=cfg.acc, device=z.device) for _ in range(4)]
-        _duality_finalize_kernel[(1,)](part, part[0, 0].numel(), r, c, *outs, n, d,
-                                       SIDE=_SAMPLE if side == "sample" else _DIMENSION,
-                                       BV=cfg.BV, FIN=tl.float64, num_warps=cfg.warps)
-    return (*outs, g, r, c)
+        _, _, r = _rowpass(z, None, _ROW_SQ, pl.acc)
+        c = _colpass(z, None, _SQ).m2[0]
+        g = _mm(z, z.t(), wide=pl.wide) if sample else _mm(z.t(), z, wide=pl.wide)
+        rm = _rm(m)[0]
+        fin = _Fin(_F_DUALITY, not sample, pl.acc, n, d, 4, r, c)
+        if pl.ident:
+            pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1, out_dtype=z.dtype, scale=pl.scale,
+                       fin=fin)
+            gram = pr.o
+        else:
+            pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
+            gram = (g.float() if pl.wide else g).unsqueeze(0)
+    return (*pr.outs, gram, pr.rs, r, c)
 
 
-duality_terms_fwd = torch.library.custom_op("duality_kernels::duality_terms_fwd", mutates_args=())(_duality_terms_fwd_impl)
-
-
-@duality_terms_fwd.register_fake
-def _(z, side):
+def _duality_terms_fwd_fake(z, side):
+    pl = _plan(z)
     n, d = z.shape
-    m = n if side == "sample" else d
-    acc = _acc_of(z)
-    scalars = [z.new_empty((), dtype=acc) for _ in range(4)]
-    return (*scalars, z.new_empty((1, m, m), dtype=acc), z.new_empty((n,), dtype=torch.float64),
-            z.new_empty((d,), dtype=torch.float64))
+    _, gram, rs, _ = _fake_saved(z, pl, n if side == "sample" else d, 1, 1, 1, False)
+    return (*_scalars(z, pl, 4), gram, rs, _e(z, (n,), torch.float64), _e(z, (d,), torch.float64))
 
 
-def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, r: Tensor, c: Tensor, g_lc: Tensor, g_lnc: Tensor,
-                      g_r4: Tensor, g_c4: Tensor, side: str) -> Tensor:
-    cfg = _cfg(z)
-    n, d = z.shape
-    dz = torch.empty_like(z)
+def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, rs: Tensor, r: Tensor, c: Tensor, g_lc: Tensor,
+                            g_lnc: Tensor, g_r4: Tensor, g_c4: Tensor, side: str) -> Tensor:
+    z = z.contiguous()
+    pl = _plan(z)
+    sample = side == "sample"
+    dz = _new(z)
     with _device(z):
-        _duality_bwd_kernel[_apply_grid(n, d, cfg, 1)](
-            z, gram, r, c, dz, g_lc, g_lnc, g_r4, g_c4, n, d,
-            SIDE=_SAMPLE if side == "sample" else _DIMENSION, BM=cfg.BM, BK=cfg.BK, ACC=cfg.ACC,
-            DOT=cfg.DOT, PREC=cfg.PREC, num_warps=cfg.warps)
+        if not pl.ident:
+            p = _mm(gram[0], z, out=dz) if sample else _mm(z, gram[0], out=dz)
+        else:
+            p = _mm(gram[0], z) if sample else _mm(z, gram[0].t())
+        _elem_bwd(_E_DUALITY, (p,), (0,), (dz, dz), z, z, cv=c, rv=r, rs=rs, gs=(g_lc, g_lnc, g_r4, g_c4),
+                  rsm=_rs_mode(pl, sample) if pl.ident else _RS_NONE)
     return dz
 
 
-duality_terms_bwd = torch.library.custom_op("duality_kernels::duality_terms_bwd", mutates_args=())(_duality_terms_bwd_impl)
+def _duality_terms_bwd_fake(z, *_args):
+    return _new(z)
 
 
-@duality_terms_bwd.register_fake
-def _(z, gram, r, c, g_lc, g_lnc, g_r4, g_c4, side):
-    return torch.empty_like(z)
-
-
-def _duality_setup(ctx, inputs, output):
-    z, side = inputs
-    ctx.save_for_backward(z, *output[4:7])
-    ctx.side = side
-
-
-def _duality_backward(ctx, g_lc, g_lnc, g_r4, g_c4, *_unused):
-    z, gram, r, c = ctx.saved_tensors
-    gs = [_zeros0(gram, g) for g in (g_lc, g_lnc, g_r4, g_c4)]
-    return pick(ctx, duality_terms_bwd, _duality_terms_bwd_impl)(z, gram, r, c, *gs, ctx.side), None
-
-
-duality_terms_fwd.register_autograd(_duality_backward, setup_context=_duality_setup)
-_SPEC_DUALITY_TERMS = Spec(duality_terms_fwd, _duality_terms_fwd_impl, _duality_setup, _duality_backward, 4)
+_SPEC_DUALITY_TERMS = _register("duality_terms", _duality_terms_fwd_impl, _duality_terms_fwd_fake, _duality_terms_bwd_impl,
+                                _duality_terms_bwd_fake, 1, 4, True)
 
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -1814,13 +1899,77 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
     return lc, lnc, r4, c4
 
 
-# ---- drop-in torch.autograd.Function subclasses (DESIGN convention 2): contiguous inputs, side
-# already "sample" or "dimension"; the public functions in functional.py validate and pick it.
+# ============================================================================================
+# Drop-in torch.autograd.Function subclasses (DESIGN convention 2). Their forward validates the
+# arguments as the public functions do (SPEC §6; issue 15: an unchecked call reached the kernels):
+# shapes, dtypes, devices and Python scalars only, no synchronization, traceable by torch.compile.
+# ``side`` is already "sample" or "dimension" here.
 
-VICRegFunction = function(_SPEC_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
-BarlowTwinsFunction = function(_SPEC_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).")
-SpectralContrastiveFunction = function(_SPEC_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).")
-CovarianceFunction = function(_SPEC_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).")
-CrossCorrelationFunction = function(_SPEC_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
-NormalizedGramFunction = function(_SPEC_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
-DualityTermsFunction = function(_SPEC_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")
+def _side(value, name, z):
+    V.check_choice(value, name, ("sample", "dimension"))
+
+
+def _correction(value, name, z):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < 0 or z.shape[0] - value < 1:
+        raise ValueError(f"{name} must be >= 0 and < N={z.shape[0]}, got {value}")
+
+
+def _scalar_check(f):
+    return lambda value, name, z: f(value, name)
+
+
+_FIN, _NONNEG, _POS = (_scalar_check(f) for f in (V.check_finite, V.check_nonnegative, V.check_positive))
+
+
+def _function(spec: Spec, name: str, doc: str, zs: int, rows: int, what: str, *scalars) -> type:
+    """``function(spec)`` whose forward first checks its inputs: ``zs`` tensors (z1 [, z2 or None]:
+    2-D floating, matching, at least ``rows`` rows, on a device the kernels run on), then the
+    Python scalars, each with its (name, check)."""
+    cls = function(spec, name, doc)
+    forward = cls.forward
+
+    def checked(ctx, *inputs):
+        z = inputs[0]
+        if zs == 1 or inputs[1] is None:
+            V.check_tensor(z, "z" if zs == 1 else "z1", min_rows=rows, what=what)
+        else:
+            V.check_pair(z, inputs[1], min_rows=rows, what=what)
+        problem = device_problem(z)
+        if problem:
+            raise ValueError(problem)
+        for (arg, check), value in zip(scalars, inputs[zs:]):
+            check(value, arg, z)
+        return forward(ctx, *inputs)
+
+    cls.forward = staticmethod(checked)
+    return cls
+
+
+_VAR = "a batch variance needs two rows"
+VICRegFunction = _function(
+    _SPEC_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, "
+    "cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).", 2, 2, _VAR,
+    ("inv_weight", _FIN), ("var_weight", _FIN), ("cov_weight", _FIN), ("gamma", _FIN), ("eps", _NONNEG),
+    ("side", _side))
+BarlowTwinsFunction = _function(
+    _SPEC_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, "
+    "eps, side)`` -> (loss, on_diagonal, off_diagonal).", 2, 2, _VAR,
+    ("lambda_param", _FIN), ("eps", _NONNEG), ("side", _side))
+SpectralContrastiveFunction = _function(
+    _SPEC_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): "
+    "``apply(z1, z2, mu, side)`` -> (loss, positive, negative).", 2, 2,
+    "the off-diagonal term needs two rows", ("mu", _POS), ("side", _side))
+CovarianceFunction = _function(
+    _SPEC_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).",
+    1, 1, "", ("correction", _correction))
+CrossCorrelationFunction = _function(
+    _SPEC_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): "
+    "``apply(z1, z2, eps)`` -> (C,).", 2, 2, _VAR, ("eps", _NONNEG))
+NormalizedGramFunction = _function(
+    _SPEC_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): "
+    "``apply(z1, z2_or_None)`` -> (K,).", 2, 1, "")
+DualityTermsFunction = _function(
+    _SPEC_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> "
+    "(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).", 1, 1, "", ("side", _side))
