@@ -48,15 +48,8 @@ def _csrc_kernels():
     return sorted(names)
 
 
-ISSUE_17 = "issue 17 (Triton covariance family) rewrites this kernel; it spills at the headline shapes"
 ISSUE_18 = "issue 18 (log-sum-exp family) rewrites this kernel; it spills at the headline shapes"
 SPILLS = {
-    "_colstats_partial_kernel": ISSUE_17,
-    "_vicreg_bwd_kernel": ISSUE_17,
-    "_bn_bwd_kernel": ISSUE_17,
-    "_ngram_bwd_kernel": ISSUE_17,
-    "_rowcol_dot_kernel": ISSUE_17,
-    "_duality_bwd_kernel": ISSUE_17,
     "_lse_fwd_kernel": ISSUE_18,
     "_lse_bwd_kernel": ISSUE_18,
 }
