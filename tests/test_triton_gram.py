@@ -43,6 +43,8 @@ if not _common.is_available():  # pragma: no cover
 
 from duality_kernels.ops.triton import gram  # noqa: E402
 
+from .entry_points import check_entry_points  # noqa: E402
+
 INTERPRETING = _common.interpreting()
 if not INTERPRETING and not torch.cuda.is_available():  # pragma: no cover
     pytest.skip("no GPU and TRITON_INTERPRET is not 1: the Triton kernels cannot run here",
@@ -341,6 +343,12 @@ def test_function_compile_fullgraph_aot_eager():
     z1, z2 = _views(21, 35, torch.float32, seed=15)
     _check_compiled(lambda a, b: gram.VICRegFunction.apply(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0],
                     z1, z2, "aot_eager")
+
+
+def test_functions_and_custom_ops_raise_the_public_errors():
+    """The drop-in Functions and the forward custom ops raise the public function's exception and
+    message for every bad argument (tests/entry_points.py, shared with the CUDA backend)."""
+    assert check_entry_points("triton", gram, "", _views) >= 90
 
 
 def test_functions_validate_their_arguments():

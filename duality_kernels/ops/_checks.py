@@ -25,10 +25,30 @@ entry points check (RuntimeError naming the argument).
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Callable
+
 from .. import _backend
 from .. import _validation as V
 
 OP_SIDES = ("sample", "dimension")
+
+
+def checked(check: Callable, backend: str, fn: Callable) -> Callable:
+    """``fn`` behind ``check(backend, *args)``: the entry of a forward custom op (its
+    implementation) or of a drop-in Function (its op). functools.wraps keeps fn's signature, from
+    which torch.library infers the op's schema."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        check(backend, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    # the signature with fn's annotations evaluated in fn's module (they may be strings there,
+    # which torch.library would otherwise evaluate here, where the names are missing)
+    wrapper.__signature__ = inspect.signature(fn, eval_str=True)
+    return wrapper
 _TWO_ROWS = "a batch variance needs two rows"
 
 

@@ -77,9 +77,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from ... import _validation as V
+from .. import _checks
 from .._direct import Spec, apply, function, pick
-from ._common import acc_dtype, device_problem, interpreting, tl, triton, unavailable_reason
+from ._common import acc_dtype, interpreting, tl, triton, unavailable_reason
 from ._common import device_guard as _device
 from ._common import scalar as _scalar
 
@@ -1351,7 +1351,10 @@ def _register(name: str, fwd_impl, fwd_fake, bwd_impl, bwd_fake, nz: int, nres: 
     nz: leading tensor inputs (None allowed: normalized_gram's z2); nres: results returned to the
     caller (the rest is saved for the backward); scalar: the results are 0-dim (their gradients
     arrive as 0-dim tensors, or None when unused) rather than one matrix."""
-    fwd = torch.library.custom_op(f"duality_kernels::{name}_fwd", mutates_args=())(fwd_impl)
+    # the custom op checks its arguments as the public function does (ops/_checks.py, issue 15);
+    # the eager path of the public functions (already validated) calls fwd_impl directly
+    fwd = torch.library.custom_op(f"duality_kernels::{name}_fwd", mutates_args=())(
+        _checks.checked(getattr(_checks, name), "triton", fwd_impl))
     fwd.register_fake(fwd_fake)
     bwd = torch.library.custom_op(f"duality_kernels::{name}_bwd", mutates_args=())(bwd_impl)
     bwd.register_fake(bwd_fake)
@@ -1900,76 +1903,21 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 # ============================================================================================
-# Drop-in torch.autograd.Function subclasses (DESIGN convention 2). Their forward validates the
-# arguments as the public functions do (SPEC §6; issue 15: an unchecked call reached the kernels):
-# shapes, dtypes, devices and Python scalars only, no synchronization, traceable by torch.compile.
-# ``side`` is already "sample" or "dimension" here.
-
-def _side(value, name, z):
-    V.check_choice(value, name, ("sample", "dimension"))
+# Drop-in torch.autograd.Function subclasses (DESIGN convention 2): contiguous inputs, side already
+# "sample" or "dimension". Their forward checks the arguments (ops/_checks.py, as the CUDA
+# backend's Functions) before the custom op, so that they raise the public functions'
+# TypeError/ValueError (issue 15: an unchecked call reached native code); the public functions
+# validate and pick the side themselves.
 
 
-def _correction(value, name, z):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < 0 or z.shape[0] - value < 1:
-        raise ValueError(f"{name} must be >= 0 and < N={z.shape[0]}, got {value}")
+def _dropin(spec: Spec, op: str, name: str, doc: str) -> type:
+    return function(spec._replace(op=_checks.checked(getattr(_checks, op), "triton", spec.op)), name, doc)
 
 
-def _scalar_check(f):
-    return lambda value, name, z: f(value, name)
-
-
-_FIN, _NONNEG, _POS = (_scalar_check(f) for f in (V.check_finite, V.check_nonnegative, V.check_positive))
-
-
-def _function(spec: Spec, name: str, doc: str, zs: int, rows: int, what: str, *scalars) -> type:
-    """``function(spec)`` whose forward first checks its inputs: ``zs`` tensors (z1 [, z2 or None]:
-    2-D floating, matching, at least ``rows`` rows, on a device the kernels run on), then the
-    Python scalars, each with its (name, check)."""
-    cls = function(spec, name, doc)
-    forward = cls.forward
-
-    def checked(ctx, *inputs):
-        z = inputs[0]
-        if zs == 1 or inputs[1] is None:
-            V.check_tensor(z, "z" if zs == 1 else "z1", min_rows=rows, what=what)
-        else:
-            V.check_pair(z, inputs[1], min_rows=rows, what=what)
-        problem = device_problem(z)
-        if problem:
-            raise ValueError(problem)
-        for (arg, check), value in zip(scalars, inputs[zs:]):
-            check(value, arg, z)
-        return forward(ctx, *inputs)
-
-    cls.forward = staticmethod(checked)
-    return cls
-
-
-_VAR = "a batch variance needs two rows"
-VICRegFunction = _function(
-    _SPEC_VICREG, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, "
-    "cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).", 2, 2, _VAR,
-    ("inv_weight", _FIN), ("var_weight", _FIN), ("cov_weight", _FIN), ("gamma", _FIN), ("eps", _NONNEG),
-    ("side", _side))
-BarlowTwinsFunction = _function(
-    _SPEC_BARLOW_TWINS, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, "
-    "eps, side)`` -> (loss, on_diagonal, off_diagonal).", 2, 2, _VAR,
-    ("lambda_param", _FIN), ("eps", _NONNEG), ("side", _side))
-SpectralContrastiveFunction = _function(
-    _SPEC_SPECTRAL, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): "
-    "``apply(z1, z2, mu, side)`` -> (loss, positive, negative).", 2, 2,
-    "the off-diagonal term needs two rows", ("mu", _POS), ("side", _side))
-CovarianceFunction = _function(
-    _SPEC_COVARIANCE, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).",
-    1, 1, "", ("correction", _correction))
-CrossCorrelationFunction = _function(
-    _SPEC_CROSS_CORRELATION, "CrossCorrelationFunction", "cross_correlation (SPEC §1): "
-    "``apply(z1, z2, eps)`` -> (C,).", 2, 2, _VAR, ("eps", _NONNEG))
-NormalizedGramFunction = _function(
-    _SPEC_NORMALIZED_GRAM, "NormalizedGramFunction", "normalized_gram (SPEC §1): "
-    "``apply(z1, z2_or_None)`` -> (K,).", 2, 1, "")
-DualityTermsFunction = _function(
-    _SPEC_DUALITY_TERMS, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> "
-    "(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).", 1, 1, "", ("side", _side))
+VICRegFunction = _dropin(_SPEC_VICREG, "vicreg", "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
+BarlowTwinsFunction = _dropin(_SPEC_BARLOW_TWINS, "barlow_twins", "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).")
+SpectralContrastiveFunction = _dropin(_SPEC_SPECTRAL, "spectral", "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).")
+CovarianceFunction = _dropin(_SPEC_COVARIANCE, "covariance", "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).")
+CrossCorrelationFunction = _dropin(_SPEC_CROSS_CORRELATION, "cross_correlation", "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
+NormalizedGramFunction = _dropin(_SPEC_NORMALIZED_GRAM, "normalized_gram", "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
+DualityTermsFunction = _dropin(_SPEC_DUALITY_TERMS, "duality_terms", "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")
