@@ -109,19 +109,12 @@ PARAMS = {
 
 # What these tests found (2026-11-30, this machine), each replayed by test_found_examples below.
 # Fixed in the CUDA backend: VICReg's backward (gram_ops.h VICRegBwdArgs), duality_terms' backward
-# (DualityBwdArgs) and the l2n/clamp backward (row_bwd). Open in the Triton kernels, which other
-# work rewrites (issue 17: the Gram family, ops/triton/gram.py; issue 18: the log-sum-exp family,
-# ops/triton/lse.py): marked xfail(strict=False) so that the marks can go once the rewrites land.
-_T17 = "issue 17 (Triton Gram family, being rewritten): "
+# (DualityBwdArgs) and the l2n/clamp backward (row_bwd); in the Triton Gram family by its rewrite
+# on cuBLAS (issue 17) and duality_terms' backward on the Gram without its diagonal. Open in the
+# Triton log-sum-exp kernels, which other work reworks (issue 18, ops/triton/lse.py): marked
+# xfail(strict=False) so that the marks can go once that lands.
 _T18 = "issue 18 (Triton log-sum-exp family, being reworked): "
 XFAIL = {
-    ("triton", "normalized_gram"): _T17 + "one column (l2n's backward projection leaves ~1 ulp of da / ‖z‖; "
-                                          "CUDA had the same, fixed): grad 3.0e-5 vs eager 7.6e-6",
-    ("triton", "barlow_twins_loss"): _T17 + "2x2 with a constant column, dimension side: grad 9.8e-6 vs eager 2.5e-6",
-    ("triton", "vicreg_loss"): _T17 + "N = 2, D = 1 (as CUDA's, fixed: the Gram's diagonal cancelled against m2 of "
-                                      "the unrounded views, after the other terms): grad 9.8e-4 vs eager 1.6e-5",
-    ("triton", "sample_contrastive_criterion"): _T17 + "two equal rows (the Gram's diagonal cancelled against "
-                                                       "another reduction; CUDA had the same, fixed): grad 2.6e-5 vs eager 7.4e-6",
     ("triton", "dcl_loss"): _T18 + "one column, similarity 'square': grad 3.2e-5 vs eager 4.8e-7",
     ("triton", "ntxent_loss"): _T18 + "one column with duplicate rows, center_l2, 'abs': grad 4.6e-6 vs eager 9.5e-7",
     ("triton", "vicreg_exp_loss"): _T18 + "117x5, offset 2, scale 10: loss 1.1e-4 vs eager 1.1e-5",

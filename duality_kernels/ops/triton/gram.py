@@ -117,7 +117,7 @@ _ROW_CLAMP, _ROW_L2, _ROW_SQ = 0, 1, 2
 _SUM_NONE, _SUM_SQ, _SUM_PAIR = 0, 1, 2
 # finalize / epilogue modes
 _F_VICREG, _F_BARLOW, _F_SPECTRAL, _F_DUALITY = 0, 1, 2, 3
-_E_VICREG, _E_DUALITY, _E_COV = 0, 1, 2
+_E_VICREG, _E_DUALITY, _E_COV, _E_DUALITY_D = 0, 1, 2, 3  # _E_DUALITY: sample side
 _R_SPECTRAL, _R_NGRAM = 0, 1
 # how a GEMM result P' is turned into the true product (IDENT operands, module docstring)
 _RS_NONE, _RS_ROW, _RS_COL = 0, 1, 2          # undo the fp16 power-of-two scales by row / column
@@ -734,7 +734,13 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         dz = c_cov·P + x̃∘col_k ± (2a_inv/(N·D))·(z1 − z2),  P = G·x (N×N) or x·G (D×D),
         c_cov = 4a_cov/((N−1)²D), col_k = −a_var·[γ > std_k]/(2D(N−1)std_k) − c_cov·m2_k, and no
         centering Jacobian: every term is a combination of the centered x (its columns sum to 0).
-    _E_DUALITY (SPEC §2): dz = 4(g_Lc + g_Lnc)·P + 4z∘((g_r4 − g_Lc)·r_i + (g_c4 − g_Lnc)·c_k).
+    _E_DUALITY (SPEC §2), with P = G_off·z (sample side) or z·G_off (_E_DUALITY_D, dimension side),
+        G_off = the Gram without its diagonal (zeroed in the forward): with the diagonal in the
+        product it would cancel against r_i (or c_k) computed by another reduction, and two
+        equal rows then left 3.5× eager's gradient error (hypothesis, 2026-11-30). Since
+        (G·z)_ik = (G_off·z)_ik + r_i·z_ik and (z·G)_ik = (z·G_off)_ik + c_k·z_ik:
+        sample:    dz = 4(g_Lc + g_Lnc)·P + 4z∘((g_r4 + g_Lnc)·r_i + (g_c4 − g_Lnc)·c_k);
+        dimension: dz = 4(g_Lc + g_Lnc)·P + 4z∘((g_r4 − g_Lc)·r_i + (g_c4 + g_Lc)·c_k).
     _E_COV: dz = P (the 1/(N − correction) is in the operand).
     Bytes per view: P (4 B) + z1, z2 (VICReg) or z read + dz written per element.
     """
@@ -770,10 +776,15 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         cc = c_cov.to(ACC)
         ci = ((1.0 - 2.0 * v) * 2.0 * a_inv / (nf * df)).to(ACC)
         mean = tl.load(meanv + cols, mask=cmask, other=0.0)
-    if MODE == 1:
-        a_fro = (4.0 * (gl + tl.load(g1_ptr).to(tl.float64))).to(ACC)
-        a_r = 4.0 * (tl.load(g2_ptr).to(tl.float64) - gl)
-        a_c = 4.0 * (tl.load(g3_ptr).to(tl.float64) - tl.load(g1_ptr).to(tl.float64))
+    if MODE == 1 or MODE == 3:
+        gnc = tl.load(g1_ptr).to(tl.float64)
+        a_fro = (4.0 * (gl + gnc)).to(ACC)
+        if MODE == 1:
+            a_r = 4.0 * (tl.load(g2_ptr).to(tl.float64) + gnc)
+            a_c = 4.0 * (tl.load(g3_ptr).to(tl.float64) - gnc)
+        else:
+            a_r = 4.0 * (tl.load(g2_ptr).to(tl.float64) - gl)
+            a_c = 4.0 * (tl.load(g3_ptr).to(tl.float64) + gl)
         ck = (a_c * tl.load(cv_ptr + cols, mask=cmask, other=0.0)).to(ACC)
     for r0 in range(r_lo, r_hi, BR):
         rows = r0 + tl.arange(0, BR)
@@ -786,7 +797,7 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
             b = tl.load(z2_ptr + idx, mask=mask, other=0.0)
             x = _operand(_pick(v, a, b), mean[None, :], 1.0, T).to(ACC)
             dz = cc * p + x * col[None, :] + ci * (a.to(ACC) - b.to(ACC))
-        if MODE == 1:
+        if MODE == 1 or MODE == 3:
             z = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ACC)
             ri = (a_r * tl.load(rv_ptr + rows, mask=rmask, other=0.0)).to(ACC)
             dz = a_fro * p + z * (ri[:, None] + ck[None, :])
@@ -1862,6 +1873,7 @@ def _duality_terms_fwd_impl(z: Tensor, side: str
         else:
             pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
             gram = (g.float() if pl.wide else g).unsqueeze(0)
+        gram.diagonal(dim1=1, dim2=2).zero_()  # the backward's G_off (_elem_bwd_kernel, _E_DUALITY)
     return (*pr.outs, gram, pr.rs, r, c)
 
 
@@ -1883,7 +1895,8 @@ def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, rs: Tensor, r: Tensor, c: T
             p = _mm(gram[0], z, out=dz) if sample else _mm(z, gram[0], out=dz)
         else:
             p = _mm(gram[0], z) if sample else _mm(z, gram[0].t())
-        _elem_bwd(_E_DUALITY, (p,), (0,), (dz, dz), z, z, cv=c, rv=r, rs=rs, gs=(g_lc, g_lnc, g_r4, g_c4),
+        _elem_bwd(_E_DUALITY if sample else _E_DUALITY_D, (p,), (0,), (dz, dz), z, z, cv=c, rv=r, rs=rs,
+                  gs=(g_lc, g_lnc, g_r4, g_c4),
                   rsm=_rs_mode(pl, sample) if pl.ident else _RS_NONE)
     return dz
 
