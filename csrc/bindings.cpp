@@ -771,7 +771,7 @@ std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor&
   check_number(lambda, "lambda_param", fn);
   check_number(eps, "eps", fn, 0.0);
   DK_DEVICE_GUARD(z1);
-  const int64_t n = z1.size(0), d = z1.size(1), m = sample ? n : d;
+  const int64_t n = z1.size(0), d = z1.size(1);
   const at::ScalarType t = z1.scalar_type();
   const dk::ColPlan plan = dk::col_plan(n, d, dtype_code(t));
   const int64_t mb = dk::col_merge_blocks(d);
@@ -799,7 +799,6 @@ std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor&
     gp.cdiv = static_cast<double>(n);
   }
   const at::Tensor grams = gram_pass(g, t, gp, s.at(o_fin_g), fn);
-  (void)m;
   dk::FinalizeArgs f{};
   f.mode = dk::kFinBarlow;
   f.sample = sample;
@@ -842,8 +841,9 @@ std::vector<at::Tensor> barlow_twins_bwd(const at::Tensor& x, const at::Tensor& 
     const at::Tensor p = mm_op(gm.m, x, gm);
     return bn_backward(x, view_ptr(p, 0), view_ptr(p, 1), m2, &cdiag, g, eps, lambda, fn);
   }
-  const at::Tensor p0 = mm_op(x[1], gm.m[0].t(), gm);  // b (aᵀb)ᵀ
-  const at::Tensor p1 = mm_op(x[0], gm.m[0], gm);      // a (aᵀb)
+  const at::Tensor c = gm.m[0];
+  const at::Tensor p0 = mm_op(x[1], c.t(), gm);  // b (aᵀb)ᵀ
+  const at::Tensor p1 = mm_op(x[0], c, gm);      // a (aᵀb)
   return bn_backward(x, ptr(p0), ptr(p1), m2, &cdiag, g, eps, lambda, fn);
 }
 
