@@ -458,6 +458,12 @@ __global__ void __launch_bounds__(kThreads) center_kernel(CenterArgs a, ColPlan 
 template <typename T, bool A>
 __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
   using acc_t = typename AccType<T>::type;
+  // Row sums and scales in float64 for float32 inputs (Inner), rounded once into q and the
+  // rows: a rounded scale would scale a whole row by the same error, biasing every Gram entry
+  // of it (spectral's negative term 1.2 ulp off at 132 near-equal rows, and duality_terms' L_c
+  // = ‖zᵀz‖² - Σ q_i² 2x eager's error at N = 2 from float32 q_i; tests/test_properties.py long
+  // profile, 2026-12-01).
+  using I = typename Inner<T>::type;
   constexpr int V = kVec<T>;
   const int lane = lane_id(), warp = warp_id();
   const int64_t n = a.n, d = a.d;
@@ -466,19 +472,19 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
   T* o0 = static_cast<T*>(a.out[0]);
   T* o1 = static_cast<T*>(a.out[1]);
   acc_t* q = static_cast<acc_t*>(a.q);
-  const acc_t radius = static_cast<acc_t>(a.radius);
+  const I radius = static_cast<I>(a.radius);
   double f0 = 0, f1 = 0;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp; r < n;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
     const T* zr0 = z0 + r * d;
     const T* zr1 = z1 != nullptr ? z1 + r * d : nullptr;
-    acc_t s1 = 0, s2 = 0, s12 = 0;
+    I s1 = 0, s2 = 0, s12 = 0;
 #pragma unroll 1
     for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
-      acc_t u[V];
+      I u[V];
       load_row<V, A>(zr0, c0, lane, d, u);
       if (zr1 != nullptr) {
-        acc_t w[V];
+        I w[V];
         load_row<V, A>(zr1, c0, lane, d, w);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
@@ -495,14 +501,14 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
       s12 = warp_sum(s12);
     }
     if (lane == 0) {
-      q[r] = s1;
+      q[r] = static_cast<acc_t>(s1);
       if (zr1 != nullptr) {
-        q[n + r] = s2;
-        q[2 * n + r] = s12;
+        q[n + r] = static_cast<acc_t>(s2);
+        q[2 * n + r] = static_cast<acc_t>(s12);
       }
       if (a.fin_mode == kRowFinSpectral) {
-        const double pr = static_cast<double>(row_scale<acc_t>(kRowClamp, s1, radius)) *
-                          static_cast<double>(row_scale<acc_t>(kRowClamp, s2, radius)) *
+        const double pr = static_cast<double>(row_scale<I>(kRowClamp, s1, radius)) *
+                          static_cast<double>(row_scale<I>(kRowClamp, s2, radius)) *
                           static_cast<double>(s12);
         f0 += pr;
         f1 += pr * pr;
@@ -511,8 +517,8 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
       }
     }
     if (o0 != nullptr) {
-      const acc_t sc0 = row_scale<acc_t>(a.row_mode, s1, radius);
-      const acc_t sc1 = zr1 != nullptr ? row_scale<acc_t>(a.row_mode, s2, radius) : acc_t(0);
+      const I sc0 = row_scale<I>(a.row_mode, s1, radius);
+      const I sc1 = zr1 != nullptr ? row_scale<I>(a.row_mode, s2, radius) : I(0);
 #pragma unroll 1
     for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
         acc_t u[V];
@@ -763,24 +769,30 @@ __global__ void __launch_bounds__(kThreads) duality_bwd_kernel(DualityBwdArgs a,
   const acc_t g_r4 = grad_or_zero<acc_t>(a.g[2]);
   const acc_t g_c4 = grad_or_zero<acc_t>(a.g[3]);
   const acc_t cp = 4 * (g_lc + g_lnc);
-  const acc_t cq = 4 * (a.sample ? g_lnc + g_r4 : g_r4 - g_lc);
-  const acc_t ccf = 4 * (a.sample ? g_c4 - g_lnc : g_c4 + g_lc);
+  // The side's own criterion and the identity's other one enter as g (c_k - q_i) (dimension side:
+  // g_lc, sample side: -g_lnc), the difference taken first, in float64 from c's float64: scaled
+  // separately into a q term and a c term, they cancel and leave their roundings (12x eager's fp32
+  // gradient error at N = 2, D = 1, where c - q is the other row's square; tests/test_properties.py
+  // long profile, 2026-12-01).
+  const acc_t gx = 4 * (a.sample ? -g_lnc : g_lc);
+  const acc_t cq = 4 * g_r4, ccf = 4 * g_c4;
+  double c[V];
   acc_t cc[V];
-  {
-    double c[V];
-    load_row<V, A>(a.c, t.c0, lane, d, c);
+  load_row<V, A>(a.c, t.c0, lane, d, c);
 #pragma unroll
-    for (int j = 0; j < V; ++j) cc[j] = ccf * static_cast<acc_t>(c[j]);
-  }
+  for (int j = 0; j < V; ++j) cc[j] = ccf * static_cast<acc_t>(c[j]);
   const acc_t* q = static_cast<const acc_t*>(a.q);
   for (int64_t r = t.r0 + warp; r < t.r1; r += kWarps) {
     const int64_t o = r * d;
-    const acc_t qr = cq * q[r];
+    const acc_t qv = q[r];
+    const double q64 = static_cast<double>(qv);
+    const acc_t qr = cq * qv;
     acc_t z[V], pv[V];
     load_row<V, A>(static_cast<const T*>(a.z) + o, t.c0, lane, d, z);
     load_row<V, A>(static_cast<const acc_t*>(a.p) + o, t.c0, lane, d, pv);
 #pragma unroll
-    for (int j = 0; j < V; ++j) z[j] = cp * pv[j] + z[j] * (qr + cc[j]);
+    for (int j = 0; j < V; ++j)
+      z[j] = cp * pv[j] + z[j] * (qr + cc[j] + gx * static_cast<acc_t>(c[j] - q64));
     store_row<V, A>(static_cast<T*>(a.dz) + o, t.c0, lane, d, z);
   }
 }

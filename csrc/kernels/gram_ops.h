@@ -230,8 +230,9 @@ cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream);
 
 // duality_terms backward, from P = z G° (dimension side) or G° z (sample side) in acc, G° the Gram
 // without its diagonal (the forward saves it so; q_i = ‖z_i‖², c_k = ‖z_:k‖²):
-//   sample:    dz = 4 (g_lc + g_lnc) P + 4 z ⊙ ((g_lnc + g_r4) q_i + (g_c4 - g_lnc) c_k)
-//   dimension: dz = 4 (g_lc + g_lnc) P + 4 z ⊙ ((g_r4 - g_lc) q_i + (g_c4 + g_lc) c_k).
+//   sample:    dz = 4 (g_lc + g_lnc) P + 4 z ⊙ (g_r4 q_i + g_c4 c_k - g_lnc (c_k - q_i))
+//   dimension: dz = 4 (g_lc + g_lnc) P + 4 z ⊙ (g_r4 q_i + g_c4 c_k + g_lc (c_k - q_i))
+// (c_k - q_i taken first: see gram_ops.cu).
 // With the full Gram the diagonal's share of P would cancel against a q (or c) term computed by
 // another reduction, and their rounding difference would remain (3.5x eager's fp32 gradient
 // error for two equal rows, found by tests/test_properties.py, 2026-11-30).
