@@ -128,13 +128,27 @@ def resolve(backend, op: str, z: torch.Tensor, distributed: bool = False) -> str
         if why:
             raise ValueError(why)
     if choice == "cuda":
-        from .ops import cuda as cuda_ops
-
+        cuda_ops = _cuda_ops()
         if not cuda_ops.is_available():
             raise BackendUnavailableError(f"backend='cuda' is unavailable: {cuda_ops.unavailable_reason()}")
-        if z.device.type != "cuda" and not (z.device.type == "cpu" and cuda_ops.simulating()):
+        kind = z.device.type
+        if kind != "cuda" and not (kind == "cpu" and cuda_ops.simulating()):
             raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {z.device}")
     return choice
+
+
+_CUDA_OPS = None
+
+
+def _cuda_ops():
+    """duality_kernels.ops.cuda, imported once: an import statement on every call costs about a
+    microsecond of host time, a sizeable share of a small call (benchmarks/host_overhead.py)."""
+    global _CUDA_OPS
+    if _CUDA_OPS is None:
+        from .ops import cuda as cuda_ops
+
+        _CUDA_OPS = cuda_ops
+    return _CUDA_OPS
 
 
 def require_single_process(backend: str, op: str, ctx) -> None:

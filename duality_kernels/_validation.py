@@ -52,6 +52,8 @@ def check_pair(z1, z2, min_rows: int = 1, min_cols: int = 1, what: str = "") -> 
 
 
 def _number(value, name: str) -> float:
+    if type(value) is float:  # the common case, without the ABC check below (~0.3 µs each)
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     return float(value)

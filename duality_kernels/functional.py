@@ -56,13 +56,17 @@ def _gram_ops(be: str, op: str, ctx: Optional[_dist.Context] = None):
         return None
     if ctx is not None:
         _backend.require_single_process(be, op, ctx)
-    if be == "cuda":
-        from .ops import cuda
+    mod = _GRAM_OPS.get(be)
+    if mod is None:  # imported once (an import statement per call costs ~1 µs of host time)
+        if be == "cuda":
+            from .ops import cuda as mod
+        else:
+            from .ops.triton import gram as mod
+        _GRAM_OPS[be] = mod
+    return mod
 
-        return cuda
-    from .ops.triton import gram
 
-    return gram
+_GRAM_OPS: dict = {}
 
 
 def _out(loss: Tensor, terms: dict, return_terms: bool):

@@ -199,6 +199,107 @@ def test_zero_rows(dtype):
            [z1, z2])
 
 
+# Shapes past the small SHAPES above, for the kernels' layouts (gram_ops.cu): several row chunks
+# (more than 128 rows; fp16/bf16: more than 256) and column tiles (tiles of 32 x 16 bytes: 64
+# columns of fp64, 128 of fp32, 256 of bf16), with rows that are 16-byte aligned (D a multiple
+# of 2 / 4 / 8: vector accesses) and rows that are not (scalar accesses), and N a multiple of 8
+# (the Gram rows' vector accesses on the N×N side).
+PLAN_SHAPES = [(300, 260), (291, 131), (64, 40)]
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("shape", PLAN_SHAPES, ids=[f"{n}x{d}" for n, d in PLAN_SHAPES])
+def test_chunks_tiles_and_alignment(shape, side):
+    z1, z2 = _views(*shape, torch.float32, seed=21)
+    for name, kernel_fn, ref_fn in _loss_cases(side, _spectral_mu(z1)):
+        _check_named(name, kernel_fn, ref_fn, [z1, z2])
+    for name, kernel_fn, ref_fn in _matrix_cases()[:3]:
+        _check_named(name, kernel_fn, ref_fn, [z1, z2])
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("shape", [(600, 72), (520, 37)], ids=["600x72", "520x37"])
+def test_bf16_chunks(shape, side):
+    """bf16 sums run in float32 over at most 32 rows per thread (gram_ops.h ColStatsArgs): more
+    than 256 rows take several chunks, merged in float64."""
+    _check_reduced_precision(torch.bfloat16, "highest", 2e-2, side, shape)
+
+
+def test_eager_path_is_a_cpp_autograd_function():
+    """Plain eager calls build no Python autograd node: the graph holds the extension's C++
+    Function (csrc/bindings.cpp), whose backward runs without Python."""
+    z1, z2 = (t.requires_grad_() for t in _views(9, 6, torch.float32, seed=22))
+    outs = [cuda_ops.vicreg(z1, z2, *V, "sample")[0], cuda_ops.barlow_twins(z1, z2, 0.0051, 1e-5, "dimension")[0],
+            cuda_ops.spectral(z1, z2, 2.0, "sample")[0], cuda_ops.duality_terms(z1, "dimension")[0],
+            cuda_ops.covariance(z1), cuda_ops.cross_correlation(z1, z2), cuda_ops.normalized_gram(z1, z2),
+            cuda_ops.normalized_gram(z1)]
+    for out in outs:
+        assert "CppNode" in type(out.grad_fn).__name__ or "Fn>" in out.grad_fn.name(), out.grad_fn.name()
+
+
+def _sim_launches() -> int:
+    import ctypes
+
+    f = ctypes.CDLL(csim.build().__file__).dk_sim_launches
+    f.restype = ctypes.c_longlong
+    return f()
+
+
+class _AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """The ATen ops of a region that are not views, allocations or metadata (each a GPU launch)."""
+
+    _FREE = {"empty", "empty_like", "empty_strided", "new_empty", "detach", "alias", "_unsafe_view",
+             "lift_fresh", "sym_size", "sym_stride"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        view = bool(func._schema.returns) and all(
+            r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+        if not view and name not in self._FREE:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(ON_GPU, reason="counts the simulator's launches")
+@pytest.mark.parametrize("side", SIDES)
+def test_launches_per_step(side):
+    """One forward + backward through the public function: our kernel launches and the ATen ops
+    around them (float32 under TF32, so that the GEMMs take no float64 conversion), at a shape with
+    one row chunk. Only the GEMMs remain: before issue 14 the same step also ran zeros for each
+    unused output's gradient (2-3) and, on VICReg's dimension side, a fill of the Gram's diagonal,
+    and Barlow's sample side and the spectral loss's dimension side ran their backward's two
+    products as two GEMMs (one bmm now); kernels went VICReg 5/7 → 6/7 (dimension/sample side),
+    Barlow 6/7 → 7/8 (col_merge now runs at one chunk too), spectral 5 → 4. At the headline shapes,
+    several chunks: VICReg 6/10 → 6/7, Barlow 8/10 → 8/9, spectral 5 → 4 (gram_ops.cu's header)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        z1, z2 = (t.requires_grad_() for t in _views(40, 24, torch.float32, seed=23))
+        expected = {  # loss: (kernel launches, GEMMs)
+            "vicreg": (7 if side == "sample" else 6, ["bmm", "bmm"]),
+            "barlow": (8, ["bmm", "bmm"]) if side == "sample" else (7, ["mm", "mm", "mm"]),
+            "spectral": (4, ["mm", "mm", "mm"]) if side == "sample" else (4, ["bmm", "bmm"]),
+        }
+        calls = {
+            "vicreg": lambda: dk.vicreg_loss(z1, z2, side=side, backend="cuda"),
+            "barlow": lambda: dk.barlow_twins_loss(z1, z2, side=side, backend="cuda"),
+            "spectral": lambda: dk.spectral_contrastive_loss(z1, z2, mu=2.0, side=side, backend="cuda"),
+        }
+        for name, call in calls.items():
+            before = _sim_launches()
+            with _AtenOps() as ops:
+                loss = call()
+                torch.autograd.grad(loss, (z1, z2), grad_outputs=torch.ones_like(loss))
+            launches, gemms = expected[name]
+            assert (_sim_launches() - before, sorted(ops.ops)) == (launches, sorted(gemms + ["ones_like"])), name
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_nan_propagates():
     """SPEC §6: NaN in the input reaches the output (no crash, no silent finite answer)."""
     z1, z2 = _views(9, 6, torch.float32, seed=8)
@@ -312,7 +413,7 @@ def _entry_points(dtype=torch.float32, n=6, d=4):
         ("column_stats_bwd", [z1, mean, mean.clone(), mean.clone()], ["z", "mean", "grad_mean", "grad_m2"], {"z"}),
         ("vicreg_fwd", [z1, z2, *w, True], ["z1", "z2", *vw, "sample"], {"z1", "z2"}),
         ("vicreg_bwd", [z1, z2, *vic[4:7], g, g, g, g, *w, True],
-         ["z1", "z2", "x", "gram", "m2", "g_loss", "g_inv", "g_var", "g_cov", *vw, "sample"], {"z1", "z2"}),
+         ["z1", "z2", "x", "gram", "stats", "g_loss", "g_inv", "g_var", "g_cov", *vw, "sample"], {"z1", "z2"}),
         ("cross_correlation_fwd", [z1, z2, 1e-5], ["z1", "z2", "eps"], {"z1", "z2"}),
         ("cross_correlation_bwd", [xc[1], xc[2], gmat(d), 1e-5], ["x", "m2", "grad", "eps"], {"x"}),
         ("barlow_twins_fwd", [z1, z2, 0.0051, 1e-5, False], ["z1", "z2", "lambda_param", "eps", "sample"],

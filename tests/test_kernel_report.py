@@ -57,10 +57,7 @@ NO_WGMMA = {
     name: "issue 18: VICReg-exp/-ctr hand bf16/fp16 inputs to this kernel as fp32 with IEEE dots (no tensor cores)"
     for name in ("_lse_fwd_kernel", "_lse_bwd_kernel")
 }
-CSRC_SPILLS = {
-    "finalize_kernel": "issue 14 (CUDA backend at the memory roofline) rewrites the finalize; "
-                       "its float instantiation spills",
-}
+CSRC_SPILLS: dict = {}
 
 
 def _params(names, marks):

@@ -51,5 +51,53 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// The type of the per-element arithmetic of the bandwidth-bound kernels: float64 for float32 and
+// float64 inputs (the accuracy rule holds them to twice eager's float32 error, DESIGN 5), float32
+// for float16/bfloat16, whose values (and differences, and products of two) are exact in float32
+// and whose accuracy is checked relative to their own rounding (gram_ops.h ColStatsArgs).
+template <typename T>
+struct Inner {
+  using type = double;
+};
+template <>
+struct Inner<__half> {
+  using type = float;
+};
+template <>
+struct Inner<__nv_bfloat16> {
+  using type = float;
+};
+
+// Elements of T per 16-byte vector access.
+template <typename T>
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+
+// N consecutive values of U as one aligned unit: 16-byte (or, below 16 bytes, N * sizeof(U)-byte)
+// vector loads and stores where the address is aligned to it (csrc kernels check the alignment
+// on the host and fall back to scalar accesses otherwise).
+template <typename U, int N>
+struct alignas(N * sizeof(U) >= 16 ? 16 : N * sizeof(U)) Arr {
+  U v[N];
+};
+
+template <typename U, int N>
+__device__ __forceinline__ Arr<U, N> load_arr(const U* p) {
+  return *reinterpret_cast<const Arr<U, N>*>(p);
+}
+template <typename U, int N>
+__device__ __forceinline__ void store_arr(U* p, const Arr<U, N>& a) {
+  *reinterpret_cast<Arr<U, N>*>(p) = a;
+}
+
+// Conversions between a storage type U and an arithmetic type W (explicit, see above).
+template <typename W, typename U>
+__device__ __forceinline__ W cvt_in(U x) {
+  return static_cast<W>(to_acc(x));
+}
+template <typename U, typename W>
+__device__ __forceinline__ U cvt_out(W x) {
+  return from_acc<U>(static_cast<typename AccType<U>::type>(x));
+}
+
 }  // namespace detail
 }  // namespace duality_kernels

@@ -10,8 +10,11 @@
 // blocks never overlap. What it checks: the arithmetic, the indexing, the grid/block bookkeeping,
 // launch limits (block size, grid dimensions), and barriers that not every thread reaches
 // (reported as an error instead of a hang). What it cannot check: races that only show under real
-// concurrency, warp-level behaviour (the kernels use none), performance, and cuBLAS (the GEMMs run
-// through ATen on CPU tensors). Results are deterministic.
+// concurrency, performance, and cuBLAS (the GEMMs run through ATen on CPU tensors). Warp
+// shuffles (__shfl_xor_sync with the full mask, the only warp-level operation the kernels use)
+// are a barrier over the 32 threads of the warp with an exchange through per-thread slots: a
+// shuffle that not every thread of a full warp reaches is reported like a divergent barrier.
+// Results are deterministic.
 #pragma once
 
 #include <algorithm>
@@ -44,6 +47,11 @@ namespace dk_sim {
 extern dim3 thread_idx, block_idx, block_dim, grid_dim;
 // Called by __syncthreads(): yields to the scheduler until every thread of the block arrives.
 void syncthreads();
+// A barrier over the current thread's warp (its 32 threads; blocks are whole warps).
+void syncwarp();
+// The current thread's slot of the warp-exchange buffer, and another thread's (by block index).
+uint64_t& exchange_slot(unsigned thread);
+unsigned linear_thread();
 // Runs body once per (block, thread), as described above; returns a CUDA-like error code
 // (invalid configuration for CUDA's launch limits, launch failure for a divergent barrier).
 cudaError_t launch(dim3 grid, dim3 block, const std::function<void()>& body);
@@ -55,6 +63,25 @@ cudaError_t launch(dim3 grid, dim3 block, const std::function<void()>& body);
 #define gridDim (::dk_sim::grid_dim)
 
 inline void __syncthreads() { dk_sim::syncthreads(); }
+
+// Butterfly shuffle over a full warp: every thread publishes v, waits for its warp, reads the
+// value of lane ^ lane_mask, and waits again so that no slot is overwritten before it is read.
+template <typename V>
+inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
+  static_assert(sizeof(V) <= sizeof(uint64_t), "shuffle of a value wider than 64 bits");
+  if (mask != 0xffffffffu) {
+    std::fprintf(stderr, "dk_sim: __shfl_xor_sync with a partial mask is not simulated\n");
+    std::abort();
+  }
+  const unsigned me = dk_sim::linear_thread();
+  std::memcpy(&dk_sim::exchange_slot(me), &v, sizeof(V));
+  dk_sim::syncwarp();
+  V r;
+  std::memcpy(&r, &dk_sim::exchange_slot((me & ~31u) | ((me & 31u) ^ static_cast<unsigned>(lane_mask & 31))),
+              sizeof(V));
+  dk_sim::syncwarp();
+  return r;
+}
 
 using std::sqrt;
 

@@ -15,9 +15,12 @@ Ops (forward and backward are separate ops; autograd of the forward calls the ba
   ``dz = grad_mean / N + 2 * (z - mean) * grad_m2`` in z's dtype.
 
 Kernels trust their inputs (DESIGN convention 6). The public functions validate before calling
-here and run the forward ops' implementations directly; the forward custom ops and the drop-in
-Functions below check their own arguments first (ops/_checks.py, the public functions' errors),
-and the C++ entry points check every tensor again (RuntimeError naming the argument).
+here; on plain eager tensors the functions below (``vicreg`` & co.) then call the extension's C++
+autograd Functions (``_C.vicreg_autograd`` & co., csrc/bindings.cpp), which run the same forward
+and backward entry points as the custom ops without Python in the autograd graph, and while
+tracing or compiling they call the custom ops. The forward custom ops and the drop-in Functions
+below check their own arguments first (ops/_checks.py, the public functions' errors), and the C++
+entry points check every tensor again (RuntimeError naming the argument).
 """
 
 import functools
@@ -27,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _checks
-from ._direct import Spec, apply, function, pick
+from ._direct import Spec, function, pick
 
 __all__ = [
     "BarlowTwinsFunction",
@@ -114,6 +117,19 @@ def _ext(t: Optional[torch.Tensor] = None):
     return _C
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(tensors) -> bool:
+    """Plain eager tensors (None allowed): not compiling, no torch.func transform, no tensor subclass
+    (ops/_direct.py's test, for the few tensor arguments of these ops). Tracing and compiling need
+    the custom ops and their fakes; the C++ autograd path would call _C on fake tensors."""
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     # SPEC notation: accumulate in float32, float64 for float64 inputs.
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -197,11 +213,20 @@ def _acc_of(z: Tensor) -> torch.dtype:
     return _acc_dtype(z.dtype)
 
 
-def _scalar_grad(g: Optional[Tensor], like: Tensor) -> Tensor:
-    """An incoming 0-dim gradient as a contiguous acc tensor (0 for an unused output)."""
-    if g is None:
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-    return g.to(like.dtype).contiguous()
+def _scalar_grad(g: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """An incoming 0-dim gradient as an acc tensor, or None for an unused output: the _C backward
+    entry points take None as 0, so that no zeros are allocated (nor filled) for it. Autograd
+    hands a gradient in its output's dtype, and a 0-dim tensor is contiguous: the conversion is
+    for other callers of the backward ops."""
+    if g is None or g.dtype == dtype:
+        return g
+    return g.to(dtype)
+
+
+def _gram_dtype(z: Tensor) -> torch.dtype:
+    """The dtype of the Grams a forward saves for its backward (bindings.cpp saved_gram_dtype): the
+    bf16 GEMM operand itself for bf16 inputs, acc otherwise."""
+    return torch.bfloat16 if z.dtype == torch.bfloat16 else _acc_of(z)
 
 
 def _scalars(z: Tensor, count: int) -> List[Tensor]:
@@ -231,8 +256,10 @@ def _op(name: str, check: Callable, impl: Callable):
 
 def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
                     gamma: float, eps: float, side: str) -> List[Tensor]:
-    """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), m2 (2, D) float64];
-    gram = the centered views' Grams, without their diagonal on the dimension side."""
+    """-> [loss, invariance, variance, covariance, x (2, N, D), gram (2, M, M), stats (2, 2, D)
+    float64]; gram = the centered views' Grams (bf16 for bf16 inputs, else acc), without their
+    diagonal on the dimension side; stats = [m2 of both views, Σ_i x² of both views (sample
+    side; 0 on the dimension side)]."""
     return _ext(z1).vicreg_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side == "sample")
 
 
@@ -244,14 +271,15 @@ def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
     n, d = z1.shape
     m = n if side == "sample" else d
     acc = _acc_of(z1)
-    return [*_scalars(z1, 4), z1.new_empty((2, n, d)), z1.new_empty((2, m, m), dtype=acc),
-            z1.new_empty((2, d), dtype=torch.float64)]
+    return [*_scalars(z1, 4), z1.new_empty((2, n, d)), z1.new_empty((2, m, m), dtype=_gram_dtype(z1)),
+            z1.new_empty((2, 2, d), dtype=torch.float64)]
 
 
-def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, m2: Tensor, g_loss: Tensor,
-                    g_inv: Tensor, g_var: Tensor, g_cov: Tensor, inv_weight: float, var_weight: float,
+def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, stats: Tensor,
+                    g_loss: Optional[Tensor], g_inv: Optional[Tensor], g_var: Optional[Tensor],
+                    g_cov: Optional[Tensor], inv_weight: float, var_weight: float,
                     cov_weight: float, gamma: float, eps: float, side: str) -> List[Tensor]:
-    return _ext(z1).vicreg_bwd(z1, z2, x, gram, m2, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight,
+    return _ext(z1).vicreg_bwd(z1, z2, x, gram, stats, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight,
                                cov_weight, gamma, eps, side == "sample")
 
 
@@ -271,9 +299,10 @@ def _vicreg_setup(ctx, inputs, output):
 
 
 def _vicreg_backward(ctx, grads):
-    z1, z2, x, gram, m2 = ctx.saved_tensors
-    gs = [_scalar_grad(g, gram) for g in grads[:4]]
-    dz1, dz2 = pick(ctx, cuda_vicreg_bwd, _vicreg_bwd_impl)(z1, z2, x, gram, m2, *gs, *ctx.args)
+    z1, z2, x, gram, stats = ctx.saved_tensors
+    acc = _acc_of(z1)
+    gs = [_scalar_grad(g, acc) for g in grads[:4]]
+    dz1, dz2 = pick(ctx, cuda_vicreg_bwd, _vicreg_bwd_impl)(z1, z2, x, gram, stats, *gs, *ctx.args)
     return dz1, dz2, None, None, None, None, None, None
 
 
@@ -284,9 +313,12 @@ _VICREG = Spec(cuda_vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backwar
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
            gamma: float, eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 VICReg: (loss, {"invariance", "variance", "covariance"})."""
-    loss, inv, var, cov, *_ = apply(_VICREG, z1.contiguous(), z2.contiguous(), float(inv_weight),
-                                              float(var_weight), float(cov_weight), float(gamma),
-                                              float(eps), side)
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    w = (float(inv_weight), float(var_weight), float(cov_weight), float(gamma), float(eps))
+    if _plain_eager((z1, z2)):
+        loss, inv, var, cov = _ext(z1).vicreg_autograd(z1, z2, *w, side == "sample")
+    else:
+        loss, inv, var, cov, *_ = cuda_vicreg_fwd(z1, z2, *w, side)
     return loss, {"invariance": inv, "variance": var, "covariance": cov}
 
 
@@ -296,7 +328,8 @@ def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_wei
 def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                           ) -> List[Tensor]:
     """-> [loss, on_diagonal, off_diagonal, x (2, N, D) standardized views, grams,
-    m2 (2, D) float64, cdiag (D)]; grams = aᵀb (1, D, D) on the dimension side, [a aᵀ, b bᵀ] (2, N, N) on the sample side."""
+    m2 (2, D) float64, cdiag (D)]; grams = aᵀb (1, D, D) on the dimension side, [b bᵀ, a aᵀ] (2, N, N) on the
+    sample side (swapped: the backward's products as one bmm); bf16 for bf16 inputs, else acc."""
     return _ext(z1).barlow_twins_fwd(z1, z2, lambda_param, eps, side == "sample")
 
 
@@ -308,13 +341,13 @@ def _(z1, z2, lambda_param, eps, side):
     n, d = z1.shape
     acc = _acc_of(z1)
     grams = (2, n, n) if side == "sample" else (1, d, d)
-    return [*_scalars(z1, 3), z1.new_empty((2, n, d)), z1.new_empty(grams, dtype=acc),
+    return [*_scalars(z1, 3), z1.new_empty((2, n, d)), z1.new_empty(grams, dtype=_gram_dtype(z1)),
             z1.new_empty((2, d), dtype=torch.float64), z1.new_empty((d,), dtype=acc)]
 
 
-def _barlow_twins_bwd_impl(x: Tensor, grams: Tensor, m2: Tensor, cdiag: Tensor, g_loss: Tensor,
-                          g_on: Tensor, g_off: Tensor, lambda_param: float, eps: float, side: str
-                          ) -> List[Tensor]:
+def _barlow_twins_bwd_impl(x: Tensor, grams: Tensor, m2: Tensor, cdiag: Tensor, g_loss: Optional[Tensor],
+                          g_on: Optional[Tensor], g_off: Optional[Tensor], lambda_param: float, eps: float,
+                          side: str) -> List[Tensor]:
     return _ext(x).barlow_twins_bwd(x, grams, m2, cdiag, g_loss, g_on, g_off, lambda_param, eps,
                                     side == "sample")
 
@@ -335,7 +368,7 @@ def _barlow_setup(ctx, inputs, output):
 
 def _barlow_backward(ctx, grads):
     x, grams, m2, cdiag = ctx.saved_tensors
-    gs = [_scalar_grad(g, cdiag) for g in grads[:3]]
+    gs = [_scalar_grad(g, cdiag.dtype) for g in grads[:3]]
     dz1, dz2 = pick(ctx, cuda_barlow_twins_bwd, _barlow_twins_bwd_impl)(x, grams, m2, cdiag, *gs, *ctx.args)
     return dz1, dz2, None, None, None
 
@@ -347,8 +380,11 @@ _BARLOW_TWINS = Spec(cuda_barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setu
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
-    loss, on, off, *_ = apply(_BARLOW_TWINS, z1.contiguous(), z2.contiguous(), float(lambda_param),
-                                              float(eps), side)
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    if _plain_eager((z1, z2)):
+        loss, on, off = _ext(z1).barlow_twins_autograd(z1, z2, float(lambda_param), float(eps), side == "sample")
+    else:
+        loss, on, off, *_ = cuda_barlow_twins_fwd(z1, z2, float(lambda_param), float(eps), side)
     return loss, {"on_diagonal": on, "off_diagonal": off}
 
 
@@ -357,7 +393,8 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
 
 def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str) -> List[Tensor]:
     """-> [loss, positive, negative, x (2, N, D) clamped rows, grams, q (3, N)];
-    grams = a bᵀ (1, N, N) on the sample side, [aᵀa, bᵀb] (2, D, D) on the dimension side."""
+    grams = a bᵀ (1, N, N) on the sample side, [bᵀb, aᵀa] (2, D, D) on the dimension side (swapped: the
+    backward's products as one bmm); bf16 for bf16 inputs, else acc."""
     return _ext(z1).spectral_fwd(z1, z2, mu, side == "sample")
 
 
@@ -369,12 +406,12 @@ def _(z1, z2, mu, side):
     n, d = z1.shape
     acc = _acc_of(z1)
     grams = (1, n, n) if side == "sample" else (2, d, d)
-    return [*_scalars(z1, 3), z1.new_empty((2, n, d)), z1.new_empty(grams, dtype=acc),
+    return [*_scalars(z1, 3), z1.new_empty((2, n, d)), z1.new_empty(grams, dtype=_gram_dtype(z1)),
             z1.new_empty((3, n), dtype=acc)]
 
 
-def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tensor, g_loss: Tensor,
-                      g_pos: Tensor, g_neg: Tensor, mu: float, side: str) -> List[Tensor]:
+def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tensor, g_loss: Optional[Tensor],
+                      g_pos: Optional[Tensor], g_neg: Optional[Tensor], mu: float, side: str) -> List[Tensor]:
     return _ext(z1).spectral_bwd(z1, z2, x, grams, q, g_loss, g_pos, g_neg, mu, side == "sample")
 
 
@@ -394,7 +431,7 @@ def _spectral_setup(ctx, inputs, output):
 
 def _spectral_backward(ctx, grads):
     z1, z2, x, grams, q = ctx.saved_tensors
-    gs = [_scalar_grad(g, q) for g in grads[:3]]
+    gs = [_scalar_grad(g, q.dtype) for g in grads[:3]]
     dz1, dz2 = pick(ctx, cuda_spectral_bwd, _spectral_bwd_impl)(z1, z2, x, grams, q, *gs, *ctx.args)
     return dz1, dz2, None, None
 
@@ -405,7 +442,11 @@ _SPECTRAL = Spec(cuda_spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectr
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SPEC §4 spectral contrastive loss: (loss, {"positive", "negative"})."""
-    loss, pos, neg, *_ = apply(_SPECTRAL, z1.contiguous(), z2.contiguous(), float(mu), side)
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    if _plain_eager((z1, z2)):
+        loss, pos, neg = _ext(z1).spectral_autograd(z1, z2, float(mu), side == "sample")
+    else:
+        loss, pos, neg, *_ = cuda_spectral_fwd(z1, z2, float(mu), side)
     return loss, {"positive": pos, "negative": neg}
 
 
@@ -457,7 +498,10 @@ _COVARIANCE = Spec(cuda_covariance_fwd, _covariance_fwd_impl, _covariance_setup,
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
     """SPEC §1 covariance: center(z)ᵀ center(z) / (N − correction), (D, D)."""
-    return apply(_COVARIANCE, z.contiguous(), int(correction))[0]
+    z = z.contiguous()
+    if _plain_eager((z,)):
+        return _ext(z).covariance_autograd(z, int(correction))
+    return cuda_covariance_fwd(z, int(correction))[0]
 
 
 # ---- cross_correlation (SPEC §1)
@@ -511,7 +555,10 @@ _CROSS_CORRELATION = Spec(cuda_cross_correlation_fwd, _cross_correlation_fwd_imp
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     """SPEC §1 cross_correlation: s(z1)ᵀ s(z2) / N with BatchNorm standardization, (D, D)."""
-    return apply(_CROSS_CORRELATION, z1.contiguous(), z2.contiguous(), float(eps))[0]
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    if _plain_eager((z1, z2)):
+        return _ext(z1).cross_correlation_autograd(z1, z2, float(eps))
+    return cuda_cross_correlation_fwd(z1, z2, float(eps))[0]
 
 
 # ---- normalized_gram (SPEC §1)
@@ -572,14 +619,19 @@ _NORMALIZED_GRAM = Spec(cuda_normalized_gram_fwd, _normalized_gram_fwd_impl, _ng
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
     """SPEC §1 normalized_gram: l2n(z1) · l2n(z2 or z1)ᵀ, (N, N)."""
-    return apply(_NORMALIZED_GRAM, z1.contiguous(), None if z2 is None else z2.contiguous())[0]
+    z1 = z1.contiguous()
+    z2 = None if z2 is None else z2.contiguous()
+    if _plain_eager((z1, z2)):
+        return _ext(z1).normalized_gram_autograd(z1, z2)
+    return cuda_normalized_gram_fwd(z1, z2)[0]
 
 
 # ---- duality_terms (SPEC §2)
 
 
 def _duality_terms_fwd_impl(z: Tensor, side: str) -> List[Tensor]:
-    """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M) without its diagonal, q (N), c (D) float64]."""
+    """-> [L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴, gram (M, M) without its diagonal (bf16 for bf16 inputs,
+    else acc), q (N), c (D) float64]."""
     return _ext(z).duality_terms_fwd(z, side == "sample")
 
 
@@ -591,12 +643,13 @@ def _(z, side):
     n, d = z.shape
     m = n if side == "sample" else d
     acc = _acc_of(z)
-    return [*_scalars(z, 4), z.new_empty((m, m), dtype=acc), z.new_empty((n,), dtype=acc),
+    return [*_scalars(z, 4), z.new_empty((m, m), dtype=_gram_dtype(z)), z.new_empty((n,), dtype=acc),
             z.new_empty((d,), dtype=torch.float64)]
 
 
-def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, q: Tensor, c: Tensor, g_lc: Tensor, g_lnc: Tensor,
-                           g_r4: Tensor, g_c4: Tensor, side: str) -> Tensor:
+def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, q: Tensor, c: Tensor, g_lc: Optional[Tensor],
+                           g_lnc: Optional[Tensor], g_r4: Optional[Tensor], g_c4: Optional[Tensor],
+                           side: str) -> Tensor:
     return _ext(z).duality_terms_bwd(z, gram, q, c, g_lc, g_lnc, g_r4, g_c4, side == "sample")
 
 
@@ -615,7 +668,7 @@ def _duality_setup(ctx, inputs, output):
 
 def _duality_backward(ctx, grads):
     z, gram, q, c = ctx.saved_tensors
-    gs = [_scalar_grad(g, q) for g in grads[:4]]
+    gs = [_scalar_grad(g, q.dtype) for g in grads[:4]]
     return pick(ctx, cuda_duality_terms_bwd, _duality_terms_bwd_impl)(z, gram, q, c, *gs, ctx.side), None
 
 
@@ -625,7 +678,11 @@ _DUALITY_TERMS = Spec(cuda_duality_terms_fwd, _duality_terms_fwd_impl, _duality_
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴) from one Gram on ``side``."""
-    out = apply(_DUALITY_TERMS, z.contiguous(), side)
+    z = z.contiguous()
+    if _plain_eager((z,)):
+        out = _ext(z).duality_terms_autograd(z, side == "sample")
+    else:
+        out = cuda_duality_terms_fwd(z, side)
     return out[0], out[1], out[2], out[3]
 
 
