@@ -16,6 +16,7 @@ from duality_kernels import reference as ref
 from duality_kernels.ops import cuda as cuda_ops
 
 from . import csim
+from .entry_points import check_entry_points
 from .accuracy import (
     _check, _check_compiled, _check_deterministic, _check_fakes_on_meta, _check_low_precision, _check_opcheck,
     _check_same_bits,
@@ -503,106 +504,11 @@ def test_bindings_check_agreement_and_sizes():
         ext.covariance_fwd(torch.zeros(3, 2, dtype=torch.int32, device=z1.device), 1)
 
 
-def _public_and_op_calls():
-    """(op, public function, drop-in Function, custom op, default arguments after the tensors):
-    the public function takes the same arguments (side as a keyword) with backend="cuda"."""
-    ops = torch.ops.duality_kernels
-    return [
-        ("vicreg", lambda a, b, *p: dk.vicreg_loss(a, b, *p[:-1], side=p[-1], backend="cuda"),
-         cuda_ops.VICRegFunction, ops.cuda_vicreg_fwd, [*V, "sample"]),
-        ("barlow_twins", lambda a, b, *p: dk.barlow_twins_loss(a, b, *p[:-1], side=p[-1], backend="cuda"),
-         cuda_ops.BarlowTwinsFunction, ops.cuda_barlow_twins_fwd, [0.0051, 1e-5, "dimension"]),
-        ("spectral", lambda a, b, *p: dk.spectral_contrastive_loss(a, b, *p[:-1], side=p[-1], backend="cuda"),
-         cuda_ops.SpectralContrastiveFunction, ops.cuda_spectral_fwd, [2.0, "sample"]),
-        ("cross_correlation", lambda a, b, *p: dk.cross_correlation(a, b, *p, backend="cuda"),
-         cuda_ops.CrossCorrelationFunction, ops.cuda_cross_correlation_fwd, [1e-5]),
-        ("normalized_gram", lambda a, b: dk.normalized_gram(a, b, backend="cuda"),
-         cuda_ops.NormalizedGramFunction, ops.cuda_normalized_gram_fwd, []),
-        # single-input ops: b is ignored
-        ("covariance", lambda a, b, *p: dk.covariance(a, *p, backend="cuda"),
-         cuda_ops.CovarianceFunction, ops.cuda_covariance_fwd, [1]),
-        ("duality_terms", lambda a, b, *p: dk.duality_terms(a, side=p[-1], backend="cuda"),
-         cuda_ops.DualityTermsFunction, ops.cuda_duality_terms_fwd, ["dimension"]),
-    ]
-
-
-_SINGLE = {"covariance", "duality_terms"}
-# a bad value for each scalar argument position of each op, and one of the wrong type
-_BAD_PARAMS = {
-    "vicreg": [(0, float("nan")), (2, True), (4, -1.0), (3, "1")],
-    "barlow_twins": [(0, float("inf")), (1, -1e-5), (0, None)],
-    "spectral": [(0, 0.0), (0, -2.0), (0, "2")],
-    "cross_correlation": [(0, -1.0), (0, float("nan"))],
-    "normalized_gram": [],
-    "covariance": [(0, -1), (0, 6), (0, 1.5), (0, True)],
-    "duality_terms": [],
-}
-
-
-def _raised(call):
-    with pytest.raises((ValueError, TypeError)) as info:
-        call()
-    return type(info.value), str(info.value)
-
-
-def _bad_calls(defaults, bad_params, sided):
-    """(what, z1, z2, scalar arguments) of each bad call of an op: bad tensors with the default
-    scalars, then each bad scalar with good tensors."""
-    z1, z2 = _views(6, 4, torch.float32, seed=18)
-    tensors = [
-        ("1-D", z1[:, 0].contiguous(), z2[:, 0].contiguous()),
-        ("3-D", z1.unsqueeze(0), z2.unsqueeze(0)),
-        ("shapes", z1, z2[:5]),
-        ("dtypes", z1, z2.double()),
-        ("integer", z1.int(), z2.int()),
-        ("one row", z1[:1], z2[:1]),
-        ("devices", z1, z2.to("meta")),
-        ("meta device", z1.to("meta"), z2.to("meta")),
-    ]
-    if ON_GPU:
-        tensors.append(("cpu device", z1.cpu(), z2.cpu()))
-    for what, a, b in tensors:
-        yield what, a, b, list(defaults)
-    for pos, value in bad_params:
-        params = list(defaults)
-        params[pos] = value
-        yield f"argument {pos} = {value!r}", z1, z2, params
-    if sided:
-        yield "side 'auto'", z1, z2, list(defaults[:-1]) + ["auto"]
-
-
 def test_functions_and_custom_ops_raise_the_public_errors():
     """VICRegFunction.apply & co. and the forward custom ops, with bad shapes, dtypes, devices and
-    scalars: the public function's exception type and message (SPEC §6), before any kernel. The
-    ops take ``side`` resolved ("auto" is theirs to reject). A custom op parses its arguments
-    against its schema first (a value of another Python type is torch's RuntimeError there), and
-    on meta tensors runs its fake implementation (shape propagation): those calls go to the
-    Function only."""
-    checked = 0
-    for op, public, function, custom, defaults in _public_and_op_calls():
-        single = op in _SINGLE
-        sided = op in ("vicreg", "barlow_twins", "spectral", "duality_terms")
-        for what, a, b, params in _bad_calls(defaults, _BAD_PARAMS[op], sided):
-            if single and what in ("shapes", "dtypes", "devices"):
-                continue  # b is not an argument
-            if what == "side 'auto'":
-                expected = (ValueError, "side must be one of 'sample', 'dimension'; got 'auto'")
-            else:
-                try:
-                    public(a, b, *params)
-                except (ValueError, TypeError) as exc:
-                    expected = (type(exc), str(exc))
-                else:  # e.g. one row is enough for normalized_gram and duality_terms
-                    continue
-            args = [a, *params] if single else [a, b, *params]
-            assert _raised(lambda: function.apply(*args)) == expected, (op, what, "Function")
-            checked += 1
-            on_meta = any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in args)
-            schema_typed = all(type(p) is type(q) for p, q in zip(params, defaults))
-            if not on_meta and schema_typed:
-                assert _raised(lambda: custom(*args)) == expected, (op, what, "custom op")
-                checked += 1
-    assert checked >= 90, checked
+    scalars: the public function's exception type and message (SPEC §6), before any kernel
+    (tests/entry_points.py, shared with the Triton backend)."""
+    assert check_entry_points("cuda", cuda_ops, "cuda_", _views) >= 90
 
 
 # ------------------------------------------------------------------------------------------------

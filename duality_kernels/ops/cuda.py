@@ -23,7 +23,6 @@ below check their own arguments first (ops/_checks.py, the public functions' err
 entry points check every tensor again (RuntimeError naming the argument).
 """
 
-import functools
 import importlib
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -233,22 +232,10 @@ def _scalars(z: Tensor, count: int) -> List[Tensor]:
     return [z.new_empty((), dtype=_acc_of(z)) for _ in range(count)]
 
 
-def _checked(check: Callable, fn: Callable) -> Callable:
-    """``fn`` behind ``check("cuda", *args)`` (ops/_checks.py): the entry of a forward custom op
-    (its implementation) and of a drop-in Function (its op). functools.wraps keeps fn's signature,
-    from which torch.library infers the op's schema."""
-
-    @functools.wraps(fn)
-    def checked(*args, **kwargs):
-        check("cuda", *args, **kwargs)
-        return fn(*args, **kwargs)
-
-    return checked
-
-
 def _op(name: str, check: Callable, impl: Callable):
-    """The forward custom op ``duality_kernels::<name>`` over ``impl``, checked (_checked)."""
-    return torch.library.custom_op(f"duality_kernels::{name}", mutates_args=())(_checked(check, impl))
+    """The forward custom op ``duality_kernels::<name>`` over ``impl``, behind ``check``
+    (ops/_checks.py)."""
+    return torch.library.custom_op(f"duality_kernels::{name}", mutates_args=())(_checks.checked(check, "cuda", impl))
 
 
 # ---- VICReg (SPEC §3)
@@ -270,7 +257,6 @@ cuda_vicreg_fwd = _op("cuda_vicreg_fwd", _checks.vicreg, _vicreg_fwd_impl)
 def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
     n, d = z1.shape
     m = n if side == "sample" else d
-    acc = _acc_of(z1)
     return [*_scalars(z1, 4), z1.new_empty((2, n, d)), z1.new_empty((2, m, m), dtype=_gram_dtype(z1)),
             z1.new_empty((2, 2, d), dtype=torch.float64)]
 
@@ -693,7 +679,7 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _dropin(spec: Spec, check: Callable, name: str, doc: str) -> type:
-    return function(spec._replace(op=_checked(check, spec.op)), name, doc)
+    return function(spec._replace(op=_checks.checked(check, "cuda", spec.op)), name, doc)
 
 
 VICRegFunction = _dropin(_VICREG, _checks.vicreg, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
