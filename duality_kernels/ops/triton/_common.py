@@ -1,4 +1,5 @@
-"""What every Triton op file shares: availability, device rules, precision and block choices.
+"""What every Triton op file shares: availability, device rules, precision and block choices,
+TF32 rounding (``tf32_rounding`` / ``round_tf32``) and the launch-configuration record (``Tiles``).
 
 Triton is imported lazily by the op files (``import duality_kernels`` never needs it). Kernels run
 on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set before
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -75,6 +76,29 @@ def input_precision(dtype: torch.dtype) -> str:
     return "tf32"  # triton's default; has no effect on bf16/fp16 operands
 
 
+def tf32_rounding(dtype: torch.dtype) -> int:
+    """The ``RNA`` constexpr of :func:`round_tf32` for ``tl.dot`` operands of ``dtype`` under the
+    current matmul precision: 0 = no rounding (bf16/fp16/fp64, and fp32 under "highest", whose
+    dots are IEEE), 1 = PTX ``cvt.rna.tf32.f32`` (GPU), 2 = the same rounding emulated on the
+    bits (the interpreter runs no inline asm)."""
+    if dtype != torch.float32 or input_precision(dtype) != "tf32":
+        return 0
+    return 2 if interpreting() else 1
+
+
+class Tiles(NamedTuple):
+    """One launch configuration: tile rows/columns, the K chunk (or the whole padded K), warps and
+    software-pipelining stages. Kept in deterministic per-(dtype, precision, K bucket, N bucket)
+    tables rather than ``triton.autotune``: a timing-based choice can differ between processes and
+    with it the reduction order, hence the bits (DESIGN convention 7), and the AOT compile check
+    (tests/triton_aot.py) then covers exactly the launched variants."""
+    BM: int
+    BN: int
+    BK: int
+    warps: int
+    stages: int
+
+
 def dot_block(n: int, cap: int = 64) -> int:
     """A power-of-two block for a ``tl.dot`` dimension: at least 16, at most ``cap``."""
     b = 16
@@ -92,3 +116,24 @@ if triton is not None:
         under the interpreter the argument stays a Python float, where ``tl.cast`` would round it
         through float32 first, hence the sum."""
         return tl.sum(tl.zeros((1,), ACC) + s, axis=0).to(ACC)
+
+    @triton.jit
+    def round_tf32(x, RNA: tl.constexpr):
+        """fp32 ``x`` rounded to TF32 (10-bit mantissa), to nearest with ties away from zero, as
+        cuBLAS rounds TF32 GEMM operands (DESIGN convention 16). Triton's tf32 ``tl.dot`` hands the
+        fp32 bits to the tensor cores, which drop the low 13 mantissa bits (truncation, a bias on
+        every sum: triton-lang/triton issue 4574), so operands are rounded here first. ``RNA`` from
+        :func:`tf32_rounding`: 0 leaves ``x`` alone, 1 is the PTX instruction, 2 its emulation on
+        the bits for the interpreter: adding half an ulp of TF32 (bit 12) to the magnitude bits and
+        clearing the 13 low bits rounds half away from zero; a carry into the exponent gives the
+        next binade or infinity, as the instruction does; NaN stays NaN."""
+        if RNA == 1:
+            y = tl.inline_asm_elementwise("cvt.rna.tf32.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        elif RNA == 2:
+            bits = x.to(tl.uint32, bitcast=True)
+            r = ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+            y = tl.where(x != x, x, r)
+        else:
+            y = x
+        return y
