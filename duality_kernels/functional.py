@@ -267,8 +267,7 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "ntxent_loss", z1, ctx.active)
     if be == "triton":
-        terms = _triton("ntxent_loss", ctx, True).ntxent_terms(z1, z2, t, similarity, normalization, ctx)
-        return R.reduce_terms(terms, reduction)
+        return _triton("ntxent_loss", ctx, True).ntxent(z1, z2, t, similarity, normalization, reduction, ctx)
     return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
@@ -282,7 +281,7 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     ctx = _ctx("dcl_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "dcl_loss", z1, ctx.active)
     if be == "triton":
-        return R.reduce_terms(_triton("dcl_loss", ctx, True).dcl_terms(z1, z2, t, similarity, ctx), reduction)
+        return _triton("dcl_loss", ctx, True).dcl(z1, z2, t, similarity, reduction, ctx)
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
@@ -295,7 +294,7 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     ctx = _ctx("infonce_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "infonce_loss", z1, ctx.active)
     if be == "triton":
-        return R.reduce_terms(_triton("infonce_loss", ctx, True).infonce_terms(z1, z2, t, ctx), reduction)
+        return _triton("infonce_loss", ctx, True).infonce(z1, z2, t, reduction, ctx)
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 

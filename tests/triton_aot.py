@@ -356,8 +356,13 @@ def lse_scenarios(everything: bool) -> List[Case]:
         Case("ntxent gathered", fwd_bwd(lambda a, b: lse.ntxent_terms(a, b, 0.1, "dot", "l2", _TwoRanks(a, b)).mean(), bf16)),
         Case("infonce gathered", fwd_bwd(lambda a, b: lse.infonce_terms(a, b, 0.1, _TwoRanks(a, b)).mean(), bf16)),
     ]
-    out += [Case(f"ntxent fp32 {p}", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp32), p)
-            for p in ("highest", "high")]
+    # fp32 under both precisions: IEEE dots, and TF32 with the operands rounded (round_tf32)
+    fp32_losses = [("ntxent", lambda a, b: dk.ntxent_loss(a, b, backend="triton")),
+                   ("ntxent square dim_std", lambda a, b: dk.ntxent_loss(a, b, 0.1, "square", "dim_std", backend="triton")),
+                   ("infonce", lambda a, b: dk.infonce_loss(a, b, backend="triton")),
+                   ("vicreg_exp", lambda a, b: dk.vicreg_exp_loss(a, b, backend="triton")),
+                   ("vicreg_ctr", lambda a, b: dk.vicreg_ctr_loss(a, b, backend="triton"))]
+    out += [Case(f"{name} fp32 {p}", fwd_bwd(fn, fp32), p) for name, fn in fp32_losses for p in ("highest", "high")]
     return out
 
 

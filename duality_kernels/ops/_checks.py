@@ -17,6 +17,11 @@ One function per op, named after the op and taking the op's arguments after the 
 - ``cross_correlation(backend, z1, z2, eps)``
 - ``normalized_gram(backend, z1, z2)`` (z2 may be None)
 - ``duality_terms(backend, z, side)``
+- ``ntxent(backend, z1, z2, temperature, similarity, normalization, reduction)``
+- ``dcl(backend, z1, z2, temperature, similarity, reduction)``
+- ``infonce(backend, z1, z2, temperature, reduction)``
+- ``vicreg_exp(backend, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature)``
+- ``vicreg_ctr(backend, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature)``
 
 ``side`` is the side the op computes on, "sample" or "dimension" (the ops take it resolved; the
 public functions resolve "auto"). Backward ops take the forward's saved tensors, which the C++
@@ -107,3 +112,48 @@ def duality_terms(backend, z, side) -> None:
     V.check_tensor(z, "z")
     _side(side)
     _device(backend, "duality_terms", z)
+
+
+# The log-sum-exp family (ops/triton/lse.py), in the order of the public functions' checks so
+# that the first bad argument gives the same message.
+
+
+def ntxent(backend, z1, z2, temperature, similarity, normalization, reduction) -> None:
+    V.check_pair(z1, z2)
+    V.check_positive(temperature, "temperature")
+    V.check_choice(similarity, "similarity", V.SIMILARITIES)
+    V.check_choice(normalization, "normalization", V.NORMALIZATIONS)
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    _device(backend, "ntxent_loss", z1)
+
+
+def dcl(backend, z1, z2, temperature, similarity, reduction) -> None:
+    V.check_pair(z1, z2, min_rows=2, what="every anchor needs at least one negative")
+    V.check_positive(temperature, "temperature")
+    V.check_choice(similarity, "similarity", V.SIMILARITIES)
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    _device(backend, "dcl_loss", z1)
+
+
+def infonce(backend, z1, z2, temperature, reduction) -> None:
+    V.check_pair(z1, z2)
+    V.check_positive(temperature, "temperature")
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    _device(backend, "infonce_loss", z1)
+
+
+def _vicreg_lse(backend, op, what, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature) -> None:
+    V.check_pair(z1, z2, min_rows=2, min_cols=2, what=what)
+    V.vicreg_weights(inv_weight, var_weight, cov_weight, gamma, eps)
+    V.check_positive(temperature, "temperature")
+    _device(backend, op, z1)
+
+
+def vicreg_exp(backend, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature) -> None:
+    _vicreg_lse(backend, "vicreg_exp_loss", "a batch variance needs two rows and an off-diagonal term two columns",
+                z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature)
+
+
+def vicreg_ctr(backend, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature) -> None:
+    _vicreg_lse(backend, "vicreg_ctr_loss", "a row variance needs two columns and the sample term two rows",
+                z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature)
