@@ -110,15 +110,11 @@ PARAMS = {
 # What these tests found (2026-11-30, this machine), each replayed by test_found_examples below.
 # Fixed in the CUDA backend: VICReg's backward (gram_ops.h VICRegBwdArgs), duality_terms' backward
 # (DualityBwdArgs) and the l2n/clamp backward (row_bwd); in the Triton Gram family by its rewrite
-# on cuBLAS (issue 17) and duality_terms' backward on the Gram without its diagonal. Open in the
-# Triton log-sum-exp kernels, which other work reworks (issue 18, ops/triton/lse.py): marked
-# xfail(strict=False) so that the marks can go once that lands.
-_T18 = "issue 18 (Triton log-sum-exp family, being reworked): "
-XFAIL = {
-    ("triton", "dcl_loss"): _T18 + "one column, similarity 'square': grad 3.2e-5 vs eager 4.8e-7",
-    ("triton", "ntxent_loss"): _T18 + "one column with duplicate rows, center_l2, 'abs': grad 4.6e-6 vs eager 9.5e-7",
-    ("triton", "vicreg_exp_loss"): _T18 + "117x5, offset 2, scale 10: loss 1.1e-4 vs eager 1.1e-5",
-}
+# on cuBLAS (issue 17) and duality_terms' backward on the Gram without its diagonal; in the Triton
+# log-sum-exp family by its rewrite (issue 18; the one-column NT-Xent/DCL cases by taking the l2
+# Jacobian's n·g from the gradient itself). XFAIL holds the (backend, function) pairs still known
+# to fail.
+XFAIL: dict = {}
 
 # (name, params, views, dtype): each failing example found above, for every backend of the function;
 # views: a Recipe, or the two views' values.
@@ -144,6 +140,12 @@ FOUND = [
      Recipe(kind="duplicate_rows", n=292, d=1, seed=266, scale=10.0, offset=2.0, count=62, both=False), torch.float32),
     ("vicreg_exp_loss", {"temperature": 0.1},
      Recipe(kind="one_column", n=117, d=5, seed=117, scale=10.0, offset=2.0, count=1, both=False), torch.float32),
+    # issue 18's rewrite at 10 examples per function: F.normalize's eps rounded to fp32 in float64
+    # (zero-row gradients 4e-9 off), and 1/τ as one rounded fp32 factor (the covariance term 1 ulp off)
+    ("infonce_loss", {"reduction": "mean", "temperature": 1.0},
+     Recipe(kind="zero_rows", n=252, d=1, seed=261721, scale=10.0, offset=2.0, count=54, both=False), torch.float64),
+    ("vicreg_ctr_loss", {"temperature": 0.6311722022178525},
+     Recipe(kind="gaussian", n=132, d=11, seed=650, scale=10.0, offset=2.0, count=1, both=True), torch.float32),
 ]
 
 
@@ -212,7 +214,7 @@ def _found_cases():
 @pytest.mark.parametrize("name,params,views,dtype,backend", _found_cases())
 def test_found_examples(name, params, views, dtype, backend):
     """The failing examples these tests found, replayed exactly on every backend of the function
-    (the CUDA backend's are fixed; the Triton ones are xfail, see XFAIL)."""
+    (all fixed; any still open would be xfail, see XFAIL)."""
     if backend == "cuda":
         from duality_kernels.ops import cuda as cuda_ops
 
