@@ -837,20 +837,32 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The BatchNorm backward's vectors: 16 bytes, but at most 4 elements, i.e. 8-byte accesses for
+// fp16/bf16: both views' three running sums and per-column coefficients per element of the
+// vector took 173-189 registers per thread at 8 (ptxas, sm_90), one block per SM.
+template <typename T>
+constexpr int kVecBN = kVec<T> > 4 ? 4 : kVec<T>;
+
 // moments_bwd (gram_ops.h MomentsBwdArgs): reads z1, z2 and P (acc, when given) of both views,
-// writes dz1, dz2: N D (4 sizeof(T) + 2 sizeof(acc)) bytes; grid as col_stats. The centered value
-// (z - mean) is taken from the float64 mean as column_stats_bwd does.
+// writes dz1, dz2: N D (4 sizeof(T) + 2 sizeof(acc)) bytes; grid as bn_bwd (kVecBN columns per
+// thread). The centered value (z - mean) is taken from the float64 mean as column_stats_bwd does.
 template <typename T, bool A>
 __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a, ColPlan p) {
   using acc_t = typename AccType<T>::type;
   using I = typename Inner<T>::type;
-  constexpr int V = kVec<T>;
+  constexpr int V = kVecBN<T>;
   const int lane = lane_id(), warp = warp_id();
   const TileRows t = tile_rows(p, a.n);
   const int64_t d = a.d;
   const acc_t ci = 2 * grad_or_zero<acc_t>(a.g_inv) / (static_cast<acc_t>(a.n) * static_cast<acc_t>(d));
-  I mh[2][V], ml[2][V];
-  acc_t ca[2][V], cb[2][V];
+  // dz_v = P_v ± ci (z1 - z2) + g_mean/n + 2 g_m2 (z_v - mean): with mean = mh + ml (mh its
+  // rounding to I), the last two terms are c0 + c1 (z_v - mh), c0 = g_mean/n - c1 ml folded in
+  // float64, so that (z_v - mh) stays exact near the mean with two per-column vectors per view
+  // instead of three. Registers (ptxas sm_90, 2026-12-01), fp16/bf16: three vectors at V = 8,
+  // 130-152 (8 warps per SM); two at V = 8, 115-121 (16); two at kVecBN's V = 4 (8-byte
+  // accesses of z and dz), 64-72 (24 warps, as vicreg_bwd_kernel). Not yet timed on a GPU.
+  I mh[2][V];
+  acc_t c0[2][V], c1[2][V];
   for (int v = 0; v < 2; ++v) {
     double mu[V], gm[V], g2[V];
     load_row<V, A>(a.mean + v * d, t.c0, lane, d, mu);
@@ -869,9 +881,9 @@ __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a,
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       mh[v][j] = static_cast<I>(mu[j]);
-      ml[v][j] = static_cast<I>(mu[j] - static_cast<double>(mh[v][j]));
-      ca[v][j] = static_cast<acc_t>(gm[j] / static_cast<double>(a.n));
-      cb[v][j] = static_cast<acc_t>(2 * g2[j]);
+      const double ml = mu[j] - static_cast<double>(mh[v][j]);
+      c0[v][j] = static_cast<acc_t>(gm[j] / static_cast<double>(a.n) - 2 * g2[j] * ml);
+      c1[v][j] = static_cast<acc_t>(2 * g2[j]);
     }
   }
   const T* z1 = static_cast<const T*>(a.z[0]);
@@ -882,6 +894,7 @@ __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a,
     I u[2][V];
     load_row<V, A>(z1 + o, t.c0, lane, d, u[0]);
     load_row<V, A>(z2 + o, t.c0, lane, d, u[1]);
+#pragma unroll
     for (int v = 0; v < 2; ++v) {
       acc_t pv[V], out[V];
       if (a.p[v] != nullptr) {
@@ -890,22 +903,17 @@ __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a,
 #pragma unroll
         for (int j = 0; j < V; ++j) pv[j] = acc_t(0);
       }
+      const acc_t sgn = v == 0 ? ci : -ci;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const acc_t diff = ci * static_cast<acc_t>(u[0][j] - u[1][j]);
-        const acc_t x = static_cast<acc_t>((u[v][j] - mh[v][j]) - ml[v][j]);
-        out[j] = (v == 0 ? diff : -diff) + ca[v][j] + cb[v][j] * x + pv[j];
+        const acc_t x = static_cast<acc_t>(u[v][j] - mh[v][j]);
+        out[j] = sgn * static_cast<acc_t>(u[0][j] - u[1][j]) + c0[v][j] + c1[v][j] * x + pv[j];
       }
       store_row<V, A>(static_cast<T*>(a.dz[v]) + o, t.c0, lane, d, out);
     }
   }
 }
 
-// The BatchNorm backward's vectors: 16 bytes, but at most 4 elements, i.e. 8-byte accesses for
-// fp16/bf16: both views' three running sums and per-column coefficients per element of the
-// vector took 173-189 registers per thread at 8 (ptxas, sm_90), one block per SM.
-template <typename T>
-constexpr int kVecBN = kVec<T> > 4 ? 4 : kVec<T>;
 
 // BatchNorm backward coefficients (see BNBwdArgs), in float64 like the whole BatchNorm backward
 // of float32/float64 inputs: its result is a residual that cancels to O(eps/var) of its terms
@@ -1057,15 +1065,17 @@ __global__ void __launch_bounds__(kThreads) row_bwd_kernel(RowBwdArgs a) {
   const acc_t* qv = v == 0 ? q1 : q2;
   const bool clamp = a.row_mode == kRowClamp || a.row_mode == kRowClampVec;
   const acc_t* beta_vec = static_cast<const acc_t*>(a.beta);
-  acc_t alpha = 1, beta0 = 0, beta1 = 0, r_mu = 0;
-  if (a.row_mode == kRowClampVec) r_mu = sqrt(static_cast<acc_t>(a.mu));
+  // The two clamp modes share one sqrt call site here and one expression for β below: with a
+  // sqrt per mode, or a branch or select between the modes' β, the <double, vectorized> variant
+  // spilled 32-48 bytes (float64 sqrt and division have slow-path calls; ptxas sm_90, 2026-12-01)
+  const acc_t r_mu = clamp ? sqrt(static_cast<acc_t>(a.mu)) : acc_t(0);
+  acc_t alpha = 1, beta0 = 0, beta1 = 0;
   if (a.row_mode == kRowClamp) {
     const acc_t nf = static_cast<acc_t>(a.n);
     const acc_t mu = static_cast<acc_t>(a.mu);
     const acc_t gl = grad_or_zero<acc_t>(a.g[0]);
     const acc_t w_pos = gl + grad_or_zero<acc_t>(a.g[1]);
     const acc_t w_neg = gl + grad_or_zero<acc_t>(a.g[2]);
-    r_mu = sqrt(mu);
     alpha = 2 * w_neg / (nf * (nf - 1) * mu);
     beta0 = -2 * w_pos / (nf * mu);
     beta1 = 2 * w_neg / (nf * (nf - 1) * mu);
@@ -1079,13 +1089,10 @@ __global__ void __launch_bounds__(kThreads) row_bwd_kernel(RowBwdArgs a) {
     const acc_t nrm = sqrt(qv[r]);
     acc_t beta = 0, s, project;
     if (clamp) {
-      if (a.row_mode == kRowClamp) {
-        const acc_t pi = row_scale<acc_t>(kRowClamp, q1[r], r_mu) *
-                         row_scale<acc_t>(kRowClamp, q2[r], r_mu) * q12[r];
-        beta = beta0 - beta1 * pi;
-      } else {
-        beta = beta_vec != nullptr ? beta_vec[r] : acc_t(0);
-      }
+      const acc_t pi = row_scale<acc_t>(kRowClamp, q1[r], r_mu) *
+                       row_scale<acc_t>(kRowClamp, q2[r], r_mu) * q12[r];
+      // kRowClampVec: beta0 = beta1 = 0, β = beta_vec (see the sqrt above for why one expression)
+      beta = beta0 - beta1 * pi + (beta_vec != nullptr ? beta_vec[r] : acc_t(0));
       project = nrm < r_mu ? acc_t(0) : acc_t(1);
       s = nrm < r_mu ? acc_t(1) : r_mu / nrm;
     } else {
@@ -1278,10 +1285,12 @@ cudaError_t launch_vicreg_bwd(const VICRegBwdArgs& a, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_moments_bwd(const MomentsBwdArgs& a, cudaStream_t stream) {
-  const ColPlan p = col_plan(a.n, a.d, dtype_of<T>());
+  const ColPlan p = bn_plan(a.n, a.d, dtype_of<T>());  // kVecBN's column tiles
   if (!grid_ok(plan_blocks(p))) return cudaErrorInvalidConfiguration;
-  const bool vec = vectorizable<T>(a.d, a.z[0], a.z[1], a.p[0], a.p[1], a.mean, a.g_mean, a.g_m2,
-                                   a.dz[0], a.dz[1]);
+  const bool vec = a.d % kVecBN<T> == 0 && aligned_ptr(a.z[0]) && aligned_ptr(a.z[1]) &&
+                   aligned_ptr(a.p[0]) && aligned_ptr(a.p[1]) && aligned_ptr(a.mean) &&
+                   aligned_ptr(a.g_mean) && aligned_ptr(a.g_m2) && aligned_ptr(a.dz[0]) &&
+                   aligned_ptr(a.dz[1]);
   DK_LAUNCH_A(vec, moments_bwd_kernel, dim3(static_cast<unsigned>(plan_blocks(p))), dim3(kThreads),
               stream, a, p);
   return cudaGetLastError();
