@@ -30,6 +30,8 @@ SHAPES = [(2, 5), (7, 3), (31, 17), (17, 33), (130, 9)]
 SHAPE_IDS = [f"{n}x{d}" for n, d in SHAPES]
 
 _simulator = csim.module_fixture()
+# On a GPU every test here is a GPU test (benchmarks/gpu_check.sh runs `pytest -m cuda`).
+pytestmark = [pytest.mark.cuda] if ON_GPU else []
 
 
 def _backends():
@@ -175,9 +177,8 @@ def test_custom_ops_check_their_arguments(backend):
 # rank-local algebra must reproduce the single-process loss and its gradients
 
 
-def _gathered_cases(backend, side):
+def _gathered_cases(backend, side, one=dist_ctx.LOCAL):
     ops = _ops(backend)
-    one = dist_ctx.LOCAL
     w = (2.0, 3.0, 5.0, 1.5, 1e-4)
     cases = []
     for strat in ("gather", "allreduce"):
@@ -246,3 +247,32 @@ def test_gathered_forms_compile_fullgraph(backend):
         return v + bt + gathered.spectral(ops, one, a, b, 0.5, "dimension")[0]
 
     _check_compiled(loss_fn, z1, z2, "aot_eager")
+
+
+class _ActiveOneRank(dist_ctx.Context):
+    """World size 1 with the collectives run for real (Context skips them when W = 1)."""
+
+    @property
+    def active(self):
+        return True
+
+
+def test_one_rank_group_runs_the_collectives(tmp_path):
+    """The gathered forms through real collectives (all-gather, its reduce-scatter or all-reduce
+    backward) in a process group of one rank, nccl on a GPU (its smoke test), gloo here: the
+    single-process loss and gradients."""
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if ON_GPU else "gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        z1, z2 = views(12, 7, torch.float32, 28, DEVICE)
+        for backend in BACKENDS:
+            for side in ("sample", "dimension"):
+                for name, fn, reference in _gathered_cases(backend, side, _ActiveOneRank(0, 1)):
+                    try:
+                        _check(fn, reference, [z1, z2])
+                    except AssertionError as exc:
+                        raise AssertionError(f"{backend} {name} {side}: {exc}") from exc
+    finally:
+        dist.destroy_process_group()
