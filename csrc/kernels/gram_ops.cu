@@ -860,7 +860,7 @@ __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a,
   // float64, so that (z_v - mh) stays exact near the mean with two per-column vectors per view
   // instead of three. Registers (ptxas sm_90, 2026-12-01), fp16/bf16: three vectors at V = 8,
   // 130-152 (8 warps per SM); two at V = 8, 115-121 (16); two at kVecBN's V = 4 (8-byte
-  // accesses of z and dz), 64-72 (24 warps, as vicreg_bwd_kernel). Not yet timed on a GPU.
+  // accesses of z and dz), 64-72 (24-32; vicreg_bwd_kernel: 16-24). Not yet timed on a GPU.
   I mh[2][V];
   acc_t c0[2][V], c1[2][V];
   for (int v = 0; v < 2; ++v) {
