@@ -125,7 +125,25 @@ LOSSES: Dict[str, Callable] = {
     "normalized_gram": lambda a, b: _primitive_sum(dk.normalized_gram(a, backend="triton"),
                                                    dk.normalized_gram(a, b, backend="triton")),
     "duality_terms": lambda a, b: _primitive_sum(*dk.duality_terms(a, backend="triton")),
+    # gather_distributed=True (ops/gathered.py) as rank 1 of 2 (tests/triton_aot.py's stand-in
+    # collectives): the local moments and clamped-rows ops and their backward epilogues
+    "vicreg_gathered": lambda a, b: _gathered("vicreg", a, b),
+    "barlow_gathered": lambda a, b: _gathered("barlow", a, b),
+    "spectral_gathered": lambda a, b: _gathered("spectral", a, b),
 }
+
+
+def _gathered(loss: str, a, b):
+    from duality_kernels.ops import gathered
+    from duality_kernels.ops.triton import gram
+
+    ctx = aot._TwoRanksAny()
+    if loss == "vicreg":  # both strategies: moments with the Grams, and without (the invariance)
+        return sum(gathered.vicreg(gram, ctx, s, a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension")[0]
+                   for s in ("allreduce", "gather"))
+    if loss == "barlow":
+        return gathered.barlow_twins(gram, ctx, "allreduce", a, b, 0.0051, 1e-5, "dimension")[0]
+    return sum(gathered.spectral(gram, ctx, a, b, 1.0, side)[0] for side in ("dimension", "sample"))
 
 # The headline benchmark shapes (ENVIRONMENT.md), and the primitives at one of them.
 HEADLINE = [
@@ -136,6 +154,8 @@ HEADLINE = [
     ("vicreg_exp", 2048, 1024), ("vicreg_ctr", 4096, 1024),
     ("covariance", 2048, 8192), ("cross_correlation", 2048, 8192),
     ("normalized_gram", 2048, 8192), ("duality_terms", 2048, 8192),
+    # per-rank shapes of the gathered forms (the strategy the cost model picks at W = 8)
+    ("vicreg_gathered", 2048, 8192), ("barlow_gathered", 2048, 8192), ("spectral_gathered", 16384, 256),
 ]
 
 

@@ -14,12 +14,16 @@ Rules (decided from shapes, dtypes and devices only, so no host-device synchroni
   inside a process group with gather_distributed=True, implements its SPEC §5 form; the torch
   reference ends every order. "auto" never raises for a missing backend.
 - "triton" runs on CUDA tensors, and on CPU tensors under the Triton interpreter
-  (TRITON_INTERPRET=1), which is how the test suite checks the kernels without a GPU. NT-Xent, DCL
-  and InfoNCE implement ``gather_distributed`` (SPEC §5) in the kernels; the other Triton ops
-  compute one process's batch and raise BackendUnavailableError inside an active group.
+  (TRITON_INTERPRET=1), which is how the test suite checks the kernels without a GPU.
 - "cuda" runs on CUDA tensors (duality_kernels._C); the test suite also runs it on CPU tensors
-  through a CPU simulator of the same C++ source (tests/csim.py, ``ops.cuda.simulating()``). Its
-  ops compute one process's batch and raise BackendUnavailableError inside an active group.
+  through a CPU simulator of the same C++ source (tests/csim.py, ``ops.cuda.simulating()``).
+- ``gather_distributed`` (SPEC §5) inside an active group: ``_GATHERS`` lists the compiled ops
+  that implement it (NT-Xent, DCL, InfoNCE in lse.py's kernels; VICReg, Barlow Twins, the
+  spectral loss, and on Triton VICReg-ctr, through ops/gathered.py); the others (VICReg-exp on
+  Triton) raise BackendUnavailableError there. The primitives take no gather_distributed. So
+  "auto" inside a group runs VICReg, Barlow Twins and the spectral loss on the CUDA extension
+  (Triton when _C is missing), as in one process; VICReg-ctr and VICReg-exp stay with the
+  reference there, as the table orders them in one process.
 """
 
 from __future__ import annotations
@@ -52,8 +56,12 @@ _IMPLEMENTED = {
 
 # The ops whose compiled implementation has the SPEC §5 gather_distributed form.
 _GATHERS = {
-    "triton": frozenset({"ntxent_loss", "dcl_loss", "infonce_loss"}),  # ops/triton/lse.py
-    "cuda": frozenset(),
+    "triton": frozenset({
+        "ntxent_loss", "dcl_loss", "infonce_loss",  # ops/triton/lse.py
+        "vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss",  # ops/gathered.py over gram.py
+        "vicreg_ctr_loss",  # ops/gathered.py over lse.py's anchor_lse
+    }),
+    "cuda": frozenset({"vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss"}),  # ops/gathered.py
 }
 
 
@@ -153,7 +161,7 @@ def _cuda_ops():
 
 def require_single_process(backend: str, op: str, ctx) -> None:
     """Compiled ops without a gathered form compute one process's batch; SPEC §5 stays with torch."""
-    if backend in ("triton", "cuda") and ctx.active:
+    if backend in ("triton", "cuda") and ctx.active and op not in _GATHERS[backend]:
         raise BackendUnavailableError(
             f"backend={backend!r} does not implement {op} with gather_distributed=True across "
             f"{ctx.world} processes in this version; use backend='torch' or 'auto'"

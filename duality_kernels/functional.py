@@ -17,6 +17,7 @@ from . import _backend, _cost
 from . import _validation as V
 from . import distributed as _dist
 from . import reference as R
+from .ops import gathered as _gathered
 
 Tensor = torch.Tensor
 
@@ -48,14 +49,13 @@ def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
     return lse
 
 
-def _gram_ops(be: str, op: str, ctx: Optional[_dist.Context] = None):
+def _gram_ops(be: str, op: str):
     """The compiled covariance-family module of backend ``be`` ("triton": ops/triton/gram.py,
-    "cuda": ops/cuda.py; the same function names), or None for the torch reference. Both compute
-    one process's batch (SPEC §5 stays with the reference)."""
+    "cuda": ops/cuda.py; the same function names), or None for the torch reference. Their ops
+    compute one process's batch; ops/gathered.py builds SPEC §5's forms of VICReg, Barlow Twins and
+    the spectral loss on them (the primitives and criteria take no gather_distributed)."""
     if be == "torch":
         return None
-    if ctx is not None:
-        _backend.require_single_process(be, op, ctx)
     mod = _GRAM_OPS.get(be)
     if mod is None:  # imported once (an import statement per call costs ~1 µs of host time)
         if be == "cuda":
@@ -176,8 +176,10 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     be = _backend.resolve(backend, "vicreg_loss", z1, ctx.active)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
-    ops = _gram_ops(be, "vicreg_loss", ctx)
+    ops = _gram_ops(be, "vicreg_loss")
     if ops is not None:
+        if ctx.active:
+            return _out(*_gathered.vicreg(ops, ctx, _dist.strategy(ctx, n, d), z1, z2, *w, side), return_terms)
         return _out(*ops.vicreg(z1, z2, *w, side), return_terms)
     loss, terms = R.vicreg(z1, z2, *w, side=side, ctx=ctx,
                            strategy=_dist.strategy(ctx, n, d))
@@ -192,6 +194,8 @@ def _exp_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx, be="torch"):
 
 def _ctr_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx, be="torch"):
     if be == "triton":
+        if ctx.active:
+            return _gathered.vicreg_ctr_triton(ctx, z1, z2, inv_w, var_w, cov_w, gamma, eps, t)
         return _triton("vicreg_ctr_loss", ctx).vicreg_ctr(z1, z2, inv_w, var_w, cov_w, gamma, eps, t)
     return R.vicreg_ctr(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx=ctx)
 
@@ -243,8 +247,11 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
     be = _backend.resolve(backend, "barlow_twins_loss", z1, ctx.active)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
-    ops = _gram_ops(be, "barlow_twins_loss", ctx)
+    ops = _gram_ops(be, "barlow_twins_loss")
     if ops is not None:
+        if ctx.active:
+            return _out(*_gathered.barlow_twins(ops, ctx, _dist.strategy(ctx, n, d), z1, z2, lam, eps, side),
+                        return_terms)
         return _out(*ops.barlow_twins(z1, z2, lam, eps, side), return_terms)
     loss, terms = R.barlow_twins(z1, z2, lam, eps, side, ctx=ctx,
                                  strategy=_dist.strategy(ctx, n, d))
@@ -313,8 +320,10 @@ def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: 
     be = _backend.resolve(backend, "spectral_contrastive_loss", z1, ctx.active)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
-    ops = _gram_ops(be, "spectral_contrastive_loss", ctx)
+    ops = _gram_ops(be, "spectral_contrastive_loss")
     if ops is not None:
+        if ctx.active:
+            return _out(*_gathered.spectral(ops, ctx, z1, z2, mu, side), return_terms)
         return _out(*ops.spectral(z1, z2, mu, side), return_terms)
     loss, terms = R.spectral(z1, z2, mu, side, ctx=ctx)
     return _out(loss, terms, return_terms)

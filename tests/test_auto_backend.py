@@ -18,14 +18,17 @@ GRAM = ["normalized_gram", "covariance", "cross_correlation", "sample_contrastiv
         "dimension_contrastive_criterion", "duality_terms", "vicreg_loss", "barlow_twins_loss",
         "spectral_contrastive_loss"]
 LSE = ["ntxent_loss", "dcl_loss", "infonce_loss", "vicreg_exp_loss", "vicreg_ctr_loss"]
+# the Gram-family losses whose compiled forms implement gather_distributed (ops/gathered.py): inside
+# a group "auto" picks them as it does in one process
+GATHERED = ["vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss"]
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
 
 
 def expected(op, n, d, dtype, have, distributed):
     """The choice the measurements call for (_cost.py's comment), written independently."""
     if op in GRAM:
-        if distributed:
-            return "torch"  # no compiled Gram-family op implements gather_distributed yet
+        if distributed and op not in GATHERED:
+            return "torch"  # no gather_distributed form (the primitives and criteria take none)
         return "cuda" if "cuda" in have else ("triton" if "triton" in have else "torch")
     fast = (op in ("ntxent_loss", "dcl_loss") and dtype in (torch.bfloat16, torch.float16)
             and n % 16 == 0 and d % 16 == 0 and d <= 256)

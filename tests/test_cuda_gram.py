@@ -408,6 +408,8 @@ def _entry_points(dtype=torch.float32, n=6, d=4):
     bt, sp = ext.barlow_twins_fwd(z1, z2, 0.0051, 1e-5, False), ext.spectral_fwd(z1, z2, 2.0, True)
     cov, ng = ext.covariance_fwd(z1, 1), ext.normalized_gram_fwd(z1, z2)
     du, mean = ext.duality_terms_fwd(z1, False), ext.column_stats_fwd(z1)[0]
+    mo, sr = ext.moments_fwd(z1, z2, 1), ext.spectral_rows_fwd(z1, z2, 2.0)
+    gv = torch.linspace(-1, 1, 2 * d, dtype=torch.float64, device=z1.device).reshape(2, d)
     vw = ["inv_weight", "var_weight", "cov_weight", "gamma", "eps"]
     return [
         ("column_stats_fwd", [z1], ["z"], {"z"}),
@@ -428,6 +430,12 @@ def _entry_points(dtype=torch.float32, n=6, d=4):
         ("spectral_fwd", [z1, z2, 2.0, True], ["z1", "z2", "mu", "sample"], {"z1", "z2"}),
         ("spectral_bwd", [z1, z2, *sp[3:6], g, g, g, 2.0, True],
          ["z1", "z2", "x", "grams", "q", "g_loss", "g_pos", "g_neg", "mu", "sample"], {"z1", "z2"}),
+        ("moments_fwd", [z1, z2, 1], ["z1", "z2", "mode"], {"z1", "z2"}),
+        ("moments_bwd", [z1, z2, mo[4], mo[1], g, gv, gv.clone(), torch.stack([gmat(d), gmat(d).T]), 1],
+         ["z1", "z2", "x", "mean", "g_inv", "g_mean", "g_m2", "g_gram", "mode"], {"z1", "z2"}),
+        ("spectral_rows_fwd", [z1, z2, 2.0], ["z1", "z2", "mu"], {"z1", "z2"}),
+        ("spectral_rows_bwd", [z1, z2, sr[0], sr[2], sr[0].to(acc), sr[1], 2.0],
+         ["z1", "z2", "x", "q", "g_x", "g_p", "mu"], {"z1", "z2"}),
         ("duality_terms_fwd", [z1, False], ["z", "sample"], {"z"}),
         ("duality_terms_bwd", [z1, *du[4:7], g, g, g, g, False],
          ["z", "gram", "q", "c", "g_lc", "g_lnc", "g_r4", "g_c4", "sample"], {"z"}),
@@ -450,7 +458,7 @@ def _bad_tensors(t, main):
     return bad
 
 
-_BAD_SCALARS = {"eps": [-1e-3, float("nan")], "mu": [0.0, float("inf")], "correction": [-1, 6],
+_BAD_SCALARS = {"eps": [-1e-3, float("nan")], "mu": [0.0, float("inf")], "correction": [-1, 6], "mode": [-1, 3],
                 "inv_weight": [float("nan")], "var_weight": [float("inf")], "cov_weight": [float("nan")],
                 "gamma": [float("-inf")], "lambda_param": [float("nan")]}
 

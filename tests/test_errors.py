@@ -221,9 +221,11 @@ def test_triton_rules_are_clear(monkeypatch):
     class TwoRanks:  # what distributed.context returns inside an initialized group of 2
         active, world = True, 2
 
-    with pytest.raises(dk.BackendUnavailableError, match=r"triton.*ntxent_loss.*gather_distributed=True.*2 proc"):
-        _backend.require_single_process("triton", "ntxent_loss", TwoRanks())
-    _backend.require_single_process("torch", "ntxent_loss", TwoRanks())  # torch implements SPEC §5
+    # VICReg-exp has no Triton form of SPEC §5; NT-Xent has one (lse.py), torch has every one
+    with pytest.raises(dk.BackendUnavailableError, match=r"triton.*vicreg_exp_loss.*gather_distributed=True.*2 proc"):
+        _backend.require_single_process("triton", "vicreg_exp_loss", TwoRanks())
+    _backend.require_single_process("triton", "ntxent_loss", TwoRanks())
+    _backend.require_single_process("torch", "vicreg_exp_loss", TwoRanks())
 
 
 def test_cuda_backend_on_cpu_tensors_or_unsupported_op():

@@ -69,18 +69,22 @@ def test_two_inputs(name, fn):
     _compare(fn, [torch.randn(13, 9, generator=g, dtype=torch.float64) for _ in range(2)])
 
 
-def test_gram_ops_refuse_a_process_group():
+def test_ops_without_a_gathered_form_refuse_a_process_group():
+    """Inside a group, the compiled ops with no SPEC §5 form raise instead of computing one process's
+    batch; VICReg, Barlow Twins, the spectral loss (both backends) and VICReg-ctr (Triton) have one
+    (ops/gathered.py, tests/test_distributed_compiled.py)."""
     class TwoRanks:
         active, world, rank = True, 2, 0
 
+    from duality_kernels import _backend
     from duality_kernels import functional as F
 
-    for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss", "vicreg_exp_loss"):
-        with pytest.raises(dk.BackendUnavailableError, match=rf"'triton'.*{op} with gather_distributed=True"):
-            F._gram_ops("triton", op, TwoRanks()) if op != "vicreg_exp_loss" else F._triton(op, TwoRanks())
-    for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss"):  # the CUDA ops too
-        with pytest.raises(dk.BackendUnavailableError, match=rf"'cuda'.*{op} with gather_distributed=True"):
-            F._gram_ops("cuda", op, TwoRanks())
+    with pytest.raises(dk.BackendUnavailableError, match=r"'triton'.*vicreg_exp_loss with gather_distributed=True"):
+        F._triton("vicreg_exp_loss", TwoRanks())
+    for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss", "vicreg_ctr_loss"):
+        _backend.require_single_process("triton", op, TwoRanks())
+    for op in ("vicreg_loss", "barlow_twins_loss", "spectral_contrastive_loss"):
+        _backend.require_single_process("cuda", op, TwoRanks())
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter warns on NaN

@@ -333,6 +333,34 @@ class _TwoRanks:
         return self._g[id(x)]
 
 
+class _TwoRanksAny:
+    """Rank 1 of 2 for ops/gathered.py (any tensor): gathers append a copy, all-reduces double."""
+
+    active, rank, world = True, 1, 2
+
+    def gather(self, x):
+        return torch.cat([x.detach(), x])
+
+    def all_reduce(self, x):
+        return x + x.detach()
+
+
+def _gathered_ops(z1, z2):
+    """SPEC §5's compiled forms on Triton (ops/gathered.py): both strategies, the spectral loss on
+    both sides and VICReg-ctr's anchors against the gathered rows (the moments and clamped-rows
+    ops, their epilogues, and anchor_lse without a positive)."""
+    from duality_kernels.ops import gathered
+    from duality_kernels.ops.triton import gram
+
+    ctx = _TwoRanksAny()
+    w = (25.0, 25.0, 1.0, 1.0, 1e-4)
+    outs = [gathered.vicreg(gram, ctx, s, z1, z2, *w, "dimension")[0] for s in ("gather", "allreduce")]
+    outs += [gathered.barlow_twins(gram, ctx, "allreduce", z1, z2, 0.0051, 1e-5, "dimension")[0]]
+    outs += [gathered.spectral(gram, ctx, z1, z2, 1.0, side)[0] for side in ("sample", "dimension")]
+    outs += [gathered.vicreg_ctr_triton(ctx, z1, z2, *w, 0.1)[0]]
+    return sum(o.float() for o in outs)
+
+
 def lse_scenarios(everything: bool) -> List[Case]:
     """The log-sum-exp losses. Default: one launch per kernel feature (each transform, mask,
     positive mode, row scaling, dtype and dot precision, a K below one block and a D needing
@@ -390,7 +418,11 @@ def gram_scenarios(everything: bool) -> List[Case]:
     runs = [Case("gram ops bf16", fwd_bwd(_all_gram_ops, bf16, (40, 70))),
             Case("gram ops fp16", fwd_bwd(_all_gram_ops, fp16, (40, 70))),
             Case("gram ops fp64", fwd_bwd(_all_gram_ops, fp64, (40, 70))),
-            Case("gram ops bf16 1200x1000", fwd_bwd(_all_gram_ops, bf16, big))]
+            Case("gram ops bf16 1200x1000", fwd_bwd(_all_gram_ops, bf16, big)),
+            Case("gathered ops bf16", fwd_bwd(_gathered_ops, bf16, (40, 70))),
+            Case("gathered ops fp16", fwd_bwd(_gathered_ops, fp16, (40, 70))),
+            Case("gathered ops fp64", fwd_bwd(_gathered_ops, fp64, (40, 70))),
+            Case("gathered ops fp32", fwd_bwd(_gathered_ops, fp32, (40, 70)), "highest")]
     runs += [Case(f"gram ops fp32 {p}{' ' + 'x'.join(map(str, s)) if s != (40, 70) else ''}",
                   fwd_bwd(_all_gram_ops, fp32, s), p)
              for p in ("highest", "high") for s in ((40, 70), big)]

@@ -505,6 +505,10 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
       if (zr1 != nullptr) {
         q[n + r] = static_cast<acc_t>(s2);
         q[2 * n + r] = static_cast<acc_t>(s12);
+        if (a.p != nullptr)
+          static_cast<acc_t*>(a.p)[r] = static_cast<acc_t>(
+              static_cast<double>(row_scale<I>(kRowClamp, s1, radius)) *
+              static_cast<double>(row_scale<I>(kRowClamp, s2, radius)) * static_cast<double>(s12));
       }
       if (a.fin_mode == kRowFinSpectral) {
         const double pr = static_cast<double>(row_scale<I>(kRowClamp, s1, radius)) *
@@ -839,6 +843,78 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 constexpr int kVecBN = kVec<T> > 4 ? 4 : kVec<T>;
 
+// moments_bwd (gram_ops.h MomentsBwdArgs): reads z1, z2 and P (acc, when given) of both views,
+// writes dz1, dz2: N D (4 sizeof(T) + 2 sizeof(acc)) bytes; grid as bn_bwd (kVecBN columns per
+// thread). The centered value (z - mean) is taken from the float64 mean as column_stats_bwd does.
+template <typename T, bool A>
+__global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a, ColPlan p) {
+  using acc_t = typename AccType<T>::type;
+  using I = typename Inner<T>::type;
+  constexpr int V = kVecBN<T>;
+  const int lane = lane_id(), warp = warp_id();
+  const TileRows t = tile_rows(p, a.n);
+  const int64_t d = a.d;
+  const acc_t ci = 2 * grad_or_zero<acc_t>(a.g_inv) / (static_cast<acc_t>(a.n) * static_cast<acc_t>(d));
+  // dz_v = P_v ± ci (z1 - z2) + g_mean/n + 2 g_m2 (z_v - mean): with mean = mh + ml (mh its
+  // rounding to I), the last two terms are c0 + c1 (z_v - mh), c0 = g_mean/n - c1 ml folded in
+  // float64, so that (z_v - mh) stays exact near the mean with two per-column vectors per view
+  // instead of three. Registers (ptxas sm_90, 2026-12-01), fp16/bf16: three vectors at V = 8,
+  // 130-152 (8 warps per SM); two at V = 8, 115-121 (16); two at kVecBN's V = 4 (8-byte
+  // accesses of z and dz), 64-72 (24-32; vicreg_bwd_kernel: 16-24). Not yet timed on a GPU.
+  I mh[2][V];
+  acc_t c0[2][V], c1[2][V];
+  for (int v = 0; v < 2; ++v) {
+    double mu[V], gm[V], g2[V];
+    load_row<V, A>(a.mean + v * d, t.c0, lane, d, mu);
+    if (a.g_mean != nullptr) {
+      load_row<V, A>(a.g_mean + v * d, t.c0, lane, d, gm);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) gm[j] = 0.0;
+    }
+    if (a.g_m2 != nullptr) {
+      load_row<V, A>(a.g_m2 + v * d, t.c0, lane, d, g2);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) g2[j] = 0.0;
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      mh[v][j] = static_cast<I>(mu[j]);
+      const double ml = mu[j] - static_cast<double>(mh[v][j]);
+      c0[v][j] = static_cast<acc_t>(gm[j] / static_cast<double>(a.n) - 2 * g2[j] * ml);
+      c1[v][j] = static_cast<acc_t>(2 * g2[j]);
+    }
+  }
+  const T* z1 = static_cast<const T*>(a.z[0]);
+  const T* z2 = static_cast<const T*>(a.z[1]);
+#pragma unroll 1
+  for (int64_t r = t.r0 + warp; r < t.r1; r += kWarps) {
+    const int64_t o = r * d;
+    I u[2][V];
+    load_row<V, A>(z1 + o, t.c0, lane, d, u[0]);
+    load_row<V, A>(z2 + o, t.c0, lane, d, u[1]);
+#pragma unroll
+    for (int v = 0; v < 2; ++v) {
+      acc_t pv[V], out[V];
+      if (a.p[v] != nullptr) {
+        load_row<V, A>(static_cast<const acc_t*>(a.p[v]) + o, t.c0, lane, d, pv);
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) pv[j] = acc_t(0);
+      }
+      const acc_t sgn = v == 0 ? ci : -ci;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const acc_t x = static_cast<acc_t>(u[v][j] - mh[v][j]);
+        out[j] = sgn * static_cast<acc_t>(u[0][j] - u[1][j]) + c0[v][j] + c1[v][j] * x + pv[j];
+      }
+      store_row<V, A>(static_cast<T*>(a.dz[v]) + o, t.c0, lane, d, out);
+    }
+  }
+}
+
+
 // BatchNorm backward coefficients (see BNBwdArgs), in float64 like the whole BatchNorm backward
 // of float32/float64 inputs: its result is a residual that cancels to O(eps/var) of its terms
 // when da is nearly parallel to a (N = 2, or a ≈ b near convergence), so every rounding inside it
@@ -987,30 +1063,36 @@ __global__ void __launch_bounds__(kThreads) row_bwd_kernel(RowBwdArgs a) {
   const acc_t* q2 = q1 + n;
   const acc_t* q12 = q1 + 2 * n;
   const acc_t* qv = v == 0 ? q1 : q2;
-  acc_t alpha = 1, beta0 = 0, beta1 = 0, r_mu = 0;
+  const bool clamp = a.row_mode == kRowClamp || a.row_mode == kRowClampVec;
+  const acc_t* beta_vec = static_cast<const acc_t*>(a.beta);
+  // The two clamp modes share one sqrt call site here and one expression for β below: with a
+  // sqrt per mode, or a branch or select between the modes' β, the <double, vectorized> variant
+  // spilled 32-48 bytes (float64 sqrt and division have slow-path calls; ptxas sm_90, 2026-12-01)
+  const acc_t r_mu = clamp ? sqrt(static_cast<acc_t>(a.mu)) : acc_t(0);
+  acc_t alpha = 1, beta0 = 0, beta1 = 0;
   if (a.row_mode == kRowClamp) {
     const acc_t nf = static_cast<acc_t>(a.n);
     const acc_t mu = static_cast<acc_t>(a.mu);
     const acc_t gl = grad_or_zero<acc_t>(a.g[0]);
     const acc_t w_pos = gl + grad_or_zero<acc_t>(a.g[1]);
     const acc_t w_neg = gl + grad_or_zero<acc_t>(a.g[2]);
-    r_mu = sqrt(mu);
     alpha = 2 * w_neg / (nf * (nf - 1) * mu);
     beta0 = -2 * w_pos / (nf * mu);
     beta1 = 2 * w_neg / (nf * (nf - 1) * mu);
   }
   const T* z = static_cast<const T*>(a.z[v]);
   const acc_t* p = static_cast<const acc_t*>(a.p[v]);
-  const T* y = a.row_mode == kRowClamp ? static_cast<const T*>(a.y[v]) : nullptr;
+  const T* y = clamp ? static_cast<const T*>(a.y[v]) : nullptr;
   T* dz = static_cast<T*>(a.dz[v]);
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp; r < n;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
     const acc_t nrm = sqrt(qv[r]);
     acc_t beta = 0, s, project;
-    if (a.row_mode == kRowClamp) {
+    if (clamp) {
       const acc_t pi = row_scale<acc_t>(kRowClamp, q1[r], r_mu) *
                        row_scale<acc_t>(kRowClamp, q2[r], r_mu) * q12[r];
-      beta = beta0 - beta1 * pi;
+      // kRowClampVec: beta0 = beta1 = 0, β = beta_vec (see the sqrt above for why one expression)
+      beta = beta0 - beta1 * pi + (beta_vec != nullptr ? beta_vec[r] : acc_t(0));
       project = nrm < r_mu ? acc_t(0) : acc_t(1);
       s = nrm < r_mu ? acc_t(1) : r_mu / nrm;
     } else {
@@ -1202,6 +1284,19 @@ cudaError_t launch_vicreg_bwd(const VICRegBwdArgs& a, cudaStream_t stream) {
 }
 
 template <typename T>
+cudaError_t launch_moments_bwd(const MomentsBwdArgs& a, cudaStream_t stream) {
+  const ColPlan p = bn_plan(a.n, a.d, dtype_of<T>());  // kVecBN's column tiles
+  if (!grid_ok(plan_blocks(p))) return cudaErrorInvalidConfiguration;
+  const bool vec = a.d % kVecBN<T> == 0 && aligned_ptr(a.z[0]) && aligned_ptr(a.z[1]) &&
+                   aligned_ptr(a.p[0]) && aligned_ptr(a.p[1]) && aligned_ptr(a.mean) &&
+                   aligned_ptr(a.g_mean) && aligned_ptr(a.g_m2) && aligned_ptr(a.dz[0]) &&
+                   aligned_ptr(a.dz[1]);
+  DK_LAUNCH_A(vec, moments_bwd_kernel, dim3(static_cast<unsigned>(plan_blocks(p))), dim3(kThreads),
+              stream, a, p);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t launch_duality_bwd(const DualityBwdArgs& a, cudaStream_t stream) {
   const ColPlan p = col_plan(a.n, a.d, dtype_of<T>());
   if (!grid_ok(plan_blocks(p))) return cudaErrorInvalidConfiguration;
@@ -1371,6 +1466,11 @@ cudaError_t finalize(const FinalizeArgs& a, int dtype, cudaStream_t stream) {
 cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream) {
   if (a.n <= 0 || a.d <= 0) return cudaSuccess;
   DK_DISPATCH(dtype, launch_vicreg_bwd, a, stream)
+}
+
+cudaError_t moments_bwd(const MomentsBwdArgs& a, int dtype, cudaStream_t stream) {
+  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
+  DK_DISPATCH(dtype, launch_moments_bwd, a, stream)
 }
 
 cudaError_t duality_bwd(const DualityBwdArgs& a, int dtype, cudaStream_t stream) {

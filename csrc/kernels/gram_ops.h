@@ -27,6 +27,7 @@ enum RowMode : int {
   kRowNone = 0,   // s = 1 (row statistics only)
   kRowL2 = 1,     // s = 1 / max(‖z_i‖, 1e-12)                     (l2n, SPEC notation)
   kRowClamp = 2,  // s = ‖z_i‖ < r ? 1 : r / max(‖z_i‖, 1e-12)      (spectral, SPEC §4)
+  kRowClampVec = 3,  // row_bwd only: kRowClamp's s with per-row β (spectral's SPEC §5 rows)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -122,6 +123,7 @@ cudaError_t center(const CenterArgs& a, int dtype, cudaStream_t stream);
 // out_v[i] = z_v[i] * s(q_v[i]) (row_mode) rounded once to T. Finalize partials (fin: slot j at
 // fin + j * row_blocks(n)): kRowFinSpectral: slot 0 = Σ_i p_i, slot 1 = Σ_i p_i² with p_i =
 // s(q1_i) s(q2_i) q12_i (the clamped rows' dot products); kRowFinSumSq: slot 0 = Σ_i q1_i².
+// p (two views, when given): p_i itself (acc, n), computed as for kRowFinSpectral.
 enum RowFin : int {
   kRowFinNone = 0,
   kRowFinSpectral = 1,
@@ -131,6 +133,7 @@ struct RowScaleArgs {
   const void* z[2];
   void* out[2];
   void* q;
+  void* p;  // or null
   int64_t n, d;
   int views, row_mode, fin_mode;
   double radius;
@@ -205,6 +208,25 @@ cudaError_t column_stats_bwd(const void* z, const double* mean, const void* grad
                              const void* grad_m2, int64_t n, int64_t d, int dtype, void* dz,
                              cudaStream_t stream);
 
+// Backward of the local moments of two views (duality_kernels::cuda_moments_fwd: the invariance
+// mean((z1 - z2)²), per-view column mean and m2, centered Grams; gather_distributed=True merges
+// them across ranks, SPEC §5), both views in one pass (z1 - z2 read once):
+//   dz_v = ±2 g_inv (z1 - z2)/(n d) + g_mean_v[k]/n + 2 g_m2_v[k] (z_v - mean_v[k]) + P_v
+// with P_v (acc, or null: 0) the Grams' share, x_v (G_v + G_vᵀ) or the other view's product,
+// computed by the caller; the centering Jacobian vanishes (every term but g_mean's sums to 0 over
+// the rows). mean: float64 (see column_stats_bwd). Null gradients are 0.
+struct MomentsBwdArgs {
+  const void* z[2];
+  const void* p[2];       // acc (n, d) each, or null
+  const double* mean;     // (2, d)
+  const double* g_mean;   // (2, d) or null
+  const double* g_m2;     // (2, d) or null
+  const void* g_inv;      // acc 0-dim or null
+  void* dz[2];
+  int64_t n, d;
+};
+cudaError_t moments_bwd(const MomentsBwdArgs& a, int dtype, cudaStream_t stream);
+
 // VICReg backward (SPEC §3), both views in one pass (z1 - z2 read once): with x_v the saved
 // centered views (T) and P_v = x_v G_v (dimension side) or G_v x_v (sample side) in acc,
 //   dz_v = ±W_inv 2 (z1 - z2)/(n d) - x_v ⊙ W_var h_k / (2 d (n-1) s_k)
@@ -277,12 +299,16 @@ cudaError_t bn_bwd(const BNBwdArgs& a, int dtype, double* workspace, cudaStream_
 // kRowClamp (spectral): α = 2 W_neg/(n(n-1)µ), β_i = -2 W_pos/(nµ) - 2 W_neg p_i/(n(n-1)µ) with
 // p_i = s1_i s2_i q12_i, W_pos = g_loss + g_pos, W_neg = g_loss + g_neg; s = r/‖z‖ and projected
 // when ‖z‖ >= r = sqrt(µ).
+// kRowClampVec (the clamped rows as an op of their own, gather_distributed=True): α = 1, β_i =
+// beta[i] (the upstream gradient of p_i; null: 0), P_v the upstream gradient of the clamped rows;
+// s and the projection as kRowClamp.
 struct RowBwdArgs {
   const void* z[2];
   const void* p[2];
   const void* y[2];
   const void* q;     // q1, q2, q12 as consecutive length-n acc vectors (q1 only for one view)
   const void* g[3];  // spectral: g_loss, g_pos, g_neg (or null)
+  const void* beta;  // kRowClampVec: (n) acc, or null
   void* dz[2];
   int64_t n, d;
   int views, row_mode;

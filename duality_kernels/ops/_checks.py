@@ -17,6 +17,8 @@ One function per op, named after the op and taking the op's arguments after the 
 - ``cross_correlation(backend, z1, z2, eps)``
 - ``normalized_gram(backend, z1, z2)`` (z2 may be None)
 - ``duality_terms(backend, z, side)``
+- ``moments(backend, z1, z2, mode)`` and ``spectral_rows(backend, z1, z2, mu)``: the local pieces
+  of gather_distributed=True (ops/gathered.py); the public losses check what they check.
 - ``ntxent(backend, z1, z2, temperature, similarity, normalization, reduction)``
 - ``dcl(backend, z1, z2, temperature, similarity, reduction)``
 - ``infonce(backend, z1, z2, temperature, reduction)``
@@ -112,6 +114,24 @@ def duality_terms(backend, z, side) -> None:
     V.check_tensor(z, "z")
     _side(side)
     _device(backend, "duality_terms", z)
+
+
+MOMENTS_MODES = (0, 1, 2)  # no Gram, each view's centered Gram, the cross Gram (ops/gathered.py)
+
+
+def moments(backend, z1, z2, mode) -> None:
+    V.check_pair(z1, z2)
+    if type(mode) is not int:
+        raise TypeError(f"mode must be an int, got {mode!r} ({type(mode).__name__})")
+    if mode not in MOMENTS_MODES:
+        raise ValueError(f"mode must be one of 0, 1, 2; got {mode!r}")
+    _device(backend, "vicreg_loss", z1)
+
+
+def spectral_rows(backend, z1, z2, mu) -> None:
+    V.check_pair(z1, z2)
+    V.check_positive(mu, "mu")
+    _device(backend, "spectral_contrastive_loss", z1)
 
 
 # The log-sum-exp family (ops/triton/lse.py), in the order of the public functions' checks so

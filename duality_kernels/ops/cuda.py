@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _checks
-from ._direct import Spec, function, pick
+from ._direct import Spec, apply, function, pick
 
 __all__ = [
     "BarlowTwinsFunction",
@@ -670,6 +670,129 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
     else:
         out = cuda_duality_terms_fwd(z, side)
     return out[0], out[1], out[2], out[3]
+
+
+# ---- gather_distributed=True (SPEC §5): the local pieces that ops/gathered.py merges across ranks
+# (csrc/bindings.cpp moments_* and spectral_rows_*). Inputs come validated from functional.py.
+
+MOMENTS_NONE, MOMENTS_SELF, MOMENTS_CROSS = 0, 1, 2
+
+
+def _moments_fwd_impl(z1: Tensor, z2: Tensor, mode: int) -> List[Tensor]:
+    """-> [invariance mean((z1 − z2)²) (acc), mean (2, D) float64, m2 (2, D) float64, gram, x];
+    gram: (0, D, D) for mode 0, the centered views' [x1ᵀx1, x2ᵀx2] (2, D, D) for mode 1, x1ᵀx2
+    (1, D, D) for mode 2, acc; x (2, N, D) the centered views (empty for mode 0)."""
+    return _ext(z1).moments_fwd(z1, z2, mode)
+
+
+cuda_moments_fwd = _op("cuda_moments_fwd", _checks.moments, _moments_fwd_impl)
+
+
+@cuda_moments_fwd.register_fake
+def _(z1, z2, mode):
+    n, d = z1.shape
+    f64 = torch.float64
+    grams = (0, 2, 1)[mode]
+    return [z1.new_empty((), dtype=_acc_of(z1)), z1.new_empty((2, d), dtype=f64), z1.new_empty((2, d), dtype=f64),
+            z1.new_empty((grams, d, d), dtype=_acc_of(z1)), z1.new_empty((2, n, d) if mode else (0,))]
+
+
+def _moments_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, mean: Tensor, g_inv: Optional[Tensor],
+                      g_mean: Optional[Tensor], g_m2: Optional[Tensor], g_gram: Optional[Tensor],
+                      mode: int) -> List[Tensor]:
+    return _ext(z1).moments_bwd(z1, z2, x, mean, g_inv, g_mean, g_m2, g_gram, mode)
+
+
+cuda_moments_bwd = torch.library.custom_op("duality_kernels::cuda_moments_bwd", mutates_args=())(_moments_bwd_impl)
+
+
+@cuda_moments_bwd.register_fake
+def _(z1, z2, *_args):
+    return [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+
+
+def _moments_setup(ctx, inputs, output):
+    z1, z2, mode = inputs
+    ctx.save_for_backward(z1, z2, output[4], output[1])
+    ctx.mode = mode
+
+
+def _vec_grad(g: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """An incoming non-scalar gradient as a contiguous tensor of ``dtype`` (None stays None)."""
+    return None if g is None else g.to(dtype).contiguous()
+
+
+def _moments_backward(ctx, grads):
+    z1, z2, x, mean = ctx.saved_tensors
+    acc = _acc_of(z1)
+    g_inv = _scalar_grad(grads[0], acc)
+    g_mean, g_m2 = _vec_grad(grads[1], torch.float64), _vec_grad(grads[2], torch.float64)
+    g_gram = _vec_grad(grads[3], acc) if ctx.mode else None
+    dz1, dz2 = pick(ctx, cuda_moments_bwd, _moments_bwd_impl)(z1, z2, x, mean, g_inv, g_mean, g_m2, g_gram, ctx.mode)
+    return dz1, dz2, None
+
+
+cuda_moments_fwd.register_autograd(_moments_backward, setup_context=_moments_setup)
+_MOMENTS = Spec(cuda_moments_fwd, _moments_fwd_impl, _moments_setup, _moments_backward, 4, listed=True)
+
+
+def moments(z1: Tensor, z2: Tensor, mode: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(invariance, mean, m2, gram) of this process's rows, differentiable (see _moments_fwd_impl)."""
+    out = apply(_MOMENTS, z1.contiguous(), z2.contiguous(), int(mode))
+    return out[0], out[1], out[2], out[3]
+
+
+def _spectral_rows_fwd_impl(z1: Tensor, z2: Tensor, mu: float) -> List[Tensor]:
+    """-> [x (2, N, D) the clamped rows a, b (SPEC §4), p = a_i·b_i (N) acc, q (3, N) acc]."""
+    return _ext(z1).spectral_rows_fwd(z1, z2, mu)
+
+
+cuda_spectral_rows_fwd = _op("cuda_spectral_rows_fwd", _checks.spectral_rows, _spectral_rows_fwd_impl)
+
+
+@cuda_spectral_rows_fwd.register_fake
+def _(z1, z2, mu):
+    n, d = z1.shape
+    acc = _acc_of(z1)
+    return [z1.new_empty((2, n, d)), z1.new_empty((n,), dtype=acc), z1.new_empty((3, n), dtype=acc)]
+
+
+def _spectral_rows_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, q: Tensor, g_x: Optional[Tensor],
+                            g_p: Optional[Tensor], mu: float) -> List[Tensor]:
+    return _ext(z1).spectral_rows_bwd(z1, z2, x, q, g_x, g_p, mu)
+
+
+cuda_spectral_rows_bwd = torch.library.custom_op("duality_kernels::cuda_spectral_rows_bwd", mutates_args=())(_spectral_rows_bwd_impl)
+
+
+@cuda_spectral_rows_bwd.register_fake
+def _(z1, z2, *_args):
+    return [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+
+
+def _spectral_rows_setup(ctx, inputs, output):
+    z1, z2, mu = inputs
+    ctx.save_for_backward(z1, z2, output[0], output[2])
+    ctx.mu = mu
+
+
+def _spectral_rows_backward(ctx, grads):
+    z1, z2, x, q = ctx.saved_tensors
+    g_x, g_p = _vec_grad(grads[0], q.dtype), _vec_grad(grads[1], q.dtype)
+    dz1, dz2 = pick(ctx, cuda_spectral_rows_bwd, _spectral_rows_bwd_impl)(z1, z2, x, q, g_x, g_p, ctx.mu)
+    return dz1, dz2, None
+
+
+cuda_spectral_rows_fwd.register_autograd(_spectral_rows_backward, setup_context=_spectral_rows_setup)
+_SPECTRAL_ROWS = Spec(cuda_spectral_rows_fwd, _spectral_rows_fwd_impl, _spectral_rows_setup, _spectral_rows_backward, 2,
+                      listed=True)
+
+
+def spectral_rows(z1: Tensor, z2: Tensor, mu: float) -> Tuple[Tensor, Tensor]:
+    """(x, p): the clamped rows (2, N, D) of both views and their row dots p_i = a_i·b_i,
+    differentiable (SPEC §4's clamp; ops/gathered.py builds the distributed loss on them)."""
+    out = apply(_SPECTRAL_ROWS, z1.contiguous(), z2.contiguous(), float(mu))
+    return out[0], out[1]
 
 
 # ---- drop-in torch.autograd.Function subclasses (DESIGN convention 2): contiguous inputs, side

@@ -118,7 +118,8 @@ _SUM_NONE, _SUM_SQ, _SUM_PAIR = 0, 1, 2
 # finalize / epilogue modes
 _F_VICREG, _F_BARLOW, _F_SPECTRAL, _F_DUALITY = 0, 1, 2, 3
 _E_VICREG, _E_DUALITY, _E_COV, _E_DUALITY_D = 0, 1, 2, 3  # _E_DUALITY: sample side
-_R_SPECTRAL, _R_NGRAM = 0, 1
+_E_MOMENTS, _E_MOMENTS_NOP = 4, 5  # gather_distributed's local moments (with / without P)
+_R_SPECTRAL, _R_NGRAM, _R_CLAMP = 0, 1, 2
 # how a GEMM result P' is turned into the true product (IDENT operands, module docstring)
 _RS_NONE, _RS_ROW, _RS_COL = 0, 1, 2          # undo the fp16 power-of-two scales by row / column
 _CORR_NONE, _CORR_OUTER, _CORR_COL = 0, 1, 2  # − w_i·mean_k (N×N side) / − u_k (D×D side)
@@ -742,6 +743,10 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         sample:    dz = 4(g_Lc + g_Lnc)·P + 4z∘((g_r4 + g_Lnc)·r_i + (g_c4 − g_Lnc)·c_k);
         dimension: dz = 4(g_Lc + g_Lnc)·P + 4z∘((g_r4 − g_Lc)·r_i + (g_c4 + g_Lc)·c_k).
     _E_COV: dz = P (the 1/(N − correction) is in the operand).
+    _E_MOMENTS (the local moments of ``moments``, SPEC §5), with mean = mean_ptr (float64), g_mean =
+        rv_ptr, g_m2 = cv_ptr ((2, D) float64) and g_inv = g1:
+        dz = P ± (2g_inv/(N·D))·(z1 − z2) + g_mean_k/N + 2g_m2_k·(z − mean_k); no centering
+        Jacobian (every term but g_mean's sums to 0 over the rows). _E_MOMENTS_NOP: without P.
     Bytes per view: P (4 B) + z1, z2 (VICReg) or z read + dz written per element.
     """
     pid_d = tl.program_id(0)
@@ -786,12 +791,18 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
             a_r = 4.0 * (tl.load(g2_ptr).to(tl.float64) - gl)
             a_c = 4.0 * (tl.load(g3_ptr).to(tl.float64) + gl)
         ck = (a_c * tl.load(cv_ptr + cols, mask=cmask, other=0.0)).to(ACC)
+    if MODE == 4 or MODE == 5:
+        ci = ((1.0 - 2.0 * v) * 2.0 * tl.load(g1_ptr).to(tl.float64) / (nf * df)).to(ACC)
+        ca = tl.load(rv_ptr + v * D + cols, mask=cmask, other=0.0) * (1.0 / nf)
+        cb = 2.0 * tl.load(cv_ptr + v * D + cols, mask=cmask, other=0.0)
+        mean = tl.load(meanv + cols, mask=cmask, other=0.0)
     for r0 in range(r_lo, r_hi, BR):
         rows = r0 + tl.arange(0, BR)
         rmask = rows < r_hi
         mask = rmask[:, None] & cmask[None, :]
         idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
-        p = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, wv, meanv, RS, CORR)
+        if MODE != 5:
+            p = _product(p_ptr, idx, mask, rows, cols, rmask, cmask, rsv, wv, meanv, RS, CORR)
         if MODE == 0:
             a = tl.load(z1_ptr + idx, mask=mask, other=0.0)
             b = tl.load(z2_ptr + idx, mask=mask, other=0.0)
@@ -803,6 +814,13 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
             dz = a_fro * p + z * (ri[:, None] + ck[None, :])
         if MODE == 2:
             dz = p
+        if MODE == 4 or MODE == 5:
+            a = tl.load(z1_ptr + idx, mask=mask, other=0.0)
+            b = tl.load(z2_ptr + idx, mask=mask, other=0.0)
+            zv = _pick(v, a, b).to(tl.float64)
+            dz = (ca[None, :] + cb[None, :] * (zv - mean[None, :])).to(ACC) + ci * (a.to(ACC) - b.to(ACC))
+            if MODE == 4:
+                dz = dz + p
         tl.store(dz_ptr + idx, dz.to(T), mask=mask)
 
 
@@ -921,7 +939,7 @@ def _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv, MODE: tl.
     if POST:
         da = da * t_s[:, None]
     a = (tl.load(zs + idx, mask=mask, other=0.0).to(ACC) * t_s[:, None]).to(T)
-    if MODE == 0:
+    if MODE == 0 or MODE == 2:
         o = (tl.load(zo + idx, mask=mask, other=0.0).to(ACC) * t_o[:, None]).to(T)
         da = k2 * da + e[:, None] * o.to(ACC)
     return idx, mask, da, a.to(ACC)
@@ -939,6 +957,8 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
         da = 2κ·P + e∘b̃ (P = S·b or a·(bᵀb)),  dz_i = t_i·(da_i − proj_i·ã_i·(ã_i·da_i)),
         proj = 1/mu on clamped rows.
     _R_NGRAM (l2n): dz_i = r_i·(dn_i − f_i·ñ_i·(ñ_i·dn_i)), dn = P = Gout·n2 (Goutᵀ·n1).
+    _R_CLAMP (``spectral_rows``, SPEC §5): as _R_SPECTRAL with da = P + e_i·b̃, P the upstream
+        gradient of the clamped rows and e = g0 a per-row vector (the upstream gradient of p_i).
     Bytes per view: P (4 B) + z (+ the other view for spectral) read twice, dz written once.
     """
     rb = tl.program_id(0)
@@ -956,7 +976,13 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
     ts = tl.load(info_ptr + v * N + rows, mask=rmask, other=1.0)
     t_s = tl.abs(ts)
     rsv, _ = _view_vectors(rs_ptr, rs_ptr, v, N, D, RS, 0)
-    if MODE == 0:
+    if MODE == 2:
+        mu_ = _scalar(mu, tl.float64)
+        t_o = tl.abs(tl.load(info_ptr + (1 - v) * N + rows, mask=rmask, other=1.0))
+        e = tl.load(g0_ptr + rows, mask=rmask, other=0.0).to(ACC)
+        k2 = 1.0
+        proj = tl.where(ts < 0, 1.0 / mu_, 0.0)
+    elif MODE == 0:
         mu_ = _scalar(mu, tl.float64)
         t_o = tl.abs(tl.load(info_ptr + (1 - v) * N + rows, mask=rmask, other=1.0))
         p = tl.load(info_ptr + 2 * N + rows, mask=rmask, other=0.0).to(tl.float64)
@@ -972,16 +998,24 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
         t_o = t_s
         e = tl.zeros([BR], ACC)
         k2 = 1.0
+    # The projection ã(ã·da)/‖ã‖² (= proj·ã(ã·da): ‖ã‖² is 1 / mu on projected rows), divided by
+    # the rounded row's own ‖ã‖² and subtracted in float64: with proj·ã(ã·da), ã = z·(1/‖z‖)
+    # rounded, a one-column row's gradient (0 in exact arithmetic) came out ~2 ulp·|da|/‖z‖
+    # (8.9e-6 at ‖z‖ = 0.027, test_properties' FOUND), eager's 0.
     dot = tl.zeros([BR], tl.float64)
+    ss = tl.zeros([BR], tl.float64)
     for c0 in range(0, D, BD):
         idx, mask, da, a = _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv,
                                      MODE, RS, POST, T, ACC, BD)
-        dot += tl.sum(a.to(tl.float64) * da.to(tl.float64), axis=1)
-    q = (proj * dot).to(ACC)
+        a64 = a.to(tl.float64)
+        dot += tl.sum(a64 * da.to(tl.float64), axis=1)
+        ss += tl.sum(a64 * a64, axis=1)
+    q = tl.where((proj != 0) & (ss > 0), dot / tl.where(ss > 0, ss, 1.0), 0.0)
+    t64 = t_s.to(tl.float64)
     for c0 in range(0, D, BD):
         idx, mask, da, a = _row_tile(c0, rows, rmask, D, p_ptr, zs, zo, t_s, t_o, e, k2, rsv,
                                      MODE, RS, POST, T, ACC, BD)
-        dz = t_s[:, None] * (da - q[:, None] * a)
+        dz = t64[:, None] * (da.to(tl.float64) - q[:, None] * a.to(tl.float64))
         tl.store(dz_ptr + idx, dz.to(T), mask=mask)
 
 
@@ -1111,7 +1145,8 @@ class _Cols(NamedTuple):
 
 
 def _colpass(z1: Tensor, z2: Optional[Tensor], mode: int, *, eps: float = 0.0, sqdiff: bool = False,
-             diag: int = _DIAG_NONE) -> _Cols:
+             diag: int = _DIAG_NONE, operand: bool = True) -> _Cols:
+    """``operand=False``: the statistics only (stats and merge; no operand written)."""
     n, d = z1.shape
     two = z2 is not None
     v = 2 if two else 1
@@ -1122,14 +1157,14 @@ def _colpass(z1: Tensor, z2: Optional[Tensor], mode: int, *, eps: float = 0.0, s
     m2 = torch.empty((v, d), **f64)
     sq = torch.empty((d,), **f64) if sqdiff else mean
     cs = torch.empty((v, d), **f64) if mode == _BN else mean
-    write = mode != _SQ
+    write = mode != _SQ and operand
     x = torch.empty((v, n, d), dtype=z1.dtype, device=z1.device) if write else _dummy(z1, z1.dtype)
     dpart = torch.empty((chunks, 2 if diag == _DIAG_SQ else 1, d), **f64) if diag else mean
     b = z2 if two else z1
     grid = (_cdiv(d, bd), chunks)
     st = tl.float32 if z1.dtype in (torch.bfloat16, torch.float16) else tl.float64
     flags = dict(MODE=mode, TWO=two, SQDIFF=sqdiff, DIAG=diag, ST=st, BR=br, BD=bd, num_warps=_WARPS)
-    if chunks == 1:
+    if chunks == 1 and (write or mode == _SQ):
         _colpass_kernel[grid](z1, b, x, mean, m2, sq, cs, mean, dpart, n, d, rpc, float(eps),
                               PHASE=_FUSED, **flags)
     else:
@@ -1659,6 +1694,174 @@ def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict
     """SPEC §4 spectral contrastive: (loss, {"positive", "negative"})."""
     loss, pos, neg, *_ = apply(_SPEC_SPECTRAL, z1.contiguous(), z2.contiguous(), float(mu), side)
     return loss, {"positive": pos, "negative": neg}
+
+
+# ============================================================================================
+# gather_distributed=True (SPEC §5): the local pieces that ops/gathered.py merges across ranks
+# (the CUDA backend's cuda_moments_* and cuda_spectral_rows_*, same arguments and results)
+
+MOMENTS_NONE, MOMENTS_SELF, MOMENTS_CROSS = 0, 1, 2
+
+
+def _moments_fwd_impl(z1: Tensor, z2: Tensor, mode: int
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (invariance mean((z1 − z2)²) (acc), mean (2, D) float64, m2 (2, D) float64, gram, x):
+    the column pass's float64 statistics; gram (acc): (0, D, D) for mode 0, [x1ᵀx1, x2ᵀx2]
+    (2, D, D) for mode 1, x1ᵀx2 (1, D, D) for mode 2, of the centered views x (2, N, D) in the
+    input dtype (empty for mode 0, where no operand is written)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    n, d = z1.shape
+    acc = acc_dtype(z1.dtype)
+    with _device(z1):
+        cols = _colpass(z1, z2, _CENTER, sqdiff=True, operand=mode != MOMENTS_NONE)
+        inv = (cols.sq.sum() / (n * d)).to(acc)
+        if mode == MOMENTS_NONE:
+            x, gram = _none(z1, z1.dtype), z1.new_empty((0, d, d), dtype=acc)
+        else:
+            x = cols.x
+            gram = _mm(x.transpose(1, 2), x) if mode == MOMENTS_SELF else _mm(x[0].t(), x[1]).unsqueeze(0)
+    return inv, cols.mean, cols.m2, gram, x
+
+
+def _moments_fwd_fake(z1, z2, mode):
+    n, d = z1.shape
+    acc = acc_dtype(z1.dtype)
+    f64 = torch.float64
+    return (_e(z1, (), acc), _e(z1, (2, d), f64), _e(z1, (2, d), f64),
+            _e(z1, ((0, 2, 1)[mode], d, d), acc), _e(z1, (2, n, d) if mode else (0,)))
+
+
+def _half_operand(m: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """An acc matrix as a GEMM operand next to rows of ``dtype``: rounded to it for bf16/fp16, fp16
+    first scaled to a largest magnitude of 2¹⁴ (its range ends at 65504; the product is then
+    multiplied by the returned factor); fp32/fp64: itself."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return m, None
+    if dtype == torch.bfloat16:
+        return m.to(dtype), None
+    amax = m.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+    return (m * (16384.0 / amax)).to(dtype), amax / 16384.0
+
+
+def _moments_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, mean: Tensor, g_inv: Optional[Tensor],
+                      g_mean: Optional[Tensor], g_m2: Optional[Tensor], g_gram: Optional[Tensor],
+                      mode: int) -> Tuple[Tensor, Tensor]:
+    """dz_v = P_v ± 2g_inv(z1 − z2)/(N·D) + g_mean_v/N + 2g_m2_v∘(z_v − mean_v), P_v = x_v(G_v + G_vᵀ)
+    (mode 1) or x2·Gᵀ, x1·G (mode 2) by cuBLAS; the rest in one epilogue (``_E_MOMENTS``)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    n, d = z1.shape
+    acc = acc_dtype(z1.dtype)
+    dz = (_new(z1), _new(z2))
+    f64 = dict(dtype=torch.float64, device=z1.device)
+    gm = torch.zeros((2, d), **f64) if g_mean is None else g_mean.to(torch.float64).contiguous()
+    g2 = torch.zeros((2, d), **f64) if g_m2 is None else g_m2.to(torch.float64).contiguous()
+    gi = _grads(z1, acc, (g_inv,), False)[0]
+    with _device(z1):
+        ps = None
+        if mode != MOMENTS_NONE and g_gram is not None:
+            g = g_gram.to(acc)
+            if mode == MOMENTS_SELF:
+                h, unscale = _half_operand(g + g.transpose(1, 2), z1.dtype)
+                ps = [_mm(x[0], h[0]), _mm(x[1], h[1])]
+            else:
+                h, unscale = _half_operand(g[0], z1.dtype)
+                ps = [_mm(x[1], h.t()), _mm(x[0], h)]
+            if unscale is not None:
+                ps = [q.mul_(unscale) for q in ps]
+        _elem_bwd(_E_MOMENTS if ps is not None else _E_MOMENTS_NOP, ps or (dz[0], dz[1]), (0, 1), dz, z1, z2,
+                  mean=mean.contiguous(), cv=g2, rv=gm, gs=(gi, gi))
+    return dz
+
+
+_moments_fwd = torch.library.custom_op("duality_kernels::moments_fwd", mutates_args=())(
+    _checks.checked(_checks.moments, "triton", _moments_fwd_impl))
+_moments_fwd.register_fake(_moments_fwd_fake)
+_moments_bwd = torch.library.custom_op("duality_kernels::moments_bwd", mutates_args=())(_moments_bwd_impl)
+_moments_bwd.register_fake(_bwd_fake2)
+
+
+def _moments_setup(ctx, inputs, output):
+    z1, z2, mode = inputs
+    ctx.save_for_backward(z1, z2, output[4], output[1])
+    ctx.mode = mode
+
+
+def _moments_backward(ctx, g_inv, g_mean, g_m2, g_gram, *_unused):
+    z1, z2, x, mean = ctx.saved_tensors
+    dz1, dz2 = pick(ctx, _moments_bwd, _moments_bwd_impl)(z1, z2, x, mean, g_inv, g_mean, g_m2,
+                                                          g_gram if ctx.mode else None, ctx.mode)
+    return dz1, dz2, None
+
+
+_moments_fwd.register_autograd(_moments_backward, setup_context=_moments_setup)
+_SPEC_MOMENTS = Spec(_moments_fwd, _moments_fwd_impl, _moments_setup, _moments_backward, 4)
+
+
+def moments(z1: Tensor, z2: Tensor, mode: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(invariance, mean, m2, gram) of this process's rows, differentiable (``_moments_fwd_impl``)."""
+    out = apply(_SPEC_MOMENTS, z1.contiguous(), z2.contiguous(), int(mode))
+    return out[0], out[1], out[2], out[3]
+
+
+def _spectral_rows_fwd_impl(z1: Tensor, z2: Tensor, mu: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (x (2, N, D) the clamped rows a, b (SPEC §4), p = a_i·b_i (N) acc, info (3, N) acc as
+    ``_rowpass_kernel`` writes it)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    pl = _plan(z1)
+    with _device(z1):
+        x, info, _ = _rowpass(z1, z2, _ROW_CLAMP, pl.acc, radius=float(mu) ** 0.5)
+    return x, info[2].clone(), info
+
+
+def _spectral_rows_fwd_fake(z1, z2, mu):
+    n, d = z1.shape
+    acc = acc_dtype(z1.dtype)
+    return _e(z1, (2, n, d)), _e(z1, (n,), acc), _e(z1, (3, n), acc)
+
+
+def _spectral_rows_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, info: Tensor, g_x: Optional[Tensor],
+                            g_p: Optional[Tensor], mu: float) -> Tuple[Tensor, Tensor]:
+    """da_v = g_x[v] + g_p_i·(the other view's clamped row), then the clamp's Jacobian (``_R_CLAMP``)."""
+    z1, z2 = z1.contiguous(), z2.contiguous()
+    n, d = z1.shape
+    acc = info.dtype
+    gx = torch.zeros((2, n, d), dtype=acc, device=z1.device) if g_x is None else g_x.to(acc).contiguous()
+    gp = torch.zeros((n,), dtype=acc, device=z1.device) if g_p is None else g_p.to(acc).contiguous()
+    dz = (_new(z1), _new(z2))
+    with _device(z1):
+        _row_bwd(_R_CLAMP, (gx[0], gx[1]), (0, 1), dz, z1, z2, info, gs=(gp, gp, gp), mu=mu)
+    return dz
+
+
+_spectral_rows_fwd = torch.library.custom_op("duality_kernels::spectral_rows_fwd", mutates_args=())(
+    _checks.checked(_checks.spectral_rows, "triton", _spectral_rows_fwd_impl))
+_spectral_rows_fwd.register_fake(_spectral_rows_fwd_fake)
+_spectral_rows_bwd = torch.library.custom_op("duality_kernels::spectral_rows_bwd", mutates_args=())(_spectral_rows_bwd_impl)
+_spectral_rows_bwd.register_fake(_bwd_fake2)
+
+
+def _spectral_rows_setup(ctx, inputs, output):
+    z1, z2, mu = inputs
+    ctx.save_for_backward(z1, z2, output[0], output[2])
+    ctx.mu = mu
+
+
+def _spectral_rows_backward(ctx, g_x, g_p, *_unused):
+    z1, z2, x, info = ctx.saved_tensors
+    dz1, dz2 = pick(ctx, _spectral_rows_bwd, _spectral_rows_bwd_impl)(z1, z2, x, info, g_x, g_p, ctx.mu)
+    return dz1, dz2, None
+
+
+_spectral_rows_fwd.register_autograd(_spectral_rows_backward, setup_context=_spectral_rows_setup)
+_SPEC_SPECTRAL_ROWS = Spec(_spectral_rows_fwd, _spectral_rows_fwd_impl, _spectral_rows_setup,
+                           _spectral_rows_backward, 2)
+
+
+def spectral_rows(z1: Tensor, z2: Tensor, mu: float) -> Tuple[Tensor, Tensor]:
+    """(x, p): the clamped rows (2, N, D) of both views and their row dots p_i = a_i·b_i,
+    differentiable (SPEC §4's clamp; ops/gathered.py builds the distributed loss on them)."""
+    out = apply(_SPEC_SPECTRAL_ROWS, z1.contiguous(), z2.contiguous(), float(mu))
+    return out[0], out[1]
 
 
 # ============================================================================================

@@ -1,0 +1,185 @@
+"""gather_distributed=True (SPEC §5) on the compiled backends: VICReg, Barlow Twins, spectral, and
+VICReg-ctr on Triton.
+
+Each function takes the backend's op module (``ops.cuda`` or ``ops.triton.gram``: the same
+function names) and the call's ``distributed.Context`` (W ranks, N rows each, M = W·N), and
+returns what the single-process function returns, with SPEC §5's semantics: the mean over ranks of
+the returned losses is the single-process loss on the concatenated batch, and every collective's
+backward sums over ranks (``distributed.gather_rows`` / ``all_reduce_sum``), so that after DDP's
+1/W averaging the gradients are that loss's. ``reference.py`` has the same forms in plain torch.
+
+What runs where (per rank; bytes = elements moved by the collectives, per call):
+
+- VICReg, strategy "gather" (W·N < D): the local invariance from the compiled column pass
+  (``moments`` mode 0: one read of both views), then the single-process compiled op on the
+  all-gathered rows with inv_weight 0 (every rank computes the global variance and covariance
+  terms, as the reference does). Collectives: 2 gathers of W·N·D.
+- VICReg, "allreduce" (D ≤ W·N): ``moments`` mode 1 (compiled: float64 column moments, the
+  centered views and their two D×D Grams by cuBLAS), one gather of the four D-vectors (mean, m2
+  of both views: W·4·D), one all-reduce of the two Grams (2·D²); then Chan's merge and the terms
+  on the D×D side in torch. Backward: the all-reduce's (2·D²), then ``moments``' compiled
+  backward (one bmm + one epilogue).
+- Barlow Twins, "gather": the single-process compiled op on the gathered rows (2·W·N·D).
+  "allreduce": ``moments`` mode 2 (the cross Gram x1ᵀx2 of the locally centered views), the same
+  D-vector gather, one all-reduce of D²; C = s1∘(Σ_r x1ᵀx2 + N·Σ_r δ1δ2ᵀ)∘s2 / M (Chan's
+  co-moment merge, δ = local − global mean) in torch on D×D.
+- spectral (Gram family: each rank's own rows a_r against all ranks' rows): ``spectral_rows``
+  (compiled clamp, p_i = a_i·b_i); dimension side (D ≤ M): ⟨a_rᵀa_r, Σ_s b_sᵀb_s⟩, one
+  all-reduce of the D×D Gram bᵀb (D²; its backward D²); sample side: a_r against the gathered
+  clamped b (W·N·D), the N×M product by cuBLAS.
+- VICReg-ctr (Triton): the gathered rows centered in torch (as the single-process Triton op
+  does), then this rank's anchors against all rows by lse.py's anchor_lse kernel.
+
+"All-reduce" is ``distributed.all_reduce_sum``, which is a gather + sum where torch has functional
+collectives (so that torch.compile traces it): W·|x| elements received instead of |x|, paid on
+the D×D side only. No host synchronization: only shapes decide (DESIGN 3). The D×D algebra
+(merges, sums of squares) runs as torch ops, accumulated in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+from .. import reference as R
+from ..distributed import Context
+
+Tensor = torch.Tensor
+
+NONE, SELF, CROSS = 0, 1, 2  # ``moments`` modes (ops.cuda.MOMENTS_*, ops.triton.gram.MOMENTS_*)
+_F64 = torch.float64
+
+
+def _acc(z: Tensor) -> torch.dtype:
+    return R.compute_dtype(z.dtype)
+
+
+def _offdiag_sq(g: Tensor) -> Tensor:
+    """Σ_{k≠l} g_kl² (over the last two dims), summed in float64. The diagonal is zeroed before
+    the sum rather than subtracted after it: the covariance family's diagonal dominates its Grams,
+    and a difference of two float32 sums would keep their rounding (SPEC §2's identities)."""
+    sq = g * g
+    sq.diagonal(dim1=-2, dim2=-1).zero_()  # mul saved its inputs, not sq: autograd allows it
+    return sq.sum(dtype=_F64)
+
+
+def _merged_stats(ctx: Context, mean: Tensor, m2: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Chan's parallel merge of both views' column moments: (global mean (2, D), global m2 (2, D),
+    δ (W, 2, D) = each rank's mean minus the global one), float64, from ONE gather of W·4·D."""
+    st = ctx.gather(torch.stack([mean, m2])[None])  # (W, 2 [mean, m2], 2 views, D)
+    means, m2s = st[:, 0], st[:, 1]
+    g_mean = means.mean(dim=0)
+    delta = means - g_mean
+    return g_mean, m2s.sum(dim=0) + n * (delta * delta).sum(dim=0), delta
+
+
+def vicreg(ops, ctx: Context, strategy: str, z1: Tensor, z2: Tensor, inv_weight: float,
+           var_weight: float, cov_weight: float, gamma: float, eps: float, side: str
+           ) -> Tuple[Tensor, Dict[str, Tensor]]:
+    n, d = z1.shape
+    acc = _acc(z1)
+    if strategy == "gather":
+        inv = ops.moments(z1, z2, NONE)[0]  # the local invariance (SPEC §3: local rows only)
+        loss, terms = ops.vicreg(ctx.gather(z1), ctx.gather(z2), 0.0, var_weight, cov_weight, gamma, eps, side)
+        return loss + inv_weight * inv, {"invariance": inv, "variance": terms["variance"],
+                                         "covariance": terms["covariance"]}
+    inv, mean, m2, gram = ops.moments(z1, z2, SELF)
+    m = ctx.world * n
+    _, g_m2, delta = _merged_stats(ctx, mean, m2, n)
+    dl = delta.to(gram.dtype)
+    g_gram = ctx.all_reduce(gram) + n * torch.einsum("wvk,wvl->vkl", dl, dl)  # (2, D, D)
+    var = torch.relu(gamma - torch.sqrt(g_m2 / (m - 1) + eps)).mean()  # (v(z1) + v(z2)) / 2
+    cov = _offdiag_sq(g_gram) / ((m - 1) ** 2 * d)
+    var, cov = var.to(acc), cov.to(acc)
+    loss = inv_weight * inv + var_weight * var + cov_weight * cov
+    return loss, {"invariance": inv, "variance": var, "covariance": cov}
+
+
+def barlow_twins(ops, ctx: Context, strategy: str, z1: Tensor, z2: Tensor, lambda_param: float,
+                 eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
+    if strategy == "gather":
+        return ops.barlow_twins(ctx.gather(z1), ctx.gather(z2), lambda_param, eps, side)
+    n = z1.shape[0]
+    acc = _acc(z1)
+    _, mean, m2, p = ops.moments(z1, z2, CROSS)
+    m = ctx.world * n
+    _, g_m2, delta = _merged_stats(ctx, mean, m2, n)
+    dl = delta.to(p.dtype)
+    # Σ_rows (z1 − ḡ1)ᵀ(z2 − ḡ2) over all ranks = Σ_r [x1ᵀx2 + N·δ1δ2ᵀ] (the cross terms vanish:
+    # the local x's columns sum to 0)
+    pg = ctx.all_reduce(p[0]) + n * (dl[:, 0].T @ dl[:, 1])
+    s = torch.rsqrt(g_m2 / m + eps).to(p.dtype)  # BatchNorm's column scales (biased variance)
+    c = s[0][:, None] * pg * (s[1] / m)[None, :]
+    diag = c.diagonal()
+    on = ((1 - diag) ** 2).sum(dtype=_F64).to(acc)
+    off = _offdiag_sq(c).to(acc)
+    return on + lambda_param * off, {"on_diagonal": on, "off_diagonal": off}
+
+
+class _SymGram(torch.autograd.Function):
+    """xᵀx (D×D, acc) with the backward's one product x·(G + Gᵀ) instead of autograd's two."""
+
+    @staticmethod
+    def forward(ctx, x, op):
+        ctx.save_for_backward(x)
+        ctx.op = op
+        return R.mm(x.T, x, op)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return R.mm(x, g + g.T, ctx.op), None
+
+
+def spectral(ops, ctx: Context, z1: Tensor, z2: Tensor, mu: float, side: str
+             ) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """SPEC §5 for the spectral loss (reference.spectral with ctx): this rank's rows a_r against
+    all rows b; rank loss = [−(2/N) Σ_{i∈r} p_i + (‖a_r bᵀ‖² − Σ_{i∈r} p_i²)/(N(M−1))] / mu."""
+    n = z1.shape[0]
+    m = ctx.world * n
+    acc = _acc(z1)
+    op = R.operand_dtype(z1)
+    x, p = ops.spectral_rows(z1, z2, mu)
+    a, b = x[0], x[1]
+    if side == "dimension":  # ‖a_r bᵀ‖² = ⟨a_rᵀa_r, Σ_s b_sᵀb_s⟩ (SPEC §2): one D×D all-reduce
+        full = (_SymGram.apply(a, op) * ctx.all_reduce(_SymGram.apply(b, op))).sum(dtype=_F64)
+        neg = full - (p * p).sum(dtype=_F64)
+    else:  # the N×M block of a_r against the gathered b, without this rank's positives
+        s = R.mm(a, ctx.gather(b).T, op)
+        sq = s * s
+        sq.diagonal(offset=ctx.rank * n).zero_()
+        neg = sq.sum(dtype=_F64)
+    positive = (-2.0 * p.sum(dtype=_F64) / n / mu).to(acc)
+    negative = (neg / (n * (m - 1)) / mu).to(acc)
+    return positive + negative, {"positive": positive, "negative": negative}
+
+
+def vicreg_ctr_triton(ctx: Context, z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float,
+                      cov_weight: float, gamma: float, eps: float, temperature: float
+                      ) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """SPEC §5 for VICReg-ctr (reference.vicreg_ctr with ctx) on lse.py's anchor_lse kernel: this
+    rank's rows of y (global column centering, then row centering) against all W·N rows, self
+    masked, no positive; the variance hinge over its own rows. The centering is torch, as in the
+    single-process Triton op."""
+    from . import _direct
+    from .triton import lse
+
+    n, d = z1.shape
+    lo = ctx.rank * n
+    up = _acc(z1)
+    views = []
+    for z in (z1, z2):
+        zg = ctx.gather(z.to(up))
+        x = zg - zg.mean(dim=0)
+        y = x - x.mean(dim=1, keepdim=True)
+        own = y[lo:lo + n]
+        v = torch.relu(gamma - torch.sqrt((own * own).sum(dim=1) / (d - 1) + eps)).mean()
+        terms = _direct.apply(lse._SPEC_ANCHOR_LSE, own.contiguous(), y.contiguous(), temperature * (d - 1),
+                              False, n, y.shape[0], lo, True, 0, False, 0)[0]
+        views.append((v, terms.mean()))
+    inv = torch.nn.functional.mse_loss(z1.to(up), z2.to(up))
+    var = (views[0][0] + views[1][0]) / 2
+    cov = views[0][1] + views[1][1]
+    return inv_weight * inv + var_weight * var + cov_weight * cov, {"invariance": inv, "variance": var,
+                                                                      "covariance": cov}
