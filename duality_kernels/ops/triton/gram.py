@@ -151,6 +151,15 @@ def _floor(x, lo):
 
 
 @triton.jit
+def _sqrt64(x):
+    """sqrt of a float64 vector as x·rsqrt(x), with sqrt's 0, inf and NaN: tl.sqrt of float64
+    compiles to a subroutine call on sm_90, whose register saves ptxas (triton 3.6) counted as 8-16 B
+    of spills in _finalize_kernel and _elem_bwd_kernel (VICReg)."""
+    r = tl.math.rsqrt(x)
+    return tl.where((x > 0) & (r > 0), x * r, x)
+
+
+@triton.jit
 def _bn_inv(m2, inv_n, eps):
     """BatchNorm's column scale 1/sqrt(m2/N + eps) (biased variance, SPEC §1), float64. Vector
     divisions are written as products with scalar reciprocals and rsqrt throughout: a float64
@@ -638,7 +647,7 @@ def _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o
             k = k0 + offs
             km = k < D
             for v in range(0, 2):
-                s = tl.sqrt(tl.load(a_ptr + v * D + k, mask=km, other=0.0) * inv_nm1 + eps)
+                s = _sqrt64(tl.load(a_ptr + v * D + k, mask=km, other=0.0) * inv_nm1 + eps)
                 hv = gam - s
                 # relu written so that NaN propagates (SPEC §6), as torch's relu does
                 h += tl.where(km, tl.where(hv < 0, 0.0, hv), 0.0)
@@ -770,16 +779,19 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         a_inv = gl * _scalar(w_inv, tl.float64) + tl.load(g1_ptr).to(tl.float64)
         a_var = gl * _scalar(w_var, tl.float64) + tl.load(g2_ptr).to(tl.float64)
         a_cov = gl * _scalar(w_cov, tl.float64) + tl.load(g3_ptr).to(tl.float64)
+        # the scalar float64 divisions (subroutine calls on sm_90) before any vector is loaded: with
+        # the columns' vectors live across them, triton 3.6's fp32 variant spilled 8 B
         nm1 = nf - 1.0
-        m2 = tl.load(cv_ptr + v * D + cols, mask=cmask, other=0.0)
-        var = m2 * (1.0 / nm1) + _scalar(eps, tl.float64)
+        inv_nm1 = 1.0 / nm1
         c_cov = 4.0 * a_cov / (nm1 * nm1 * df)
         c_var = -a_var / (2.0 * df * nm1)
-        col = tl.where(_scalar(gamma, tl.float64) - tl.sqrt(var) > 0, c_var * tl.math.rsqrt(var), 0.0) \
+        ci = ((1.0 - 2.0 * v) * 2.0 * a_inv / (nf * df)).to(ACC)
+        m2 = tl.load(cv_ptr + v * D + cols, mask=cmask, other=0.0)
+        var = m2 * inv_nm1 + _scalar(eps, tl.float64)
+        col = tl.where(_scalar(gamma, tl.float64) - _sqrt64(var) > 0, c_var * tl.math.rsqrt(var), 0.0) \
             - c_cov * m2
         col = col.to(ACC)
         cc = c_cov.to(ACC)
-        ci = ((1.0 - 2.0 * v) * 2.0 * a_inv / (nf * df)).to(ACC)
         mean = tl.load(meanv + cols, mask=cmask, other=0.0)
     if MODE == 1 or MODE == 3:
         gnc = tl.load(g1_ptr).to(tl.float64)
