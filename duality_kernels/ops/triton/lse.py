@@ -98,6 +98,7 @@ pass with the masks read column-wise). Drop-in ``torch.autograd.Function`` subcl
 from __future__ import annotations
 
 import math
+import struct
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -1230,8 +1231,17 @@ def _scale_pair(inv_t: float, dtype: torch.dtype) -> Tuple[float, float]:
     itself exact in fp32, as the scale's low part (_scaled). fp64: the scale is exact already."""
     if acc_dtype(dtype) == torch.float64:
         return inv_t, 0.0
-    hi = float(torch.tensor(inv_t, dtype=torch.float32))
-    return inv_t, float(torch.tensor(inv_t - hi, dtype=torch.float32))
+    # rounded to fp32 in plain Python: a CPU tensor's float() is an aten op (an .item()) per call
+    hi = _fp32(inv_t)
+    return inv_t, _fp32(inv_t - hi)
+
+
+def _fp32(x: float) -> float:
+    """x rounded to the nearest float32 (overflow to ±inf as the cast does)."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
 
 
 def _acc_tl(dtype: torch.dtype):
