@@ -22,3 +22,29 @@ def test_kernels_compile_for_sm90():
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-6000:]
     assert " compiled in " in report and "FAIL" not in report, report[-3000:]
+
+
+def test_duplicate_kernel_names_are_refused(tmp_path):
+    """The compile check and the kernel report key variants by kernel name: two different kernels
+    with one name (lse.py's and gram.py's _prep_kernel once) would be merged silently, so
+    triton_aot.launchable refuses them (run without the interpreter, as triton_aot.py must be)."""
+    src = "import triton\n\n\n@triton.jit\ndef _twin_kernel(x_ptr):\n    pass\n"
+    for name in ("dk_twin_a", "dk_twin_b"):
+        (tmp_path / f"{name}.py").write_text(src)
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(ROOT)!r}, {str(tmp_path)!r}]\n"
+        "import dk_twin_a, dk_twin_b\n"
+        "from tests import triton_aot\n"
+        "assert list(triton_aot.launchable([dk_twin_a, dk_twin_a])) == ['_twin_kernel']\n"
+        "try:\n"
+        "    triton_aot.launchable([dk_twin_a, dk_twin_b])\n"
+        "except ValueError as e:\n"
+        "    print('REFUSED:', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REFUSED: two different Triton kernels named '_twin_kernel': dk_twin_a._twin_kernel and " \
+           "dk_twin_b._twin_kernel" in proc.stdout, proc.stdout + proc.stderr[-2000:]

@@ -99,9 +99,16 @@ def _kernel_attributes(modules=None):
 
 def launchable(modules=None) -> Dict[str, object]:
     """{kernel name: the launched object (JITFunction, Autotuner or Heuristics)}."""
-    out = {}
-    for _, _, obj in _kernel_attributes(modules):
-        out.setdefault(base_jit(obj).fn.__name__, obj)
+    out, where = {}, {}
+    for mod, attr, obj in _kernel_attributes(modules):
+        name = base_jit(obj).fn.__name__
+        if name in out and base_jit(out[name]) is not base_jit(obj):
+            # the report and the compile check key variants by name: two kernels sharing one would
+            # be silently merged (lse.py's and gram.py's _prep_kernel once were)
+            raise ValueError(f"two different Triton kernels named {name!r}: {where[name]} and "
+                             f"{mod.__name__}.{attr}")
+        out.setdefault(name, obj)
+        where.setdefault(name, f"{mod.__name__}.{attr}")
     return out
 
 
