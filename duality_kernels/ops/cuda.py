@@ -396,6 +396,11 @@ def _(z1, z2, mu, side):
             z1.new_empty((3, n), dtype=acc)]
 
 
+def _bwd_fake2(z1, z2, *_args):
+    """The fake of a two-view backward op: [dz1, dz2] shaped as the views."""
+    return [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+
+
 def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tensor, g_loss: Optional[Tensor],
                       g_pos: Optional[Tensor], g_neg: Optional[Tensor], mu: float, side: str) -> List[Tensor]:
     return _ext(z1).spectral_bwd(z1, z2, x, grams, q, g_loss, g_pos, g_neg, mu, side == "sample")
@@ -404,9 +409,7 @@ def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tens
 cuda_spectral_bwd = torch.library.custom_op("duality_kernels::cuda_spectral_bwd", mutates_args=())(_spectral_bwd_impl)
 
 
-@cuda_spectral_bwd.register_fake
-def _(z1, z2, *_args):
-    return [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+cuda_spectral_bwd.register_fake(_bwd_fake2)
 
 
 def _spectral_setup(ctx, inputs, output):
@@ -706,9 +709,7 @@ def _moments_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, mean: Tensor, g_inv: Op
 cuda_moments_bwd = torch.library.custom_op("duality_kernels::cuda_moments_bwd", mutates_args=())(_moments_bwd_impl)
 
 
-@cuda_moments_bwd.register_fake
-def _(z1, z2, *_args):
-    return [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+cuda_moments_bwd.register_fake(_bwd_fake2)
 
 
 def _moments_setup(ctx, inputs, output):
@@ -765,9 +766,7 @@ def _spectral_rows_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, q: Tensor, g_x: O
 cuda_spectral_rows_bwd = torch.library.custom_op("duality_kernels::cuda_spectral_rows_bwd", mutates_args=())(_spectral_rows_bwd_impl)
 
 
-@cuda_spectral_rows_bwd.register_fake
-def _(z1, z2, *_args):
-    return [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
+cuda_spectral_rows_bwd.register_fake(_bwd_fake2)
 
 
 def _spectral_rows_setup(ctx, inputs, output):
