@@ -56,6 +56,16 @@ def checked(check: Callable, backend: str, fn: Callable) -> Callable:
     # which torch.library would otherwise evaluate here, where the names are missing)
     wrapper.__signature__ = inspect.signature(fn, eval_str=True)
     return wrapper
+
+
+def dropin(spec, check: Callable, backend: str, name: str, doc: str) -> type:
+    """The drop-in torch.autograd.Function ``name`` over an op's Spec (ops/_direct.py) whose
+    forward runs ``check(backend, *args)`` before the op (DESIGN convention 2)."""
+    from ._direct import function
+
+    return function(spec._replace(op=checked(check, backend, spec.op)), name, doc)
+
+
 _TWO_ROWS = "a batch variance needs two rows"
 
 

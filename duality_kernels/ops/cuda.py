@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import _checks
-from ._direct import Spec, apply, function, pick
+from ._direct import Spec, apply, pick
 
 __all__ = [
     "BarlowTwinsFunction",
@@ -801,7 +801,7 @@ def spectral_rows(z1: Tensor, z2: Tensor, mu: float) -> Tuple[Tensor, Tensor]:
 
 
 def _dropin(spec: Spec, check: Callable, name: str, doc: str) -> type:
-    return function(spec._replace(op=_checks.checked(check, "cuda", spec.op)), name, doc)
+    return _checks.dropin(spec, check, "cuda", name, doc)
 
 
 VICRegFunction = _dropin(_VICREG, _checks.vicreg, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")

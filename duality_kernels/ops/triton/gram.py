@@ -78,7 +78,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 from .. import _checks
-from .._direct import Spec, apply, function, pick
+from .._direct import Spec, apply, pick
 from ._common import acc_dtype, interpreting, tl, triton, unavailable_reason
 from ._common import device_guard as _device
 from ._common import scalar as _scalar
@@ -2139,7 +2139,7 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _dropin(spec: Spec, op: str, name: str, doc: str) -> type:
-    return function(spec._replace(op=_checks.checked(getattr(_checks, op), "triton", spec.op)), name, doc)
+    return _checks.dropin(spec, getattr(_checks, op), "triton", name, doc)
 
 
 VICRegFunction = _dropin(_SPEC_VICREG, "vicreg", "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")

@@ -104,7 +104,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .. import _checks
-from .._direct import Spec, apply, function, pick
+from .._direct import Spec, apply, pick
 from ._common import (Tiles, acc_dtype, device_guard, dot_block, input_precision, interpreting, round_tf32, scalar,
                       tf32_rounding, tl, triton, unavailable_reason)
 
@@ -2087,7 +2087,7 @@ _SPEC_ANCHOR_LSE = Spec(anchor_lse_fwd, _anchor_lse_fwd_impl, _anchor_lse_setup,
 
 
 def _dropin(spec: Spec, op: str, name: str, doc: str) -> type:
-    return function(spec._replace(op=_checks.checked(getattr(_checks, op), "triton", spec.op)), name, doc)
+    return _checks.dropin(spec, getattr(_checks, op), "triton", name, doc)
 
 
 NTXentFunction = _dropin(_SPEC_NTXENT, "ntxent", "NTXentFunction", "NT-Xent (SPEC §4): ``apply(z1, z2, temperature, similarity, normalization, reduction)`` -> (loss,).")
