@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import functional as F
-from . import _backend
-from . import _validation as V
-from . import distributed as _dist
+from .. import functional as F
+from .. import _backend
+from .. import _validation as V
+from .. import distributed as _dist
 
 
 class _Loss(nn.Module):

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .distributed import LOCAL, Context, merged_moments
+from ..distributed import LOCAL, Context, merged_moments
 
 Tensor = torch.Tensor
 # (z) -> (mean, m2): per-column mean and centered sum of squares, in the compute dtype.

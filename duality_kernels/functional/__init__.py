@@ -13,11 +13,11 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _backend, _cost
-from . import _validation as V
-from . import distributed as _dist
-from . import reference as R
-from .ops import gathered as _gathered
+from .. import _backend, _cost
+from .. import _validation as V
+from .. import distributed as _dist
+from .. import reference as R
+from ..ops import gathered as _gathered
 
 Tensor = torch.Tensor
 
@@ -44,7 +44,7 @@ def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
     ``gathers``: the op implements gather_distributed=True itself (SPEC §5)."""
     if not gathers:
         _backend.require_single_process("triton", op, ctx)
-    from .ops.triton import lse
+    from ..ops.triton import lse
 
     return lse
 
@@ -59,9 +59,9 @@ def _gram_ops(be: str, op: str):
     mod = _GRAM_OPS.get(be)
     if mod is None:  # imported once (an import statement per call costs ~1 µs of host time)
         if be == "cuda":
-            from .ops import cuda as mod
+            from ..ops import cuda as mod
         else:
-            from .ops.triton import gram as mod
+            from ..ops.triton import gram as mod
         _GRAM_OPS[be] = mod
     return mod
 
