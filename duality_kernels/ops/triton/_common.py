@@ -15,6 +15,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..._errors import BackendUnavailableError
+
 try:
     import triton  # noqa: F401
     import triton.language as tl  # noqa: F401
@@ -50,6 +52,15 @@ def device_problem(z: torch.Tensor) -> str:
         return ""
     return (f"backend='triton' needs CUDA tensors, got tensors on {z.device} "
             "(CPU tensors run only under the Triton interpreter, TRITON_INTERPRET=1)")
+
+
+def device_rule(z: torch.Tensor) -> None:
+    """Raises unless the Triton kernels can run on ``z`` here (the entry points' device check)."""
+    if triton is None:
+        raise BackendUnavailableError(f"backend='triton' is unavailable: {unavailable_reason()}")
+    why = device_problem(z)
+    if why:
+        raise ValueError(why)
 
 
 def device_guard(z: torch.Tensor):

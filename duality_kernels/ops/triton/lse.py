@@ -104,6 +104,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .. import _checks
+from .. import registry as _registry
 from .._direct import Spec, apply, pick
 from ._common import (Tiles, acc_dtype, device_guard, dot_block, input_precision, interpreting, round_tf32, scalar,
                       tf32_rounding, tl, triton, unavailable_reason)
@@ -2190,3 +2191,8 @@ def vicreg_ctr(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperatu
     """SPEC §3 VICReg-ctr: (loss, {"invariance", "variance", "covariance"})."""
     return _terms_dict(*apply(_SPEC_VICREG_CTR, z1, z2, float(inv_weight), float(var_weight), float(cov_weight),
                               float(gamma), float(eps), float(temperature)))
+
+
+for _name in ("ntxent", "dcl", "infonce", "vicreg_ctr"):
+    _registry.declare("triton", _name, gathers=True)
+_registry.declare("triton", "vicreg_exp")
