@@ -17,7 +17,6 @@ Rules (decided from shapes, dtypes and devices only, so no host-device synchroni
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -51,14 +50,15 @@ def requested(backend) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
-def available(backend: str) -> bool:
-    """Whether a compiled backend can be imported in this process (cached: imports do not change)."""
-    if backend == "triton":
-        from .ops.triton import _common
+def _triton_available() -> bool:
+    from .ops.triton import _common
 
-        return _common.is_available()
-    return _cuda_ext.is_available()
+    return _common.is_available()
+
+
+def available(backend: str) -> bool:
+    """Whether a compiled backend can be imported in this process."""
+    return _triton_available() if backend == "triton" else _cuda_ext.is_available()
 
 
 def _implements(backend: str, op: str, z: torch.Tensor, distributed: bool) -> bool:
@@ -87,7 +87,7 @@ def resolve(backend, op: str, z: torch.Tensor, distributed: bool = False) -> str
         return _auto(op, z, distributed)
     if choice == "torch":
         return choice
-    if choice == "triton" and not available("triton"):
+    if choice == "triton" and not _triton_available():
         from .ops.triton import _common
 
         raise BackendUnavailableError(f"backend='triton' is unavailable: {_common.unavailable_reason()}")

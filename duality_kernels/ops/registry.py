@@ -151,8 +151,10 @@ def declare(backend: str, name: str, *, gathers: bool = False, dtypes: frozenset
         _CAPS[backend][public] = Capability(name, dtypes, gathers)
 
 
+@torch.compiler.assume_constant_result
 def load(backend: str) -> bool:
-    """Imports ``backend``'s op modules (once); False when they cannot be imported here."""
+    """Imports ``backend``'s op modules (once); False when they cannot be imported here. (torch.compile
+    runs it once while tracing and keeps the result: the imports are not traceable.)"""
     ok = _LOADED.get(backend)
     if ok is None:
         try:
