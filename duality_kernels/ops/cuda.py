@@ -31,7 +31,7 @@ from . import registry
 from ._checks import MOMENTS_CROSS, MOMENTS_NONE, MOMENTS_SELF  # noqa: F401 (this backend's names for them)
 from ._cuda_ext import REBUILD_COMMAND, _set_simulator, device_rule, is_available, simulating, unavailable_reason
 from ._cuda_ext import ext as _ext
-from ._direct import apply
+from ._direct import apply, refuse_transforms
 
 __all__ = [
     "BarlowTwinsFunction",
@@ -56,6 +56,7 @@ def _plain_eager(tensors) -> bool:
     """Plain eager tensors (None allowed): not compiling, no torch.func transform, no tensor subclass
     (ops/_direct.py's test, for the few tensor arguments of these ops). Tracing and compiling need
     the custom ops and their fakes; the C++ autograd path would call _C on fake tensors."""
+    refuse_transforms(tensors)
     for t in tensors:
         if t is not None and type(t) not in _PLAIN:
             return False

@@ -19,7 +19,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import torch
 
 from . import _checks
-from ._direct import Spec, function
+from ._direct import Spec, function, once_differentiable
 
 GRAM, LSE, INTERNAL = "gram", "lse", "internal"
 FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
@@ -125,12 +125,18 @@ def register(name: str, backend: str, *, fwd: Callable, fwd_fake: Callable, bwd:
     bwd_op = torch.library.custom_op(f"{qual}_bwd", mutates_args=())(bwd)
     bwd_op.register_fake(bwd_fake)
 
+    # the backward is not differentiable again: under create_graph=True its results raise when they
+    # are differentiated (docs/spec.md §8), and the backward itself runs without building a graph
     if listed:
         def autograd_backward(ctx, grads):
-            return backward(ctx, bwd if getattr(ctx, "direct", False) else bwd_op, grads)
+            with torch.no_grad():
+                dx = backward(ctx, bwd if getattr(ctx, "direct", False) else bwd_op, grads)
+            return once_differentiable(tuple(dx))
     else:
         def autograd_backward(ctx, *grads):
-            return backward(ctx, bwd if getattr(ctx, "direct", False) else bwd_op, *grads)
+            with torch.no_grad():
+                dx = backward(ctx, bwd if getattr(ctx, "direct", False) else bwd_op, *grads)
+            return once_differentiable(tuple(dx))
 
     # an op returning List[Tensor] gets its gradients as one list, from torch.library and _direct alike
     fwd_op.register_autograd(autograd_backward, setup_context=setup)
