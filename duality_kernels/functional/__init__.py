@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _backend, _cost
+from .._policy import public
 from .. import _validation as V
 from .. import distributed as _dist
 from .. import reference as R
@@ -82,6 +83,7 @@ def _ctx(op: str, gather_distributed, z: Tensor) -> _dist.Context:
 # §1 primitives
 
 
+@public
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
     """Cosine similarities l2n(z1)·l2n(z2 or z1)ᵀ, shape (N, N) (SPEC §1)."""
     C.normalized_gram(z1, z2)
@@ -91,6 +93,7 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "
     return R.normalized_gram(z1, z2)
 
 
+@public
 def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tensor:
     """center(z)ᵀ center(z) / (N − correction), shape (D, D) (SPEC §1)."""
     C.covariance(z, correction)
@@ -100,6 +103,7 @@ def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tens
     return R.covariance(z, correction)
 
 
+@public
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, *, backend: str = "auto") -> Tensor:
     """BatchNorm-standardized views' s(z1)ᵀ s(z2) / N, shape (D, D) (SPEC §1)."""
     eps = C.cross_correlation(z1, z2, eps)
@@ -120,6 +124,7 @@ def _criterion_args(z, side, backend, op) -> Tuple[str, str]:
     return _cost.resolve_side(side, *z.shape), be
 
 
+@public
 def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_c = Σ_{i≠j} (z zᵀ)_ij² (paper eq. for sample-contrastive methods; SPEC §2)."""
     s, be = _criterion_args(z, side, backend, "sample_contrastive_criterion")
@@ -129,6 +134,7 @@ def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str 
     return R.sample_contrastive_criterion(z, s)
 
 
+@public
 def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_nc = Σ_{k≠l} (zᵀ z)_kl² (SPEC §2)."""
     s, be = _criterion_args(z, side, backend, "dimension_contrastive_criterion")
@@ -138,6 +144,7 @@ def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: s
     return R.dimension_contrastive_criterion(z, s)
 
 
+@public
 def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram; L_nc + Σ_k = L_c + Σ_i (paper Thm 3.3)."""
     s, be = _criterion_args(z, side, backend, "duality_terms")
@@ -151,6 +158,7 @@ def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tu
 # §3 covariance family
 
 
+@public
 def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
                 cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4, *,
                 side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
@@ -201,6 +209,7 @@ def _vicreg_lse(op, compute, z1, z2, weights, temperature, gather_distributed, r
     return _out(loss, terms, return_terms)
 
 
+@public
 def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
                     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                     temperature: float = 0.1, *, gather_distributed: bool = False,
@@ -210,6 +219,7 @@ def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                        gather_distributed, return_terms, backend, C.VICREG_EXP_ROWS)
 
 
+@public
 def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
                     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                     temperature: float = 0.1, *, gather_distributed: bool = False,
@@ -219,6 +229,7 @@ def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                        gather_distributed, return_terms, backend, C.VICREG_CTR_ROWS)
 
 
+@public
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps: float = 1e-5, *,
                       side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
                       backend: str = "auto"):
@@ -248,6 +259,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
 # §4 sample-contrastive family
 
 
+@public
 def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
                 normalization: str = "l2", reduction: str = "mean", *,
                 gather_distributed: bool = False, backend: str = "auto") -> Tensor:
@@ -260,6 +272,7 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
+@public
 def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
              reduction: str = "mean", *, gather_distributed: bool = False, backend: str = "auto") -> Tensor:
     """Decoupled contrastive loss: NT-Xent without the positive in the denominator (SPEC §4)."""
@@ -271,6 +284,7 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
+@public
 def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: str = "mean", *,
                  gather_distributed: bool = False, backend: str = "auto") -> Tensor:
     """Cross-view InfoNCE in the CLIP form, ½[CE(S) + CE(Sᵀ)] (SPEC §4)."""
@@ -282,6 +296,7 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 
+@public
 def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: str = "auto",
                               gather_distributed: bool = False, return_terms: bool = False,
                               backend: str = "auto"):

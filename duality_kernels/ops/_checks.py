@@ -15,6 +15,7 @@ import inspect
 from typing import Callable
 
 from .. import _validation as V
+from .._policy import autocast_off
 
 OP_SIDES = ("sample", "dimension")
 
@@ -40,7 +41,8 @@ def checked(check: Callable, device, fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         check(*args, **kwargs)
         rule(args[0])
-        return fn(*args, **kwargs)
+        with autocast_off():  # docs/spec.md §8: autocast never reaches inside an op
+            return fn(*args, **kwargs)
 
     # the signature with fn's annotations evaluated in fn's module (they may be strings there,
     # which torch.library would otherwise evaluate here, where the names are missing)

@@ -16,6 +16,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .._policy import autocast_off
+
 
 class Spec(NamedTuple):
     op: Callable        # the custom op (the torch.compile path)
@@ -32,7 +34,8 @@ class Direct(torch.autograd.Function):
         # Unused outputs' gradients arrive as None instead of materialized zeros: every backward
         # here handles None, and the zeros would be one fill launch per unused term.
         ctx.set_materialize_grads(False)
-        out = spec.impl(*inputs)
+        with autocast_off():
+            out = spec.impl(*inputs)
         spec.setup(ctx, inputs, out)
         ctx.direct = True
         ctx.spec = spec
