@@ -169,11 +169,11 @@ def moco_loss(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.
     return _moco(query, key, queue, temperature, "mean", backend)
 
 
-def _moco(query, key, queue, temperature, reduction, backend, name="temperature") -> Tensor:
+def _moco(query, key, queue, temperature, reduction, backend, normalize_queue=True) -> Tensor:
     _check_moco(query, key, queue)
-    t = V.check_positive(temperature, name)
+    t = V.check_positive(temperature, "temperature")
     _backend.resolve(backend, "moco_loss", query)
-    return RS.moco(query, key, queue, t, reduction)
+    return RS.moco(query, key, queue, t, reduction, normalize_queue=normalize_queue)
 
 
 def hard_negative_ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, tau_plus: float = 0.1,
@@ -202,9 +202,10 @@ def hard_negative_ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, 
 def memory_bank_ntxent(out0: Tensor, out1: Tensor, bank: Tensor, temperature: float, reduction: str,
                        backend: str) -> Tensor:
     """lightly's NT-Xent with a memory bank: CE([n0·n1, n0·bankᵀ]/T, 0), the MoCo loss with the bank as
-    the queue (cast to the inputs' dtype and device)."""
+    the queue (cast to the inputs' dtype and device; its rows were normalized when stored and are
+    used as they are, as lightly does)."""
     bank = bank.detach().to(device=out0.device, dtype=out0.dtype)
-    return _moco(out0, out1, bank, temperature, reduction, backend)
+    return _moco(out0, out1, bank, temperature, reduction, backend, normalize_queue=False)
 
 
 def von_mises_fisher_weights(out0: Tensor, out1: Tensor, sigma: float = 0.5) -> Tensor:

@@ -130,17 +130,21 @@ def supcon(features, labels, temperature, base_temperature, contrast_mode, ctx: 
 
 
 def moco_terms(query: Tensor, key: Tensor, queue: Tensor, temperature: float,
-               chunk_rows: Optional[int] = None) -> Tensor:
-    """Per-query CE([q̂·k̂, q̂·Q̂ᵀ]/T, 0) = log(e^{s_pos} + Σ_j e^{s_j}) − s_pos; no gradient into ``queue``."""
+               chunk_rows: Optional[int] = None, normalize_queue: bool = True) -> Tensor:
+    """Per-query CE([q̂·k̂, q̂·Q̂ᵀ]/T, 0) = log(e^{s_pos} + Σ_j e^{s_j}) − s_pos; no gradient into ``queue``.
+    ``normalize_queue=False`` takes the queue's rows as they are (lightly's memory bank stores
+    normalized rows and uses them without normalizing again)."""
     q, k = l2n(query), l2n(key)
-    keys = l2n(queue.detach())
+    queue = queue.detach()
+    keys = l2n(queue) if normalize_queue else queue.to(q.dtype)
     pos = (q * k).sum(dim=1) / temperature
     neg = row_lse(q, keys, (1.0 / temperature,), (), operand_dtype(query), chunk_rows)[0]
     return torch.logaddexp(pos, neg) - pos
 
 
-def moco(query, key, queue, temperature, reduction: str = "mean", chunk_rows: Optional[int] = None) -> Tensor:
-    return reduce_terms(moco_terms(query, key, queue, temperature, chunk_rows), reduction)
+def moco(query, key, queue, temperature, reduction: str = "mean", chunk_rows: Optional[int] = None,
+         normalize_queue: bool = True) -> Tensor:
+    return reduce_terms(moco_terms(query, key, queue, temperature, chunk_rows, normalize_queue), reduction)
 
 
 # --------------------------------------------------------------------------------------------
