@@ -204,7 +204,8 @@ def memory_bank_ntxent(out0: Tensor, out1: Tensor, bank: Tensor, temperature: fl
     """lightly's NT-Xent with a memory bank: CE([n0·n1, n0·bankᵀ]/T, 0), the MoCo loss with the bank as
     the queue (cast to the inputs' dtype and device; its rows were normalized when stored and are
     used as they are, as lightly does)."""
-    bank = bank.detach().to(device=out0.device, dtype=out0.dtype)
+    # a copy: the module enqueues into the bank in place after this, and the backward reads it
+    bank = bank.detach().to(device=out0.device, dtype=out0.dtype, copy=True)
     return _moco(out0, out1, bank, temperature, reduction, backend, normalize_queue=False)
 
 
