@@ -17,7 +17,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import duality_kernels as dk
-from duality_kernels.functional import supervised as FS
 from duality_kernels.reference import supervised as RS
 
 from . import official_supervised as O

@@ -219,6 +219,9 @@ def weighted_dcl_loss(out0: Tensor, out1: Tensor, temperature: float, weight_fn:
                       backend: str = "auto") -> Tensor:
     """lightly's DCLLoss(weight_fn=...): DCL whose positive term of anchor i is scaled by
     weight_fn(n0, n1)_i (z1's anchors) or weight_fn(n1, n0)_i (z2's), n = the local L2-normalized rows."""
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    if not callable(weight_fn):
+        raise TypeError(f"weight_fn must be a callable (out0, out1) -> weights, got {weight_fn!r}")
     terms = dcl_loss(out0, out1, temperature, similarity, "none", gather_distributed=gather_distributed,
                      backend=backend)
     n = out0.shape[0]

@@ -104,13 +104,14 @@ def _bank_size(memory_bank_size) -> tuple:
     if isinstance(memory_bank_size, int):
         if memory_bank_size != 0:
             raise ValueError(
-                f"memory_bank_size must be 0 (no memory bank) or a (num_features, dim) tuple; got {memory_bank_size!r}, "
-                f"which does not give the feature dimension: pass ({memory_bank_size}, dim)")
+                f"memory_bank_size must be 0 (no memory bank) or a (num_features, dim) tuple; got "
+                f"{memory_bank_size!r}, which does not give the feature dimension: pass ({memory_bank_size}, dim)")
         return (0,)
     try:
         size = tuple(memory_bank_size)
     except TypeError:
-        raise TypeError(f"memory_bank_size must be 0 or a (num_features, dim) tuple, got {memory_bank_size!r}") from None
+        raise TypeError(
+            f"memory_bank_size must be 0 or a (num_features, dim) tuple, got {memory_bank_size!r}") from None
     if any(isinstance(x, bool) or not isinstance(x, int) for x in size):
         raise TypeError(f"memory_bank_size must hold ints, got {memory_bank_size!r}")
     if any(x < 0 for x in size):
