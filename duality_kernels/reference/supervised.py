@@ -8,7 +8,7 @@ chunks of anchor rows, recomputing each chunk in the backward (activation checkp
 (V·B)², N·K or N² buffer outlives its chunk. SupCon's positive sum a·(S_c − a) uses class sums S_c
 (an O(B·V·D + C·D) identity instead of the (V·B)² label mask). Inputs are trusted (the public
 functions validate them); dtypes as in ``reference/__init__.py``: half inputs compute in float32
-with products on half operands, float64 stays float64. ``ctx`` gives SPEC §5's gathered form:
+with products on half operands, float64 stays float64. ``ctx`` gives docs/spec.md §5's gathered form:
 each rank's own anchors against the rows of every rank.
 """
 
