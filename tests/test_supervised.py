@@ -484,6 +484,15 @@ def test_auto_and_torch_backends_agree(monkeypatch):
         assert torch.equal(fn("auto"), fn("torch"))
 
 
+def test_gather_without_a_group_is_one_process():
+    f = features(5, 2, 3, seed=33)
+    lab = labels_of(5, 2, seed=33)
+    z1, z2 = pair(5, 3, seed=33)
+    assert torch.equal(dk.supcon_loss(f, lab, gather_distributed=True), dk.supcon_loss(f, lab))
+    assert torch.equal(dk.hard_negative_ntxent_loss(z1, z2, gather_distributed=True),
+                       dk.hard_negative_ntxent_loss(z1, z2))
+
+
 # ------------------------------------------------------------------------------------------
 # docs/spec.md §5 with gloo processes
 
