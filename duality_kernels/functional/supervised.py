@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import _backend
+from .._policy import public
 from .. import _validation as V
 from .. import distributed as _dist
 from ..reference import supervised as RS
@@ -131,6 +132,7 @@ def _supcon_context(gather_distributed, features: Tensor, labels: Optional[Tenso
 # public functions
 
 
+@public
 def supcon_loss(features: Tensor, labels: Optional[Tensor] = None, temperature: float = 0.07,
                 base_temperature: float = 0.07, contrast_mode: str = "all", *, gather_distributed: bool = False,
                 return_terms: bool = False, backend: str = "auto"):
@@ -158,6 +160,7 @@ def supcon_loss(features: Tensor, labels: Optional[Tensor] = None, temperature: 
     return _out(loss, terms, return_terms)
 
 
+@public
 def moco_loss(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.2, *,
               backend: str = "auto") -> Tensor:
     """MoCo's loss with a queue of negatives (He et al. 2020; solo-learn's ``moco_loss_func`` with the
@@ -176,6 +179,7 @@ def _moco(query, key, queue, temperature, reduction, backend, normalize_queue=Tr
     return RS.moco(query, key, queue, t, reduction, normalize_queue=normalize_queue)
 
 
+@public
 def hard_negative_ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, tau_plus: float = 0.1,
                               beta: float = 1.0, *, gather_distributed: bool = False, backend: str = "auto") -> Tensor:
     """NT-Xent with hard-negative sampling (Robinson et al. 2021), equal to joshr17/HCL's ``criterion``
