@@ -42,8 +42,12 @@ class VICRegLoss(_Loss):
                  gather_distributed: bool = False, eps: float = 0.0001, *, gamma: float = 1.0,
                  side: str = "auto", return_terms: bool = False, backend: str = "auto"):
         super().__init__(gather_distributed, backend)
-        self.lambda_param, self.mu_param, self.nu_param = lambda_param, mu_param, nu_param
-        self.eps, self.gamma, self.side, self.return_terms = eps, gamma, V.check_side(side), return_terms
+        # validated here, with this class's own argument names (lightly's), not at the first forward
+        self.lambda_param = V.check_finite(lambda_param, "lambda_param")
+        self.mu_param = V.check_finite(mu_param, "mu_param")
+        self.nu_param = V.check_finite(nu_param, "nu_param")
+        self.eps, self.gamma = V.check_nonnegative(eps, "eps"), V.check_finite(gamma, "gamma")
+        self.side, self.return_terms = V.check_side(side), V.check_flag(return_terms, "return_terms")
 
     def forward(self, z_a, z_b):
         args = (self.lambda_param, self.mu_param, self.nu_param, self.gamma, self.eps)
@@ -61,8 +65,9 @@ class _VICRegVariant(_Loss):
                  gamma: float = 1.0, eps: float = 1e-4, temperature: float = 0.1, *,
                  gather_distributed: bool = False, return_terms: bool = False, backend: str = "auto"):
         super().__init__(gather_distributed, backend)
-        self.inv_weight, self.var_weight, self.cov_weight = inv_weight, var_weight, cov_weight
-        self.gamma, self.eps, self.return_terms = gamma, eps, return_terms
+        self.inv_weight, self.var_weight, self.cov_weight, self.gamma, self.eps = V.vicreg_weights(
+            inv_weight, var_weight, cov_weight, gamma, eps)
+        self.return_terms = V.check_flag(return_terms, "return_terms")
         self.temperature = V.check_positive(temperature, "temperature")
 
     def forward(self, z_a, z_b):
@@ -89,7 +94,8 @@ class BarlowTwinsLoss(_Loss):
     def __init__(self, lambda_param: float = 5e-3, gather_distributed: bool = False, *, eps: float = 1e-5,
                  side: str = "auto", return_terms: bool = False, backend: str = "auto"):
         super().__init__(gather_distributed, backend)
-        self.lambda_param, self.eps, self.side, self.return_terms = lambda_param, eps, V.check_side(side), return_terms
+        self.lambda_param, self.eps = V.check_finite(lambda_param, "lambda_param"), V.check_nonnegative(eps, "eps")
+        self.side, self.return_terms = V.check_side(side), V.check_flag(return_terms, "return_terms")
 
     def forward(self, z_a, z_b):
         return F.barlow_twins_loss(z_a, z_b, self.lambda_param, self.eps, side=self.side,
