@@ -12,7 +12,7 @@ Rules (decided from shapes, dtypes and devices only, so no host-device synchroni
   (ops/registry.py) and, inside a process group with gather_distributed=True, its distributed
   form; the torch reference ends every order, so "auto" never raises for a missing backend.
 - "triton" runs on CUDA tensors, and on CPU tensors under the Triton interpreter; "cuda" on CUDA
-  tensors, and on CPU tensors in the test suite's simulator of the same C++ source (tests/csim.py).
+  tensors, and on CPU tensors in the test suite's simulator of the same C++ source (duality_kernels/testing/csim.py).
 """
 
 from __future__ import annotations

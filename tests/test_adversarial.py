@@ -9,7 +9,7 @@ the CUDA simulator here.
 import pytest
 import torch
 
-from . import csim
+from duality_kernels.testing import csim
 from .accuracy import _flat
 from .public_cases import DEFAULTS, PUBLIC, backends, call
 

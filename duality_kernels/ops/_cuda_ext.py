@@ -2,7 +2,7 @@
 
 The extension is optional: a missing or broken ``_C`` never breaks ``import duality_kernels``;
 ``backend="cuda"`` then raises with :func:`unavailable_reason`, which says how to rebuild. The test
-suite can route CPU tensors to a CPU simulator of the same C++ source (tests/csim.py).
+suite can route CPU tensors to a CPU simulator of the same C++ source (duality_kernels/testing/csim.py).
 """
 
 import importlib
@@ -57,13 +57,13 @@ def unavailable_reason() -> str:
     )
 
 
-# The CPU simulator of the extension (tests/csim.py), used for CPU tensors when set.
+# The CPU simulator of the extension (duality_kernels/testing/csim.py), used for CPU tensors when set.
 _SIM = None
 
 
 def _set_simulator(module) -> None:
     """Test hook: run these ops on CPU tensors through ``module`` (csrc/ built with
-    -DDK_HOST_SIM, see tests/csim.py); None turns it off."""
+    -DDK_HOST_SIM, see duality_kernels/testing/csim.py); None turns it off."""
     global _SIM
     _SIM = module
 

@@ -102,7 +102,7 @@ class Tiles(NamedTuple):
     software-pipelining stages. Kept in deterministic per-(dtype, precision, K bucket, N bucket)
     tables rather than ``triton.autotune``: a timing-based choice can differ between processes and
     with it the reduction order, hence the bits (DESIGN convention 7), and the AOT compile check
-    (tests/triton_aot.py) then covers exactly the launched variants."""
+    (duality_kernels/testing/triton_aot.py) then covers exactly the launched variants."""
     BM: int
     BN: int
     BK: int

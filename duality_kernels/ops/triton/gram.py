@@ -3,7 +3,7 @@ contrastive, covariance, cross_correlation, normalized_gram and the duality term
 
 UNTESTED ON GPU: the kernels have run under the Triton interpreter (triton 3.8) on CPU tensors in
 fp16/fp32/fp64 (tests/test_triton_gram.py), and every launched variant compiles for sm_90
-(tests/triton_aot.py). Times below are the plan's arithmetic at the H200 ceilings of
+(duality_kernels/testing/triton_aot.py). Times below are the plan's arithmetic at the H200 ceilings of
 ../shared/ENVIRONMENT.md (4.25 TB/s, 701 TFLOP/s bf16, 356 TF32, ~60 fp64), not measurements.
 
 Plan (DESIGN 13; the CUDA backend's, csrc/bindings.cpp + gram_ops.cu): the Gram products run on
