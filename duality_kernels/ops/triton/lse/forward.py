@@ -14,8 +14,15 @@ from .._common import acc_dtype, input_precision, interpreting, scalar, tl, trit
 from .plan import Masks, Tensor, _acc_tl, _fwd_tiles, _orient, _scale_pair
 from .tiles import _key_range, _neg_logits, _s_tile_o, _scaled, _special_tile, _tile_masks
 
-# the online max's start: finite, so that a fully masked tile gives exp(-inf - m) = 0
-_NEG_BIG = tl.constexpr(-1e30)
+# The online max starts at −inf: a finite start (it was −1e30) made every row whose logits all lie
+# below it (float64 inputs at scales past ~6e14, temperatures near 1e-300) −inf. Exponentials are
+# taken against _shift(m), which is 0 while m is still −inf, so a fully masked tile adds exp(−inf) = 0.
+_NEG_INF = tl.constexpr(float("-inf"))
+
+
+@triton.jit
+def _shift(m):
+    return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit
@@ -62,8 +69,8 @@ def _finish_lse(m_i, l_i, p_i, POS: tl.constexpr, DROP_POS: tl.constexpr):
 @triton.jit
 def _fwd_step(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t, inv_lo, lo_s, hi_s, lo_p, hi_p,
               m_i, l_i, p_i, cm_ptr, cl_ptr, part_off,
-              SELF: tl.constexpr, POS: tl.constexpr, TRANSFORM: tl.constexpr, COLS: tl.constexpr,
-              ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+              SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr, TRANSFORM: tl.constexpr,
+              COLS: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """One key tile of the online log-sum-exp (see _lse_fwd_kernel)."""
     # The logits before the branch: a tensor-core result first used inside an scf.if made triton
     # 3.6's software pipeliner fail (TritonGPUPipeline, sm_90 compile).
@@ -77,11 +84,17 @@ def _fwd_step(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF,
         p_i += tl.sum(tl.where(is_pos, sp, 0.0), axis=1)
     else:
         pt = tl.full((BM,), float("-inf"), ACC)
-    m_new = tl.maximum(m_i, tl.maximum(tl.max(x, axis=1), pt))
-    l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+    if DROP_POS:
+        # DCL: the positive is not in the sum, so not in its max either. With it there, aligned views
+        # at a low temperature made every negative's exp(x − m) underflow: −inf losses, NaN gradients.
+        m_new = tl.maximum(m_i, tl.max(x, axis=1))
+    else:
+        m_new = tl.maximum(m_i, tl.maximum(tl.max(x, axis=1), pt))
+    sh = _shift(m_new)
+    l_i = l_i * tl.exp(m_i - sh) + tl.sum(tl.exp(x - sh[:, None]), axis=1)
     if COLS:
-        cm = tl.maximum(tl.max(x, axis=0), _NEG_BIG)
-        cl = tl.sum(tl.exp(x - cm[None, :]), axis=0)
+        cm = tl.max(x, axis=0)
+        cl = tl.sum(tl.exp(x - _shift(cm)[None, :]), axis=0)
         tl.store(cm_ptr + part_off + cols, cm, mask=col_ok)
         tl.store(cl_ptr + part_off + cols, cl, mask=col_ok)
     return m_new, l_i, p_i
@@ -127,7 +140,7 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_
     else:
         ra = rows
     lo_s, hi_s, lo_p, hi_p = _key_range(rows, row_ok, HALF_A, HALF_B, OFF, POS)
-    m_i = tl.full((BM,), _NEG_BIG, ACC)
+    m_i = tl.full((BM,), _NEG_INF, ACC)
     l_i = tl.zeros((BM,), ACC)
     p_i = tl.zeros((BM,), ACC)
     part = (bid * tl.num_programs(0) + pid).to(tl.int64) * MB
@@ -141,7 +154,7 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_
                          ORIENT, ONE_K, TILE_SCALE, ACC, IP, BM, BN, BK)
         m_i, l_i, p_i = _fwd_step(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t, inv_lo,
                                   lo_s, hi_s, lo_p, hi_p, m_i, l_i, p_i, cm_ptr, cl_ptr, part,
-                                  SELF, POS, TRANSFORM, COLS, ACC, BM, BN)
+                                  SELF, POS, DROP_POS, TRANSFORM, COLS, ACC, BM, BN)
     m_o, lam, q, term = _finish_lse(m_i, l_i, p_i, POS, DROP_POS)
     out = bid * M + rows
     tl.store(lse_ptr + out, m_o, mask=row_ok)
@@ -161,14 +174,15 @@ def _lse_cols_merge_kernel(cm_ptr, cl_ptr, p_ptr, lse_ptr, lam_ptr, q_ptr, term_
     pid = tl.program_id(0)
     cols = pid * BN + tl.arange(0, BN)
     ok = cols < MB
-    m = tl.full((BN,), _NEG_BIG, ACC)
+    m = tl.full((BN,), _NEG_INF, ACC)
     for r in range(0, NRB):
-        m = tl.maximum(m, tl.load(cm_ptr + tl.cast(r, tl.int64) * MB + cols, mask=ok, other=_NEG_BIG))
+        m = tl.maximum(m, tl.load(cm_ptr + tl.cast(r, tl.int64) * MB + cols, mask=ok, other=_NEG_INF))
+    sh = _shift(m)
     l = tl.zeros((BN,), ACC)
     for r in range(0, NRB):
         off = tl.cast(r, tl.int64) * MB + cols
-        cm = tl.load(cm_ptr + off, mask=ok, other=_NEG_BIG)
-        l += tl.load(cl_ptr + off, mask=ok, other=0.0) * tl.exp(cm - m)
+        cm = tl.load(cm_ptr + off, mask=ok, other=_NEG_INF)
+        l += tl.load(cl_ptr + off, mask=ok, other=0.0) * tl.exp(cm - sh)
     p = tl.load(p_ptr + cols, mask=ok, other=0.0)
     m_o, lam, q, term = _finish_lse(m, l, p, POS, DROP_POS)
     tl.store(lse_ptr + cols, m_o, mask=ok)

@@ -37,8 +37,10 @@ def _vicreg_scalars_kernel(m2_ptr, sq_ptr, rstd_ptr, lse_ptr, loss_ptr, inv_ptr,
     hinge = tl.zeros((B,), tl.float64)
     if CTR:
         for j0 in range(0, 2 * N, B):
-            sd = tl.load(rstd_ptr + j0 + offs, mask=j0 + offs < 2 * N, other=gamma).to(tl.float64)
-            hinge += _relu(gamma - sd)
+            # padding lanes masked out of the sum: loaded as gamma they added gamma − fl32(gamma) each
+            # in float64 (gamma = 1.3: 2.5e-6 off)
+            sd = tl.load(rstd_ptr + j0 + offs, mask=j0 + offs < 2 * N, other=0.0).to(tl.float64)
+            hinge += tl.where(j0 + offs < 2 * N, _relu(gamma - sd), 0.0)
         var = tl.sum(hinge, axis=0) / (2 * N)
     else:
         for j0 in range(0, 2 * D, B):
