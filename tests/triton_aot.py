@@ -78,7 +78,7 @@ def target(arch: int = DEFAULT_ARCH) -> GPUTarget:
 def kernel_modules() -> list:
     """Every module of the Triton kernel package, imported."""
     pkg = importlib.import_module(KERNEL_PACKAGE)
-    return [importlib.import_module(f"{KERNEL_PACKAGE}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    return [importlib.import_module(m.name) for m in pkgutil.walk_packages(pkg.__path__, KERNEL_PACKAGE + ".")]
 
 
 def base_jit(obj) -> Optional[JITFunction]:
