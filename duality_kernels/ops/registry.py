@@ -187,5 +187,6 @@ def implemented(backend: str) -> Dict[str, Capability]:
 
 def registered(backend: str, name: str) -> Registered:
     """The registration of op ``name`` on ``backend`` (its spec, custom ops and drop-in Function)."""
-    load(backend)
+    if (backend, name) not in _REGISTERED:
+        load(backend)
     return _REGISTERED[(backend, name)]
