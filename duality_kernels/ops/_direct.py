@@ -12,6 +12,7 @@ op's implementation (:func:`pick`); while compiling it calls the custom op. Both
 code on the same tensors, so they agree bit for bit (tests check it).
 """
 
+import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -54,9 +55,9 @@ UNSUPPORTED_TRANSFORM = (
     "duality_kernels' compiled backends (triton, cuda) do not support forward-mode AD or torch.func transforms "
     "(jvp, jacfwd, hessian, grad, jacrev, vmap); use backend='torch', which does (docs/spec.md §8)")
 UNSUPPORTED_DOUBLE_BACKWARD = (
-    b"duality_kernels' compiled backends (triton, cuda) compute a backward that is not itself differentiable: "
-    b"double backward (create_graph=True, Hessian-vector products, gradient penalties) needs backend='torch' "
-    b"(docs/spec.md, section 8)")
+    "duality_kernels' compiled backends (triton, cuda) compute a backward that is not itself differentiable: "
+    "double backward (create_graph=True, Hessian-vector products, gradient penalties) needs backend='torch' "
+    "(docs/spec.md §8)")
 
 
 def refuse_transforms(inputs) -> None:
@@ -73,22 +74,34 @@ def refuse_transforms(inputs) -> None:
                 raise NotImplementedError(UNSUPPORTED_TRANSFORM)
 
 
-def once_differentiable(grads: tuple) -> tuple:
+class _NotDifferentiableAgain(torch.autograd.Function):
+    """value, tied to the op's inputs by a node whose backward raises UNSUPPORTED_DOUBLE_BACKWARD."""
+
+    @staticmethod
+    def forward(ctx, value, *inputs):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(UNSUPPORTED_DOUBLE_BACKWARD)
+
+
+def remember_inputs(ctx, inputs) -> None:
+    """Keeps weak references to the forward's inputs that require grad, for once_differentiable."""
+    ctx.dk_inputs = [weakref.ref(t) for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def once_differentiable(ctx, grads: tuple) -> tuple:
     """A backward's gradients, marked as not differentiable again. Under create_graph=True (grad mode
-    on in the backward) they become outputs of a node that raises UNSUPPORTED_DOUBLE_BACKWARD when
-    differentiated, instead of constants whose second derivative would silently be zero."""
+    on in the backward) each becomes the output of a node tied to the forward's inputs whose backward
+    raises, so differentiating the gradient fails clearly instead of dropping this op's second
+    derivative (a gradient with no graph would count as a constant)."""
     if not torch.is_grad_enabled():
         return grads
-    idx = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
-    if not idx:
+    inputs = [t for t in (r() for r in getattr(ctx, "dk_inputs", ())) if t is not None]
+    if not inputs:
         return grads
-    err = torch._C._functions.DelayedError(UNSUPPORTED_DOUBLE_BACKWARD, len(idx))
-    wrapped = err(*[grads[i].detach().requires_grad_() for i in idx])
-    wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
-    out = list(grads)
-    for i, w in zip(idx, wrapped):
-        out[i] = w
-    return tuple(out)
+    return tuple(_NotDifferentiableAgain.apply(g, *inputs) if isinstance(g, torch.Tensor) else g for g in grads)
 
 
 def _plain_eager(inputs) -> bool:

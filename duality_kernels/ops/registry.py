@@ -19,7 +19,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import torch
 
 from . import _checks
-from ._direct import Spec, function, once_differentiable
+from ._direct import Spec, function, once_differentiable, remember_inputs
 
 GRAM, LSE, INTERNAL = "gram", "lse", "internal"
 FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
@@ -131,16 +131,20 @@ def register(name: str, backend: str, *, fwd: Callable, fwd_fake: Callable, bwd:
         def autograd_backward(ctx, grads):
             with torch.no_grad():
                 dx = backward(ctx, bwd if getattr(ctx, "direct", False) else bwd_op, grads)
-            return once_differentiable(tuple(dx))
+            return once_differentiable(ctx, tuple(dx))
     else:
         def autograd_backward(ctx, *grads):
             with torch.no_grad():
                 dx = backward(ctx, bwd if getattr(ctx, "direct", False) else bwd_op, *grads)
-            return once_differentiable(tuple(dx))
+            return once_differentiable(ctx, tuple(dx))
+
+    def autograd_setup(ctx, inputs, output):
+        setup(ctx, inputs, output)
+        remember_inputs(ctx, inputs)
 
     # an op returning List[Tensor] gets its gradients as one list, from torch.library and _direct alike
-    fwd_op.register_autograd(autograd_backward, setup_context=setup)
-    spec = Spec(fwd_op, fwd, setup, autograd_backward, d.results, listed)
+    fwd_op.register_autograd(autograd_backward, setup_context=autograd_setup)
+    spec = Spec(fwd_op, fwd, autograd_setup, autograd_backward, d.results, listed)
     fn = None
     if d.function:
         checked_op = _checks.checked(d.check, device, fwd_op)
