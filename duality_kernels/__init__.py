@@ -18,6 +18,7 @@ from .functional import (
     vicreg_exp_loss,
     vicreg_loss,
 )
+from .functional.two_tower import clip_loss, siglip_loss
 from .modules import (
     BarlowTwinsLoss,
     DCLLoss,
@@ -28,6 +29,7 @@ from .modules import (
     VICRegExpLoss,
     VICRegLoss,
 )
+from .modules.two_tower import ClipLoss, SigLipLoss
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,8 @@ __all__ = [
     "vicreg_ctr_loss",
     "vicreg_exp_loss",
     "vicreg_loss",
+    "clip_loss",
+    "siglip_loss",
     "BarlowTwinsLoss",
     "DCLLoss",
     "InfoNCELoss",
@@ -55,4 +59,6 @@ __all__ = [
     "VICRegCtrLoss",
     "VICRegExpLoss",
     "VICRegLoss",
+    "ClipLoss",
+    "SigLipLoss",
 ]
