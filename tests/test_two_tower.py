@@ -189,6 +189,24 @@ def test_block_rows_bounds_the_logits():
     assert RT.block_rows(10 ** 9) == 1 and RT.block_rows(7, rows=3) == 3
 
 
+@pytest.mark.parametrize("block_elements", [RT.BLOCK_ELEMENTS, 16])
+def test_compiles_fullgraph(monkeypatch, block_elements):
+    # the plain path and the checkpointed blocks (16 logits: 2 rows per block) trace without graph breaks
+    monkeypatch.setattr(RT, "BLOCK_ELEMENTS", block_elements)
+    a, b = _pair(8, 4, torch.float32)
+    s, t = torch.tensor(10.0), torch.tensor(-1.0)
+    # (0 · the unused inputs: every input gets a gradient)
+    for fn in (lambda x, y, z, w: dk.clip_loss(x, y, z) + 0 * w, lambda x, y, z, w: dk.siglip_loss(x, y, z, w),
+               lambda x, y, z, w: dk.clip_loss(x, y, 3.5) + dk.siglip_loss(x, y, 2.0, -1.0) + 0 * (z + w)):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        v, g = _value_and_grads(compiled, [a, b, s, t])
+        w, h = _value_and_grads(fn, [a, b, s, t])
+        torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-6)
+        for x, y in zip(g, h):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # fp32 and bf16 at CLIP's clamp (s = 100) and SigLIP's initial bias (t = −10): the accuracy rule
 

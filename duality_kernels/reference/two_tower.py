@@ -46,10 +46,10 @@ def scalar(value: Scalar, dtype: torch.dtype) -> Scalar:
     return value
 
 
-def _blocked(fn, *args):
-    """fn(*args) under a checkpoint when autograd will need it (the block's logits are then not
-    saved but recomputed in the backward), plainly otherwise."""
-    if torch.is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in args):
+def _blocked(many: bool, fn, *args):
+    """fn(*args) under a checkpoint when there are ``many`` blocks and autograd will need them (the
+    block's logits are then not saved but recomputed in the backward), plainly otherwise."""
+    if many and torch.is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in args):
         return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
     return fn(*args)
 
@@ -77,7 +77,8 @@ def _lse_block(anchors: Tensor, keys: Tensor, s: Scalar, lo: int, op) -> Tensor:
 def _lse_terms(anchors: Tensor, keys: Tensor, s: Scalar, lo: int, op, rows: int) -> Tensor:
     """_lse_block over blocks of ``rows`` anchors; anchor k's positive is key lo + k."""
     n = anchors.shape[0]
-    return torch.cat([_blocked(_lse_block, anchors[i:i + rows], keys, s, lo + i, op) for i in range(0, n, rows)])
+    many = rows < n
+    return torch.cat([_blocked(many, _lse_block, anchors[i:i + rows], keys, s, lo + i, op) for i in range(0, n, rows)])
 
 
 def clip(image_features: Tensor, text_features: Tensor, logit_scale: Scalar, ctx: Context = LOCAL,
@@ -95,16 +96,16 @@ def clip(image_features: Tensor, text_features: Tensor, logit_scale: Scalar, ctx
         return (per_image.mean() + per_text.mean()) / 2
     a, b = l2n(image_features), l2n(text_features)
     rows = block_rows(n, rows)
-    blocks = [_blocked(_clip_block, a[i:i + rows], b, s, i, op) for i in range(0, n, rows)]
+    if rows >= n:  # one block: both directions from one matrix, as cross_entropy computes them
+        logits = mm(a, b.T, op) * s
+        return (_ce_terms(logits, 0).mean() + _ce_terms(logits.T, 0).mean()) / 2
+    blocks = [_blocked(True, _clip_block, a[i:i + rows], b, s, i, op) for i in range(0, n, rows)]
     per_image = torch.cat([blk[0] for blk in blocks])
     diag = torch.cat([blk[1] for blk in blocks])
     # the columns' cross-entropy terms (M − L_jj) + log Σ_i exp(L_ij − M), merged over the blocks
-    if len(blocks) == 1:
-        col_max, col_sum = blocks[0][2], blocks[0][3]
-    else:
-        maxes = torch.stack([blk[2] for blk in blocks])
-        col_max = maxes.amax(dim=0)
-        col_sum = (torch.stack([blk[3] for blk in blocks]) * (maxes - col_max).exp()).sum(dim=0)
+    maxes = torch.stack([blk[2] for blk in blocks])
+    col_max = maxes.amax(dim=0)
+    col_sum = (torch.stack([blk[3] for blk in blocks]) * (maxes - col_max).exp()).sum(dim=0)
     per_text = (col_max - diag) + col_sum.log()
     return (per_image.mean() + per_text.mean()) / 2
 
@@ -130,5 +131,6 @@ def siglip(image_features: Tensor, text_features: Tensor, logit_scale: Scalar, l
     b = l2n(ctx.gather(text_features))
     lo = ctx.rank * n
     rows = block_rows(b.shape[0], rows)
-    total = sum(_blocked(_siglip_block, a[i:i + rows], b, s, t, lo + i, op) for i in range(0, n, rows))
+    many = rows < n
+    total = sum(_blocked(many, _siglip_block, a[i:i + rows], b, s, t, lo + i, op) for i in range(0, n, rows))
     return -total / n
