@@ -5,13 +5,14 @@ y = 2I − 1. Rows are L2-normalized here; s and t are Python floats or one-elem
 gradients come back through autograd, in their own dtype and shape). Logits are float32 products
 of operands in the input dtype for half inputs, float64 for float64 (``mm``, as every reference op).
 
-Memory: the logits are made ``block_rows`` anchors at a time, each block under a non-reentrant
-checkpoint (recomputed in the backward), so no N×M matrix is kept for autograd: O(rows·M) logits
-live at once, plus for CLIP in one process the blocks' per-column log-sum-exps ((N/rows)·N values,
-merged exactly into the column direction: logsumexp is associative). One block is the plain code.
+Memory: past BLOCK_ELEMENTS logits the rows go in blocks, each under a non-reentrant checkpoint
+(recomputed in the backward), so autograd keeps no N×M matrix: O(rows·M) logits at a time, plus for
+CLIP in one process each block's per-column max and sum of exponentials (2·(N/rows)·N values),
+merged exactly into the column direction. One block is the plain code (and no checkpoint).
 With W ranks (docs/spec.md §5, open_clip's local loss with gradients through the gather) a rank
-scores its own rows against every rank's: CLIP as two row-wise directions, SigLIP its rows of the
-global matrix, each divided by the local N, so the mean over ranks is the global batch's loss.
+scores its own rows against every rank's: CLIP's two directions as two row-wise passes (twice the
+products, as open_clip), SigLIP its rows of the global matrix; each over the local N, so the mean
+over ranks is the global batch's loss.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ Tensor = torch.Tensor
 Scalar = Union[float, Tensor]
 
 # Logits per block: 2**24 fp32 values (64 MB), so N ≤ 4096 against itself is a single plain block,
-# and N = 65536 runs 256-row blocks (256·65536 logits and 256·65536 column partials: O(N^1.5)).
+# and N = 65536 runs 256-row blocks (256·65536 logits, 2·256·65536 column partials: O(N^1.5) in all).
 BLOCK_ELEMENTS = 1 << 24
 
 
