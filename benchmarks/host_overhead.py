@@ -12,17 +12,17 @@ after warm-up; the garbage collector paused while timing). How the GPU work is r
 backend:
 
 - ``triton`` (mode ``noop``): every ``@triton.jit`` kernel of duality_kernels.ops.triton is replaced
-  by a no-op ``kernel[grid](...)`` that counts (tests/triton_aot.py ``kernels_replaced``). This
+  by a no-op ``kernel[grid](...)`` that counts (duality_kernels/testing/triton_aot.py ``kernels_replaced``). This
   leaves out Triton's own launcher, so a second mode measures it:
 - ``triton`` (mode ``triton-launcher``): the real kernels, launched through Triton's own launch
   path (argument binding, specialization key, kernel cache lookup, launch metadata) under a
-  stand-in sm_90 driver (tests/triton_aot.py ``fake_gpu``) whose launcher is a no-op: only the C
+  stand-in sm_90 driver (duality_kernels/testing/triton_aot.py ``fake_gpu``) whose launcher is a no-op: only the C
   launcher's argument packing and the driver call (cuLaunchKernel, a few µs) are missing. The
   difference between the two modes divided by the launches is Triton's launch cost per kernel.
   The first call compiles the variants these (small CPU) shapes specialize to, or finds them in
   Triton's cache.
 - ``cuda``: the extension's own C++ (csrc/bindings.cpp and the host side of csrc/kernels) built
-  as the test suite's CPU simulator (tests/csim.py) with one change: the launch macro counts
+  as the test suite's CPU simulator (duality_kernels/testing/csim.py) with one change: the launch macro counts
   instead of running the kernel (benchmarks/host_overhead_sim.cpp). Chosen over stubbing the
   ``_C`` entry points in Python because it runs the real binding code: argument conversion, tensor
   checks, output and workspace allocation, the ATen GEMMs and the launch bookkeeping. Built once
@@ -71,7 +71,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import _bench as B  # noqa: E402
 import duality_kernels as dk  # noqa: E402
-from duality_kernels import _backend, _cost  # noqa: E402
+from duality_kernels import _cost  # noqa: E402
+from duality_kernels.ops import registry  # noqa: E402
 from sweep import DTYPES, LOSSES  # noqa: E402
 
 CSV_COLUMNS = [
@@ -138,7 +139,7 @@ def torch_eager():
 
 @contextlib.contextmanager
 def triton_noop():
-    from tests import triton_aot as aot
+    from duality_kernels.testing import triton_aot as aot
 
     counter = [0]
     with aot.kernels_replaced(lambda name, obj: _NoopKernel(counter)), aot.any_device():
@@ -147,7 +148,7 @@ def triton_noop():
 
 @contextlib.contextmanager
 def triton_launcher():
-    from tests import triton_aot as aot
+    from duality_kernels.testing import triton_aot as aot
 
     counter = [0]
 
@@ -208,7 +209,7 @@ def available(loss: str, backend: str) -> str:
     if backend == "torch":
         return ""
     op = LOSSES[loss].ours
-    if op not in _backend._IMPLEMENTED[backend]:
+    if registry.capability(backend, op) is None:
         return f"backend={backend!r} does not implement {op}"
     if backend == "triton":
         from duality_kernels.ops.triton import _common

@@ -9,7 +9,7 @@
 
 Triton: every case (a loss at N x D in a dtype setting, forward + backward) runs through the public
 function on meta tensors with a stand-in GPU driver; each launch is recorded at the point where
-Triton's JIT would compile it, with the JIT's own specialization (tests/triton_aot.py, shared
+Triton's JIT would compile it, with the JIT's own specialization (duality_kernels/testing/triton_aot.py, shared
 with the compile check), then compiled ahead of time for sm_<arch>. Autotuned kernels contribute
 every config their autotuner would benchmark (column ``config``). Per variant:
 
@@ -78,7 +78,7 @@ for p in (HERE, ROOT):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from tests import triton_aot as aot  # noqa: E402  (exits under TRITON_INTERPRET=1)
+from duality_kernels.testing import triton_aot as aot  # noqa: E402  (exits under TRITON_INTERPRET=1)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -125,7 +125,7 @@ LOSSES: Dict[str, Callable] = {
     "normalized_gram": lambda a, b: _primitive_sum(dk.normalized_gram(a, backend="triton"),
                                                    dk.normalized_gram(a, b, backend="triton")),
     "duality_terms": lambda a, b: _primitive_sum(*dk.duality_terms(a, backend="triton")),
-    # gather_distributed=True (ops/gathered.py) as rank 1 of 2 (tests/triton_aot.py's stand-in
+    # gather_distributed=True (ops/gathered.py) as rank 1 of 2 (duality_kernels/testing/triton_aot.py's stand-in
     # collectives): the local moments and clamped-rows ops and their backward epilogues
     "vicreg_gathered": lambda a, b: _gathered("vicreg", a, b),
     "barlow_gathered": lambda a, b: _gathered("barlow", a, b),

@@ -15,7 +15,7 @@ and fixtures would multiply what it has to instrument. Each call is a forward an
   ops/triton/gram.py and the log-sum-exp family of ops/triton/lse.py), every launched kernel.
 
 ``--dry-run`` runs the same calls on CPU tensors: the CUDA backend through its simulator
-(tests/csim.py), Triton under its interpreter (float32 only), so that the script is checked
+(duality_kernels/testing/csim.py), Triton under its interpreter (float32 only), so that the script is checked
 without a GPU (tests/test_gpu_check_script.py). Prints one line per call group, then "calls done".
 """
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         device = "cpu"
         if args.backend == "cuda":
-            from tests import csim
+            from duality_kernels.testing import csim
 
             csim.enable()
     else:

@@ -8,7 +8,7 @@
     python benchmarks/sweep.py --replot benchmarks/results/sweep.csv       # heatmap of its last run
 
 Providers (those that cannot run here are skipped with a note):
-  eager    the official formula (tests/official.py) in plain eager PyTorch: the baseline
+  eager    the official formula (duality_kernels/testing/official.py) in plain eager PyTorch: the baseline
   compile  torch.compile of the eager formula (default on CUDA; on CPU only when asked for)
   torch / triton / cuda   duality_kernels with backend=... (triton and cuda on CUDA only)
   lightly  lightly.loss (VICReg, Barlow Twins, NT-Xent, DCL) when importable
@@ -66,7 +66,7 @@ DEFAULT_GRID = {
 
 @dataclass
 class LossSpec:
-    official: str            # function name in tests/official.py (SPEC defaults)
+    official: str            # function name in duality_kernels/testing/official.py (SPEC defaults)
     ours: str                # function name in duality_kernels
     family: str              # "cov": native D x D, "gram": native N x N (or 2N x 2N)
     # fwd+bwd flops of the eager formula as a function of (N, D): ~3x the forward GEMM flops.
@@ -147,7 +147,7 @@ _compiled: dict = {}
 
 
 def _official():
-    from tests import official  # tests/__init__.py exists; ROOT is on sys.path
+    from duality_kernels.testing import official
 
     return official
 

@@ -44,18 +44,15 @@ def resolve_side(side: str, n: int, d: int) -> str:
 # - InfoNCE (TF32: triton 70.2 ms vs eager 43.4), VICReg-exp (6.54 vs 2.22) and VICReg-ctr
 #   (60.9 vs 2.93): the reference.
 
-GRAM_FAMILY = frozenset({
-    "normalized_gram", "covariance", "cross_correlation", "sample_contrastive_criterion",
-    "dimension_contrastive_criterion", "duality_terms", "vicreg_loss", "barlow_twins_loss",
-    "spectral_contrastive_loss",
-})
 _PAIR_LSE = frozenset({"ntxent_loss", "dcl_loss"})
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def auto_order(op: str, n: int, d: int, dtype: torch.dtype) -> tuple:
-    """Backends "auto" tries, in order, for ``op`` on CUDA tensors of shape (n, d) and ``dtype``."""
-    if op in GRAM_FAMILY:
+def auto_order(family: str, op: str, n: int, d: int, dtype: torch.dtype) -> tuple:
+    """Backends "auto" tries, in order, for public function ``op`` of ``family`` (ops/registry.py:
+    "gram", "lse", or None for a function no compiled backend registers) on CUDA tensors of shape
+    (n, d) and ``dtype``."""
+    if family == "gram":
         return ("cuda", "triton", "torch")
     if op in _PAIR_LSE and dtype in _HALF and n % 16 == 0 and d % 16 == 0 and d <= 256:
         return ("triton", "torch")

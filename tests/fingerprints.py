@@ -7,7 +7,7 @@ A refactor that must not change behaviour records them before and compares after
 
 Each entry hashes (sha256) the bytes of a call's outputs and of the gradients of a fixed weighted
 sum of them, for small float32 and float64 inputs with N < D and N > D. Backends: torch; triton
-under the Triton interpreter; cuda in the CPU simulator (tests/csim.py). The hashes are bitwise,
+under the Triton interpreter; cuda in the CPU simulator (duality_kernels/testing/csim.py). The hashes are bitwise,
 so they compare runs on one machine (another CPU's BLAS may round differently).
 """
 
@@ -24,7 +24,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import duality_kernels as dk  # noqa: E402
-from tests import csim  # noqa: E402
+from duality_kernels.testing import csim  # noqa: E402
 from tests.public_cases import DEFAULTS, PUBLIC, backends, call  # noqa: E402
 
 SHAPES = ((5, 7), (9, 4))

@@ -12,19 +12,19 @@ from typing import NamedTuple
 import torch
 
 import duality_kernels as dk
+from duality_kernels.ops import registry
 
-# ops/triton/gram.py and ops/cuda.py (the covariance family and the primitives)
-GRAM_FAMILY = ("normalized_gram", "covariance", "cross_correlation", "sample_contrastive_criterion",
-               "dimension_contrastive_criterion", "duality_terms", "vicreg_loss", "barlow_twins_loss",
-               "spectral_contrastive_loss")
-# ops/triton/lse.py (the log-sum-exp family); the torch reference elsewhere
-LSE_FAMILY = ("ntxent_loss", "dcl_loss", "infonce_loss", "vicreg_exp_loss", "vicreg_ctr_loss")
+# the families as the op registry states them (the covariance family and the primitives; the
+# log-sum-exp family)
+GRAM_FAMILY = tuple(p for p, f in registry.FAMILY.items() if f == registry.GRAM)
+LSE_FAMILY = tuple(p for p, f in registry.FAMILY.items() if f == registry.LSE)
 PUBLIC = GRAM_FAMILY + LSE_FAMILY
 
 
 def backends(name):
-    """The backends that implement ``name`` (besides the reference, "torch")."""
-    return ("torch", "triton", "cuda") if name in GRAM_FAMILY else ("torch", "triton")
+    """The backends that implement ``name``: the reference, "torch", and the compiled backends that
+    registered it."""
+    return ("torch",) + tuple(b for b in ("triton", "cuda") if registry.capability(b, name) is not None)
 
 
 def min_cols(name):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import duality_kernels.ops.cuda as cuda_ops
+import duality_kernels.ops._cuda_ext as cuda_ext
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "fp64", "bf16", "fp16"]
@@ -131,7 +132,7 @@ class _TorchStandIn:
 
 
 def test_op_registration_with_stand_in(monkeypatch):
-    monkeypatch.setattr(cuda_ops, "_C", _TorchStandIn())
+    monkeypatch.setattr(cuda_ext, "_C", _TorchStandIn())
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(11, 6, dtype=torch.float64, generator=gen, requires_grad=True)
     torch.library.opcheck(torch.ops.duality_kernels.column_stats_fwd.default, (z,))

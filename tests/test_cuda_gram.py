@@ -2,7 +2,7 @@
 and csrc/kernels/gram_ops.cu) against reference.py.
 
 With a GPU the ops run on CUDA tensors. Without one they run on CPU tensors in the CPU simulator of
-the same C++ source (tests/csim.py: the kernels' arithmetic, indexing and launch bookkeeping; the
+the same C++ source (duality_kernels/testing/csim.py: the kernels' arithmetic, indexing and launch bookkeeping; the
 GEMMs go through ATen on the CPU). The simulator is built once per checkout (~1.5 min on 2 cores,
 cached under build/csim). float32/float64 follow DESIGN convention 5's accuracy rule; the ``cuda``
 tests add TF32, bf16/fp16, inductor and opcheck on the GPU.
@@ -15,7 +15,7 @@ import duality_kernels as dk
 from duality_kernels import reference as ref
 from duality_kernels.ops import cuda as cuda_ops
 
-from . import csim
+from duality_kernels.testing import csim
 from .entry_points import check_entry_points
 from .accuracy import (
     _check, _check_compiled, _check_deterministic, _check_fakes_on_meta, _check_low_precision, _check_opcheck,
@@ -43,7 +43,7 @@ requires_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 pytestmark = [pytest.mark.cuda] if ON_GPU else []
 
 
-# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (tests/csim.py)
+# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (duality_kernels/testing/csim.py)
 _simulator = csim.module_fixture()
 
 

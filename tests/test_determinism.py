@@ -13,7 +13,7 @@ import torch
 
 from duality_kernels.ops import cuda as cuda_ops
 
-from . import csim
+from duality_kernels.testing import csim
 from . import public_cases as P
 from .accuracy import _flat, views
 
@@ -29,7 +29,7 @@ GPU_WIDE = (130, 2049)
 RUNS = 3
 
 
-# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (tests/csim.py)
+# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (duality_kernels/testing/csim.py)
 _simulator = csim.module_fixture()
 
 

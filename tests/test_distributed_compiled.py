@@ -2,7 +2,7 @@
 for the torch path, for backend="cuda" and backend="triton" under real processes (gloo, CPU, float64).
 
 Without a GPU both backends run on CPU tensors: the CUDA backend through the CPU simulator of its
-C++ source (tests/csim.py), the Triton kernels under the interpreter (tests/conftest.py). Each rank
+C++ source (duality_kernels/testing/csim.py), the Triton kernels under the interpreter (tests/conftest.py). Each rank
 calls the public loss with ``gather_distributed=True`` on its own rows through a DDP model; the mean
 of the ranks' losses must equal the single-process loss on the concatenated batch (same backend, and
 the torch reference), and DDP's averaged gradients that loss's gradient. Both covariance-family
@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 import duality_kernels as dk
 
-from . import csim
+from duality_kernels.testing import csim
 from .test_distributed import N_LOCAL, _data, _init, _model, _spawn
 
 pytestmark = [

@@ -4,7 +4,7 @@ formulas (DESIGN convention 5), their custom ops (opcheck, fakes, the eager path
 checks), and the gathered forms at W = 1 (a context of one rank skips the collectives, so the
 merge algebra must give the single-process loss) including torch.compile(fullgraph=True).
 
-Without a GPU the CUDA backend runs in its CPU simulator (tests/csim.py) and the Triton kernels
+Without a GPU the CUDA backend runs in its CPU simulator (duality_kernels/testing/csim.py) and the Triton kernels
 under the interpreter, on CPU tensors; tests/test_distributed_compiled.py runs the same forms
 across gloo processes.
 """
@@ -17,7 +17,7 @@ from duality_kernels import reference as ref
 from duality_kernels.ops import cuda as cuda_ops
 from duality_kernels.ops import gathered
 
-from . import csim
+from duality_kernels.testing import csim
 from .accuracy import _check, _check_compiled, _check_low_precision, _check_same_bits, _flat, _spectral_mu, views
 
 ON_GPU = torch.cuda.is_available()

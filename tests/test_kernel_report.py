@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _triton_kernels():
     names = []
-    for path in sorted((ROOT / "duality_kernels" / "ops" / "triton").glob("*.py")):
+    for path in sorted((ROOT / "duality_kernels" / "ops" / "triton").rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.FunctionDef) and node.name.endswith("_kernel") and any(
                     "jit" in ast.unparse(d) for d in node.decorator_list):

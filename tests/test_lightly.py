@@ -157,3 +157,76 @@ def test_barlow_twins_vs_lightly(shape, lambda_param):
             return ((c.diagonal() - 1) ** 2).sum() + lambda_param * c[~eye].pow(2).sum()
 
         compare(lightly_relation, theirs, z1, z2, f"barlow-unbiased-std{shape},l={lambda_param}")
+
+
+# ------------------------------------------------------------------------------------------
+# drop-in completeness: the memory bank, weighted DCL, VICReg on (batch, ..., dim) inputs
+
+
+@pytest.mark.parametrize("size,n", [((16, 6), 4), ((7, 6), 3), ((3, 6), 8), ((1, 6), 2)])
+@pytest.mark.parametrize("gather_distributed", [False, True])
+def test_memory_bank_ntxent_vs_lightly(size, n, gather_distributed):
+    """Same seed, same initial bank (lightly's draw from the global generator); then the same losses,
+    gradients, bank contents and pointer step after step. float32: lightly's bank is float32 and
+    its einsum refuses other input dtypes."""
+    torch.manual_seed(size[0] * 100 + n)
+    ours = dk.NTXentLoss(0.3, memory_bank_size=size, gather_distributed=gather_distributed)
+    torch.manual_seed(size[0] * 100 + n)
+    theirs = lightly_loss.NTXentLoss(0.3, memory_bank_size=size, gather_distributed=gather_distributed)
+    assert torch.equal(ours.memory_bank.bank, theirs.memory_bank.bank)
+    for step in range(6):
+        z1, z2 = (z.float() for z in make_pair(n, size[1], "bank", step))
+        grad = step != 3  # lightly updates the bank only when out0 requires grad
+        a = [z1.clone().requires_grad_(grad), z2.clone().requires_grad_(True)]
+        b = [z1.clone().requires_grad_(grad), z2.clone().requires_grad_(True)]
+        out, ref = ours(*a), theirs(*b)
+        assert_close(out, ref, f"step {step} value", rtol=1e-5, atol=1e-6)
+        wrt = slice(0, 2) if grad else slice(1, 2)
+        for x, y in zip(torch.autograd.grad(out, a[wrt]), torch.autograd.grad(ref, b[wrt])):
+            assert_close(x, y, f"step {step} grad", rtol=1e-5, atol=1e-6)
+        assert torch.equal(ours.memory_bank.bank, theirs.memory_bank.bank), f"step {step}: bank"
+        assert torch.equal(ours.memory_bank.bank_ptr, theirs.memory_bank.bank_ptr), f"step {step}: pointer"
+
+
+@pytest.mark.parametrize("size", [64, -1, (4, 3, 2), (-2, 3)])
+def test_memory_bank_size_refused_like_lightly(size):
+    with pytest.raises(ValueError):
+        lightly_loss.NTXentLoss(memory_bank_size=size)
+    with pytest.raises(ValueError, match=r"memory_bank_size"):
+        dk.NTXentLoss(memory_bank_size=size)
+
+
+@pytest.mark.parametrize("size", [0, (0,), (0, 5)])
+def test_memory_bank_disabled_like_lightly(size):
+    z1, z2 = make_pair(6, 5, "nobank")
+    compare(dk.NTXentLoss(0.2, memory_bank_size=size), lightly_loss.NTXentLoss(0.2, memory_bank_size=size),
+            z1, z2, f"bank {size}")
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (7, 5), (31, 97)])
+@pytest.mark.parametrize("sigma", [0.5, 1e-7, 1e4])
+def test_dclw_vs_lightly(shape, sigma):
+    z1, z2 = make_pair(*shape, "dclw")
+    compare(dk.DCLWLoss(0.2, sigma=sigma), lightly_loss.DCLWLoss(0.2, sigma=sigma), z1, z2, f"dclw{shape},{sigma}")
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (13, 64)])
+def test_dcl_weight_fn_vs_lightly(shape):
+    from lightly.loss.dcl_loss import negative_mises_fisher_weights
+
+    z1, z2 = make_pair(*shape, "dclfn")
+
+    def with_gradient(a, b):
+        return ((a - b) ** 2).sum(dim=1)
+
+    for fn in (with_gradient, negative_mises_fisher_weights):
+        compare(dk.DCLLoss(0.3, weight_fn=fn), lightly_loss.DCLLoss(0.3, weight_fn=fn), z1, z2, f"dcl {fn.__name__}")
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5), (5, 2, 3, 7), (2, 10, 32), (6, 1, 4)])
+def test_vicreg_many_positions_vs_lightly(shape):
+    g = torch.Generator().manual_seed(zlib.crc32(repr(shape).encode()))
+    z1 = torch.randn(*shape, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.6 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    compare(dk.VICRegLoss(3.0, 7.5, 0.3, eps=1e-3), lightly_loss.VICRegLoss(3.0, 7.5, 0.3, eps=1e-3), z1, z2,
+            f"vicreg{shape}")

@@ -1,4 +1,4 @@
-"""duality_kernels against the eager official formulas of tests/official.py.
+"""duality_kernels against the eager official formulas of duality_kernels/testing/official.py.
 
 Everything runs on the CPU in float64 (values and gradients must agree to ~1e-10 relative, the
 library being free to compute on either side of the duality and to fuse or reorder reductions),
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import duality_kernels as dk
-from tests import official as off
+from duality_kernels.testing import official as off
 
 BACKEND = os.environ.get("DK_TEST_BACKEND", "auto")
 

@@ -37,7 +37,7 @@ hypothesis = pytest.importorskip("hypothesis")  # the "test" extra in pyproject.
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from . import csim  # noqa: E402
+from duality_kernels.testing import csim  # noqa: E402
 from . import public_cases as P  # noqa: E402
 from .accuracy import _check, _err, _flat, _run, _weights  # noqa: E402
 from .public_cases import Recipe  # noqa: E402
@@ -157,7 +157,7 @@ FOUND = [
 ]
 
 
-# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (tests/csim.py)
+# without a GPU, the CUDA backend runs this module's CPU tensors in its simulator (duality_kernels/testing/csim.py)
 _simulator = csim.module_fixture()
 
 

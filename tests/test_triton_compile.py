@@ -2,7 +2,7 @@
 
 The interpreter tests check the math; this checks DESIGN convention 10 (the kernels compile for
 the GPU: block shapes, ``tl.dot`` operand sizes, dtypes, constexpr branches) without a GPU, by
-running tests/triton_aot.py (ahead-of-time compilation to cubin) in a subprocess without
+running duality_kernels/testing/triton_aot.py (ahead-of-time compilation to cubin) in a subprocess without
 TRITON_INTERPRET. Compiled kernels land in triton's cache, so a second run takes seconds.
 """
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_aot.py")], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "duality_kernels.testing.triton_aot"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-6000:]
@@ -35,7 +35,7 @@ def test_duplicate_kernel_names_are_refused(tmp_path):
         "import sys\n"
         f"sys.path[:0] = [{str(ROOT)!r}, {str(tmp_path)!r}]\n"
         "import dk_twin_a, dk_twin_b\n"
-        "from tests import triton_aot\n"
+        "from duality_kernels.testing import triton_aot\n"
         "assert list(triton_aot.launchable([dk_twin_a, dk_twin_a])) == ['_twin_kernel']\n"
         "try:\n"
         "    triton_aot.launchable([dk_twin_a, dk_twin_b])\n"

@@ -175,9 +175,9 @@ def test_zero_row_and_nan_propagate_like_the_reference():
 def test_scales_on_the_dot_tile(monkeypatch):
     """The bf16/fp16 placement of the l2 scales (on the fp32 dot tile, SCALE_ROWS=2), run here in
     float32/float64 because the interpreter cannot run bf16."""
-    from duality_kernels.ops.triton import lse
+    from duality_kernels.ops.triton.lse import plan
 
-    monkeypatch.setattr(lse, "_TILE_SCALE_DTYPES", tuple(DTYPES))
+    monkeypatch.setattr(plan, "_TILE_SCALE_DTYPES", tuple(DTYPES))
     for dtype in DTYPES:
         check_against_reference(_ntxent(0.3, "square", "center_l2", "none", "triton"),
                                 _ntxent(0.3, "square", "center_l2", "none", "torch"), (17, 33), dtype)
@@ -187,13 +187,13 @@ def test_scales_on_the_dot_tile(monkeypatch):
 
 @pytest.mark.parametrize("staged", [True, False], ids=["staged", "in_registers"])
 def test_l2_jacobian_paths(monkeypatch, staged):
-    """The fused backward's l2 Jacobian both ways (lse._staged_jacobian): through the fp32/fp64
+    """The fused backward's l2 Jacobian both ways (lse.backward._staged_jacobian): through the fp32/fp64
     output buffer (what fp32 takes) and in registers (what bf16/fp16 take on the GPU), forced here
     in float32/float64. One column: the exact gradient is 0 and the Jacobian's two terms must
     cancel as eager's do (the l2 Jacobian's n·g taken apart from g was 10-130x eager's error)."""
-    from duality_kernels.ops.triton import lse
+    from duality_kernels.ops.triton.lse import backward
 
-    monkeypatch.setattr(lse, "_staged_jacobian", lambda dtype: staged)
+    monkeypatch.setattr(backward, "_staged_jacobian", lambda dtype: staged)
     for dtype in DTYPES:
         for shape in ((17, 20), (40, 1)):
             check_against_reference(_ntxent(0.3, "abs", "center_l2", "none", "triton"),
@@ -232,14 +232,67 @@ def test_opcheck():
         out = fwd(z1.detach(), z2.detach(), *w)
         gs = [torch.randn((), dtype=torch.float64) for _ in range(4)]
         torch.library.opcheck(bwd, (z1.detach(), z2.detach(), *out[4:], *gs, *w))
-    u = torch.randn(10, 7, dtype=torch.float64, requires_grad=True)
-    for args in ((0.5, True, 5, True, False, 2), (0.5, False, 0, True, False, 0), (0.3, True, 5, True, True, 1)):
-        torch.library.opcheck(lse.gram_lse_fwd, (u, *args))
-        out = lse.gram_lse_fwd(u.detach(), *args)
-        torch.library.opcheck(lse.gram_lse_bwd, (u.detach(), *out[1:], torch.randn_like(out[0]), *args))
-    torch.library.opcheck(lse.cross_lse_fwd, (z1, z2, 0.2))
-    out = lse.cross_lse_fwd(z1.detach(), z2.detach(), 0.2)
-    torch.library.opcheck(lse.cross_lse_bwd, (z1.detach(), z2.detach(), *out[1:], torch.randn_like(out[0]), 0.2))
+
+
+def _generic_launch(u, w, temperature, normalize, half, drop_positive, transform):
+    """Rows of u against themselves through the launchers (prep, forward, backward), as no public
+    loss poses it: a positive a ± half or none (half = 0), the l2 scaling or none. -> (terms,
+    ∂(Σ w·terms)/∂u)."""
+    from duality_kernels.ops.triton.lse import backward, forward, plan, prep
+
+    m = u.shape[0]
+    pr = prep._prep(u, u, 1, None, None, norm=normalize)
+    lse = torch.empty(3, m, dtype=u.dtype)
+    q, term = torch.empty(m, dtype=u.dtype), torch.empty(m, dtype=u.dtype)
+    tile = normalize and plan._tile_scaled(u.dtype)
+    masks = (half, half, 0, True, plan._POS_PAIR if half else plan._NO_POS, drop_positive, transform)
+    r = pr.r if tile else None
+    forward._forward(pr.op, pr.op, r, r, 1.0 / temperature, masks, orient=1, lse=lse, q=q, term=term)
+    du = torch.empty_like(u)
+    side = backward._Side(lse, q, w)
+    backward._backward(pr.op, pr.op, pr.r if normalize else None, r, pr.keep if normalize else None, side, side,
+                       1.0 / temperature, masks, tile_scale=tile, out=du, orient=1)
+    return term, du
+
+
+def _generic_truth(u, w, temperature, normalize, half, drop_positive, transform):
+    """The same terms transcribed in float64 (docs/spec.md §4: the transform applies to the negatives,
+    the positive's logit stays s/τ), the gradient by autograd."""
+    x = u.detach().double().requires_grad_()
+    n = torch.nn.functional.normalize(x, dim=1) if normalize else x
+    s = n @ n.T
+    t = (s, s.abs(), s * s)[transform] / temperature
+    idx = torch.arange(u.shape[0])
+    masked = idx[:, None] == idx[None, :]
+    if half:
+        pos = (idx + half) % (2 * half)
+        is_pos = idx[None, :] == pos[:, None]
+        logits = t.masked_fill(masked | is_pos, -math.inf)
+        if not drop_positive:
+            logits = torch.where(is_pos, s / temperature, logits)
+        terms = torch.logsumexp(logits, dim=1) - s[idx, pos] / temperature
+    else:
+        terms = torch.logsumexp(t.masked_fill(masked, -math.inf), dim=1)
+    return terms.detach(), torch.autograd.grad((terms * w.double()).sum(), x)[0]
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["l2", "raw"])
+@pytest.mark.parametrize("half", [0, 7], ids=["no_positive", "pair"])
+def test_generic_problem_through_the_launchers(normalize, half):
+    """The masks the public losses do not combine (no positive with the l2 Jacobian, a positive on
+    raw rows, every transform), on both backwards (K = 9: fused; K = 40 > the interpreter's 32:
+    coefficient stripes), against the float64 transcription."""
+    g = torch.Generator().manual_seed(5)
+    for k in (9, 40):
+        u = torch.randn(14, k, generator=g, dtype=torch.float64)
+        w = torch.randn(14, generator=g, dtype=torch.float64)
+        for transform in (0, 1, 2):
+            for drop in ((False, True) if half else (False,)):
+                terms, du = _generic_launch(u, w, 0.4, normalize, half, drop, transform)
+                want, want_du = _generic_truth(u, w, 0.4, normalize, half, drop, transform)
+                where = (k, transform, drop)
+                torch.testing.assert_close(terms, want, rtol=1e-10, atol=1e-10, msg=lambda m: f"{where}: {m}")
+                torch.testing.assert_close(du, want_du, rtol=1e-9, atol=1e-9, msg=lambda m: f"{where}: {m}")
 
 
 def _compile_equal(fn, z1, z2, backend):
@@ -340,9 +393,9 @@ def test_temperatures_random_views(name, d, temperature):
 
 def test_several_stripes(monkeypatch):
     """The stripe backward with several stripes of anchor rows (a 2 KB coefficient buffer)."""
-    from duality_kernels.ops.triton import lse
+    from duality_kernels.ops.triton.lse import backward
 
-    monkeypatch.setattr(lse, "_STRIPE_BYTES", 2048)
+    monkeypatch.setattr(backward, "_STRIPE_BYTES", 2048)
     for name in ("ntxent", "infonce", "vicreg_ctr", "vicreg_exp"):
         check_against_reference(_loss_fn(name, 0.2, "triton"), _loss_fn(name, 0.2, "torch"), (37, 45), torch.float64)
 
@@ -583,7 +636,7 @@ def test_gpu_half(shape, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["tf32", "ieee", "bf16"])
 def test_gpu_dot_is_symmetric(precision):
-    """The property the kernels rely on on the GPU (lse._orient): a tile computed as A·Bᵀ has the
+    """The property the kernels rely on on the GPU (lse.plan._orient): a tile computed as A·Bᵀ has the
     bits of (B·Aᵀ)ᵀ, whatever the tile shape, so the backward's logits match the forward's."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     ip = "ieee" if precision == "ieee" else "tf32"

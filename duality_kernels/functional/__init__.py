@@ -14,9 +14,11 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _backend, _cost
+from .._policy import public
 from .. import _validation as V
 from .. import distributed as _dist
 from .. import reference as R
+from ..ops import _checks as C
 from ..ops import gathered as _gathered
 
 Tensor = torch.Tensor
@@ -81,32 +83,30 @@ def _ctx(op: str, gather_distributed, z: Tensor) -> _dist.Context:
 # §1 primitives
 
 
+@public
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
     """Cosine similarities l2n(z1)·l2n(z2 or z1)ᵀ, shape (N, N) (SPEC §1)."""
-    if z2 is None:
-        V.check_tensor(z1, "z1")
-    else:
-        V.check_pair(z1, z2)
+    C.normalized_gram(z1, z2)
     ops = _gram_ops(_backend.resolve(backend, "normalized_gram", z1), "normalized_gram")
     if ops is not None:
         return ops.normalized_gram(z1, z2)
     return R.normalized_gram(z1, z2)
 
 
+@public
 def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tensor:
     """center(z)ᵀ center(z) / (N − correction), shape (D, D) (SPEC §1)."""
-    V.check_tensor(z, "z")
-    V.check_correction(correction, z.shape[0])
+    C.covariance(z, correction)
     ops = _gram_ops(_backend.resolve(backend, "covariance", z), "covariance")
     if ops is not None:
         return ops.covariance(z, correction)
     return R.covariance(z, correction)
 
 
+@public
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, *, backend: str = "auto") -> Tensor:
     """BatchNorm-standardized views' s(z1)ᵀ s(z2) / N, shape (D, D) (SPEC §1)."""
-    V.check_pair(z1, z2, min_rows=2, what="a batch variance needs two rows")
-    eps = V.check_nonnegative(eps, "eps")
+    eps = C.cross_correlation(z1, z2, eps)
     ops = _gram_ops(_backend.resolve(backend, "cross_correlation", z1), "cross_correlation")
     if ops is not None:
         return ops.cross_correlation(z1, z2, eps)
@@ -124,6 +124,7 @@ def _criterion_args(z, side, backend, op) -> Tuple[str, str]:
     return _cost.resolve_side(side, *z.shape), be
 
 
+@public
 def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_c = Σ_{i≠j} (z zᵀ)_ij² (paper eq. for sample-contrastive methods; SPEC §2)."""
     s, be = _criterion_args(z, side, backend, "sample_contrastive_criterion")
@@ -133,6 +134,7 @@ def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str 
     return R.sample_contrastive_criterion(z, s)
 
 
+@public
 def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
     """L_nc = Σ_{k≠l} (zᵀ z)_kl² (SPEC §2)."""
     s, be = _criterion_args(z, side, backend, "dimension_contrastive_criterion")
@@ -142,6 +144,7 @@ def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: s
     return R.dimension_contrastive_criterion(z, s)
 
 
+@public
 def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram; L_nc + Σ_k = L_c + Σ_i (paper Thm 3.3)."""
     s, be = _criterion_args(z, side, backend, "duality_terms")
@@ -155,11 +158,7 @@ def duality_terms(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tu
 # §3 covariance family
 
 
-def _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, min_cols=1, what=""):
-    V.check_pair(z1, z2, min_rows=2, min_cols=min_cols, what=what or "a batch variance needs two rows")
-    return V.vicreg_weights(inv_weight, var_weight, cov_weight, gamma, eps)
-
-
+@public
 def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
                 cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4, *,
                 side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
@@ -169,7 +168,7 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
     terms: "invariance" (mean squared difference), "variance" ((v(z1)+v(z2))/2), "covariance"
     (c(z1)+c(z2)); loss = inv_weight·invariance + var_weight·variance + cov_weight·covariance.
     """
-    w = _vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps)
+    w = C.vicreg_args(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps)
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
     ctx = _ctx("vicreg_loss", gather_distributed, z1)
@@ -202,8 +201,7 @@ def _ctr_ref(z1, z2, inv_w, var_w, cov_w, gamma, eps, t, ctx, be="torch"):
 
 def _vicreg_lse(op, compute, z1, z2, weights, temperature, gather_distributed, return_terms, backend, what):
     """VICReg-exp / VICReg-ctr: the same checks, then ``compute(z1, z2, *weights, temperature, ctx, be)``."""
-    w = _vicreg_args(z1, z2, *weights, min_cols=2, what=what)
-    t = V.check_positive(temperature, "temperature")
+    w, t = C.vicreg_lse_args(what, z1, z2, *weights, temperature)
     V.check_flag(return_terms, "return_terms")
     ctx = _ctx(op, gather_distributed, z1)
     be = _backend.resolve(backend, op, z1, ctx.active)
@@ -211,26 +209,27 @@ def _vicreg_lse(op, compute, z1, z2, weights, temperature, gather_distributed, r
     return _out(loss, terms, return_terms)
 
 
+@public
 def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
                     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
     """VICReg-exp (paper eq. 11–12), SPEC §3: covariance term = mean row log-sum-exp of C/τ off the diagonal."""
     return _vicreg_lse("vicreg_exp_loss", _exp_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
-                       gather_distributed, return_terms, backend,
-                       "a batch variance needs two rows and an off-diagonal term two columns")
+                       gather_distributed, return_terms, backend, C.VICREG_EXP_ROWS)
 
 
+@public
 def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
                     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
     """VICReg-ctr (paper eq. 13), SPEC §3: variance and log-sum-exp terms on the N×N sample side."""
     return _vicreg_lse("vicreg_ctr_loss", _ctr_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
-                       gather_distributed, return_terms, backend,
-                       "a row variance needs two columns and the sample term two rows")
+                       gather_distributed, return_terms, backend, C.VICREG_CTR_ROWS)
 
 
+@public
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps: float = 1e-5, *,
                       side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
                       backend: str = "auto"):
@@ -238,9 +237,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
 
     terms: "on_diagonal" Σ_k (1 − C_kk)², "off_diagonal" Σ_{k≠l} C_kl²; loss = on + λ·off.
     """
-    V.check_pair(z1, z2, min_rows=2, what="a batch variance needs two rows")
-    lam = V.check_finite(lambda_param, "lambda_param")
-    eps = V.check_nonnegative(eps, "eps")
+    lam, eps = C.barlow_twins_args(z1, z2, lambda_param, eps)
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
     ctx = _ctx("barlow_twins_loss", gather_distributed, z1)
@@ -262,15 +259,12 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
 # §4 sample-contrastive family
 
 
+@public
 def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
                 normalization: str = "l2", reduction: str = "mean", *,
                 gather_distributed: bool = False, backend: str = "auto") -> Tensor:
     """NT-Xent / SimCLR over the 2N rows [z1; z2], positive kept in the denominator (SPEC §4)."""
-    V.check_pair(z1, z2)
-    t = V.check_positive(temperature, "temperature")
-    V.check_choice(similarity, "similarity", V.SIMILARITIES)
-    V.check_choice(normalization, "normalization", V.NORMALIZATIONS)
-    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    t = C.ntxent(z1, z2, temperature, similarity, normalization, reduction)
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "ntxent_loss", z1, ctx.active)
     if be == "triton":
@@ -278,13 +272,11 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
+@public
 def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
              reduction: str = "mean", *, gather_distributed: bool = False, backend: str = "auto") -> Tensor:
     """Decoupled contrastive loss: NT-Xent without the positive in the denominator (SPEC §4)."""
-    V.check_pair(z1, z2, min_rows=2, what="every anchor needs at least one negative")
-    t = V.check_positive(temperature, "temperature")
-    V.check_choice(similarity, "similarity", V.SIMILARITIES)
-    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    t = C.dcl(z1, z2, temperature, similarity, reduction)
     ctx = _ctx("dcl_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "dcl_loss", z1, ctx.active)
     if be == "triton":
@@ -292,12 +284,11 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
+@public
 def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: str = "mean", *,
                  gather_distributed: bool = False, backend: str = "auto") -> Tensor:
     """Cross-view InfoNCE in the CLIP form, ½[CE(S) + CE(Sᵀ)] (SPEC §4)."""
-    V.check_pair(z1, z2)
-    t = V.check_positive(temperature, "temperature")
-    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    t = C.infonce(z1, z2, temperature, reduction)
     ctx = _ctx("infonce_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "infonce_loss", z1, ctx.active)
     if be == "triton":
@@ -305,6 +296,7 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 
+@public
 def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: str = "auto",
                               gather_distributed: bool = False, return_terms: bool = False,
                               backend: str = "auto"):
@@ -312,8 +304,7 @@ def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: 
 
     terms: "positive" −(2/N)Σ_i z1_i·z2_i / mu, "negative" offsq(z1 z2ᵀ)/(N(N−1)) / mu.
     """
-    V.check_pair(z1, z2, min_rows=2, what="the off-diagonal term needs two rows")
-    mu = V.check_positive(mu, "mu")
+    mu = C.spectral_args(z1, z2, mu)
     side = V.check_side(side)
     V.check_flag(return_terms, "return_terms")
     ctx = _ctx("spectral_contrastive_loss", gather_distributed, z1)

@@ -16,6 +16,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .._policy import autocast_off
+
 
 class Spec(NamedTuple):
     op: Callable        # the custom op (the torch.compile path)
@@ -32,7 +34,8 @@ class Direct(torch.autograd.Function):
         # Unused outputs' gradients arrive as None instead of materialized zeros: every backward
         # here handles None, and the zeros would be one fill launch per unused term.
         ctx.set_materialize_grads(False)
-        out = spec.impl(*inputs)
+        with autocast_off():
+            out = spec.impl(*inputs)
         spec.setup(ctx, inputs, out)
         ctx.direct = True
         ctx.spec = spec
@@ -47,6 +50,47 @@ class Direct(torch.autograd.Function):
         return (None, *dx)
 
 
+UNSUPPORTED_TRANSFORM = (
+    "duality_kernels' compiled backends (triton, cuda) do not support forward-mode AD or torch.func transforms "
+    "(jvp, jacfwd, hessian, grad, jacrev, vmap); use backend='torch', which does (docs/spec.md §8)")
+UNSUPPORTED_DOUBLE_BACKWARD = (
+    b"duality_kernels' compiled backends (triton, cuda) compute a backward that is not itself differentiable: "
+    b"double backward (create_graph=True, Hessian-vector products, gradient penalties) needs backend='torch' "
+    b"(docs/spec.md, section 8)")
+
+
+def refuse_transforms(inputs) -> None:
+    """Raises for forward-mode AD (dual tensors) and torch.func transforms, which the compiled ops do
+    not implement (they would otherwise give zeros or torch's internal errors). torch.compile's
+    tracing is not a transform."""
+    if torch.compiler.is_compiling():
+        return
+    if torch._C._are_functorch_transforms_active():
+        raise NotImplementedError(UNSUPPORTED_TRANSFORM)
+    if torch.autograd.forward_ad._current_level >= 0:
+        for t in inputs:
+            if isinstance(t, torch.Tensor) and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+                raise NotImplementedError(UNSUPPORTED_TRANSFORM)
+
+
+def once_differentiable(grads: tuple) -> tuple:
+    """A backward's gradients, marked as not differentiable again. Under create_graph=True (grad mode
+    on in the backward) they become outputs of a node that raises UNSUPPORTED_DOUBLE_BACKWARD when
+    differentiated, instead of constants whose second derivative would silently be zero."""
+    if not torch.is_grad_enabled():
+        return grads
+    idx = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+    if not idx:
+        return grads
+    err = torch._C._functions.DelayedError(UNSUPPORTED_DOUBLE_BACKWARD, len(idx))
+    wrapped = err(*[grads[i].detach().requires_grad_() for i in idx])
+    wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+    out = list(grads)
+    for i, w in zip(idx, wrapped):
+        out[i] = w
+    return tuple(out)
+
+
 def _plain_eager(inputs) -> bool:
     """Plain eager tensors: not compiling, no torch.func transform, no tensor subclass (fake,
     functional or other tracing tensors need the custom op and its fake)."""
@@ -58,6 +102,7 @@ def _plain_eager(inputs) -> bool:
 def apply(spec: Spec, *inputs):
     """The op's outputs: all of them through the custom op when tracing or compiling, the first
     ``spec.results`` through Direct otherwise."""
+    refuse_transforms(inputs)
     if not _plain_eager(inputs):
         return spec.op(*inputs)
     return Direct.apply(spec, *inputs)

@@ -23,13 +23,15 @@ below check their own arguments first (ops/_checks.py, the public functions' err
 entry points check every tensor again (RuntimeError naming the argument).
 """
 
-import importlib
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from . import _checks
-from ._direct import Spec, apply, pick
+from . import registry
+from ._checks import MOMENTS_CROSS, MOMENTS_NONE, MOMENTS_SELF  # noqa: F401 (this backend's names for them)
+from ._cuda_ext import REBUILD_COMMAND, _set_simulator, device_rule, is_available, simulating, unavailable_reason
+from ._cuda_ext import ext as _ext
+from ._direct import apply, refuse_transforms
 
 __all__ = [
     "BarlowTwinsFunction",
@@ -47,75 +49,6 @@ __all__ = [
     "unavailable_reason",
 ]
 
-REBUILD_COMMAND = "DUALITY_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation -e ."
-
-try:  # torch must be imported first: _C links against its shared libraries.
-    _C = importlib.import_module("duality_kernels._C")
-
-    _IMPORT_ERROR: Optional[BaseException] = None
-except Exception as _exc:  # ImportError, OSError (ABI/symbol mismatch), anything a broken build raises
-    _C = None
-    _IMPORT_ERROR = _exc
-
-
-def is_available() -> bool:
-    """True when the compiled extension ``duality_kernels._C`` was built and imports.
-
-    Says nothing about a GPU being visible (the extension imports without one);
-    ``torch.cuda.is_available()`` answers that.
-    """
-    return _C is not None
-
-
-def unavailable_reason() -> str:
-    """Why ``backend="cuda"`` cannot be used, with the command that rebuilds the extension
-    ("" when the extension is available)."""
-    if _C is not None:
-        return ""
-    if torch.version.cuda is None:
-        why = (
-            f"torch {torch.__version__} is not a CUDA build, so the extension was not built; "
-            "install a CUDA build of torch, then"
-        )
-    elif isinstance(_IMPORT_ERROR, ModuleNotFoundError) and _IMPORT_ERROR.name == "duality_kernels._C":
-        why = (
-            "it was not built (nvcc or CUDA torch missing at install time, or "
-            "DUALITY_KERNELS_BUILD_CUDA=0)"
-        )
-    else:
-        why = f"importing it failed: {type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR}"
-    return (
-        f"duality_kernels' CUDA extension (duality_kernels._C) is unavailable: {why}. "
-        f"Rebuild it from the source checkout with `{REBUILD_COMMAND}` (torch and nvcc must be "
-        "installed; DUALITY_KERNELS_BUILD_CUDA=1 makes the build fail loudly instead of skipping), "
-        "or use backend='triton' or backend='torch'."
-    )
-
-
-# The CPU simulator of the extension (tests/csim.py), used for CPU tensors when set.
-_SIM = None
-
-
-def _set_simulator(module) -> None:
-    """Test hook: run these ops on CPU tensors through ``module`` (csrc/ built with
-    -DDK_HOST_SIM, see tests/csim.py); None turns it off."""
-    global _SIM
-    _SIM = module
-
-
-def simulating() -> bool:
-    """True when the CPU simulator is enabled (tests only)."""
-    return _SIM is not None
-
-
-def _ext(t: Optional[torch.Tensor] = None):
-    if _SIM is not None and t is not None and t.device.type == "cpu":
-        return _SIM
-    if _C is None:
-        raise RuntimeError(unavailable_reason())
-    return _C
-
-
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -123,6 +56,7 @@ def _plain_eager(tensors) -> bool:
     """Plain eager tensors (None allowed): not compiling, no torch.func transform, no tensor subclass
     (ops/_direct.py's test, for the few tensor arguments of these ops). Tracing and compiling need
     the custom ops and their fakes; the C++ autograd path would call _C on fake tensors."""
+    refuse_transforms(tensors)
     for t in tensors:
         if t is not None and type(t) not in _PLAIN:
             return False
@@ -232,12 +166,6 @@ def _scalars(z: Tensor, count: int) -> List[Tensor]:
     return [z.new_empty((), dtype=_acc_of(z)) for _ in range(count)]
 
 
-def _op(name: str, check: Callable, impl: Callable):
-    """The forward custom op ``duality_kernels::<name>`` over ``impl``, behind ``check``
-    (ops/_checks.py)."""
-    return torch.library.custom_op(f"duality_kernels::{name}", mutates_args=())(_checks.checked(check, "cuda", impl))
-
-
 # ---- VICReg (SPEC §3)
 
 
@@ -250,11 +178,9 @@ def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: floa
     return _ext(z1).vicreg_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side == "sample")
 
 
-cuda_vicreg_fwd = _op("cuda_vicreg_fwd", _checks.vicreg, _vicreg_fwd_impl)
 
 
-@cuda_vicreg_fwd.register_fake
-def _(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
+def _vicreg_fwd_fake(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side):
     n, d = z1.shape
     m = n if side == "sample" else d
     return [*_scalars(z1, 4), z1.new_empty((2, n, d)), z1.new_empty((2, m, m), dtype=_gram_dtype(z1)),
@@ -269,11 +195,9 @@ def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, stats: Ten
                                cov_weight, gamma, eps, side == "sample")
 
 
-cuda_vicreg_bwd = torch.library.custom_op("duality_kernels::cuda_vicreg_bwd", mutates_args=())(_vicreg_bwd_impl)
 
 
-@cuda_vicreg_bwd.register_fake
-def _(z1, z2, *_args):
+def _vicreg_bwd_fake(z1, z2, *_args):
     return [torch.empty_like(z1, memory_format=torch.contiguous_format),
             torch.empty_like(z2, memory_format=torch.contiguous_format)]
 
@@ -284,16 +208,17 @@ def _vicreg_setup(ctx, inputs, output):
     ctx.args = tuple(args)
 
 
-def _vicreg_backward(ctx, grads):
+def _vicreg_backward(ctx, run_bwd, grads):
     z1, z2, x, gram, stats = ctx.saved_tensors
     acc = _acc_of(z1)
     gs = [_scalar_grad(g, acc) for g in grads[:4]]
-    dz1, dz2 = pick(ctx, cuda_vicreg_bwd, _vicreg_bwd_impl)(z1, z2, x, gram, stats, *gs, *ctx.args)
+    dz1, dz2 = run_bwd(z1, z2, x, gram, stats, *gs, *ctx.args)
     return dz1, dz2, None, None, None, None, None, None
 
 
-cuda_vicreg_fwd.register_autograd(_vicreg_backward, setup_context=_vicreg_setup)
-_VICREG = Spec(cuda_vicreg_fwd, _vicreg_fwd_impl, _vicreg_setup, _vicreg_backward, 4, listed=True)
+_VICREG = registry.register("vicreg", "cuda", fwd=_vicreg_fwd_impl, fwd_fake=_vicreg_fwd_fake, bwd=_vicreg_bwd_impl,
+                            bwd_fake=_vicreg_bwd_fake, setup=_vicreg_setup, backward=_vicreg_backward, device=device_rule, listed=True, gathers=True)
+cuda_vicreg_fwd, cuda_vicreg_bwd = _VICREG.fwd, _VICREG.bwd
 
 
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
@@ -319,11 +244,9 @@ def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: flo
     return _ext(z1).barlow_twins_fwd(z1, z2, lambda_param, eps, side == "sample")
 
 
-cuda_barlow_twins_fwd = _op("cuda_barlow_twins_fwd", _checks.barlow_twins, _barlow_twins_fwd_impl)
 
 
-@cuda_barlow_twins_fwd.register_fake
-def _(z1, z2, lambda_param, eps, side):
+def _barlow_twins_fwd_fake(z1, z2, lambda_param, eps, side):
     n, d = z1.shape
     acc = _acc_of(z1)
     grams = (2, n, n) if side == "sample" else (1, d, d)
@@ -338,11 +261,9 @@ def _barlow_twins_bwd_impl(x: Tensor, grams: Tensor, m2: Tensor, cdiag: Tensor, 
                                     side == "sample")
 
 
-cuda_barlow_twins_bwd = torch.library.custom_op("duality_kernels::cuda_barlow_twins_bwd", mutates_args=())(_barlow_twins_bwd_impl)
 
 
-@cuda_barlow_twins_bwd.register_fake
-def _(x, *_args):
+def _barlow_twins_bwd_fake(x, *_args):
     return [x.new_empty(x.shape[1:]), x.new_empty(x.shape[1:])]
 
 
@@ -352,15 +273,16 @@ def _barlow_setup(ctx, inputs, output):
     ctx.args = (lambda_param, eps, side)
 
 
-def _barlow_backward(ctx, grads):
+def _barlow_backward(ctx, run_bwd, grads):
     x, grams, m2, cdiag = ctx.saved_tensors
     gs = [_scalar_grad(g, cdiag.dtype) for g in grads[:3]]
-    dz1, dz2 = pick(ctx, cuda_barlow_twins_bwd, _barlow_twins_bwd_impl)(x, grams, m2, cdiag, *gs, *ctx.args)
+    dz1, dz2 = run_bwd(x, grams, m2, cdiag, *gs, *ctx.args)
     return dz1, dz2, None, None, None
 
 
-cuda_barlow_twins_fwd.register_autograd(_barlow_backward, setup_context=_barlow_setup)
-_BARLOW_TWINS = Spec(cuda_barlow_twins_fwd, _barlow_twins_fwd_impl, _barlow_setup, _barlow_backward, 3, listed=True)
+_BARLOW_TWINS = registry.register("barlow_twins", "cuda", fwd=_barlow_twins_fwd_impl, fwd_fake=_barlow_twins_fwd_fake, bwd=_barlow_twins_bwd_impl,
+                            bwd_fake=_barlow_twins_bwd_fake, setup=_barlow_setup, backward=_barlow_backward, device=device_rule, listed=True, gathers=True)
+cuda_barlow_twins_fwd, cuda_barlow_twins_bwd = _BARLOW_TWINS.fwd, _BARLOW_TWINS.bwd
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
@@ -384,11 +306,9 @@ def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str) -> List[Ten
     return _ext(z1).spectral_fwd(z1, z2, mu, side == "sample")
 
 
-cuda_spectral_fwd = _op("cuda_spectral_fwd", _checks.spectral, _spectral_fwd_impl)
 
 
-@cuda_spectral_fwd.register_fake
-def _(z1, z2, mu, side):
+def _spectral_fwd_fake(z1, z2, mu, side):
     n, d = z1.shape
     acc = _acc_of(z1)
     grams = (1, n, n) if side == "sample" else (2, d, d)
@@ -406,10 +326,8 @@ def _spectral_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, grams: Tensor, q: Tens
     return _ext(z1).spectral_bwd(z1, z2, x, grams, q, g_loss, g_pos, g_neg, mu, side == "sample")
 
 
-cuda_spectral_bwd = torch.library.custom_op("duality_kernels::cuda_spectral_bwd", mutates_args=())(_spectral_bwd_impl)
 
 
-cuda_spectral_bwd.register_fake(_bwd_fake2)
 
 
 def _spectral_setup(ctx, inputs, output):
@@ -418,15 +336,16 @@ def _spectral_setup(ctx, inputs, output):
     ctx.args = (mu, side)
 
 
-def _spectral_backward(ctx, grads):
+def _spectral_backward(ctx, run_bwd, grads):
     z1, z2, x, grams, q = ctx.saved_tensors
     gs = [_scalar_grad(g, q.dtype) for g in grads[:3]]
-    dz1, dz2 = pick(ctx, cuda_spectral_bwd, _spectral_bwd_impl)(z1, z2, x, grams, q, *gs, *ctx.args)
+    dz1, dz2 = run_bwd(z1, z2, x, grams, q, *gs, *ctx.args)
     return dz1, dz2, None, None
 
 
-cuda_spectral_fwd.register_autograd(_spectral_backward, setup_context=_spectral_setup)
-_SPECTRAL = Spec(cuda_spectral_fwd, _spectral_fwd_impl, _spectral_setup, _spectral_backward, 3, listed=True)
+_SPECTRAL = registry.register("spectral", "cuda", fwd=_spectral_fwd_impl, fwd_fake=_spectral_fwd_fake, bwd=_spectral_bwd_impl,
+                            bwd_fake=_bwd_fake2, setup=_spectral_setup, backward=_spectral_backward, device=device_rule, listed=True, gathers=True)
+cuda_spectral_fwd, cuda_spectral_bwd = _SPECTRAL.fwd, _SPECTRAL.bwd
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -447,11 +366,9 @@ def _covariance_fwd_impl(z: Tensor, correction: int) -> List[Tensor]:
     return _ext(z).covariance_fwd(z, correction)
 
 
-cuda_covariance_fwd = _op("cuda_covariance_fwd", _checks.covariance, _covariance_fwd_impl)
 
 
-@cuda_covariance_fwd.register_fake
-def _(z, correction):
+def _covariance_fwd_fake(z, correction):
     d = z.shape[1]
     return [z.new_empty((d, d), dtype=_acc_of(z)), z.new_empty(z.shape)]
 
@@ -460,11 +377,9 @@ def _covariance_bwd_impl(x: Tensor, grad: Tensor, correction: int) -> Tensor:
     return _ext(x).covariance_bwd(x, grad, correction)
 
 
-cuda_covariance_bwd = torch.library.custom_op("duality_kernels::cuda_covariance_bwd", mutates_args=())(_covariance_bwd_impl)
 
 
-@cuda_covariance_bwd.register_fake
-def _(x, grad, correction):
+def _covariance_bwd_fake(x, grad, correction):
     return x.new_empty(x.shape)
 
 
@@ -473,16 +388,17 @@ def _covariance_setup(ctx, inputs, output):
     ctx.correction = inputs[1]
 
 
-def _covariance_backward(ctx, grads):
+def _covariance_backward(ctx, run_bwd, grads):
     (x,) = ctx.saved_tensors
     grad = grads[0]
     if grad is None:
         return None, None
-    return pick(ctx, cuda_covariance_bwd, _covariance_bwd_impl)(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
+    return run_bwd(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
 
 
-cuda_covariance_fwd.register_autograd(_covariance_backward, setup_context=_covariance_setup)
-_COVARIANCE = Spec(cuda_covariance_fwd, _covariance_fwd_impl, _covariance_setup, _covariance_backward, 1, listed=True)
+_COVARIANCE = registry.register("covariance", "cuda", fwd=_covariance_fwd_impl, fwd_fake=_covariance_fwd_fake, bwd=_covariance_bwd_impl,
+                            bwd_fake=_covariance_bwd_fake, setup=_covariance_setup, backward=_covariance_backward, device=device_rule, listed=True)
+cuda_covariance_fwd, cuda_covariance_bwd = _COVARIANCE.fwd, _COVARIANCE.bwd
 
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
@@ -501,11 +417,9 @@ def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float) -> List[Tens
     return _ext(z1).cross_correlation_fwd(z1, z2, eps)
 
 
-cuda_cross_correlation_fwd = _op("cuda_cross_correlation_fwd", _checks.cross_correlation, _cross_correlation_fwd_impl)
 
 
-@cuda_cross_correlation_fwd.register_fake
-def _(z1, z2, eps):
+def _cross_correlation_fwd_fake(z1, z2, eps):
     n, d = z1.shape
     acc = _acc_of(z1)
     return [z1.new_empty((d, d), dtype=acc), z1.new_empty((2, n, d)),
@@ -516,11 +430,9 @@ def _cross_correlation_bwd_impl(x: Tensor, m2: Tensor, grad: Tensor, eps: float)
     return _ext(x).cross_correlation_bwd(x, m2, grad, eps)
 
 
-cuda_cross_correlation_bwd = torch.library.custom_op("duality_kernels::cuda_cross_correlation_bwd", mutates_args=())(_cross_correlation_bwd_impl)
 
 
-@cuda_cross_correlation_bwd.register_fake
-def _(x, m2, grad, eps):
+def _cross_correlation_bwd_fake(x, m2, grad, eps):
     return [x.new_empty(x.shape[1:]), x.new_empty(x.shape[1:])]
 
 
@@ -529,17 +441,18 @@ def _xcorr_setup(ctx, inputs, output):
     ctx.eps = inputs[2]
 
 
-def _xcorr_backward(ctx, grads):
+def _xcorr_backward(ctx, run_bwd, grads):
     x, m2 = ctx.saved_tensors
     grad = grads[0]
     if grad is None:
         return None, None, None
-    dz1, dz2 = pick(ctx, cuda_cross_correlation_bwd, _cross_correlation_bwd_impl)(x, m2, grad.to(_acc_of(x)).contiguous(), ctx.eps)
+    dz1, dz2 = run_bwd(x, m2, grad.to(_acc_of(x)).contiguous(), ctx.eps)
     return dz1, dz2, None
 
 
-cuda_cross_correlation_fwd.register_autograd(_xcorr_backward, setup_context=_xcorr_setup)
-_CROSS_CORRELATION = Spec(cuda_cross_correlation_fwd, _cross_correlation_fwd_impl, _xcorr_setup, _xcorr_backward, 1, listed=True)
+_CROSS_CORRELATION = registry.register("cross_correlation", "cuda", fwd=_cross_correlation_fwd_impl, fwd_fake=_cross_correlation_fwd_fake, bwd=_cross_correlation_bwd_impl,
+                            bwd_fake=_cross_correlation_bwd_fake, setup=_xcorr_setup, backward=_xcorr_backward, device=device_rule, listed=True)
+cuda_cross_correlation_fwd, cuda_cross_correlation_bwd = _CROSS_CORRELATION.fwd, _CROSS_CORRELATION.bwd
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
@@ -558,11 +471,9 @@ def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> List[Tensor]:
     return _ext(z1).normalized_gram_fwd(z1, z2)
 
 
-cuda_normalized_gram_fwd = _op("cuda_normalized_gram_fwd", _checks.normalized_gram, _normalized_gram_fwd_impl)
 
 
-@cuda_normalized_gram_fwd.register_fake
-def _(z1, z2):
+def _normalized_gram_fwd_fake(z1, z2):
     n, d = z1.shape
     acc = _acc_of(z1)
     v = 1 if z2 is None else 2
@@ -576,11 +487,9 @@ def _normalized_gram_bwd_impl(z1: Tensor, z2: Optional[Tensor], x: Tensor, q: Te
     return _ext(z1).normalized_gram_bwd(z1, z2, x, q, grad)
 
 
-cuda_normalized_gram_bwd = torch.library.custom_op("duality_kernels::cuda_normalized_gram_bwd", mutates_args=())(_normalized_gram_bwd_impl)
 
 
-@cuda_normalized_gram_bwd.register_fake
-def _(z1, z2, x, q, grad):
+def _normalized_gram_bwd_fake(z1, z2, x, q, grad):
     return [z1.new_empty(z1.shape)] if z2 is None else [z1.new_empty(z1.shape), z2.new_empty(z2.shape)]
 
 
@@ -590,20 +499,21 @@ def _ngram_setup(ctx, inputs, output):
     ctx.save_for_backward(z1, z1 if z2 is None else z2, output[1], output[2])
 
 
-def _ngram_backward(ctx, grads):
+def _ngram_backward(ctx, run_bwd, grads):
     z1, z2, x, q = ctx.saved_tensors
     grad = grads[0]
     if grad is None:
         return None, None
     grad = grad.to(q.dtype).contiguous()
     if ctx.single:
-        return pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, None, x, q, grad)[0], None
-    dz1, dz2 = pick(ctx, cuda_normalized_gram_bwd, _normalized_gram_bwd_impl)(z1, z2, x, q, grad)
+        return run_bwd(z1, None, x, q, grad)[0], None
+    dz1, dz2 = run_bwd(z1, z2, x, q, grad)
     return dz1, dz2
 
 
-cuda_normalized_gram_fwd.register_autograd(_ngram_backward, setup_context=_ngram_setup)
-_NORMALIZED_GRAM = Spec(cuda_normalized_gram_fwd, _normalized_gram_fwd_impl, _ngram_setup, _ngram_backward, 1, listed=True)
+_NORMALIZED_GRAM = registry.register("normalized_gram", "cuda", fwd=_normalized_gram_fwd_impl, fwd_fake=_normalized_gram_fwd_fake, bwd=_normalized_gram_bwd_impl,
+                            bwd_fake=_normalized_gram_bwd_fake, setup=_ngram_setup, backward=_ngram_backward, device=device_rule, listed=True)
+cuda_normalized_gram_fwd, cuda_normalized_gram_bwd = _NORMALIZED_GRAM.fwd, _NORMALIZED_GRAM.bwd
 
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
@@ -624,11 +534,9 @@ def _duality_terms_fwd_impl(z: Tensor, side: str) -> List[Tensor]:
     return _ext(z).duality_terms_fwd(z, side == "sample")
 
 
-cuda_duality_terms_fwd = _op("cuda_duality_terms_fwd", _checks.duality_terms, _duality_terms_fwd_impl)
 
 
-@cuda_duality_terms_fwd.register_fake
-def _(z, side):
+def _duality_terms_fwd_fake(z, side):
     n, d = z.shape
     m = n if side == "sample" else d
     acc = _acc_of(z)
@@ -642,11 +550,9 @@ def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, q: Tensor, c: Tensor, g_lc:
     return _ext(z).duality_terms_bwd(z, gram, q, c, g_lc, g_lnc, g_r4, g_c4, side == "sample")
 
 
-cuda_duality_terms_bwd = torch.library.custom_op("duality_kernels::cuda_duality_terms_bwd", mutates_args=())(_duality_terms_bwd_impl)
 
 
-@cuda_duality_terms_bwd.register_fake
-def _(z, *_args):
+def _duality_terms_bwd_fake(z, *_args):
     return z.new_empty(z.shape)
 
 
@@ -655,14 +561,15 @@ def _duality_setup(ctx, inputs, output):
     ctx.side = inputs[1]
 
 
-def _duality_backward(ctx, grads):
+def _duality_backward(ctx, run_bwd, grads):
     z, gram, q, c = ctx.saved_tensors
     gs = [_scalar_grad(g, q.dtype) for g in grads[:4]]
-    return pick(ctx, cuda_duality_terms_bwd, _duality_terms_bwd_impl)(z, gram, q, c, *gs, ctx.side), None
+    return run_bwd(z, gram, q, c, *gs, ctx.side), None
 
 
-cuda_duality_terms_fwd.register_autograd(_duality_backward, setup_context=_duality_setup)
-_DUALITY_TERMS = Spec(cuda_duality_terms_fwd, _duality_terms_fwd_impl, _duality_setup, _duality_backward, 4, listed=True)
+_DUALITY_TERMS = registry.register("duality_terms", "cuda", fwd=_duality_terms_fwd_impl, fwd_fake=_duality_terms_fwd_fake, bwd=_duality_terms_bwd_impl,
+                            bwd_fake=_duality_terms_bwd_fake, setup=_duality_setup, backward=_duality_backward, device=device_rule, listed=True)
+cuda_duality_terms_fwd, cuda_duality_terms_bwd = _DUALITY_TERMS.fwd, _DUALITY_TERMS.bwd
 
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -678,7 +585,6 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 # ---- gather_distributed=True (SPEC §5): the local pieces that ops/gathered.py merges across ranks
 # (csrc/bindings.cpp moments_* and spectral_rows_*). Inputs come validated from functional.py.
 
-MOMENTS_NONE, MOMENTS_SELF, MOMENTS_CROSS = 0, 1, 2
 
 
 def _moments_fwd_impl(z1: Tensor, z2: Tensor, mode: int) -> List[Tensor]:
@@ -688,11 +594,9 @@ def _moments_fwd_impl(z1: Tensor, z2: Tensor, mode: int) -> List[Tensor]:
     return _ext(z1).moments_fwd(z1, z2, mode)
 
 
-cuda_moments_fwd = _op("cuda_moments_fwd", _checks.moments, _moments_fwd_impl)
 
 
-@cuda_moments_fwd.register_fake
-def _(z1, z2, mode):
+def _moments_fwd_fake(z1, z2, mode):
     n, d = z1.shape
     f64 = torch.float64
     grams = (0, 2, 1)[mode]
@@ -706,10 +610,8 @@ def _moments_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, mean: Tensor, g_inv: Op
     return _ext(z1).moments_bwd(z1, z2, x, mean, g_inv, g_mean, g_m2, g_gram, mode)
 
 
-cuda_moments_bwd = torch.library.custom_op("duality_kernels::cuda_moments_bwd", mutates_args=())(_moments_bwd_impl)
 
 
-cuda_moments_bwd.register_fake(_bwd_fake2)
 
 
 def _moments_setup(ctx, inputs, output):
@@ -723,23 +625,24 @@ def _vec_grad(g: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return None if g is None else g.to(dtype).contiguous()
 
 
-def _moments_backward(ctx, grads):
+def _moments_backward(ctx, run_bwd, grads):
     z1, z2, x, mean = ctx.saved_tensors
     acc = _acc_of(z1)
     g_inv = _scalar_grad(grads[0], acc)
     g_mean, g_m2 = _vec_grad(grads[1], torch.float64), _vec_grad(grads[2], torch.float64)
     g_gram = _vec_grad(grads[3], acc) if ctx.mode else None
-    dz1, dz2 = pick(ctx, cuda_moments_bwd, _moments_bwd_impl)(z1, z2, x, mean, g_inv, g_mean, g_m2, g_gram, ctx.mode)
+    dz1, dz2 = run_bwd(z1, z2, x, mean, g_inv, g_mean, g_m2, g_gram, ctx.mode)
     return dz1, dz2, None
 
 
-cuda_moments_fwd.register_autograd(_moments_backward, setup_context=_moments_setup)
-_MOMENTS = Spec(cuda_moments_fwd, _moments_fwd_impl, _moments_setup, _moments_backward, 4, listed=True)
+_MOMENTS = registry.register("moments", "cuda", fwd=_moments_fwd_impl, fwd_fake=_moments_fwd_fake, bwd=_moments_bwd_impl,
+                            bwd_fake=_bwd_fake2, setup=_moments_setup, backward=_moments_backward, device=device_rule, listed=True)
+cuda_moments_fwd, cuda_moments_bwd = _MOMENTS.fwd, _MOMENTS.bwd
 
 
 def moments(z1: Tensor, z2: Tensor, mode: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(invariance, mean, m2, gram) of this process's rows, differentiable (see _moments_fwd_impl)."""
-    out = apply(_MOMENTS, z1.contiguous(), z2.contiguous(), int(mode))
+    out = apply(_MOMENTS.spec, z1.contiguous(), z2.contiguous(), int(mode))
     return out[0], out[1], out[2], out[3]
 
 
@@ -748,11 +651,9 @@ def _spectral_rows_fwd_impl(z1: Tensor, z2: Tensor, mu: float) -> List[Tensor]:
     return _ext(z1).spectral_rows_fwd(z1, z2, mu)
 
 
-cuda_spectral_rows_fwd = _op("cuda_spectral_rows_fwd", _checks.spectral_rows, _spectral_rows_fwd_impl)
 
 
-@cuda_spectral_rows_fwd.register_fake
-def _(z1, z2, mu):
+def _spectral_rows_fwd_fake(z1, z2, mu):
     n, d = z1.shape
     acc = _acc_of(z1)
     return [z1.new_empty((2, n, d)), z1.new_empty((n,), dtype=acc), z1.new_empty((3, n), dtype=acc)]
@@ -763,10 +664,8 @@ def _spectral_rows_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, q: Tensor, g_x: O
     return _ext(z1).spectral_rows_bwd(z1, z2, x, q, g_x, g_p, mu)
 
 
-cuda_spectral_rows_bwd = torch.library.custom_op("duality_kernels::cuda_spectral_rows_bwd", mutates_args=())(_spectral_rows_bwd_impl)
 
 
-cuda_spectral_rows_bwd.register_fake(_bwd_fake2)
 
 
 def _spectral_rows_setup(ctx, inputs, output):
@@ -775,39 +674,31 @@ def _spectral_rows_setup(ctx, inputs, output):
     ctx.mu = mu
 
 
-def _spectral_rows_backward(ctx, grads):
+def _spectral_rows_backward(ctx, run_bwd, grads):
     z1, z2, x, q = ctx.saved_tensors
     g_x, g_p = _vec_grad(grads[0], q.dtype), _vec_grad(grads[1], q.dtype)
-    dz1, dz2 = pick(ctx, cuda_spectral_rows_bwd, _spectral_rows_bwd_impl)(z1, z2, x, q, g_x, g_p, ctx.mu)
+    dz1, dz2 = run_bwd(z1, z2, x, q, g_x, g_p, ctx.mu)
     return dz1, dz2, None
 
 
-cuda_spectral_rows_fwd.register_autograd(_spectral_rows_backward, setup_context=_spectral_rows_setup)
-_SPECTRAL_ROWS = Spec(cuda_spectral_rows_fwd, _spectral_rows_fwd_impl, _spectral_rows_setup, _spectral_rows_backward, 2,
-                      listed=True)
+_SPECTRAL_ROWS = registry.register("spectral_rows", "cuda", fwd=_spectral_rows_fwd_impl, fwd_fake=_spectral_rows_fwd_fake, bwd=_spectral_rows_bwd_impl,
+                            bwd_fake=_bwd_fake2, setup=_spectral_rows_setup, backward=_spectral_rows_backward, device=device_rule, listed=True)
+cuda_spectral_rows_fwd, cuda_spectral_rows_bwd = _SPECTRAL_ROWS.fwd, _SPECTRAL_ROWS.bwd
 
 
 def spectral_rows(z1: Tensor, z2: Tensor, mu: float) -> Tuple[Tensor, Tensor]:
     """(x, p): the clamped rows (2, N, D) of both views and their row dots p_i = a_i·b_i,
     differentiable (SPEC §4's clamp; ops/gathered.py builds the distributed loss on them)."""
-    out = apply(_SPECTRAL_ROWS, z1.contiguous(), z2.contiguous(), float(mu))
+    out = apply(_SPECTRAL_ROWS.spec, z1.contiguous(), z2.contiguous(), float(mu))
     return out[0], out[1]
 
 
-# ---- drop-in torch.autograd.Function subclasses (DESIGN convention 2): contiguous inputs, side
-# already "sample" or "dimension". Their forward checks the arguments (ops/_checks.py) before the
-# custom op, so that they raise the public functions' TypeError/ValueError; the public functions
-# in functional.py validate and pick the side themselves.
+# ---- the drop-in torch.autograd.Function subclasses (docs/design.md convention 2), made by the registry
 
-
-def _dropin(spec: Spec, check: Callable, name: str, doc: str) -> type:
-    return _checks.dropin(spec, check, "cuda", name, doc)
-
-
-VICRegFunction = _dropin(_VICREG, _checks.vicreg, "VICRegFunction", "VICReg (SPEC §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> (loss, invariance, variance, covariance).")
-BarlowTwinsFunction = _dropin(_BARLOW_TWINS, _checks.barlow_twins, "BarlowTwinsFunction", "Barlow Twins (SPEC §3): ``apply(z1, z2, lambda_param, eps, side)`` -> (loss, on_diagonal, off_diagonal).")
-SpectralContrastiveFunction = _dropin(_SPECTRAL, _checks.spectral, "SpectralContrastiveFunction", "Spectral contrastive loss (SPEC §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative).")
-CovarianceFunction = _dropin(_COVARIANCE, _checks.covariance, "CovarianceFunction", "covariance (SPEC §1): ``apply(z, correction)`` -> (C,).")
-CrossCorrelationFunction = _dropin(_CROSS_CORRELATION, _checks.cross_correlation, "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
-NormalizedGramFunction = _dropin(_NORMALIZED_GRAM, _checks.normalized_gram, "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
-DualityTermsFunction = _dropin(_DUALITY_TERMS, _checks.duality_terms, "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")
+VICRegFunction = _VICREG.function
+BarlowTwinsFunction = _BARLOW_TWINS.function
+SpectralContrastiveFunction = _SPECTRAL.function
+CovarianceFunction = _COVARIANCE.function
+CrossCorrelationFunction = _CROSS_CORRELATION.function
+NormalizedGramFunction = _NORMALIZED_GRAM.function
+DualityTermsFunction = _DUALITY_TERMS.function

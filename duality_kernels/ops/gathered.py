@@ -44,10 +44,12 @@ import torch
 
 from .. import reference as R
 from ..distributed import Context
+from ._checks import MOMENTS_CROSS as CROSS
+from ._checks import MOMENTS_NONE as NONE
+from ._checks import MOMENTS_SELF as SELF
 
 Tensor = torch.Tensor
 
-NONE, SELF, CROSS = 0, 1, 2  # ``moments`` modes (ops.cuda.MOMENTS_*, ops.triton.gram.MOMENTS_*)
 _F64 = torch.float64
 
 

@@ -15,6 +15,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..._errors import BackendUnavailableError
+
 try:
     import triton  # noqa: F401
     import triton.language as tl  # noqa: F401
@@ -50,6 +52,15 @@ def device_problem(z: torch.Tensor) -> str:
         return ""
     return (f"backend='triton' needs CUDA tensors, got tensors on {z.device} "
             "(CPU tensors run only under the Triton interpreter, TRITON_INTERPRET=1)")
+
+
+def device_rule(z: torch.Tensor) -> None:
+    """Raises unless the Triton kernels can run on ``z`` here (the entry points' device check)."""
+    if triton is None:
+        raise BackendUnavailableError(f"backend='triton' is unavailable: {unavailable_reason()}")
+    why = device_problem(z)
+    if why:
+        raise ValueError(why)
 
 
 def device_guard(z: torch.Tensor):
@@ -91,7 +102,7 @@ class Tiles(NamedTuple):
     software-pipelining stages. Kept in deterministic per-(dtype, precision, K bucket, N bucket)
     tables rather than ``triton.autotune``: a timing-based choice can differ between processes and
     with it the reduction order, hence the bits (DESIGN convention 7), and the AOT compile check
-    (tests/triton_aot.py) then covers exactly the launched variants."""
+    (duality_kernels/testing/triton_aot.py) then covers exactly the launched variants."""
     BM: int
     BN: int
     BK: int

@@ -3,7 +3,7 @@ contrastive, covariance, cross_correlation, normalized_gram and the duality term
 
 UNTESTED ON GPU: the kernels have run under the Triton interpreter (triton 3.8) on CPU tensors in
 fp16/fp32/fp64 (tests/test_triton_gram.py), and every launched variant compiles for sm_90
-(tests/triton_aot.py). Times below are the plan's arithmetic at the H200 ceilings of
+(duality_kernels/testing/triton_aot.py). Times below are the plan's arithmetic at the H200 ceilings of
 ../shared/ENVIRONMENT.md (4.25 TB/s, 701 TFLOP/s bf16, 356 TF32, ~60 fp64), not measurements.
 
 Plan (DESIGN 13; the CUDA backend's, csrc/bindings.cpp + gram_ops.cu): the Gram products run on
@@ -78,6 +78,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 from .. import _checks
+from .. import registry as _registry
 from .._direct import Spec, apply, pick
 from ._common import acc_dtype, interpreting, tl, triton, unavailable_reason
 from ._common import device_guard as _device
@@ -2149,3 +2150,9 @@ CovarianceFunction = _dropin(_SPEC_COVARIANCE, "covariance", "CovarianceFunction
 CrossCorrelationFunction = _dropin(_SPEC_CROSS_CORRELATION, "cross_correlation", "CrossCorrelationFunction", "cross_correlation (SPEC §1): ``apply(z1, z2, eps)`` -> (C,).")
 NormalizedGramFunction = _dropin(_SPEC_NORMALIZED_GRAM, "normalized_gram", "NormalizedGramFunction", "normalized_gram (SPEC §1): ``apply(z1, z2_or_None)`` -> (K,).")
 DualityTermsFunction = _dropin(_SPEC_DUALITY_TERMS, "duality_terms", "DualityTermsFunction", "duality_terms (SPEC §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴).")
+
+
+for _name in ("vicreg", "barlow_twins", "spectral"):
+    _registry.declare("triton", _name, gathers=True)
+for _name in ("covariance", "cross_correlation", "normalized_gram", "duality_terms"):
+    _registry.declare("triton", _name)

@@ -11,7 +11,7 @@ nothing about speed, real concurrency, or cuBLAS: the ``cuda`` tests on a GPU do
 import os
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the source checkout: csrc/ lives there
 _MODULE = None
 
 

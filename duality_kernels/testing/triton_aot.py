@@ -29,7 +29,7 @@ heuristics wrappers). The losses run through their public functions, so whatever
 launchers do between kernels really run (on meta tensors).
 
 Run it WITHOUT ``TRITON_INTERPRET=1`` (the interpreter replaces the kernels by Python functions):
-``python tests/triton_aot.py [--arch 90]`` (tests/test_triton_compile.py does so in a subprocess).
+``python duality_kernels/testing/triton_aot.py [--arch 90]`` (tests/test_triton_compile.py does so in a subprocess).
 Exit status 0 when every variant compiled; 1 otherwise, with the errors printed.
 """
 
@@ -50,7 +50,7 @@ from types import SimpleNamespace
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    sys.exit("run tests/triton_aot.py without TRITON_INTERPRET=1")
+    sys.exit("run duality_kernels/testing/triton_aot.py without TRITON_INTERPRET=1")
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".triton", "cache"))
 
 import torch  # noqa: E402
@@ -78,7 +78,7 @@ def target(arch: int = DEFAULT_ARCH) -> GPUTarget:
 def kernel_modules() -> list:
     """Every module of the Triton kernel package, imported."""
     pkg = importlib.import_module(KERNEL_PACKAGE)
-    return [importlib.import_module(f"{KERNEL_PACKAGE}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    return [importlib.import_module(m.name) for m in pkgutil.walk_packages(pkg.__path__, KERNEL_PACKAGE + ".")]
 
 
 def base_jit(obj) -> Optional[JITFunction]:

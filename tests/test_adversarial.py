@@ -1,0 +1,97 @@
+"""Probes of a hostile user, over every public function and backend (docs/spec.md §8).
+
+Each class of probe once returned a silently wrong result somewhere: dynamic compile failed,
+autocast changed result dtypes and values, torch.func transforms returned zeros, double backward
+dropped terms, low temperatures gave −inf. Compiled backends run under the Triton interpreter and
+the CUDA simulator here.
+"""
+
+import pytest
+import torch
+
+from duality_kernels.testing import csim
+from .accuracy import _flat
+from .public_cases import DEFAULTS, PUBLIC, backends, call
+
+_simulator = csim.module_fixture()
+
+CASES = [(name, be) for name in PUBLIC for be in backends(name)]
+COMPILED = [(name, be) for name, be in CASES if be != "torch"]
+
+
+def _views(dtype=torch.float64, n=7, d=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    z2 = 0.6 * z1 + 0.5 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    return z1.to(dtype), z2.to(dtype)
+
+
+def _fn(name, be):
+    return call(name, DEFAULTS[name], be)
+
+
+def _scalar(name, be):
+    """The function reduced to one number (a fixed weighted sum of every output)."""
+    f = _fn(name, be)
+
+    def g(a, b):
+        outs = _flat(f(a, b))
+        return sum((o * (i + 1.5)).sum() for i, o in enumerate(outs))
+
+    return g
+
+
+@pytest.mark.parametrize("name,be", CASES)
+def test_dynamic_compile(name, be):
+    """torch.compile(fullgraph=True, dynamic=True) traces the call and gives the eager bits."""
+    z1, z2 = _views()
+    f = _fn(name, be)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: f(a, b), fullgraph=True, dynamic=True, backend="aot_eager")
+    for got, want in zip(_flat(compiled(z1, z2)), _flat(f(z1, z2))):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,be", CASES)
+def test_autocast_does_not_reach_inside(name, be):
+    """Under autocast, float32 inputs compute as float32 and return float32: the same values as
+    without autocast, and every backend's result dtype is the same."""
+    z1, z2 = _views(torch.float32)
+    f = _fn(name, be)
+    want = _flat(f(z1, z2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _flat(f(z1, z2))
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32, (name, be, g.dtype)
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,be", COMPILED)
+@pytest.mark.parametrize("transform", ["jvp", "grad", "jacrev", "hessian"])
+def test_compiled_backends_refuse_transforms(name, be, transform):
+    """Forward-mode AD and torch.func transforms raise a clear error naming backend='torch' (jvp
+    returned zeros; the others raised torch's internal setup_context error)."""
+    z1, z2 = _views()
+    f = _scalar(name, be)
+    run = {
+        "jvp": lambda: torch.func.jvp(lambda a: f(a, z2), (z1,), (torch.ones_like(z1),)),
+        "grad": lambda: torch.func.grad(lambda a: f(a, z2))(z1),
+        "jacrev": lambda: torch.func.jacrev(lambda a: f(a, z2))(z1),
+        "hessian": lambda: torch.func.hessian(lambda a: f(a, z2))(z1),
+    }[transform]
+    with pytest.raises(NotImplementedError, match="backend='torch'"):
+        run()
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_torch_backend_transforms(name):
+    """The torch reference supports them: torch.func.grad equals autograd, and jvp equals the
+    directional derivative ⟨∇f, v⟩ from autograd."""
+    z1, z2 = _views()
+    f = _scalar(name, "torch")
+    a = z1.clone().requires_grad_()
+    (want,) = torch.autograd.grad(f(a, z2), a)
+    torch.testing.assert_close(torch.func.grad(lambda t: f(t, z2))(z1), want, rtol=1e-12, atol=1e-12)
+    v = torch.randn(z1.shape, generator=torch.Generator().manual_seed(3), dtype=z1.dtype)
+    _, tangent = torch.func.jvp(lambda t: f(t, z2), (z1,), (v,))
+    torch.testing.assert_close(tangent, (want * v).sum(), rtol=1e-10, atol=1e-12)
