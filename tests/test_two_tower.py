@@ -207,6 +207,40 @@ def test_compiles_fullgraph(monkeypatch, block_elements):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("block_elements", [RT.BLOCK_ELEMENTS, 12])
+def test_torch_func_transforms(monkeypatch, block_elements):
+    # docs/spec.md §8.5: grad, hessian and jvp of the reference, plain and in blocks (2 rows each)
+    monkeypatch.setattr(RT, "BLOCK_ELEMENTS", block_elements)
+    a, b = _pair(6, 3, seed=3)
+    s, t = torch.tensor(2.5, dtype=torch.float64), torch.tensor(-1.0, dtype=torch.float64)
+    for fn in (lambda x, z, w: dk.clip_loss(x, b, z) + 0 * w, lambda x, z, w: dk.siglip_loss(x, b, z, w)):
+        _, want = _value_and_grads(fn, [a, s, t])
+        got = torch.func.grad(fn, argnums=(0, 1, 2))(a, s, t)
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+        hess = torch.func.hessian(fn, argnums=1)(a, s, t)
+        eps = 1e-5  # central difference of the autograd gradient in s
+        fd = (_value_and_grads(fn, [a, s + eps, t])[1][1] - _value_and_grads(fn, [a, s - eps, t])[1][1]) / (2 * eps)
+        torch.testing.assert_close(hess, fd, rtol=1e-6, atol=1e-9)
+        _, tangent = torch.func.jvp(lambda z: fn(a, z, t), (s,), (torch.ones_like(s),))
+        torch.testing.assert_close(tangent, want[1], rtol=1e-12, atol=1e-14)
+
+
+def test_autocast_does_not_reach_inside():
+    # docs/spec.md §8.4: float32 inputs under a bf16 autocast compute and return as without it
+    a, b = _pair(9, 5, torch.float32)
+    s = torch.tensor(SCALE)
+    def losses():
+        return (dk.clip_loss(a, b, s), dk.siglip_loss(a, b, s, BIAS),
+                dk.ClipLoss()(a, b, s), dk.SigLipLoss()(a, b, s, BIAS))
+
+    plain = losses()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = losses()
+    for x, y in zip(auto, plain):
+        assert x.dtype == torch.float32 and torch.equal(x, y)
+
+
 # --------------------------------------------------------------------------------------------
 # fp32 and bf16 at CLIP's clamp (s = 100) and SigLIP's initial bias (t = −10): the accuracy rule
 

@@ -23,6 +23,7 @@ import numbers
 import torch
 
 from .. import _backend
+from .._policy import public
 from .. import _validation as V
 from .. import distributed as _dist
 from ..reference import two_tower as R
@@ -74,6 +75,7 @@ def check_scalar(value, name: str, features: Tensor, positive: bool):
     return V.check_positive(value, name) if positive else V.check_finite(value, name)
 
 
+@public
 def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale, *, gather_distributed: bool = False,
               backend: str = "auto") -> Tensor:
     """CLIP's symmetric loss ½[CE(s·ÂB̂ᵀ, arange) + CE(s·B̂Âᵀ, arange)] on L2-normalized rows
@@ -89,6 +91,7 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale, *, gat
     return R.clip(image_features, text_features, s, ctx=ctx)
 
 
+@public
 def siglip_loss(image_features: Tensor, text_features: Tensor, logit_scale, logit_bias, *,
                 gather_distributed: bool = False, backend: str = "auto") -> Tensor:
     """SigLIP's loss −(1/N) Σ_ij log σ(y_ij(s·â_i·b̂_j + t)), y = 2I − 1, on L2-normalized rows

@@ -47,10 +47,18 @@ def scalar(value: Scalar, dtype: torch.dtype) -> Scalar:
     return value
 
 
+def _in_func_transform() -> bool:
+    """Inside torch.func.grad/vjp/jacrev/hessian, which refuse the checkpoint's saved-tensor hooks."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
 def _blocked(many: bool, fn, *args):
     """fn(*args) under a checkpoint when there are ``many`` blocks and autograd will need them (the
-    block's logits are then not saved but recomputed in the backward), plainly otherwise."""
-    if many and torch.is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in args):
+    block's logits are then not saved but recomputed in the backward), plainly otherwise (and inside
+    a torch.func transform: exact still, with the blocks' logits kept for the backward)."""
+    if (many and torch.is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in args)
+            and not _in_func_transform()):
         return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
     return fn(*args)
 
