@@ -1,14 +1,11 @@
 """Two-tower contrastive losses (docs/spec.md §7): CLIP's and SigLIP's, with open_clip's semantics.
 
-Both take a batch of N paired rows from two encoders (image_features[i] pairs with
-text_features[i]), L2-normalize the rows, and take the logit scale (and SigLIP's bias) as a Python
-number or a one-element tensor that receives its gradient (in CLIP, ``model.logit_scale.exp()``).
-
-A Python scale must be a finite number > 0; a tensor scale's value is not read (that would be a
-host-device synchronization on every call, docs/design.md convention 3): its positivity is the
-caller's, as in open_clip, where exp() of the parameter makes it so. Scale and bias tensors may
-have any floating dtype (an fp32 parameter with bf16 features is the AMP case) and must be on the
-features' device.
+N paired rows (image_features[i] with text_features[i]), L2-normalized inside; the logit scale
+(and SigLIP's bias) a Python number or a one-element tensor that receives its gradient (in CLIP,
+``model.logit_scale.exp()``). A Python scale must be finite and > 0; a tensor scale's value is not
+read (a host-device synchronization per call, docs/design.md convention 3), so its positivity is
+the caller's, as in open_clip. Scale and bias tensors may have any floating dtype (an fp32
+parameter with bf16 features under AMP) and must be on the features' device.
 
 ``gather_distributed=True`` (docs/spec.md §5) is open_clip's ``local_loss=True,
 gather_with_grad=True``: each rank scores its own rows against every rank's, so the mean of the
