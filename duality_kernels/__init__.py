@@ -23,6 +23,7 @@ from .functional.supervised import (
     moco_loss,
     supcon_loss,
 )
+from .functional.two_tower import clip_loss, siglip_loss
 from .modules import (
     BarlowTwinsLoss,
     DCLLoss,
@@ -37,6 +38,7 @@ from .modules import (
     VICRegExpLoss,
     VICRegLoss,
 )
+from .modules.two_tower import ClipLoss, SigLipLoss
 
 __version__ = "0.1.0"
 
@@ -59,6 +61,8 @@ __all__ = [
     "vicreg_ctr_loss",
     "vicreg_exp_loss",
     "vicreg_loss",
+    "clip_loss",
+    "siglip_loss",
     "BarlowTwinsLoss",
     "DCLLoss",
     "DCLWLoss",
@@ -71,4 +75,6 @@ __all__ = [
     "VICRegCtrLoss",
     "VICRegExpLoss",
     "VICRegLoss",
+    "ClipLoss",
+    "SigLipLoss",
 ]
