@@ -18,6 +18,7 @@ from .functional import (
     vicreg_exp_loss,
     vicreg_loss,
 )
+from .functional.spectrum import coding_rate_loss, mcr2_loss, mec_loss, rankme, singular_values
 from .modules import (
     BarlowTwinsLoss,
     DCLLoss,
@@ -28,6 +29,7 @@ from .modules import (
     VICRegExpLoss,
     VICRegLoss,
 )
+from .modules.spectrum import CodingRateLoss, MCR2Loss, MECLoss, RankMeMonitor
 
 __version__ = "0.1.0"
 
@@ -55,4 +57,13 @@ __all__ = [
     "VICRegCtrLoss",
     "VICRegExpLoss",
     "VICRegLoss",
+    "singular_values",
+    "rankme",
+    "coding_rate_loss",
+    "mcr2_loss",
+    "mec_loss",
+    "CodingRateLoss",
+    "MCR2Loss",
+    "MECLoss",
+    "RankMeMonitor",
 ]
