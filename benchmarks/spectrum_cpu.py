@@ -104,7 +104,8 @@ def main(argv=None):
     speed = statistics.median(svd) / statistics.median(ours)
     row("rankme", "25600x256", "torch.linalg.svdvals", "fwd", 1, svd)
     row("rankme", "25600x256", "dk.rankme", "fwd", 1, ours, round(speed, 2))
-    print(f"RankMe 25600x256: ours {statistics.median(ours):.1f} ms, svdvals {statistics.median(svd):.1f} ms: {speed:.1f}x")
+    print(f"RankMe 25600x256: ours {statistics.median(ours):.1f} ms, svdvals {statistics.median(svd):.1f} ms: "
+          f"{speed:.1f}x")
 
     B.append_csv(args.csv, rows, COLUMNS)
     print(f"{len(rows)} rows -> {args.csv} ({env['device']}, {env['cpu_threads']} threads, torch {env['torch']}, "

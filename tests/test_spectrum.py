@@ -250,7 +250,8 @@ def test_errors():
         (ValueError, "side must be one of", lambda: dk.rankme(z, side="rows")),
         (ValueError, "backend must be one of", lambda: dk.coding_rate_loss(z, backend="numpy")),
         (TypeError, "gather_distributed must be a bool", lambda: dk.coding_rate_loss(z, gather_distributed=1)),
-        (BackendUnavailableError, "does not implement coding_rate_loss", lambda: dk.coding_rate_loss(z, backend="triton")),
+        (BackendUnavailableError, "does not implement coding_rate_loss",
+         lambda: dk.coding_rate_loss(z, backend="triton")),
         (BackendUnavailableError, "does not implement mec_loss", lambda: dk.mec_loss(z, z, backend="cuda")),
         (BackendUnavailableError, "does not implement rankme", lambda: dk.rankme(z, backend="cuda")),
     ]
@@ -313,20 +314,18 @@ def test_rankme_monitor_keeps_the_most_recent_rows():
     _close(mon.compute(), O.rankme_official(batches[0]), 1e-10, "after reset")
 
 
-def test_exact_fp32_sets_and_restores_the_matmul_flag():
-    m = torch.backends.cuda.matmul
-    before = m.fp32_precision if hasattr(m, "fp32_precision") else m.allow_tf32
-    try:
-        if hasattr(m, "fp32_precision"):
-            m.fp32_precision = "tf32"
-            with RS.exact_fp32(torch.device("cuda")):
-                assert m.fp32_precision == "ieee"
-            assert m.fp32_precision == "tf32"
-        with RS.exact_fp32(torch.device("cpu")):  # nothing to do on the CPU
-            pass
-    finally:
-        if hasattr(m, "fp32_precision"):
-            m.fp32_precision = before
+def test_no_tf32_gram(monkeypatch):
+    """A float32 CUDA Gram is accumulated in float64 while TF32 is enabled (never TF32); the flag
+    itself is only read. CUDA tensors are stood in for by their dtype and device."""
+    import types
+
+    cuda32 = types.SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
+    for precision, expected in (("tf32", torch.float64), ("ieee", torch.float32), ("none", torch.float32)):
+        monkeypatch.setattr(torch.backends.cuda, "matmul", types.SimpleNamespace(fp32_precision=precision))
+        assert RS.accumulation_dtype(cuda32) == expected, precision
+    assert RS.accumulation_dtype(_z(2, 2, dtype=torch.float32)) == torch.float32  # CPU: no TF32
+    bf16 = types.SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda"))
+    assert RS.accumulation_dtype(bf16) == torch.float32  # tensor cores, float32 accumulation
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,11 +339,14 @@ def _dist_cases():
     c = []
     for strat in ("gather", "allreduce"):
         for d in (6, 20):  # D < W·N (dimension side by "auto") and D > W·N (sample side)
-            c.append((f"tcr-{d}-{strat}", strat, d, lambda a, b, y, g: dk.coding_rate_loss(a, 0.3, gather_distributed=g)))
-            c.append((f"rankme-{d}-{strat}", strat, d, lambda a, b, y, g: dk.rankme(a, gather_distributed=g)))
-            c.append((f"sv-{d}-{strat}", strat, d, lambda a, b, y, g: _weighted(dk.singular_values(a, gather_distributed=g))))
-            c.append((f"mec-{d}-{strat}", strat, d, lambda a, b, y, g: dk.mec_loss(a, b, 2.0, 4, gather_distributed=g)))
-            c.append((f"mcr2-{d}-{strat}", strat, d, lambda a, b, y, g: dk.mcr2_loss(a, y, 0.4, 0.8, gather_distributed=g)))
+            c += [
+                (f"tcr-{d}-{strat}", strat, d, lambda a, b, y, g: dk.coding_rate_loss(a, 0.3, gather_distributed=g)),
+                (f"rankme-{d}-{strat}", strat, d, lambda a, b, y, g: dk.rankme(a, gather_distributed=g)),
+                (f"sv-{d}-{strat}", strat, d,
+                 lambda a, b, y, g: _weighted(dk.singular_values(a, gather_distributed=g))),
+                (f"mec-{d}-{strat}", strat, d, lambda a, b, y, g: dk.mec_loss(a, b, 2.0, 4, gather_distributed=g)),
+                (f"mcr2-{d}-{strat}", strat, d, lambda a, b, y, g: dk.mcr2_loss(a, y, 0.4, 0.8, gather_distributed=g)),
+            ]
         c.append((f"tcr-sample-forced-{strat}", strat, 6,
                   lambda a, b, y, g: dk.coding_rate_loss(a, 0.3, side="sample", gather_distributed=g)))
         c.append((f"mec-dimension-forced-{strat}", strat, 20,

@@ -42,10 +42,11 @@ def _setup(op: str, z: Tensor, side, gather_distributed, backend):
 def singular_values(z: Tensor, *, side: str = "auto", gather_distributed: bool = False,
                     backend: str = "auto") -> Tensor:
     """The min(N, D) singular values of z (N, D), descending, as sqrt of the eigenvalues of the
-    smaller Gram (clamped at 0), accumulated in float32 (float64 for float64 inputs), TF32 off.
+    smaller Gram (clamped at 0), accumulated in float32 or float64, never TF32.
 
-    Values below ~sqrt(machine eps)·σ_max are rounding noise of the Gram, unlike an SVD's; they
-    barely move RankMe. Differentiable: dσ_k/dz = u_k v_kᵀ (0 where σ_k = 0).
+    When the spectrum spans more than a factor 4, the Gram is accumulated in float64 so that
+    small values are as accurate as an SVD's (reference/spectrum.py). Differentiable:
+    dσ_k/dz = u_k v_kᵀ (0 where σ_k = 0).
     """
     V.check_tensor(z, "z")
     ctx, s, strat = _setup("singular_values", z, side, gather_distributed, backend)

@@ -5,7 +5,7 @@ singular values, RankMe, and log-determinants by Sylvester's identity
 logdet(I_D + α zᵀz) = logdet(I_N + α z zᵀ). So each factorization here runs on the min(N, D)
 side (``side`` as resolved by the caller; MCR²'s class terms pick theirs per class).
 
-Precision: Grams are accumulated in float32 (float64 for float64 inputs) with TF32 off, and
+Precision: Grams are accumulated in float32 (float64 for float64 inputs), never TF32, and
 factorized in that dtype; singular values switch to a float64 Gram when float32 would be less
 accurate than an SVD (see ``singular_values``). Gradients are closed forms (custom autograd Functions, once
 differentiable): d logdet(I + αG)/dG = α(I + αG)⁻¹, and a Gram's backward (Ḡ + Ḡᵀ)x, which
@@ -16,7 +16,6 @@ all-reduced when the dimension side is used; every rank computes the global valu
 
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -36,59 +35,47 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@contextlib.contextmanager
-def exact_fp32(device: torch.device):
-    """IEEE float32 products on CUDA for the Grams that get factorized, whatever the global TF32
-    setting: a log-determinant or an eigenvalue of I + αG loses ~3 digits per TF32-rounded entry
-    (10-bit mantissa), unlike a loss that merely sums Gram entries. torch has two APIs for the
-    flag (``fp32_precision`` and the legacy ``allow_tf32``) that refuse to be mixed, so this sets
-    whichever one the process uses and leaves the flag alone if neither can be set. CPU: no-op."""
-    if device.type != "cuda":
-        yield
-        return
-    m = torch.backends.cuda.matmul
-    restore = None
+def tf32_enabled() -> bool:
+    """Whether float32 CUDA products may use TF32 (torch's setting, through either of its APIs)."""
     try:
-        prev = getattr(m, "fp32_precision", None)
-        if prev is not None and prev != "ieee":
-            m.fp32_precision = "ieee"
-            restore = ("fp32_precision", prev)
-        elif prev is None and m.allow_tf32:
-            m.allow_tf32 = False
-            restore = ("allow_tf32", True)
-    except RuntimeError:  # the other API was used in this process
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+    except (AttributeError, RuntimeError):  # an older torch, or the two APIs mixed: ask the legacy one
         try:
-            if m.allow_tf32:
-                m.allow_tf32 = False
-                restore = ("allow_tf32", True)
+            return bool(torch.backends.cuda.matmul.allow_tf32)
         except RuntimeError:
-            restore = None
-    try:
-        yield
-    finally:
-        if restore is not None:
-            setattr(m, *restore)
+            return True
+
+
+def accumulation_dtype(x: Tensor) -> torch.dtype:
+    """float32 (float64 for float64 inputs), or float64 for float32 CUDA inputs while TF32 is
+    enabled: a log-determinant or an eigenvalue of I + αG loses ~3 digits per TF32-rounded Gram
+    entry (10-bit mantissa), unlike a loss that only sums Gram entries, so these Grams never use
+    TF32; float64 avoids changing the process-wide flag (torch refuses reads of its legacy flag once
+    the new one was set), and runs at the IEEE float32 rate on H100/H200-class GPUs."""
+    cd = compute_dtype(x.dtype)
+    if cd == torch.float32 and x.dtype == torch.float32 and x.device.type == "cuda" and tf32_enabled():
+        return torch.float64
+    return cd
 
 
 def _matmul(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """a @ b accumulated in ``out_dtype`` (float32 or float64), TF32 off. Half 2-D operands on CUDA
-    stay half (tensor cores with a float32 result); everything else is upcast first (on the CPU a
-    product of half values is exact in float32, so that is the same arithmetic)."""
-    with exact_fp32(a.device):
-        if a.dtype in _HALF and a.dim() == 2 and b.dim() == 2 and a.device.type == "cuda":
-            return _mm_fp32(a, b)
-        return torch.matmul(a.to(out_dtype), b.to(out_dtype))
+    """a @ b accumulated in ``out_dtype`` (float32 or float64). Half 2-D operands on CUDA stay half
+    (tensor cores with a float32 result); everything else is upcast first (on the CPU a product of
+    half values is exact in float32, so that is the same arithmetic)."""
+    if a.dtype in _HALF and a.dim() == 2 and b.dim() == 2 and a.device.type == "cuda" and out_dtype == torch.float32:
+        return _mm_fp32(a, b)
+    return torch.matmul(a.to(out_dtype), b.to(out_dtype))
 
 
 def _gram_of(x: Tensor, side: str, out_dtype: Optional[torch.dtype] = None) -> Tensor:
     xt = x.transpose(-1, -2)
-    cd = out_dtype or compute_dtype(x.dtype)
+    cd = out_dtype or accumulation_dtype(x)
     return _matmul(x, xt, cd) if side == "sample" else _matmul(xt, x, cd)
 
 
 class _Gram(torch.autograd.Function):
     """x xᵀ ("sample", (.., m, m)) or xᵀx ("dimension", (.., D, D)) of x (.., m, D), accumulated in
-    float32/float64 with TF32 off; backward (Ḡ + Ḡᵀ) x or x (Ḡ + Ḡᵀ), in the input dtype."""
+    ``accumulation_dtype``; backward (Ḡ + Ḡᵀ) x or x (Ḡ + Ḡᵀ), in the input dtype."""
 
     @staticmethod
     def forward(ctx, x, side, out_dtype=None):
@@ -142,7 +129,7 @@ def _check_cholesky(info: Tensor, g: Tensor, alpha, what: str) -> None:
     if _capturing(info) or not bool(info.ne(0).any()):
         return
     if not bool(torch.isfinite(g).all()):
-        raise ValueError(f"{what}: the input contains NaN or Inf (its Gram matrix is not finite)")
+        raise ValueError(f"{what}: the input contains NaN or Inf, or its Gram matrix overflows {g.dtype}")
     a = alpha.max().item() if isinstance(alpha, Tensor) else alpha
     raise torch.linalg.LinAlgError(
         f"{what}: I + αG (α = {a:.6g}, largest Gram entry {g.abs().max().item():.6g}) is not positive "
@@ -236,10 +223,10 @@ def singular_values(z: Tensor, side: str, ctx: Context = LOCAL, strategy: str = 
         g = gram(rows, side, dtype)
         return _SqrtEigvals.apply(ctx.all_reduce(g) if allreduce else g, k)
 
-    cd = compute_dtype(z.dtype)
-    if cd == torch.float64 or _capturing(z):
+    cd, first = compute_dtype(z.dtype), accumulation_dtype(z)
+    if first == torch.float64 or _capturing(z):
         return spectrum(torch.float64).to(cd)
-    sigma = spectrum(cd)
+    sigma = spectrum(first)
     if k > 1 and bool(sigma[-1] < SQRT_EIG_MIN_RATIO * sigma[0]):
         sigma = spectrum(torch.float64).to(cd)
     return sigma
@@ -256,7 +243,7 @@ def coding_rate(z: Tensor, eps: float, side: str, ctx: Context = LOCAL, strategy
     """EMP-SSL's total coding rate loss −½ logdet(I + D/(N·eps) G), G = zᵀz or z zᵀ (Sylvester)."""
     n, d = ctx.world * z.shape[0], z.shape[1]
     g = global_gram(z, side, ctx, strategy)
-    return -0.5 * shifted_logdet(g, d / (n * eps), "coding_rate_loss")
+    return (-0.5 * shifted_logdet(g, d / (n * eps), "coding_rate_loss")).to(compute_dtype(z.dtype))
 
 
 def _gather_labels(labels: Tensor, ctx: Context, device: torch.device) -> Tensor:
@@ -299,7 +286,8 @@ def mcr2(z: Tensor, labels: Tensor, eps: float, gamma: float, num_classes: Optio
     n, d = z.shape
     k = int(labels.max()) + 1 if num_classes is None else num_classes
     counts = torch.bincount(labels, minlength=k).tolist()
-    r = 0.5 * shifted_logdet(gram(z, side), d / (n * eps), "mcr2_loss")
+    cd, acc = compute_dtype(z.dtype), accumulation_dtype(z)
+    r = (0.5 * shifted_logdet(gram(z, side), d / (n * eps), "mcr2_loss")).to(cd)
     order = torch.argsort(labels, stable=True)
     starts = [0]
     for n_c in counts:
@@ -312,9 +300,9 @@ def mcr2(z: Tensor, labels: Tensor, eps: float, gamma: float, num_classes: Optio
             idx[j, :counts[c]] = order[starts[c]:starts[c + 1]]
         xc = padded[idx.to(z.device)]  # (classes, m, D)
         tr = torch.tensor([counts[c] + CLASS_COUNT_EPS for c in classes], dtype=torch.float64)
-        alpha = (d / (tr * eps)).to(device=z.device, dtype=compute_dtype(z.dtype))
-        weight = (tr / (2 * n)).to(device=z.device, dtype=compute_dtype(z.dtype))
-        term = (weight * shifted_logdet(gram(xc, s), alpha, "mcr2_loss")).sum()
+        alpha = (d / (tr * eps)).to(device=z.device, dtype=acc)
+        weight = (tr / (2 * n)).to(device=z.device, dtype=acc)
+        term = (weight * shifted_logdet(gram(xc, s), alpha, "mcr2_loss")).sum().to(cd)
         rc = term if rc is None else rc + term
     if rc is None:  # pragma: no cover - N >= 1 gives at least one nonempty class
         rc = r * 0
@@ -356,4 +344,4 @@ def mec(z1: Tensor, z2: Tensor, eps_sq: float, order: int, lamda_inv: Optional[f
 
 
 __all__ = ["singular_values", "rankme", "coding_rate", "mcr2", "mec", "gram", "shifted_logdet",
-           "trace_power_series", "exact_fp32", "CLASS_COUNT_EPS"]
+           "trace_power_series", "accumulation_dtype", "CLASS_COUNT_EPS"]
