@@ -314,6 +314,19 @@ def test_rankme_monitor_keeps_the_most_recent_rows():
     _close(mon.compute(), O.rankme_official(batches[0]), 1e-10, "after reset")
 
 
+def test_autocast_stays_outside():
+    """Under bf16 autocast the functions compute as for their float32 inputs (convention 18)."""
+    z, w = _z(12, 7, 1, dtype=torch.float32), _z(12, 7, 2, dtype=torch.float32)
+    lab = _labels(12, 3)
+    calls = [lambda: dk.coding_rate_loss(z), lambda: dk.rankme(z), lambda: dk.singular_values(z),
+             lambda: dk.mcr2_loss(z, lab), lambda: dk.mec_loss(z, w)]
+    plain = [c() for c in calls]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = [c() for c in calls]
+    for a, b in zip(auto, plain):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_no_tf32_gram(monkeypatch):
     """A float32 CUDA Gram is accumulated in float64 while TF32 is enabled (never TF32); the flag
     itself is only read. CUDA tensors are stood in for by their dtype and device."""

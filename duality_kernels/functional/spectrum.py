@@ -30,6 +30,12 @@ Tensor = torch.Tensor
 __all__ = ["singular_values", "rankme", "coding_rate_loss", "mcr2_loss", "mec_loss"]
 
 
+def _no_autocast(z: Tensor):
+    """Autocast stays outside (docs/design.md convention 18): these functions compute as for their
+    input dtype, and a bf16-autocast Gram would cost the log-determinants ~3 digits."""
+    return torch.autocast(z.device.type, enabled=False)
+
+
 def _setup(op: str, z: Tensor, side, gather_distributed, backend):
     """(ctx, resolved side, strategy) after the checks every spectral function shares."""
     side = V.check_side(side)
@@ -50,7 +56,8 @@ def singular_values(z: Tensor, *, side: str = "auto", gather_distributed: bool =
     """
     V.check_tensor(z, "z")
     ctx, s, strat = _setup("singular_values", z, side, gather_distributed, backend)
-    return S.singular_values(z, s, ctx, strat)
+    with _no_autocast(z):
+        return S.singular_values(z, s, ctx, strat)
 
 
 def rankme(z: Tensor, eps: float = 1e-7, *, side: str = "auto", gather_distributed: bool = False,
@@ -63,7 +70,8 @@ def rankme(z: Tensor, eps: float = 1e-7, *, side: str = "auto", gather_distribut
     V.check_tensor(z, "z")
     eps = V.check_positive(eps, "eps")
     ctx, s, strat = _setup("rankme", z, side, gather_distributed, backend)
-    return S.rankme(z, eps, s, ctx, strat)
+    with _no_autocast(z):
+        return S.rankme(z, eps, s, ctx, strat)
 
 
 def coding_rate_loss(z: Tensor, eps: float = 0.2, *, side: str = "auto", gather_distributed: bool = False,
@@ -75,7 +83,8 @@ def coding_rate_loss(z: Tensor, eps: float = 0.2, *, side: str = "auto", gather_
     V.check_tensor(z, "z")
     eps = V.check_positive(eps, "eps")
     ctx, s, strat = _setup("coding_rate_loss", z, side, gather_distributed, backend)
-    return S.coding_rate(z, eps, s, ctx, strat)
+    with _no_autocast(z):
+        return S.coding_rate(z, eps, s, ctx, strat)
 
 
 def _check_labels(labels, z: Tensor, num_classes) -> Tensor:
@@ -119,7 +128,9 @@ def mcr2_loss(z: Tensor, labels: Tensor, eps: float = 0.5, gamma: float = 1.0, n
     lab = _check_labels(labels, z, num_classes)
     side_arg = V.check_side(side)
     ctx, s, _ = _setup("mcr2_loss", z, side, gather_distributed, backend)
-    loss, terms = S.mcr2(z, lab, eps, gamma, None if num_classes is None else int(num_classes), s, side_arg, ctx)
+    with _no_autocast(z):
+        loss, terms = S.mcr2(z, lab, eps, gamma, None if num_classes is None else int(num_classes), s,
+                             side_arg, ctx)
     return (loss, terms) if return_terms else loss
 
 
@@ -147,4 +158,5 @@ def mec_loss(z1: Tensor, z2: Tensor, eps_sq: float = 64.0, order: int = 4, *, la
     if lamda_inv is not None:
         lamda_inv = V.check_positive(lamda_inv, "lamda_inv")
     ctx, s, strat = _setup("mec_loss", z1, side, gather_distributed, backend)
-    return S.mec(z1, z2, eps_sq, order, lamda_inv, s, ctx, strat)
+    with _no_autocast(z1):
+        return S.mec(z1, z2, eps_sq, order, lamda_inv, s, ctx, strat)
