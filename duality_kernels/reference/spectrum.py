@@ -7,9 +7,9 @@ side (``side`` as resolved by the caller; MCR²'s class terms pick theirs per cl
 
 Precision: Grams are accumulated in float32 (float64 for float64 inputs), never TF32, and
 factorized in that dtype; singular values switch to a float64 Gram when float32 would be less
-accurate than an SVD (see ``singular_values``). Gradients are closed forms (custom autograd Functions, once
-differentiable): d logdet(I + αG)/dG = α(I + αG)⁻¹, and a Gram's backward (Ḡ + Ḡᵀ)x, which
-compose to d/dz logdet(I_N + α z zᵀ) = 2α(I_N + α z zᵀ)⁻¹ z.
+accurate than an SVD (see ``singular_values``). Gradients are closed forms (custom autograd
+Functions, once differentiable): d logdet(I + αG)/dG = α(I + αG)⁻¹ and a Gram's backward
+(Ḡ + Ḡᵀ)x compose to d/dz logdet(I_N + α z zᵀ) = 2α(I_N + α z zᵀ)⁻¹ z.
 ``ctx``/``strategy`` give docs/spec.md §5's global batch: rows all-gathered, or the D×D Gram
 all-reduced when the dimension side is used; every rank computes the global value.
 """
