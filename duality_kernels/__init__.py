@@ -1,5 +1,5 @@
 """duality_kernels: self-supervised losses computed on the cheaper side of the duality between
-contrastive and non-contrastive criteria (Garrido et al., ICLR 2023). See SPEC in the README."""
+contrastive and non-contrastive criteria (Garrido et al., ICLR 2023). The contract of every function: docs/spec.md."""
 
 from ._backend import BackendUnavailableError
 from .functional import (
@@ -24,6 +24,7 @@ from .functional.supervised import (
     supcon_loss,
 )
 from .functional.two_tower import clip_loss, siglip_loss
+from .functional.spectrum import coding_rate_loss, mcr2_loss, mec_loss, rankme, singular_values
 from .modules import (
     BarlowTwinsLoss,
     DCLLoss,
@@ -39,6 +40,7 @@ from .modules import (
     VICRegLoss,
 )
 from .modules.two_tower import ClipLoss, SigLipLoss
+from .modules.spectrum import CodingRateLoss, MCR2Loss, MECLoss, RankMeMonitor
 
 __version__ = "0.1.0"
 
@@ -77,4 +79,13 @@ __all__ = [
     "VICRegLoss",
     "ClipLoss",
     "SigLipLoss",
+    "singular_values",
+    "rankme",
+    "coding_rate_loss",
+    "mcr2_loss",
+    "mec_loss",
+    "CodingRateLoss",
+    "MCR2Loss",
+    "MECLoss",
+    "RankMeMonitor",
 ]

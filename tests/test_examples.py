@@ -108,7 +108,13 @@ def test_ddp_train_under_torchrun(tmp_path):
 
 
 def test_train_ssl_script(tmp_path):
-    """train_ssl.py end to end, one epoch (duality_study.py is left out: ~6 s more, over the budget)."""
+    """train_ssl.py end to end, one epoch, with its RankMe log and plot (duality_study.py is left
+    out: ~6 s more, over the budget)."""
     out = _load("train_ssl").main(["--loss", "barlow", "--epochs", "1", "--labels-per-class", "0", "--no-progress",
-                                   "--device", "cpu", "--json", str(tmp_path / "r.json")])
+                                   "--device", "cpu", "--json", str(tmp_path / "r.json"),
+                                   "--plot", str(tmp_path / "rankme.png")])
     assert out["steps"] == 4 and set(out["trained"]) == {"linear", "knn"} and (tmp_path / "r.json").exists()
+    # RankMe once per epoch, an effective rank between 1 and D = 128
+    assert len(out["rankme"]) == 1 and all(1.0 <= r <= 128.0 for r in out["rankme"])
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "rankme.png").stat().st_size > 0
