@@ -27,9 +27,17 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .._numerics import acc_dtype as _acc_dtype
 from . import registry
 from ._checks import MOMENTS_CROSS, MOMENTS_NONE, MOMENTS_SELF  # noqa: F401 (this backend's names for them)
-from ._cuda_ext import REBUILD_COMMAND, _set_simulator, device_rule, is_available, simulating, unavailable_reason
+from ._cuda_ext import (  # noqa: F401 (the loader's names, re-exported for callers of this module)
+    REBUILD_COMMAND,
+    _set_simulator,
+    device_rule,
+    is_available,
+    simulating,
+    unavailable_reason,
+)
 from ._cuda_ext import ext as _ext
 from ._direct import apply, refuse_transforms
 
@@ -61,11 +69,6 @@ def _plain_eager(tensors) -> bool:
         if t is not None and type(t) not in _PLAIN:
             return False
     return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    # SPEC notation: accumulate in float32, float64 for float64 inputs.
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,18 +25,14 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._numerics import L2_EPS, acc_dtype
 from ..distributed import LOCAL, Context, merged_moments
 
 Tensor = torch.Tensor
 # (z) -> (mean, m2): per-column mean and centered sum of squares, in the compute dtype.
 ColumnStats = Callable[[Tensor], Tuple[Tensor, Tensor]]
 
-L2_EPS = 1e-12  # torch.nn.functional.normalize's default, SPEC "Notation"
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 for everything else (SPEC "Notation")."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+compute_dtype = acc_dtype  # float64 for float64 inputs, float32 for everything else
 
 
 def _up(z: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .. import _cost
+from .._numerics import acc_dtype as compute_dtype
 from ..distributed import LOCAL, Context
 from . import _mm_fp32, l2n
 
@@ -29,10 +30,6 @@ Tensor = torch.Tensor
 
 CLASS_COUNT_EPS = 1e-8  # the official MCR² code adds it to every class count (trace of Π_c)
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def tf32_enabled() -> bool:

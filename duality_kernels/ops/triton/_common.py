@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..._errors import BackendUnavailableError
+from ..._numerics import acc_dtype  # noqa: F401 (the Triton modules' name for it)
 
 try:
     import triton  # noqa: F401
@@ -66,11 +67,6 @@ def device_rule(z: torch.Tensor) -> None:
 def device_guard(z: torch.Tensor):
     """Triton launches on the current CUDA device: make it z's (multi-GPU processes)."""
     return torch.cuda.device(z.device) if z.device.type == "cuda" else contextlib.nullcontext()
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """SPEC notation: reductions in float32, float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def input_precision(dtype: torch.dtype) -> str:

@@ -6,12 +6,12 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ...._numerics import L2_EPS  # noqa: F401 (re-exported)
 from .._common import acc_dtype, interpreting
 
 Tensor = torch.Tensor
 
 
-L2_EPS = 1e-12  # torch.nn.functional.normalize's eps (docs/spec.md "Notation")
 
 # column pass modes / phases
 _CENTER, _BN, _SQ = 0, 1, 2

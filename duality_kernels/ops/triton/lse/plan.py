@@ -14,7 +14,16 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._common import Tiles, acc_dtype, dot_block, interpreting, tl, triton, unavailable_reason
+from ...._numerics import L2_EPS  # noqa: F401 (re-exported)
+from .._common import (
+    Tiles,
+    acc_dtype,
+    dot_block,
+    interpreting,
+    tl,
+    triton,
+    unavailable_reason,
+)
 
 # every module of the package imports this one before its @triton.jit definitions
 if triton is None:  # pragma: no cover - import guard; functional.py checks availability first
@@ -22,7 +31,6 @@ if triton is None:  # pragma: no cover - import guard; functional.py checks avai
 
 Tensor = torch.Tensor
 
-L2_EPS = 1e-12  # torch.nn.functional.normalize's eps (docs/spec.md "Notation")
 TRANSFORMS = {"dot": 0, "abs": 1, "square": 2}
 _NO_POS, _POS_PAIR, _POS_DIAG = 0, 1, 2
 _DIAG = (0, 0, 0, False, _POS_DIAG, False, 0)  # InfoNCE on one process: positive on the diagonal
