@@ -9,6 +9,7 @@ the CUDA simulator here.
 import pytest
 import torch
 
+import duality_kernels as dk
 from duality_kernels.testing import csim
 from .accuracy import _flat
 from .public_cases import DEFAULTS, PUBLIC, backends, call
@@ -95,3 +96,52 @@ def test_torch_backend_transforms(name):
     v = torch.randn(z1.shape, generator=torch.Generator().manual_seed(3), dtype=z1.dtype)
     _, tangent = torch.func.jvp(lambda t: f(t, z2), (z1,), (v,))
     torch.testing.assert_close(tangent, (want * v).sum(), rtol=1e-10, atol=1e-12)
+
+
+# ---- the wave-3 functions (torch backend; the compiled backends do not implement them yet)
+
+_LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 0])
+_QUEUE = torch.randn(11, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+WAVE3 = {
+    "supcon_loss": lambda a, b, **kw: dk.supcon_loss(torch.stack([a, b], 1), _LABELS, **kw),
+    "moco_loss": lambda a, b, **kw: dk.moco_loss(a, b, _QUEUE.to(a.dtype), **kw),
+    "hard_negative_ntxent_loss": lambda a, b, **kw: dk.hard_negative_ntxent_loss(a, b, **kw),
+    "clip_loss": lambda a, b, **kw: dk.clip_loss(a, b, 14.3, **kw),
+    "siglip_loss": lambda a, b, **kw: dk.siglip_loss(a, b, 10.0, -10.0, **kw),
+    "singular_values": lambda a, b, **kw: dk.singular_values(a, **kw),
+    "rankme": lambda a, b, **kw: dk.rankme(a, **kw),
+    "coding_rate_loss": lambda a, b, **kw: dk.coding_rate_loss(a, **kw),
+    "mcr2_loss": lambda a, b, **kw: dk.mcr2_loss(a, _LABELS, **kw),
+    "mec_loss": lambda a, b, **kw: dk.mec_loss(a, b, **kw),
+}
+# mcr2_loss's class terms have data-dependent shapes (the class sizes): it cannot be traced whole
+TRACEABLE = [n for n in WAVE3 if n != "mcr2_loss"]
+
+
+@pytest.mark.parametrize("name", TRACEABLE)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_wave3_compile(name, dynamic):
+    z1, z2 = _views()
+    f = WAVE3[name]
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: f(a, b), fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    torch.testing.assert_close(compiled(z1, z2), f(z1, z2), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(WAVE3))
+def test_wave3_autocast(name):
+    z1, z2 = _views(torch.float32)
+    f = WAVE3[name]
+    want = f(z1, z2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = f(z1, z2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(WAVE3))
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_wave3_compiled_backends_say_so(name, backend):
+    z1, z2 = _views()
+    with pytest.raises(dk.BackendUnavailableError, match=f"backend='{backend}' does not implement {name}"):
+        WAVE3[name](z1, z2, backend=backend)
