@@ -94,3 +94,38 @@ BAD = [
 def test_module_validates_at_construction(cls, kw, name):
     with pytest.raises((ValueError, TypeError), match=name):
         getattr(dk, cls)(**kw)
+
+
+def test_two_tower_modules_equal_functions():
+    a, b = _views(seed=4)
+    torch.testing.assert_close(dk.ClipLoss()(a, b, 14.3), dk.clip_loss(a, b, 14.3), rtol=0, atol=0)
+    torch.testing.assert_close(dk.SigLipLoss()(a, b, 7.3, -3.1), dk.siglip_loss(a, b, 7.3, -3.1), rtol=0, atol=0)
+
+
+def test_spectral_modules_equal_functions():
+    z1, z2 = _views(seed=5)
+    labels = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2, 2])
+    torch.testing.assert_close(dk.CodingRateLoss(0.37, side="sample")(z1), dk.coding_rate_loss(z1, 0.37, side="sample"),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(dk.MCR2Loss(0.37, 0.61, 5)(z1, labels), dk.mcr2_loss(z1, labels, 0.37, 0.61, 5),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(dk.MECLoss(13.0, 3, lamda_inv=0.9)(z1, z2), dk.mec_loss(z1, z2, 13.0, 3, lamda_inv=0.9),
+                               rtol=0, atol=0)
+    monitor = dk.RankMeMonitor(max_samples=100, eps=1e-5)
+    monitor.update(z1)
+    torch.testing.assert_close(monitor.compute(), dk.rankme(z1, 1e-5).to(monitor.compute().dtype), rtol=1e-12, atol=0)
+
+
+BAD_WAVE3 = [
+    ("CodingRateLoss", dict(eps=0.0), "eps"),
+    ("MCR2Loss", dict(gamma=math.inf), "gamma"),
+    ("MECLoss", dict(order=0), "order"),
+    ("ClipLoss", dict(backend="gpu"), "backend"),
+    ("SigLipLoss", dict(gather_distributed="yes"), "gather_distributed"),
+]
+
+
+@pytest.mark.parametrize("cls,kw,name", BAD_WAVE3, ids=[f"{c}-{n}" for c, _, n in BAD_WAVE3])
+def test_wave3_module_validates_at_construction(cls, kw, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        getattr(dk, cls)(**kw)
