@@ -268,7 +268,9 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "ntxent_loss", z1, ctx.active)
     if be == "triton":
-        return _triton("ntxent_loss", ctx, True).ntxent(z1, z2, t, similarity, normalization, reduction, ctx)
+        if ctx.active:
+            return _gathered.ntxent_triton(ctx, z1, z2, t, similarity, normalization, reduction)
+        return _triton("ntxent_loss", ctx, True).ntxent(z1, z2, t, similarity, normalization, reduction)
     return R.ntxent(z1, z2, t, similarity, normalization, reduction, ctx=ctx)
 
 
@@ -280,7 +282,9 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
     ctx = _ctx("dcl_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "dcl_loss", z1, ctx.active)
     if be == "triton":
-        return _triton("dcl_loss", ctx, True).dcl(z1, z2, t, similarity, reduction, ctx)
+        if ctx.active:
+            return _gathered.dcl_triton(ctx, z1, z2, t, similarity, reduction)
+        return _triton("dcl_loss", ctx, True).dcl(z1, z2, t, similarity, reduction)
     return R.dcl(z1, z2, t, similarity, reduction, ctx=ctx)
 
 
@@ -292,7 +296,9 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
     ctx = _ctx("infonce_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "infonce_loss", z1, ctx.active)
     if be == "triton":
-        return _triton("infonce_loss", ctx, True).infonce(z1, z2, t, reduction, ctx)
+        if ctx.active:
+            return _gathered.infonce_triton(ctx, z1, z2, t, reduction)
+        return _triton("infonce_loss", ctx, True).infonce(z1, z2, t, reduction)
     return R.infonce(z1, z2, t, reduction, ctx=ctx)
 
 

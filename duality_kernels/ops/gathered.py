@@ -38,11 +38,13 @@ the D×D side only. No host synchronization: only shapes decide (DESIGN 3). The 
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Tuple
 
 import torch
 
 from .. import reference as R
+from .._numerics import L2_EPS
 from ..distributed import Context
 from ._checks import MOMENTS_CROSS as CROSS
 from ._checks import MOMENTS_NONE as NONE
@@ -185,3 +187,65 @@ def vicreg_ctr_triton(ctx: Context, z1: Tensor, z2: Tensor, inv_weight: float, v
     cov = views[0][1] + views[1][1]
     return inv_weight * inv + var_weight * var + cov_weight * cov, {"invariance": inv, "variance": var,
                                                                       "covariance": cov}
+
+
+# ---- the log-sum-exp family on Triton: this rank's anchors against the rows of all ranks, in
+# lse's anchor_lse kernel (each rank scores its own anchors; docs/spec.md §5)
+
+
+def _stacked_views(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor, bool]:
+    """(u, normalize_in_kernel): the 2·W·N gathered rows before the kernel's l2 scaling
+    (docs/spec.md §4, paper §5 Table 1), with global column statistics. Centering and dim_std's
+    column scaling are O(N·D) torch ops tracked by autograd (no speed bar on this path)."""
+    if normalization == "l2":
+        return torch.cat([z1, z2]), True
+    xs = [z.to(_acc(z)) - z.to(_acc(z)).mean(dim=0) for z in (z1, z2)]
+    if normalization == "center_l2":
+        return torch.cat(xs), True
+    n, d = z1.shape  # "dim_std": each column to L2 norm sqrt(N/D), no row normalization
+    scale = math.sqrt(n / d)
+    return torch.cat([x / torch.linalg.vector_norm(x, dim=0).clamp_min(L2_EPS) * scale for x in xs]), False
+
+
+def pair_terms_triton(ctx: Context, z1: Tensor, z2: Tensor, temperature: float, similarity: str,
+                      normalization: str, drop_positive: bool) -> Tensor:
+    """NT-Xent's (DCL's with drop_positive) terms of this rank's 2N anchors against the 2·W·N rows of
+    all ranks, normalized with global statistics."""
+    from . import _direct
+    from .triton import lse
+
+    n = z1.shape[0]
+    keys, normalize = _stacked_views(ctx.gather(z1), ctx.gather(z2), normalization)
+    m = keys.shape[0] // 2
+    lo = ctx.rank * n
+    anchors = torch.cat([keys[lo:lo + n], keys[m + lo:m + lo + n]])
+    return _direct.apply(lse._SPEC_ANCHOR_LSE, anchors, keys.contiguous(), temperature, normalize, n, m, lo, True,
+                         lse.plan._POS_PAIR, drop_positive, lse.TRANSFORMS[similarity])[0]
+
+
+def infonce_terms_triton(ctx: Context, z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """InfoNCE's terms of this rank's rows of S (its z1 against all z2), then of its rows of Sᵀ."""
+    from . import _direct
+    from .triton import lse
+
+    n = z1.shape[0]
+    k1, k2 = ctx.gather(z1).contiguous(), ctx.gather(z2).contiguous()
+    lo = ctx.rank * n
+    diag = lse.plan._POS_DIAG
+    rows = _direct.apply(lse._SPEC_ANCHOR_LSE, z1.contiguous(), k2, temperature, True, n, n, lo, False, diag,
+                         False, 0)[0]
+    cols = _direct.apply(lse._SPEC_ANCHOR_LSE, z2.contiguous(), k1, temperature, True, n, n, lo, False, diag,
+                         False, 0)[0]
+    return torch.cat([rows, cols])
+
+
+def ntxent_triton(ctx, z1, z2, temperature, similarity, normalization, reduction) -> Tensor:
+    return R.reduce_terms(pair_terms_triton(ctx, z1, z2, temperature, similarity, normalization, False), reduction)
+
+
+def dcl_triton(ctx, z1, z2, temperature, similarity, reduction) -> Tensor:
+    return R.reduce_terms(pair_terms_triton(ctx, z1, z2, temperature, similarity, "l2", True), reduction)
+
+
+def infonce_triton(ctx, z1, z2, temperature, reduction) -> Tensor:
+    return R.reduce_terms(infonce_terms_triton(ctx, z1, z2, temperature), reduction)

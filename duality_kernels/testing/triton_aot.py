@@ -372,7 +372,7 @@ def lse_scenarios(everything: bool) -> List[Case]:
     """The log-sum-exp losses. Default: one launch per kernel feature (each transform, mask,
     positive mode, row scaling, dtype and dot precision, a K below one block and a D needing
     several column chunks); ``everything``: every loss mode in bf16 too."""
-    from duality_kernels.ops.triton import lse
+    from duality_kernels.ops import gathered
 
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     modes = ([(s, n) for s in ("dot", "abs", "square") for n in ("l2", "center_l2", "dim_std")] if everything
@@ -388,8 +388,10 @@ def lse_scenarios(everything: bool) -> List[Case]:
         Case("ntxent fp16", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), fp16)),
         Case("ntxent 40x3", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 3))),
         Case("ntxent 40x1030", fwd_bwd(lambda a, b: dk.ntxent_loss(a, b, backend="triton"), bf16, (40, 1030))),
-        Case("ntxent gathered", fwd_bwd(lambda a, b: lse.ntxent_terms(a, b, 0.1, "dot", "l2", _TwoRanks(a, b)).mean(), bf16)),
-        Case("infonce gathered", fwd_bwd(lambda a, b: lse.infonce_terms(a, b, 0.1, _TwoRanks(a, b)).mean(), bf16)),
+        Case("ntxent gathered", fwd_bwd(
+            lambda a, b: gathered.pair_terms_triton(_TwoRanks(a, b), a, b, 0.1, "dot", "l2", False).mean(), bf16)),
+        Case("infonce gathered", fwd_bwd(
+            lambda a, b: gathered.infonce_terms_triton(_TwoRanks(a, b), a, b, 0.1).mean(), bf16)),
     ]
     # fp32 under both precisions: IEEE dots, and TF32 with the operands rounded (round_tf32)
     fp32_losses = [("ntxent", lambda a, b: dk.ntxent_loss(a, b, backend="triton")),

@@ -10,7 +10,6 @@ column-wise).
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -20,7 +19,7 @@ from ..._direct import apply
 from .._common import acc_dtype, device_rule
 from .contrastive import (_anchor_lse_bwd_impl, _anchor_lse_fwd_impl, _dcl_bwd_impl, _dcl_fwd_impl,
                           _infonce_bwd_impl, _infonce_fwd_impl, _ntxent_bwd_impl, _ntxent_fwd_impl)
-from .plan import _POS_DIAG, _POS_PAIR, L2_EPS, TRANSFORMS, Tensor, _grad_vector, _op_buffer, _reduce
+from .plan import Tensor, _grad_vector, _op_buffer
 from .vicreg import _vicreg_ctr_bwd_impl, _vicreg_ctr_fwd_impl, _vicreg_exp_bwd_impl, _vicreg_exp_fwd_impl
 
 
@@ -219,79 +218,35 @@ VICRegCtrFunction = _VICREG_CTR.function
 # losses (inputs validated by functional.py)
 
 
-def _up(z: Tensor) -> Tensor:
-    return z.to(acc_dtype(z.dtype))  # docs/spec.md "Notation": fp16/bf16 inputs computed in fp32, as the reference
+def ntxent(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str, reduction: str
+           ) -> Tensor:
+    """NT-Xent (docs/spec.md §4) of one process's batch, reduced (the distributed form: ops/gathered.py)."""
+    return apply(_SPEC_NTXENT, z1, z2, float(temperature), similarity, normalization, reduction)[0]
 
 
-def _stacked_views(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor, bool]:
-    """(u, normalize_in_kernel) of the gathered path: the 2·W·N rows before the kernel's l2
-    scaling (docs/spec.md §4, paper §5 Table 1), with global column statistics. Centering and
-    dim_std's column scaling are O(N·D) torch ops tracked by autograd (no speed bar on this path)."""
-    if normalization == "l2":
-        return torch.cat([z1, z2]), True
-    xs = [_up(z) - _up(z).mean(dim=0) for z in (z1, z2)]
-    if normalization == "center_l2":
-        return torch.cat(xs), True
-    n, d = z1.shape  # "dim_std": each column to L2 norm sqrt(N/D), no row normalization
-    scale = math.sqrt(n / d)
-    return torch.cat([x / torch.linalg.vector_norm(x, dim=0).clamp_min(L2_EPS) * scale for x in xs]), False
+def dcl(z1: Tensor, z2: Tensor, temperature: float, similarity: str, reduction: str) -> Tensor:
+    """DCL (docs/spec.md §4) of one process's batch, reduced."""
+    return apply(_SPEC_DCL, z1, z2, float(temperature), similarity, reduction)[0]
 
 
-def _gathered_pair_terms(z1, z2, temperature, similarity, normalization, drop_positive, ctx):
-    """docs/spec.md §5: own anchors against the 2·W·N rows of all ranks (normalized with global statistics)."""
-    n = z1.shape[0]
-    keys, normalize = _stacked_views(ctx.gather(z1), ctx.gather(z2), normalization)
-    m = keys.shape[0] // 2
-    lo = ctx.rank * n
-    anchors = torch.cat([keys[lo:lo + n], keys[m + lo:m + lo + n]])
-    return apply(_SPEC_ANCHOR_LSE, anchors, keys.contiguous(), temperature, normalize, n, m, lo, True, _POS_PAIR,
-                 drop_positive, TRANSFORMS[similarity])[0]
+def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str) -> Tensor:
+    """InfoNCE, CLIP form (docs/spec.md §4), of one process's batch, reduced."""
+    return apply(_SPEC_INFONCE, z1, z2, float(temperature), reduction)[0]
 
 
-def ntxent(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str, reduction: str,
-           ctx=None) -> Tensor:
-    """NT-Xent (docs/spec.md §4), reduced."""
-    if ctx is None or not ctx.active:
-        return apply(_SPEC_NTXENT, z1, z2, float(temperature), similarity, normalization, reduction)[0]
-    return _reduce(_gathered_pair_terms(z1, z2, temperature, similarity, normalization, False, ctx), reduction)
-
-
-def dcl(z1: Tensor, z2: Tensor, temperature: float, similarity: str, reduction: str, ctx=None) -> Tensor:
-    """DCL (docs/spec.md §4), reduced."""
-    if ctx is None or not ctx.active:
-        return apply(_SPEC_DCL, z1, z2, float(temperature), similarity, reduction)[0]
-    return _reduce(_gathered_pair_terms(z1, z2, temperature, similarity, "l2", True, ctx), reduction)
-
-
-def infonce(z1: Tensor, z2: Tensor, temperature: float, reduction: str, ctx=None) -> Tensor:
-    """InfoNCE, CLIP form (docs/spec.md §4), reduced."""
-    if ctx is None or not ctx.active:
-        return apply(_SPEC_INFONCE, z1, z2, float(temperature), reduction)[0]
-    return _reduce(infonce_terms(z1, z2, temperature, ctx), reduction)
-
-
-def ntxent_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str,
-                 ctx=None) -> Tensor:
+def ntxent_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str, normalization: str) -> Tensor:
     """Per-anchor NT-Xent terms (docs/spec.md §4)."""
-    return ntxent(z1, z2, temperature, similarity, normalization, "none", ctx)
+    return ntxent(z1, z2, temperature, similarity, normalization, "none")
 
 
-def dcl_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str, ctx=None) -> Tensor:
+def dcl_terms(z1: Tensor, z2: Tensor, temperature: float, similarity: str) -> Tensor:
     """Per-anchor DCL terms (docs/spec.md §4)."""
-    return dcl(z1, z2, temperature, similarity, "none", ctx)
+    return dcl(z1, z2, temperature, similarity, "none")
 
 
-def infonce_terms(z1: Tensor, z2: Tensor, temperature: float, ctx=None) -> Tensor:
+def infonce_terms(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """InfoNCE's 2N per-row terms (rows of S, then of Sᵀ; docs/spec.md §4)."""
-    if ctx is None or not ctx.active:
-        return infonce(z1, z2, temperature, "none")
-    # docs/spec.md §5: this rank's rows of S (its z1 against all z2), then its rows of Sᵀ
-    n = z1.shape[0]
-    k1, k2 = ctx.gather(z1).contiguous(), ctx.gather(z2).contiguous()
-    lo = ctx.rank * n
-    rows = apply(_SPEC_ANCHOR_LSE, z1.contiguous(), k2, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
-    cols = apply(_SPEC_ANCHOR_LSE, z2.contiguous(), k1, temperature, True, n, n, lo, False, _POS_DIAG, False, 0)[0]
-    return torch.cat([rows, cols])
+    return infonce(z1, z2, temperature, "none")
 
 
 def _terms_dict(loss, inv, var, cov, *saved):
