@@ -1,26 +1,13 @@
-"""gather_distributed (SPEC §5): autograd-correct collectives and the per-rank context.
+"""gather_distributed (docs/spec.md §5): autograd-correct collectives and the per-rank context.
 
-Semantics: with W ranks of N rows each, the mean over ranks of the returned losses equals the
-single-process loss on the concatenated global batch of W·N rows, and after DistributedDataParallel's
-1/W averaging the parameter gradients equal that loss's gradient. Two rules make that hold:
-
-- every collective's backward SUMS the incoming gradients over ranks (an all-gather's backward is a
-  reduce-scatter, an all-reduce's backward an all-reduce), so the W copies of a global term, one on
-  each rank, contribute W·(1/W) = 1 times its gradient after DDP's averaging;
-- a rank's loss = (its share of the global loss) · W: the covariance family computes the global
-  terms on every rank (the invariance term stays local, as in the official VICReg code), the Gram
-  family computes the terms of its own anchors against all ranks' rows.
-
-Without an initialized process group (or with one rank) ``gather_distributed=True`` is W = 1.
-Every collective is bounded by the process group's timeout (``init_process_group(timeout=...)``);
-the inputs' shapes, dtypes and devices are checked across ranks first, so a mismatch raises a
-ValueError on every rank instead of hanging or gathering garbage.
-
-Strategy for the covariance family: gather the rows, or all-reduce the D×D statistics. Gathering
-costs W·N·D communication and a global Gram on the cheaper side; all-reducing costs D² and a local
-N·D² Gram. The cost model (``_cost.cheaper_side`` on the global batch) picks: all-reduce when the
-global problem's cheaper side is the dimension side (D ≤ W·N), gather otherwise. The environment
-variable DUALITY_KERNELS_DIST_STRATEGY=gather|allreduce forces one (tests and benchmarks use it).
+With W ranks of N rows each, the mean over ranks of the returned losses equals the single-process
+loss on the concatenated batch, and after DDP's 1/W averaging the gradients equal its gradient:
+every collective's backward sums the incoming gradients over ranks, and a rank's loss is its share
+of the global loss times W (the covariance family computes the global terms on every rank, the Gram
+family the terms of its own anchors). Inputs are checked across ranks first (a mismatch raises on
+every rank), and the covariance family gathers rows or all-reduces D×D statistics, whichever the
+cost model prefers (``strategy``; DUALITY_KERNELS_DIST_STRATEGY=gather|allreduce forces one).
+docs/design.md, "Distributed forms", has the reasoning.
 """
 
 from __future__ import annotations

@@ -1,39 +1,12 @@
-"""gather_distributed=True (SPEC §5) on the compiled backends: VICReg, Barlow Twins, spectral, and
-VICReg-ctr on Triton.
+"""gather_distributed=True (docs/spec.md §5) on the compiled backends: the one home of their
+distributed forms.
 
-Each function takes the backend's op module (``ops.cuda`` or ``ops.triton.gram``: the same
-function names) and the call's ``distributed.Context`` (W ranks, N rows each, M = W·N), and
-returns what the single-process function returns, with SPEC §5's semantics: the mean over ranks of
-the returned losses is the single-process loss on the concatenated batch, and every collective's
-backward sums over ranks (``distributed.gather_rows`` / ``all_reduce_sum``), so that after DDP's
-1/W averaging the gradients are that loss's. ``reference.py`` has the same forms in plain torch.
-
-What runs where (per rank; bytes = elements moved by the collectives, per call):
-
-- VICReg, strategy "gather" (W·N < D): the local invariance from the compiled column pass
-  (``moments`` mode 0: one read of both views), then the single-process compiled op on the
-  all-gathered rows with inv_weight 0 (every rank computes the global variance and covariance
-  terms, as the reference does). Collectives: 2 gathers of W·N·D.
-- VICReg, "allreduce" (D ≤ W·N): ``moments`` mode 1 (compiled: float64 column moments, the
-  centered views and their two D×D Grams by cuBLAS), one gather of the four D-vectors (mean, m2
-  of both views: W·4·D), one all-reduce of the two Grams (2·D²); then Chan's merge and the terms
-  on the D×D side in torch. Backward: the all-reduce's (2·D²), then ``moments``' compiled
-  backward (one bmm + one epilogue).
-- Barlow Twins, "gather": the single-process compiled op on the gathered rows (2·W·N·D).
-  "allreduce": ``moments`` mode 2 (the cross Gram x1ᵀx2 of the locally centered views), the same
-  D-vector gather, one all-reduce of D²; C = s1∘(Σ_r x1ᵀx2 + N·Σ_r δ1δ2ᵀ)∘s2 / M (Chan's
-  co-moment merge, δ = local − global mean) in torch on D×D.
-- spectral (Gram family: each rank's own rows a_r against all ranks' rows): ``spectral_rows``
-  (compiled clamp, p_i = a_i·b_i); dimension side (D ≤ M): ⟨a_rᵀa_r, Σ_s b_sᵀb_s⟩, one
-  all-reduce of the D×D Gram bᵀb (D²; its backward D²); sample side: a_r against the gathered
-  clamped b (W·N·D), the N×M product by cuBLAS.
-- VICReg-ctr (Triton): the gathered rows centered in torch (as the single-process Triton op
-  does), then this rank's anchors against all rows by lse.py's anchor_lse kernel.
-
-"All-reduce" is ``distributed.all_reduce_sum``, which is a gather + sum where torch has functional
-collectives (so that torch.compile traces it): W·|x| elements received instead of |x|, paid on
-the D×D side only. No host synchronization: only shapes decide (DESIGN 3). The D×D algebra
-(merges, sums of squares) runs as torch ops, accumulated in float64.
+Each function takes the call's ``distributed.Context`` (W ranks, N rows each) and, for the Gram
+family, the backend's op module (``ops.cuda`` or ``ops.triton.gram``: the same function names); it
+returns what the single-process function returns, with docs/spec.md §5's semantics, built from
+the backend's local ops (``moments``, ``spectral_rows``, ``anchor_lse``) and autograd-correct
+collectives (``distributed.gather_rows`` / ``all_reduce_sum``, whose backwards sum over ranks).
+What runs where, and what each form moves between ranks: docs/design.md, "Distributed forms".
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
-"""Eager transcriptions of the official formula of every loss and primitive of SPEC.md.
+"""Eager transcriptions of the official formula of every loss and primitive of docs/spec.md §1-4.
 
-This module is deliberately naive and independent of ``duality_kernels``: it materializes the
-full N x N or D x D matrix, masks it, and reduces it the way the original repositories do
-(facebookresearch/vicreg ``main_vicreg.py``, facebookresearch/barlowtwins ``main.py``,
-jhaochenz96/spectral_contrastive_learning ``models/spectral.py``, the SimCLR / DCL / CLIP
-cross-entropy formulations as in lightly's loss classes). It never picks the cheaper side of
-the duality (SPEC §2): that is what the library under test does, and this file is the oracle
-that it must agree with.
-
-It serves two roles:
-
-* the test oracle: call it with float64 inputs to get ground truth (tests/test_official.py);
-* the "eager official formula" baseline of the benchmark (benchmarks/sweep.py imports it as
-  ``tests.official``): call it in the benchmark dtype.
-
-Every function computes in the dtype of its inputs, works on any device, keeps autograd, does no
-input validation, and returns a 0-dim tensor (or, for ``reduction="none"``, the per-anchor vector;
-for the primitives, the matrix).
+Deliberately naive and independent of ``duality_kernels``: each materializes the full N×N or D×D
+matrix, masks it and reduces it as the original repositories do (facebookresearch/vicreg,
+facebookresearch/barlowtwins, jhaochenz96/spectral_contrastive_learning, the SimCLR / DCL / CLIP
+cross-entropies as in lightly), never picking the cheaper side of the duality. Two roles: the test
+oracle (float64 inputs give ground truth, tests/test_official.py) and the benchmarks' "eager
+official formula" provider (benchmarks/sweep.py). Every function computes in its inputs' dtype,
+keeps autograd, validates nothing, and returns a 0-dim tensor (the per-anchor vector for
+``reduction="none"``, the matrix for the primitives).
 """
 
 from __future__ import annotations

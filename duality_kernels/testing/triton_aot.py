@@ -1,36 +1,14 @@
-"""Compile every Triton kernel variant our launchers use for an sm_90 GPU, without a GPU.
+"""Compile every Triton kernel variant our launchers use for a GPU target, without a GPU.
 
-DESIGN convention 10: kernels must compile for the GPU, not only pass the interpreter. Triton can
-compile ahead of time for a target it cannot run (``triton.compile(ASTSource, target=GPUTarget)``,
-its own ptxas included). This module runs the public losses on meta tensors (shapes only, no data)
-with a stand-in GPU driver, so that every ``kernel[grid](...)`` goes through Triton's own launch
-path (argument binding and specialization: integer divisibility by 16, pointer alignment,
-constexprs, num_warps/num_stages) up to the point where Triton would compile the kernel; there
-the call is recorded instead, and nothing is compiled or launched. Each distinct record is then
-compiled to a cubin for the target, with exactly the signature, constexprs, attributes and options
-Triton's JIT would use on the GPU (so the compiled variant is the one the GPU would run, and a GPU
-run with the same Triton finds it in the cache).
-
-It is the one place where launches are recorded and compiled: ``benchmarks/kernel_report.py``
-builds its per-variant report (registers, spills, wgmma, occupancy) on it, and
-``benchmarks/host_overhead.py`` uses the same stand-in driver. Triton internals it relies on (the
-same in triton 3.6 and 3.8): ``triton.runtime.driver.driver.set_active``,
-``JITFunction.device_caches`` / ``_do_compile(key, signature, device, constexprs, options, attrs,
-warmup)``, and ``Autotuner.prune_configs`` / ``Config.all_kwargs``.
-
-Autotuned kernels (``triton.autotune``): every config the autotuner would benchmark for the launch
-(after its ``early_config_prune`` / ``perf_model`` pruning, when it has them) is recorded as a
-variant of its own, labelled with the config; which one wins is decided by timing on the GPU, so
-each candidate is held to the report's rules. ``triton.heuristics`` wrappers run as usual.
-
-Kernels are discovered, not listed: every object named ``*_kernel`` in a module of
-``duality_kernels.ops.triton`` that is a ``@triton.jit`` function (possibly under autotune /
-heuristics wrappers). The losses run through their public functions, so whatever torch ops the
-launchers do between kernels really run (on meta tensors).
-
-Run it WITHOUT ``TRITON_INTERPRET=1`` (the interpreter replaces the kernels by Python functions):
-``python duality_kernels/testing/triton_aot.py [--arch 90]`` (tests/test_triton_compile.py does so in a subprocess).
-Exit status 0 when every variant compiled; 1 otherwise, with the errors printed.
+Kernels must compile for the GPU, not only pass the interpreter (docs/design.md §10). This runs the
+public losses on meta tensors with a stand-in GPU driver, so every ``kernel[grid](...)`` goes
+through Triton's own launch path up to the compile, records the variant there, and compiles each
+distinct record to a cubin with the signature, constexprs and options Triton's JIT would use on
+the GPU. Kernels are discovered (every ``*_kernel`` of ``duality_kernels.ops.triton``); every
+autotune config counts as a variant. benchmarks/kernel_report.py and benchmarks/host_overhead.py
+build on it. How it works and which Triton internals it relies on: docs/design.md, "Compiling
+without a GPU". Run without TRITON_INTERPRET=1: ``python -m duality_kernels.testing.triton_aot
+[--arch 90]``; exit status 0 when every variant compiled.
 """
 
 from __future__ import annotations
