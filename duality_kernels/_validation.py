@@ -6,7 +6,6 @@ Everything here runs before any kernel, reads shapes, dtypes, devices and Python
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch

@@ -77,7 +77,6 @@ def test_ops_without_a_gathered_form_refuse_a_process_group():
     class TwoRanks:
         active, world, rank = True, 2, 0
 
-    from duality_kernels import _backend
     from duality_kernels import functional as F
 
     with pytest.raises(dk.BackendUnavailableError, match=r"'triton'.*vicreg_exp_loss with gather_distributed=True"):
