@@ -145,3 +145,45 @@ def test_wave3_compiled_backends_say_so(name, backend):
     z1, z2 = _views()
     with pytest.raises(dk.BackendUnavailableError, match=f"backend='{backend}' does not implement {name}"):
         WAVE3[name](z1, z2, backend=backend)
+
+
+# ---- the GPU halves (benchmarks/gpu_check.sh runs the cuda-marked tests on the GPU machine)
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("loss", ["dcl_loss", "ntxent_loss", "infonce_loss"])
+@pytest.mark.parametrize("temperature", [0.01, 0.005])
+def test_gpu_low_temperature_bf16(loss, temperature):
+    """bf16 log-sum-exp kernels at low temperatures on aligned views: finite, and within the accuracy
+    rule of the eager reference in bf16 (both against float64)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    z1 = torch.randn(256, 64, device="cuda", generator=gen)
+    z2 = z1 + 0.05 * torch.randn(256, 64, device="cuda", generator=gen)
+    f = getattr(dk, loss)
+    truth = f(z1.double(), z2.double(), temperature, backend="torch")
+    a, b = z1.bfloat16().requires_grad_(), z2.bfloat16().requires_grad_()
+    ours = f(a, b, temperature, backend="triton")
+    (g,) = torch.autograd.grad(ours, a)
+    eager = f(z1.bfloat16(), z2.bfloat16(), temperature, backend="torch")
+    assert torch.isfinite(ours) and torch.isfinite(g).all(), (loss, temperature, ours)
+    assert (ours.double() - truth).abs() <= 2 * (eager.double() - truth).abs() + 1e-3 * truth.abs()
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("name", [n for n in PUBLIC if "cuda" in backends(n)])
+def test_gpu_cuda_ops_under_autocast(name):
+    """Every CUDA-extension op under torch.autocast("cuda", bfloat16) with float32 inputs: float32
+    results equal to those without autocast (autocast once turned a product inside the extension into
+    bf16 and the next kernel failed)."""
+    z1, z2 = (t.float().cuda() for t in _views(torch.float32, n=64, d=48))
+    f = _fn(name, "cuda")
+    want = _flat(f(z1, z2))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = _flat(f(z1, z2))
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
