@@ -14,9 +14,10 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import duality_kernels as dk
+
+from .dist_util import spawn
 
 pytestmark = pytest.mark.distributed
 
@@ -120,14 +121,7 @@ def _worker_mismatch(rank, world, init_file, out_dir, kind):
     dist.destroy_process_group()
 
 
-def _spawn(fn, world, args, limit_s=150):
-    ctx = mp.spawn(fn, args=(world,) + args, nprocs=world, join=False)
-    deadline = time.time() + limit_s
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish in {limit_s} s")
+_spawn = spawn
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -8,12 +8,10 @@ fp32 error (tests/accuracy.py), errors, modules, and the distributed contract un
 import datetime
 import os
 import tempfile
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import duality_kernels as dk
 from duality_kernels import BackendUnavailableError
@@ -21,6 +19,7 @@ from duality_kernels.reference import spectrum as RS
 
 from . import accuracy as A
 from . import official_spectrum as O
+from .dist_util import spawn
 
 SIDES = ("sample", "dimension")
 SHAPES = [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1), (13, 4)]
@@ -405,14 +404,8 @@ def _worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-def _spawn(world, tmp, limit_s=240):
-    ctx = mp.spawn(_worker, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world, join=False)
-    deadline = time.time() + limit_s
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish in {limit_s} s")
+def _spawn(world, tmp):
+    spawn(_worker, world, (os.path.join(tmp, "init"), tmp))
 
 
 @pytest.mark.distributed

@@ -9,18 +9,17 @@ import os
 import pathlib
 import re
 import tempfile
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import duality_kernels as dk
 from duality_kernels.reference import supervised as RS
 
 from . import official_supervised as O
 from .accuracy import _check, _check_low_precision
+from .dist_util import spawn
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
@@ -564,14 +563,7 @@ def _worker_mismatch(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-def _spawn(fn, world, args, limit_s=180):
-    ctx = mp.spawn(fn, args=(world,) + args, nprocs=world, join=False)
-    deadline = time.time() + limit_s
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish in {limit_s} s")
+_spawn = spawn
 
 
 @pytest.mark.distributed

@@ -9,12 +9,10 @@ import datetime
 import math
 import os
 import tempfile
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import duality_kernels as dk
 from duality_kernels import _backend
@@ -22,6 +20,7 @@ from duality_kernels.reference import two_tower as RT
 
 from . import official_two_tower as O
 from .accuracy import _check, views
+from .dist_util import spawn
 
 SCALE = 1 / 0.07   # CLIP's initial exp(logit_scale); not a float32 number
 BIAS = -10 / 3     # not a float32 number either
@@ -498,14 +497,8 @@ def _worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-def _spawn(world, tmp, limit_s=240):
-    ctx = mp.spawn(_worker, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world, join=False)
-    deadline = time.time() + limit_s
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish in {limit_s} s")
+def _spawn(world, tmp):
+    spawn(_worker, world, (os.path.join(tmp, "init"), tmp))
 
 
 @pytest.mark.distributed

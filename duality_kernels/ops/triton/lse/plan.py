@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from ...._numerics import L2_EPS  # noqa: F401 (re-exported)
+from ....reference import reduce_terms as _reduce  # noqa: F401 (docs/spec.md §4's reduction)
 from .._common import (
     Tiles,
     acc_dtype,
@@ -199,9 +200,3 @@ def _grad_vector(g: Optional[Tensor], like: Tensor, reduction: str) -> Tensor:
     return g.contiguous()
 
 
-def _reduce(terms: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return terms.mean()
-    if reduction == "sum":
-        return terms.sum()
-    return terms
