@@ -12,7 +12,6 @@ op's implementation (:func:`pick`); while compiling it calls the custom op. Both
 code on the same tensors, so they agree bit for bit (tests check it).
 """
 
-import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -60,6 +59,14 @@ UNSUPPORTED_DOUBLE_BACKWARD = (
     "(docs/spec.md §8)")
 
 
+def _refuse_duals(inputs) -> None:
+    """Forward-mode AD: inside a dual level, raise for a dual tensor among ``inputs``."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        for t in inputs:
+            if isinstance(t, torch.Tensor) and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+                raise NotImplementedError(UNSUPPORTED_TRANSFORM)
+
+
 def refuse_transforms(inputs) -> None:
     """Raises for forward-mode AD (dual tensors) and torch.func transforms, which the compiled ops do
     not implement (they would otherwise give zeros or torch's internal errors). torch.compile's
@@ -68,10 +75,7 @@ def refuse_transforms(inputs) -> None:
         return
     if torch._C._are_functorch_transforms_active():
         raise NotImplementedError(UNSUPPORTED_TRANSFORM)
-    if torch.autograd.forward_ad._current_level >= 0:
-        for t in inputs:
-            if isinstance(t, torch.Tensor) and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
-                raise NotImplementedError(UNSUPPORTED_TRANSFORM)
+    _refuse_duals(inputs)
 
 
 class _NotDifferentiableAgain(torch.autograd.Function):
@@ -87,8 +91,8 @@ class _NotDifferentiableAgain(torch.autograd.Function):
 
 
 def remember_inputs(ctx, inputs) -> None:
-    """Keeps weak references to the forward's inputs that require grad, for once_differentiable."""
-    ctx.dk_inputs = [weakref.ref(t) for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    """Keeps the forward's inputs for once_differentiable (a reference: most ops save them anyway)."""
+    ctx.dk_inputs = inputs
 
 
 def once_differentiable(ctx, grads: tuple) -> tuple:
@@ -98,27 +102,28 @@ def once_differentiable(ctx, grads: tuple) -> tuple:
     derivative (a gradient with no graph would count as a constant)."""
     if not torch.is_grad_enabled():
         return grads
-    inputs = [t for t in (r() for r in getattr(ctx, "dk_inputs", ())) if t is not None]
+    inputs = [t for t in getattr(ctx, "dk_inputs", ()) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not inputs:
         return grads
     return tuple(_NotDifferentiableAgain.apply(g, *inputs) if isinstance(g, torch.Tensor) else g for g in grads)
 
 
-def _plain_eager(inputs) -> bool:
-    """Plain eager tensors: not compiling, no torch.func transform, no tensor subclass (fake,
-    functional or other tracing tensors need the custom op and its fake)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in inputs if isinstance(t, torch.Tensor))
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def apply(spec: Spec, *inputs):
-    """The op's outputs: all of them through the custom op when tracing or compiling, the first
-    ``spec.results`` through Direct otherwise."""
-    refuse_transforms(inputs)
-    if not _plain_eager(inputs):
+    """The op's outputs: all of them through the custom op when tracing or compiling (or for a tensor
+    subclass: fake, functional and other tracing tensors need the custom op and its fake), the first
+    ``spec.results`` through Direct for plain eager tensors. torch.func transforms and dual tensors
+    raise (refuse_transforms)."""
+    if torch.compiler.is_compiling():
         return spec.op(*inputs)
-    return Direct.apply(spec, *inputs)
+    if torch._C._are_functorch_transforms_active():
+        raise NotImplementedError(UNSUPPORTED_TRANSFORM)
+    _refuse_duals(inputs)
+    if all(type(t) in _PLAIN for t in inputs if isinstance(t, torch.Tensor)):
+        return Direct.apply(spec, *inputs)
+    return spec.op(*inputs)
 
 
 def pick(ctx, op: Callable, impl: Callable) -> Callable:
