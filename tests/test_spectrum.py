@@ -1,6 +1,6 @@
 """Spectral functions (docs/spec.md §7): singular values, RankMe, TCR, MCR², MEC.
 
-Checked against the float64 transcriptions of the official code (tests/official_spectrum.py),
+Checked against the float64 transcriptions of the official code (duality_kernels/testing/official_spectrum.py),
 both sides against each other, gradcheck on both sides, fp32 against the official code's own
 fp32 error (tests/accuracy.py), errors, modules, and the distributed contract under gloo.
 """
@@ -20,7 +20,7 @@ from duality_kernels import BackendUnavailableError
 from duality_kernels.reference import spectrum as RS
 
 from . import accuracy as A
-from . import official_spectrum as O
+from duality_kernels.testing import official_spectrum as O
 
 SIDES = ("sample", "dimension")
 SHAPES = [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1), (13, 4)]
