@@ -1,6 +1,6 @@
 """Spectral functions (docs/spec.md §7): singular values, RankMe, TCR, MCR², MEC.
 
-Checked against the float64 transcriptions of the official code (tests/official_spectrum.py),
+Checked against the float64 transcriptions of the official code (duality_kernels/testing/official_spectrum.py),
 both sides against each other, gradcheck on both sides, fp32 against the official code's own
 fp32 error (tests/accuracy.py), errors, modules, and the distributed contract under gloo.
 """
@@ -16,9 +16,9 @@ import torch.distributed as dist
 import duality_kernels as dk
 from duality_kernels import BackendUnavailableError
 from duality_kernels.reference import spectrum as RS
+from duality_kernels.testing import official_spectrum as O
 
 from . import accuracy as A
-from . import official_spectrum as O
 from .dist_util import spawn
 
 SIDES = ("sample", "dimension")

@@ -1,5 +1,5 @@
 """supcon_loss, moco_loss, hard_negative_ntxent_loss and the lightly drop-in helpers against the
-float64 transcriptions of the official code (tests/official_supervised.py): values and gradients,
+float64 transcriptions of the official code (duality_kernels/testing/official_supervised.py): values and gradients,
 odd shapes, fp32 and bf16 accuracy (docs/design.md convention 5, tests/accuracy.py), errors,
 modules, backends and docs/spec.md §5 with 2 and 3 gloo processes."""
 
@@ -16,8 +16,8 @@ import torch.distributed as dist
 
 import duality_kernels as dk
 from duality_kernels.reference import supervised as RS
+from duality_kernels.testing import official_supervised as O
 
-from . import official_supervised as O
 from .accuracy import _check, _check_low_precision
 from .dist_util import spawn
 

@@ -1,5 +1,5 @@
 """clip_loss / siglip_loss and ClipLoss / SigLipLoss (docs/spec.md §7) against the transcriptions of
-open_clip's ClipLoss and SigLipLoss in tests/official_two_tower.py: values and gradients of the
+open_clip's ClipLoss and SigLipLoss in duality_kernels/testing/official_two_tower.py: values and gradients of the
 features, the scale and the bias in float64 (~1e-12 relative), the reference's blocked (checkpointed)
 path, extreme scale and bias in fp32 and bf16 under the accuracy rule (tests/accuracy.py), bad input,
 backend selection, and open_clip's local-loss semantics with 2 and 3 gloo processes (docs/spec.md §5).
@@ -17,8 +17,8 @@ import torch.distributed as dist
 import duality_kernels as dk
 from duality_kernels import _backend
 from duality_kernels.reference import two_tower as RT
+from duality_kernels.testing import official_two_tower as O
 
-from . import official_two_tower as O
 from .accuracy import _check, views
 from .dist_util import spawn
 

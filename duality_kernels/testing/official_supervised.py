@@ -1,5 +1,6 @@
 """Independent transcriptions of the official formulas of the supervised / negative-sampling losses,
-written for these tests from the papers' reference code (eager, dense matrices, in the input dtype).
+written from the papers' reference code (eager, dense matrices, in the inputs' dtype and device): the
+tests' oracle and the benchmarks' "eager" provider.
 
 - SupContrast ``losses.py`` ``SupConLoss`` (current version: an anchor without a positive divides by
   1 instead of 0), applied to L2-normalized features;
@@ -19,7 +20,7 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
     features = F.normalize(features, dim=-1)
     b, views = features.shape[0], features.shape[1]
     if labels is None:
-        same = torch.eye(b, dtype=features.dtype)
+        same = torch.eye(b, dtype=features.dtype, device=features.device)
     else:
         lab = labels.reshape(-1, 1)
         same = (lab == lab.T).to(features.dtype)
@@ -32,7 +33,8 @@ def supcon(features, labels=None, temperature=0.07, base_temperature=0.07, contr
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
     same = same.repeat(count, views)
     not_self = torch.ones_like(same)
-    not_self[torch.arange(b * count), torch.arange(b * count)] = 0
+    idx = torch.arange(b * count, device=features.device)
+    not_self[idx, idx] = 0
     positive = same * not_self
     log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(dim=1, keepdim=True))
     n_pos = positive.sum(dim=1)
@@ -47,7 +49,7 @@ def moco(query, key, queue, temperature=0.2):
     pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
     neg = torch.einsum("nc,kc->nk", q, bank)
     logits = torch.cat([pos, neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long))
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
 def hcl(z1, z2, temperature=0.5, tau_plus=0.1, beta=1.0):
@@ -55,8 +57,8 @@ def hcl(z1, z2, temperature=0.5, tau_plus=0.1, beta=1.0):
     n = out_1.shape[0]
     out = torch.cat([out_1, out_2], dim=0)
     neg = torch.exp(out @ out.T / temperature)
-    keep = torch.ones(n, 2 * n, dtype=torch.bool)
-    idx = torch.arange(n)
+    keep = torch.ones(n, 2 * n, dtype=torch.bool, device=out.device)
+    idx = torch.arange(n, device=out.device)
     keep[idx, idx] = False
     keep[idx, idx + n] = False
     keep = torch.cat([keep, keep], dim=0)
@@ -85,7 +87,7 @@ class MemoryBankNTXent:
         update = out0.requires_grad
         pos = (out0 * out1).sum(dim=1, keepdim=True)
         logits = torch.cat([pos, out0 @ negatives.T], dim=1) / self.temperature
-        loss = F.cross_entropy(logits, torch.zeros(out0.shape[0], dtype=torch.long))
+        loss = F.cross_entropy(logits, torch.zeros(out0.shape[0], dtype=torch.long, device=out0.device))
         if update:
             k, n = self.bank.shape[0], out1.shape[0]
             if self.ptr + n >= k:
@@ -107,7 +109,7 @@ def weighted_dcl(z1, z2, temperature=0.1, weight_fn=None):
 
     def one_side(a, b):
         n = a.shape[0]
-        eye = torch.eye(n, dtype=torch.bool)
+        eye = torch.eye(n, dtype=torch.bool, device=a.device)
         s_aa = a @ a.T / temperature
         s_ab = a @ b.T / temperature
         positive = -s_ab[eye]
