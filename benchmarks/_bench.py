@@ -1,6 +1,6 @@
 """Shared benchmark utilities: timing, peak-memory measurement, environment facts, CSV, tables.
 
-Used by ``benchmarks/sweep.py``. Scripts, not tests (DESIGN.md convention 12). Kept free of
+Used by ``benchmarks/sweep.py``. Scripts, not tests (docs/design.md convention 12). Kept free of
 ``duality_kernels`` imports so it works before the package does.
 
 Timing

@@ -1,7 +1,7 @@
-"""The one cost model of the library (DESIGN.md, "The idea that shapes the code").
+"""The one cost model of the library (docs/design.md, "The idea that shapes the code").
 
 A sum of squared entries of a Gram-type matrix can be computed on either side of the duality
-(SPEC §2): the sample side (N×N, about N²·D flops and N² memory) or the dimension side
+(docs/spec.md §2): the sample side (N×N, about N²·D flops and N² memory) or the dimension side
 (D×D, about N·D² flops and D² memory). Every op asks this module which side to use.
 """
 

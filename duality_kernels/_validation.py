@@ -1,4 +1,4 @@
-"""Argument checks of the public boundary (SPEC §6).
+"""Argument checks of the public boundary (docs/spec.md §6).
 
 Everything here runs before any kernel, reads shapes, dtypes, devices and Python scalars only
 (no host-device synchronization), and raises ValueError/TypeError naming the argument and value.

@@ -9,7 +9,7 @@ batches dropped), augments them with its own random stream, and calls the loss w
 gather_distributed=True. The losses then see the global batch: VICReg / Barlow statistics over all
 ranks' rows, NT-Xent negatives from every rank. With duality_kernels' gradient-summing collectives,
 DDP's 1/W averaging of the gradients gives exactly the single-process gradient of the global-batch
-loss (see ../shared/SPEC.md §5), so the only difference from train_ssl.py at the same global batch
+loss (see docs/spec.md §5), so the only difference from train_ssl.py at the same global batch
 is BatchNorm: on GPU the model's BatchNorm layers become SyncBatchNorm (statistics over the global
 batch too); on CPU PyTorch has no SyncBatchNorm under DDP, so each rank normalizes its own shard
 (what SimCLR's per-device BatchNorm does).

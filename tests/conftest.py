@@ -2,7 +2,7 @@ import os
 
 import torch
 
-# Without a GPU the Triton kernels run under the Triton interpreter on CPU tensors (DESIGN
+# Without a GPU the Triton kernels run under the Triton interpreter on CPU tensors (docs/design.md
 # convention 10). The variable must be set before triton is first imported, so here, before any
 # test module loads duality_kernels.ops.triton.
 if not torch.cuda.is_available():

@@ -28,11 +28,11 @@ def backends(name):
 
 
 def min_cols(name):
-    """VICReg-exp's off-diagonal terms and VICReg-ctr's row variance need two columns (SPEC §6)."""
+    """VICReg-exp's off-diagonal terms and VICReg-ctr's row variance need two columns (docs/spec.md §6)."""
     return 2 if name in ("vicreg_exp_loss", "vicreg_ctr_loss") else 1
 
 
-# A parameter set of each function that the sweeps start from (defaults where SPEC has them).
+# A parameter set of each function that the sweeps start from (defaults where docs/spec.md has them).
 DEFAULTS = {
     "normalized_gram": {"pair": True},
     "covariance": {"correction": 1},

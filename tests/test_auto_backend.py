@@ -146,7 +146,7 @@ REFERENCE_CASES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name,fn", REFERENCE_CASES, ids=[c[0] for c in REFERENCE_CASES])
 def test_reference_products_on_tensor_cores(name, fn, dtype):
-    """SPEC's fp32 accumulation with half-precision operands: every product of the torch
+    """docs/spec.md's fp32 accumulation with half-precision operands: every product of the torch
     reference takes half operands and returns fp32 (tensor cores), never the fp32 upcast that
     ran on SIMT units (issue 13's profile). Every such product is reference.mm, whose backward
     (test_half_mm_backward) takes the same route."""

@@ -1,4 +1,4 @@
-"""Bitwise determinism (DESIGN convention 7): every public function on every backend, and every
+"""Bitwise determinism (docs/design.md convention 7): every public function on every backend, and every
 drop-in autograd Function, called three times on the same inputs, returns the same bits, values
 and gradients.
 

@@ -1,4 +1,4 @@
-"""SPEC §5 under real processes (gloo, CPU): DDP gradients equal the single-process gradient on the
+"""docs/spec.md §5 under real processes (gloo, CPU): DDP gradients equal the single-process gradient on the
 concatenated global batch, and the mean of the ranks' losses equals that process's loss.
 
 These fail if a collective's backward averages instead of summing (the gradients would be 1/W of

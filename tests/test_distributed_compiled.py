@@ -1,4 +1,4 @@
-"""SPEC §5 on the compiled backends (ops/gathered.py): the equalities tests/test_distributed.py checks
+"""docs/spec.md §5 on the compiled backends (ops/gathered.py): the equalities tests/test_distributed.py checks
 for the torch path, for backend="cuda" and backend="triton" under real processes (gloo, CPU, float64).
 
 Without a GPU both backends run on CPU tensors: the CUDA backend through the CPU simulator of its

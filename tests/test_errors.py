@@ -1,4 +1,4 @@
-"""SPEC §6: every error, raised before any kernel runs, naming the argument and its value;
+"""docs/spec.md §6: every error, raised before any kernel runs, naming the argument and its value;
 and the backend selection rules (_backend.py)."""
 
 import math
@@ -221,7 +221,7 @@ def test_triton_rules_are_clear(monkeypatch):
     class TwoRanks:  # what distributed.context returns inside an initialized group of 2
         active, world = True, 2
 
-    # VICReg-exp has no Triton form of SPEC §5; NT-Xent has one (lse.py), torch has every one
+    # VICReg-exp has no Triton form of docs/spec.md §5; NT-Xent has one (lse.py), torch has every one
     with pytest.raises(dk.BackendUnavailableError, match=r"triton.*vicreg_exp_loss.*gather_distributed=True.*2 proc"):
         _backend.require_single_process("triton", "vicreg_exp_loss", TwoRanks())
     _backend.require_single_process("triton", "ntxent_loss", TwoRanks())

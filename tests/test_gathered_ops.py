@@ -1,6 +1,6 @@
 """The local pieces of gather_distributed=True on the compiled backends (ops/gathered.py), in one
 process: ``moments`` and ``spectral_rows`` of ops/cuda.py and ops/triton/gram.py against torch
-formulas (DESIGN convention 5), their custom ops (opcheck, fakes, the eager path's bits, argument
+formulas (docs/design.md convention 5), their custom ops (opcheck, fakes, the eager path's bits, argument
 checks), and the gathered forms at W = 1 (a context of one rank skips the collectives, so the
 merge algebra must give the single-process loss) including torch.compile(fullgraph=True).
 
@@ -208,7 +208,7 @@ def test_gathered_forms_with_one_rank_match_the_reference(backend, side, dtype, 
 
 
 _HALF = [(be, dt, amp) for be in BACKENDS for dt in (torch.bfloat16, torch.float16) for amp in (None, 300.0)
-         # bf16 is broken in the Triton interpreter (DESIGN convention 10); fp16 runs there
+         # bf16 is broken in the Triton interpreter (docs/design.md convention 10); fp16 runs there
          if dt == torch.float16 or amp is None and (ON_GPU or be == "cuda")]
 
 
@@ -216,7 +216,7 @@ _HALF = [(be, dt, amp) for be in BACKENDS for dt in (torch.bfloat16, torch.float
                          ids=[f"{b}-{str(d)[6:]}{'-x300' if a else ''}" for b, d, a in _HALF])
 def test_gathered_forms_reduced_precision(backend, dtype, amplitude):
     """bf16/fp16 (no eager oracle: the reference computes in fp32): every loss, term and gradient
-    within 2% of the float64 truth on the same rounded inputs, terms in float32 (SPEC). Values
+    within 2% of the float64 truth on the same rounded inputs, terms in float32 (docs/spec.md). Values
     x300 put the Grams (and the backward's Gram operands) past fp16's range (65504)."""
     for shape in ((33, 48),) if amplitude is None else ((70, 20),):  # N < D, N > D
         z1, z2 = views(*shape, torch.float64, 27, DEVICE)

@@ -1,5 +1,5 @@
 """benchmarks/host_overhead.py's invariant, checked on every loss and backend that runs here: a
-forward+backward makes no host-device synchronization (DESIGN 3: dispatch and launch decided from
+forward+backward makes no host-device synchronization (docs/design.md convention 3: dispatch and launch decided from
 shapes, dtypes and devices only). The benchmark counts every ``.item()``-style op
 (aten::_local_scalar_dense and friends) in one step; its times are not asserted (no timed tests)."""
 

@@ -114,7 +114,7 @@ def _lightly_barlow_uses_batch_norm() -> bool:
     """Which standardization lightly's BarlowTwinsLoss applies along the batch.
 
     lightly >= 1.5 standardizes with ``F.batch_norm(..., training=True)``: biased variance plus
-    eps = 1e-5, exactly the official nn.BatchNorm1d(affine=False) of SPEC §3. Older releases used
+    eps = 1e-5, exactly the official nn.BatchNorm1d(affine=False) of docs/spec.md §3. Older releases used
     ``(z - z.mean(0)) / z.std(0)``: unbiased std and no eps, which is NOT the official formula.
     """
     from lightly.loss import barlow_twins_loss as module
@@ -139,7 +139,7 @@ def test_barlow_twins_vs_lightly(shape, lambda_param):
 
         compare(ours, theirs, z1, z2, f"barlow{shape},l={lambda_param}")
 
-        # And equal to the loss written from our primitive, cross_correlation (SPEC §1).
+        # And equal to the loss written from our primitive, cross_correlation (docs/spec.md §1).
         def from_primitive(a, b):
             c = dk.cross_correlation(a, b, eps=1e-5)
             return ((c.diagonal() - 1) ** 2).sum() + lambda_param * c[~eye].pow(2).sum()

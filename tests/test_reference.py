@@ -1,5 +1,5 @@
 """The torch reference: float64 gradcheck of every loss and primitive, the duality identity of
-SPEC §2, side="sample" == side="dimension", dtypes, return_terms and the modules.
+docs/spec.md §2, side="sample" == side="dimension", dtypes, return_terms and the modules.
 
 Comparisons with independent transcriptions of the official formulas are in test_official.py.
 """
@@ -78,7 +78,7 @@ def test_gradcheck_dcl_infonce(similarity, reduction):
 
 
 # ------------------------------------------------------------------------------------------
-# SPEC §2: the identity and the two sides
+# docs/spec.md §2: the identity and the two sides
 
 
 @pytest.mark.parametrize("n,d", [(2, 2), (2, 17), (17, 2), (13, 64), (64, 13), (97, 31)])

@@ -71,7 +71,7 @@ def test_two_inputs(name, fn):
 
 
 def test_ops_without_a_gathered_form_refuse_a_process_group():
-    """Inside a group, the compiled ops with no SPEC §5 form raise instead of computing one process's
+    """Inside a group, the compiled ops with no docs/spec.md §5 form raise instead of computing one process's
     batch; VICReg, Barlow Twins, the spectral loss (both backends) and VICReg-ctr (Triton) have one
     (ops/gathered.py, tests/test_distributed_compiled.py)."""
     class TwoRanks:
@@ -90,7 +90,7 @@ def test_ops_without_a_gathered_form_refuse_a_process_group():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter warns on NaN
 @pytest.mark.parametrize("name,fn", TWO, ids=[n for n, _ in TWO])
 def test_nan_and_inf_propagate_like_the_reference(name, fn):
-    """SPEC §6: NaN or Inf in the input propagates as in the reference; no kernel crashes."""
+    """docs/spec.md §6: NaN or Inf in the input propagates as in the reference; no kernel crashes."""
     z1, z2 = torch.randn(9, 13, dtype=torch.float64), torch.randn(9, 13, dtype=torch.float64)
     z1[2, 3] = float("nan")
     z2[0, 0] = float("inf")
@@ -120,7 +120,7 @@ def test_eager_path_matches_the_custom_ops():
 
 
 def test_autograd_function_subclasses():
-    """DESIGN convention 2 for the Triton Gram ops: VICRegFunction.apply & co. give the same bits
+    """docs/design.md convention 2 for the Triton Gram ops: VICRegFunction.apply & co. give the same bits
     as the module functions."""
     from duality_kernels.ops.triton import gram
 

@@ -1,8 +1,8 @@
-"""Public functions of ../shared/SPEC.md: validate (SPEC §6), pick the backend, call the op.
+"""Public functions of docs/spec.md: validate (docs/spec.md §6), pick the backend, call the op.
 
 Every function takes keyword-only ``backend="auto"|"torch"|"triton"|"cuda"`` (see ``_backend``).
 Functions with a sum of squared Gram entries also take ``side="auto"|"sample"|"dimension"``
-(SPEC §2): "auto" computes it on the cheaper side, the others force one; values and gradients
+(docs/spec.md §2): "auto" computes it on the cheaper side, the others force one; values and gradients
 agree to rounding. Composite losses take ``return_terms=True`` to return ``(loss, terms)`` where
 ``terms`` is a dict of the named, unweighted terms, for logging.
 """
@@ -43,7 +43,7 @@ __all__ = [
 
 def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
     """The Triton op module for ``op`` (imported lazily: ``import duality_kernels`` needs no triton).
-    ``gathers``: the op implements gather_distributed=True itself (SPEC §5)."""
+    ``gathers``: the op implements gather_distributed=True itself (docs/spec.md §5)."""
     if not gathers:
         _backend.require_single_process("triton", op, ctx)
     from ..ops.triton import lse
@@ -54,7 +54,7 @@ def _triton(op: str, ctx: _dist.Context, gathers: bool = False):
 def _gram_ops(be: str, op: str):
     """The compiled covariance-family module of backend ``be`` ("triton": ops/triton/gram.py,
     "cuda": ops/cuda.py; the same function names), or None for the torch reference. Their ops
-    compute one process's batch; ops/gathered.py builds SPEC §5's forms of VICReg, Barlow Twins and
+    compute one process's batch; ops/gathered.py builds docs/spec.md §5's forms of VICReg, Barlow Twins and
     the spectral loss on them (the primitives and criteria take no gather_distributed)."""
     if be == "torch":
         return None
@@ -85,7 +85,7 @@ def _ctx(op: str, gather_distributed, z: Tensor) -> _dist.Context:
 
 @public
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
-    """Cosine similarities l2n(z1)·l2n(z2 or z1)ᵀ, shape (N, N) (SPEC §1)."""
+    """Cosine similarities l2n(z1)·l2n(z2 or z1)ᵀ, shape (N, N) (docs/spec.md §1)."""
     C.normalized_gram(z1, z2)
     ops = _gram_ops(_backend.resolve(backend, "normalized_gram", z1), "normalized_gram")
     if ops is not None:
@@ -95,7 +95,7 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None, *, backend: str = "
 
 @public
 def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tensor:
-    """center(z)ᵀ center(z) / (N − correction), shape (D, D) (SPEC §1)."""
+    """center(z)ᵀ center(z) / (N − correction), shape (D, D) (docs/spec.md §1)."""
     C.covariance(z, correction)
     ops = _gram_ops(_backend.resolve(backend, "covariance", z), "covariance")
     if ops is not None:
@@ -105,7 +105,7 @@ def covariance(z: Tensor, correction: int = 1, *, backend: str = "auto") -> Tens
 
 @public
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5, *, backend: str = "auto") -> Tensor:
-    """BatchNorm-standardized views' s(z1)ᵀ s(z2) / N, shape (D, D) (SPEC §1)."""
+    """BatchNorm-standardized views' s(z1)ᵀ s(z2) / N, shape (D, D) (docs/spec.md §1)."""
     eps = C.cross_correlation(z1, z2, eps)
     ops = _gram_ops(_backend.resolve(backend, "cross_correlation", z1), "cross_correlation")
     if ops is not None:
@@ -126,7 +126,7 @@ def _criterion_args(z, side, backend, op) -> Tuple[str, str]:
 
 @public
 def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
-    """L_c = Σ_{i≠j} (z zᵀ)_ij² (paper eq. for sample-contrastive methods; SPEC §2)."""
+    """L_c = Σ_{i≠j} (z zᵀ)_ij² (paper eq. for sample-contrastive methods; docs/spec.md §2)."""
     s, be = _criterion_args(z, side, backend, "sample_contrastive_criterion")
     ops = _gram_ops(be, "sample_contrastive_criterion")
     if ops is not None:
@@ -136,7 +136,7 @@ def sample_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str 
 
 @public
 def dimension_contrastive_criterion(z: Tensor, *, side: str = "auto", backend: str = "auto") -> Tensor:
-    """L_nc = Σ_{k≠l} (zᵀ z)_kl² (SPEC §2)."""
+    """L_nc = Σ_{k≠l} (zᵀ z)_kl² (docs/spec.md §2)."""
     s, be = _criterion_args(z, side, backend, "dimension_contrastive_criterion")
     ops = _gram_ops(be, "dimension_contrastive_criterion")
     if ops is not None:
@@ -163,7 +163,7 @@ def vicreg_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight: fl
                 cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4, *,
                 side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
                 backend: str = "auto"):
-    """VICReg (Bardes et al. 2022), SPEC §3; the covariance term on the cheaper side.
+    """VICReg (Bardes et al. 2022), docs/spec.md §3; the covariance term on the cheaper side.
 
     terms: "invariance" (mean squared difference), "variance" ((v(z1)+v(z2))/2), "covariance"
     (c(z1)+c(z2)); loss = inv_weight·invariance + var_weight·variance + cov_weight·covariance.
@@ -214,7 +214,7 @@ def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
-    """VICReg-exp (paper eq. 11–12), SPEC §3: covariance term = mean row log-sum-exp of C/τ off the diagonal."""
+    """VICReg-exp (paper eq. 11–12), docs/spec.md §3: covariance term = mean row log-sum-exp of C/τ off the diagonal."""
     return _vicreg_lse("vicreg_exp_loss", _exp_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
                        gather_distributed, return_terms, backend, C.VICREG_EXP_ROWS)
 
@@ -224,7 +224,7 @@ def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
-    """VICReg-ctr (paper eq. 13), SPEC §3: variance and log-sum-exp terms on the N×N sample side."""
+    """VICReg-ctr (paper eq. 13), docs/spec.md §3: variance and log-sum-exp terms on the N×N sample side."""
     return _vicreg_lse("vicreg_ctr_loss", _ctr_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
                        gather_distributed, return_terms, backend, C.VICREG_CTR_ROWS)
 
@@ -233,7 +233,7 @@ def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps: float = 1e-5, *,
                       side: str = "auto", gather_distributed: bool = False, return_terms: bool = False,
                       backend: str = "auto"):
-    """Barlow Twins (Zbontar et al. 2021), SPEC §3; the off-diagonal term on the cheaper side.
+    """Barlow Twins (Zbontar et al. 2021), docs/spec.md §3; the off-diagonal term on the cheaper side.
 
     terms: "on_diagonal" Σ_k (1 − C_kk)², "off_diagonal" Σ_{k≠l} C_kl²; loss = on + λ·off.
     """
@@ -263,7 +263,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_param: float = 0.0051, eps:
 def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
                 normalization: str = "l2", reduction: str = "mean", *,
                 gather_distributed: bool = False, backend: str = "auto") -> Tensor:
-    """NT-Xent / SimCLR over the 2N rows [z1; z2], positive kept in the denominator (SPEC §4)."""
+    """NT-Xent / SimCLR over the 2N rows [z1; z2], positive kept in the denominator (docs/spec.md §4)."""
     t = C.ntxent(z1, z2, temperature, similarity, normalization, reduction)
     ctx = _ctx("ntxent_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "ntxent_loss", z1, ctx.active)
@@ -277,7 +277,7 @@ def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: st
 @public
 def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str = "dot",
              reduction: str = "mean", *, gather_distributed: bool = False, backend: str = "auto") -> Tensor:
-    """Decoupled contrastive loss: NT-Xent without the positive in the denominator (SPEC §4)."""
+    """Decoupled contrastive loss: NT-Xent without the positive in the denominator (docs/spec.md §4)."""
     t = C.dcl(z1, z2, temperature, similarity, reduction)
     ctx = _ctx("dcl_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "dcl_loss", z1, ctx.active)
@@ -291,7 +291,7 @@ def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, similarity: str =
 @public
 def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: str = "mean", *,
                  gather_distributed: bool = False, backend: str = "auto") -> Tensor:
-    """Cross-view InfoNCE in the CLIP form, ½[CE(S) + CE(Sᵀ)] (SPEC §4)."""
+    """Cross-view InfoNCE in the CLIP form, ½[CE(S) + CE(Sᵀ)] (docs/spec.md §4)."""
     t = C.infonce(z1, z2, temperature, reduction)
     ctx = _ctx("infonce_loss", gather_distributed, z1)
     be = _backend.resolve(backend, "infonce_loss", z1, ctx.active)
@@ -306,7 +306,7 @@ def infonce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, reduction: st
 def spectral_contrastive_loss(z1: Tensor, z2: Tensor, mu: float = 1.0, *, side: str = "auto",
                               gather_distributed: bool = False, return_terms: bool = False,
                               backend: str = "auto"):
-    """Spectral contrastive loss (HaoChen et al. 2021), SPEC §4; its N×N term on the cheaper side.
+    """Spectral contrastive loss (HaoChen et al. 2021), docs/spec.md §4; its N×N term on the cheaper side.
 
     terms: "positive" −(2/N)Σ_i z1_i·z2_i / mu, "negative" offsq(z1 z2ᵀ)/(N(N−1)) / mu.
     """

@@ -2,8 +2,8 @@
 
 The classes lightly also has (VICRegLoss, BarlowTwinsLoss, NTXentLoss, DCLLoss, DCLWLoss) take lightly 1.6's
 constructor names, order and defaults, so they drop into lightly-based training code; the math is
-SPEC's (for BarlowTwinsLoss that means the official BatchNorm standardization, which lightly
-replaces with an unbiased std and no eps). The others use SPEC's names and defaults. Every class
+docs/spec.md's (for BarlowTwinsLoss that means the official BatchNorm standardization, which lightly
+replaces with an unbiased std and no eps). The others use docs/spec.md's names and defaults. Every class
 also takes the keyword-only ``backend`` (and ``side`` where the loss has one).
 """
 
@@ -25,7 +25,7 @@ class _Loss(nn.Module):
     def __init__(self, gather_distributed: bool, backend: str):
         super().__init__()
         _dist.check_gather(gather_distributed)
-        _backend.requested(backend)  # unknown names fail at construction (SPEC §6)
+        _backend.requested(backend)  # unknown names fail at construction (docs/spec.md §6)
         self.gather_distributed = gather_distributed
         self.backend = backend
 
@@ -166,7 +166,7 @@ class _MemoryBank(nn.Module):
 
 
 class NTXentLoss(_Loss):
-    """NT-Xent / SimCLR; lightly's default temperature 0.5 (the functional default is SPEC's 0.1).
+    """NT-Xent / SimCLR; lightly's default temperature 0.5 (the functional default is docs/spec.md's 0.1).
 
     ``memory_bank_size=(num_features, dim)`` turns on lightly 1.6's memory bank (MoCo-style): the
     negatives of ``out0`` are the bank's rows instead of the batch, the loss is

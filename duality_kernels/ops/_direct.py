@@ -2,7 +2,7 @@
 implementation, so that eager calls skip torch.library's Python dispatch.
 
 Every compiled entry point is a ``torch.library.custom_op`` with a fake and a registered autograd
-(DESIGN convention 2), which is what ``torch.compile(fullgraph=True)`` needs. Calling those ops
+(docs/design.md convention 2), which is what ``torch.compile(fullgraph=True)`` needs. Calling those ops
 eagerly goes through torch.library's Python dispatch, which costs more than the kernels at small
 sizes: a do-nothing custom op forward + backward measured 480 µs against 114 µs for the same work
 in a ``torch.autograd.Function`` on the 2-core development machine (2026-11-30). So outside
@@ -132,7 +132,7 @@ def pick(ctx, op: Callable, impl: Callable) -> Callable:
 
 
 def function(spec: Spec, name: str, doc: str) -> type:
-    """A drop-in ``torch.autograd.Function`` subclass for ``spec`` (DESIGN convention 2, the
+    """A drop-in ``torch.autograd.Function`` subclass for ``spec`` (docs/design.md convention 2, the
     flash-attention pattern): ``name.apply(*inputs)`` returns the op's results; its forward and
     backward call only the custom ops, so torch.compile(fullgraph=True) traces it. (The library's
     own eager calls take the cheaper :class:`Direct` path through :func:`apply`.)"""

@@ -67,7 +67,7 @@ def batchnorm_affine_false(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _l2n(z: torch.Tensor) -> torch.Tensor:
-    # SPEC notation l2n: row / max(||row||_2, 1e-12), i.e. torch.nn.functional.normalize.
+    # docs/spec.md "Notation" l2n: row / max(||row||_2, 1e-12), i.e. torch.nn.functional.normalize.
     return F.normalize(z, p=2.0, dim=1, eps=1e-12)
 
 
@@ -88,7 +88,7 @@ def _reduce(per_anchor: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# SPEC §1: primitives
+# docs/spec.md §1: primitives
 # ----------------------------------------------------------------------------------------------
 
 
@@ -113,7 +113,7 @@ def cross_correlation_official(z1: torch.Tensor, z2: torch.Tensor, eps: float = 
 
 
 # ----------------------------------------------------------------------------------------------
-# SPEC §2: the two criteria of the paper
+# docs/spec.md §2: the two criteria of the paper
 # ----------------------------------------------------------------------------------------------
 
 
@@ -140,7 +140,7 @@ def duality_terms_official(z: torch.Tensor):
 
 
 # ----------------------------------------------------------------------------------------------
-# SPEC §3: covariance family
+# docs/spec.md §3: covariance family
 # ----------------------------------------------------------------------------------------------
 
 
@@ -255,7 +255,7 @@ def barlow_twins_official(
 
 
 # ----------------------------------------------------------------------------------------------
-# SPEC §4: Gram family
+# docs/spec.md §4: Gram family
 # ----------------------------------------------------------------------------------------------
 
 
@@ -281,7 +281,7 @@ def _pair_logits(z1, z2, temperature, similarity, normalization):
     """(2N x 2N) transformed logits, the positive mask and the positive logits s_{a,p(a)}.
 
     Rows/columns are u = [z1; z2]; anchor a's positive is p(a) = (a + N) mod 2N. The similarity
-    transform of SPEC §4 applies to every entry except the positive, whose logit stays s_{a,p(a)}.
+    transform of docs/spec.md §4 applies to every entry except the positive, whose logit stays s_{a,p(a)}.
     """
     n = z1.shape[0]
     n1, n2 = _normalize_views(z1, z2, normalization)
