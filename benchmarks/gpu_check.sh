@@ -224,7 +224,7 @@ bench "spectral bf16"         60 --loss spectral --dtype bfloat16 --shapes 16384
 bench "ntxent bf16"           90 --loss ntxent --dtype bfloat16 --shapes 2048x256 16384x256
 bench "ntxent bf16 65536"     60 --loss ntxent --dtype bfloat16 --shapes 65536x256 --providers triton
 bench "infonce fp32 high"     60 --loss infonce --dtype float32 --precision high --shapes 32768x256
-# issue 5's crossover table: cuda vs triton over the sweep grid (rows per point in the CSV)
+# the crossover table: cuda vs triton over the sweep grid (rows per point in the CSV)
 bench "crossover vicreg bf16" 90 --loss vicreg --dtype bfloat16 --providers triton cuda \
     --N 256 1024 4096 16384 --D 256 1024 4096
 

@@ -29,8 +29,8 @@ def resolve_side(side: str, n: int, d: int) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Which backend "auto" runs on CUDA tensors (``_backend.resolve``): the one table, read from the
-# first H200 measurement (2026-11-30, main at 79b210e, torch 2.11 / triton 3.6, forward+backward;
-# the rows are in benchmarks/results/h200_2026-11-30_headline.csv). Each entry is an order of
+# project's H200 measurement (docs/measurements.md; the rows are in
+# benchmarks/results/h200_2026-11-30_headline.csv). Each entry is an order of
 # preference; "auto" takes the first backend that is available there and implements the op
 # (with gather_distributed inside a process group), ending with the torch reference.
 #

@@ -1,4 +1,4 @@
-"""Shared check of the compiled backends' own entry points (issue 15, docs/spec.md §6): the drop-in
+"""Shared check of the compiled backends' own entry points (docs/spec.md §6): the drop-in
 ``torch.autograd.Function`` subclasses (``VICRegFunction.apply`` & co.) and the forward custom ops
 raise exactly what the public function raises (exception type and message) for bad shapes,
 dtypes, devices and scalars, before any kernel runs.

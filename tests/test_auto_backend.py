@@ -148,7 +148,7 @@ REFERENCE_CASES = [
 def test_reference_products_on_tensor_cores(name, fn, dtype):
     """docs/spec.md's fp32 accumulation with half-precision operands: every product of the torch
     reference takes half operands and returns fp32 (tensor cores), never the fp32 upcast that
-    ran on SIMT units (issue 13's profile). Every such product is reference.mm, whose backward
+    ran on SIMT units (the H200 profile, docs/measurements.md). Every such product is reference.mm, whose backward
     (test_half_mm_backward) takes the same route."""
     calls = _run_logged(fn, 64, 48, dtype)
     products = [c for c in calls if c[0].split(".default")[0].split(".dtype")[0] in PRODUCTS]

@@ -44,7 +44,7 @@ _simulator = csim.module_fixture()
 
 
 def _end_worker():
-    """Leave a worker without the interpreter's teardown. About 1 run in 20 (here, 2026-12-01), a
+    """Leave a worker without the interpreter's teardown. About 1 run in 20 on the 2-core machine, a
     worker that had saved its results and destroyed its group was then killed by SIGABRT
     ("terminate called without an active exception": a joinable C++ thread destroyed during static
     destruction) while Python shut down, after the simulator and the Triton interpreter had run in

@@ -4,8 +4,8 @@ implementation, so that eager calls skip torch.library's Python dispatch.
 Every compiled entry point is a ``torch.library.custom_op`` with a fake and a registered autograd
 (docs/design.md convention 2), which is what ``torch.compile(fullgraph=True)`` needs. Calling those ops
 eagerly goes through torch.library's Python dispatch, which costs more than the kernels at small
-sizes: a do-nothing custom op forward + backward measured 480 µs against 114 µs for the same work
-in a ``torch.autograd.Function`` on the 2-core development machine (2026-11-30). So outside
+sizes (a do-nothing custom op forward + backward: about 4× the host time of the same work in a
+``torch.autograd.Function``; docs/measurements.md). So outside
 ``torch.compile``, :func:`apply` runs the op's implementation, setup_context and backward (the
 very functions registered with the op) inside :class:`Direct`, and the backward calls the backward
 op's implementation (:func:`pick`); while compiling it calls the custom op. Both paths run the same
