@@ -72,6 +72,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import _bench as B  # noqa: E402
 import duality_kernels as dk  # noqa: E402
 from duality_kernels import _backend, _cost  # noqa: E402
+from duality_kernels.ops import registry  # noqa: E402
 from sweep import DTYPES, LOSSES  # noqa: E402
 
 CSV_COLUMNS = [
@@ -208,7 +209,7 @@ def available(loss: str, backend: str) -> str:
     if backend == "torch":
         return ""
     op = LOSSES[loss].ours
-    if op not in _backend._IMPLEMENTED[backend]:
+    if registry.capability(backend, op) is None:
         return f"backend={backend!r} does not implement {op}"
     if backend == "triton":
         from duality_kernels.ops.triton import _common
