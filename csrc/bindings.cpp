@@ -475,62 +475,6 @@ std::vector<at::Tensor> run_finalize(dk::FinalizeArgs& f, const at::Tensor& z, i
   return outs;
 }
 
-// ---- column_stats (the primitive duality_kernels::column_stats_fwd/_bwd)
-
-// The float64 mean and m2 ((views, d) each) of z.
-std::tuple<at::Tensor, at::Tensor> moments64(const at::Tensor& z, const char* fn) {
-  const int64_t n = z.size(0), d = z.size(1);
-  const auto f64 = z.options().dtype(at::kDouble);
-  at::Tensor mean = at::empty({d}, f64), m2 = at::empty({d}, f64);
-  Layout l;
-  const int64_t o_part = l.add(moments_part_elems(n, d, z.scalar_type(), 1, false));
-  const Scratch s(l, z);
-  Moments out;
-  out.mean = mean.data_ptr<double>();
-  out.m2 = m2.data_ptr<double>();
-  column_moments(z, nullptr, false, s.at(o_part), out, fn);
-  return {mean, m2};
-}
-
-std::tuple<at::Tensor, at::Tensor> column_stats_fwd(const at::Tensor& z) {
-  constexpr const char* fn = "column_stats_fwd";
-  check_rows(z, "z", fn, 0, 0);  // empty z: zeros, below
-  DK_DEVICE_GUARD(z);
-  const int64_t n = z.size(0);
-  const int64_t d = z.size(1);
-  const auto opts = z.options().dtype(acc_dtype(z.scalar_type()));
-  if (n == 0 || d == 0) {
-    // Nothing to reduce: never launch an empty grid. Zeros by convention (sum of no squares is 0;
-    // the mean of no rows is undefined and public functions reject N < 2 before getting here).
-    return {at::zeros({d}, opts), at::zeros({d}, opts)};
-  }
-  // The float64 moments of the covariance-family ops, in acc.
-  auto [mean, m2] = moments64(z, fn);
-  return {mean.to(opts.dtype()), m2.to(opts.dtype())};
-}
-
-at::Tensor column_stats_bwd(const at::Tensor& z, const at::Tensor& mean,
-                            const at::Tensor& grad_mean, const at::Tensor& grad_m2) {
-  constexpr const char* fn = "column_stats_bwd";
-  check_rows(z, "z", fn, 0, 0);
-  const int64_t d = z.size(1);
-  check_aux({{mean, "mean", {d}, acc_of(z)}, {grad_mean, "grad_mean", {d}, acc_of(z)},
-             {grad_m2, "grad_m2", {d}, acc_of(z)}},
-            z, fn);
-  DK_DEVICE_GUARD(z);
-  at::Tensor dz = at::empty(z.sizes(), z.options());  // contiguous, z's dtype
-  if (z.numel() == 0) return dz;
-  const cudaStream_t stream = stream_of(z);
-  // `mean` is the forward's output rounded to acc; the kernel wants it in float64 (see
-  // gram_ops.h column_stats_bwd), so it is derived again, unless it already is float64.
-  const at::Tensor mean64 = mean.scalar_type() == at::kDouble ? mean : std::get<0>(moments64(z, fn));
-  check_cuda(dk::column_stats_bwd(z.data_ptr(), mean64.data_ptr<double>(), grad_mean.data_ptr(),
-                                  grad_m2.data_ptr(), z.size(0), z.size(1),
-                                  dtype_code(z.scalar_type()), dz.data_ptr(), stream),
-             fn);
-  return dz;
-}
-
 // ---------------------------------------------------------------------------------------------
 // The covariance family (SPEC §1–3): one call per forward and one per backward. The GEMMs go
 // through ATen (cuBLAS) on the side the caller picked (`sample`: the N×N side, else D×D); every
@@ -1529,12 +1473,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() =
       "duality_kernels compiled CUDA kernels. Use them through duality_kernels.ops.cuda (torch.library "
       "custom ops duality_kernels::*), not directly.";
-  m.def("column_stats_fwd", &column_stats_fwd, pybind11::arg("z"),
-        "Per-column (mean, m2) of a contiguous CUDA (N, D) tensor: mean = z.mean(0), "
-        "m2 = ((z - mean)**2).sum(0), float32 (float64 for float64 z).");
-  m.def("column_stats_bwd", &column_stats_bwd, pybind11::arg("z"), pybind11::arg("mean"),
-        pybind11::arg("grad_mean"), pybind11::arg("grad_m2"),
-        "dz = grad_mean / N + 2 * (z - mean) * grad_m2, in z's dtype.");
   using pybind11::arg;
   m.def("vicreg_fwd", &vicreg_fwd, arg("z1"), arg("z2"), arg("inv_weight"), arg("var_weight"),
         arg("cov_weight"), arg("gamma"), arg("eps"), arg("sample"),

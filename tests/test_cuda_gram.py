@@ -407,13 +407,11 @@ def _entry_points(dtype=torch.float32, n=6, d=4):
     vic, xc = ext.vicreg_fwd(z1, z2, *w, True), ext.cross_correlation_fwd(z1, z2, 1e-5)
     bt, sp = ext.barlow_twins_fwd(z1, z2, 0.0051, 1e-5, False), ext.spectral_fwd(z1, z2, 2.0, True)
     cov, ng = ext.covariance_fwd(z1, 1), ext.normalized_gram_fwd(z1, z2)
-    du, mean = ext.duality_terms_fwd(z1, False), ext.column_stats_fwd(z1)[0]
+    du = ext.duality_terms_fwd(z1, False)
     mo, sr = ext.moments_fwd(z1, z2, 1), ext.spectral_rows_fwd(z1, z2, 2.0)
     gv = torch.linspace(-1, 1, 2 * d, dtype=torch.float64, device=z1.device).reshape(2, d)
     vw = ["inv_weight", "var_weight", "cov_weight", "gamma", "eps"]
     return [
-        ("column_stats_fwd", [z1], ["z"], {"z"}),
-        ("column_stats_bwd", [z1, mean, mean.clone(), mean.clone()], ["z", "mean", "grad_mean", "grad_m2"], {"z"}),
         ("vicreg_fwd", [z1, z2, *w, True], ["z1", "z2", *vw, "sample"], {"z1", "z2"}),
         ("vicreg_bwd", [z1, z2, *vic[4:7], g, g, g, g, *w, True],
          ["z1", "z2", "x", "gram", "stats", "g_loss", "g_inv", "g_var", "g_cov", *vw, "sample"], {"z1", "z2"}),
@@ -642,15 +640,3 @@ def test_autograd_function_subclasses():
     ]
     _check_same_bits(cases, z1, z2)
     _check_compiled(lambda a, b: cuda_ops.VICRegFunction.apply(a, b, *V, "dimension")[0], z1, z2, "aot_eager")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_column_stats_primitive(dtype):
-    """duality_kernels::column_stats_fwd/_bwd share col_moments with the losses: values and
-    gradients under the accuracy rule, also for offset data (|mean| >> std)."""
-    from .test_cuda_ext import _check_values_and_grads
-
-    gen = torch.Generator().manual_seed(7)
-    for z in (torch.randn(130, 9, generator=gen, dtype=torch.float64),
-              100.0 + 0.5 * torch.randn(300, 41, generator=gen, dtype=torch.float64)):
-        _check_values_and_grads(z.to(device=DEVICE, dtype=dtype), torch.Generator(device=DEVICE).manual_seed(1))
