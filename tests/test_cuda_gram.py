@@ -1,4 +1,4 @@
-"""The CUDA C++ backend of the covariance family (duality_kernels/ops/cuda.py over csrc/bindings.cpp
+"""The CUDA C++ backend of the covariance family (duality_kernels/ops/cuda.py over csrc/bindings/
 and csrc/kernels/gram_ops.cu) against reference.py.
 
 With a GPU the ops run on CUDA tensors. Without one they run on CPU tensors in the CPU simulator of
@@ -228,7 +228,7 @@ def test_bf16_chunks(shape, side):
 
 def test_eager_path_is_a_cpp_autograd_function():
     """Plain eager calls build no Python autograd node: the graph holds the extension's C++
-    Function (csrc/bindings.cpp), whose backward runs without Python."""
+    Function (csrc/bindings/autograd.cpp), whose backward runs without Python."""
     z1, z2 = (t.requires_grad_() for t in _views(9, 6, torch.float32, seed=22))
     outs = [cuda_ops.vicreg(z1, z2, *V, "sample")[0], cuda_ops.barlow_twins(z1, z2, 0.0051, 1e-5, "dimension")[0],
             cuda_ops.spectral(z1, z2, 2.0, "sample")[0], cuda_ops.duality_terms(z1, "dimension")[0],
@@ -565,7 +565,7 @@ def test_reduced_precision(dtype, precision, rtol, side, shape):
 def test_fp16_large_values(side, shape):
     """fp16 inputs up to ±300: the Grams of such views exceed fp16's range (65504) long before the
     losses or their gradients do (N×N Gram entries up to 1.3e7 at 8x4096, 1.4e6 at 64x300), so no
-    Gram or upstream gradient may enter a GEMM as an unscaled fp16 operand (bindings.cpp
+    Gram or upstream gradient may enter a GEMM as an unscaled fp16 operand (csrc/bindings/common.h
     operand()). Before that, VICReg's and the spectral loss's gradients came back inf/NaN where
     the truth is below 5.3e4 (simulator, 2026-11-30). D up to 4096 in few rows; the simulator
     skips the D×D side at D=4096 (a 4096² Gram takes it ~15 s per function) and the 512-row case."""

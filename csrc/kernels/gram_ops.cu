@@ -24,7 +24,7 @@
 // gram_pass 48, vicreg_bwd 320 MiB (56% of the bytes: cuBLAS writes P in float32 and the epilogue
 // reads it back, 128 MiB each way). Barlow: bn_bwd partial 195 + apply 256 MiB of 706. Spectral:
 // row_bwd 80 of 113 MiB, and 7 launches: the gaps matter at 28 µs of bytes. VICReg 2048x256: host-
-// bound (csrc/bindings.cpp: one C++ call and one C++ autograd node per step). VICReg 16384x2048
+// bound (csrc/bindings/: one C++ call and one C++ autograd node per step). VICReg 16384x2048
 // and fp32: the floor meets the bar only at 100%; the largest item left is the float32 P round
 // trip (2 x 256 MiB at 16384x2048 bf16): an epilogue fused into the backward GEMM (cuBLAS's β·C
 // with the Gram pre-scaled, or a CUTLASS epilogue) would save about 224 MiB = 53 µs there.

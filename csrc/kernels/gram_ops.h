@@ -1,5 +1,5 @@
 // The fused kernels of the covariance family's CUDA backend (SPEC §1–3), everything around the
-// GEMMs: csrc/bindings.cpp runs the Gram products through ATen (cuBLAS) on the side of the duality
+// GEMMs: csrc/bindings/ runs the Gram products through ATen (cuBLAS) on the side of the duality
 // that the cost model picks, and these kernels do the rest: column moments, centering / BatchNorm
 // / row scaling into a GEMM operand, the deterministic reduction of a Gram to its sums of squares
 // (with the copy of it that the backward multiplies), the per-loss finalization on device, and the

@@ -10,7 +10,7 @@ Forward and backward are separate ops; autograd of the forward calls the backwar
 
 Kernels trust their inputs (DESIGN convention 6). The public functions validate before calling
 here; on plain eager tensors the functions below (``vicreg`` & co.) then call the extension's C++
-autograd Functions (``_C.vicreg_autograd`` & co., csrc/bindings.cpp), which run the same forward
+autograd Functions (``_C.vicreg_autograd`` & co., csrc/bindings/autograd.cpp), which run the same forward
 and backward entry points as the custom ops without Python in the autograd graph, and while
 tracing or compiling they call the custom ops. The forward custom ops and the drop-in Functions
 below check their own arguments first (ops/_checks.py, the public functions' errors), and the C++
@@ -59,7 +59,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------
-# The covariance family as single-call ops (csrc/bindings.cpp + csrc/kernels/gram_ops.cu): each
+# The covariance family as single-call ops (csrc/bindings/ + csrc/kernels/gram_ops.cu): each
 # forward and each backward is ONE call into _C: GEMMs through ATen/cuBLAS on the side of the
 # duality the caller picked, everything else in our kernels. Forward ops return, after the
 # documented results, the tensors their backward needs; autograd saves them.
@@ -83,7 +83,7 @@ def _scalar_grad(g: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def _gram_dtype(z: Tensor) -> torch.dtype:
-    """The dtype of the Grams a forward saves for its backward (bindings.cpp saved_gram_dtype): the
+    """The dtype of the Grams a forward saves for its backward (csrc/bindings/common.h saved_gram_dtype): the
     bf16 GEMM operand itself for bf16 inputs, acc otherwise."""
     return torch.bfloat16 if z.dtype == torch.bfloat16 else _acc_of(z)
 
@@ -509,7 +509,7 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 # ---- gather_distributed=True (SPEC §5): the local pieces that ops/gathered.py merges across ranks
-# (csrc/bindings.cpp moments_* and spectral_rows_*). Inputs come validated from functional.py.
+# (csrc/bindings/gathered.cpp). Inputs come validated from functional.py.
 
 
 
