@@ -1,10 +1,10 @@
 // The eager autograd path: each forward/backward pair of entry points (bindings/ops.h) as a C++
 // torch::autograd::Function, which ops/cuda.py calls for plain eager tensors (tracing and
-// torch.compile take the custom ops, whose forward and backward are the same entry points, DESIGN
-// convention 2). The graph node, the saved tensors and the backward stay in C++: no Python
-// autograd.Function (about 4 µs of host time per forward on the development machine) and no
-// Python backward (about 5 µs, and a GIL acquisition in the autograd engine's device thread on a
-// GPU). Unused outputs' gradients arrive undefined (set_materialize_grads(false)): the backward
+// torch.compile take the custom ops, whose forward and backward are the same entry points,
+// docs/design.md convention 2). The graph node, the saved tensors and the backward stay in C++: no
+// Python autograd.Function (about 4 µs of host time per forward on the development machine) and
+// no Python backward (about 5 µs, and a GIL acquisition in the autograd engine's device thread on
+// a GPU). Unused outputs' gradients arrive undefined (set_materialize_grads(false)): the backward
 // entry points take them as 0, with no zeros allocated. What a node saves is the same for every
 // op: the inputs it names, then every forward output past the public results.
 #include "bindings/autograd.h"

@@ -48,7 +48,7 @@
 // which walks every frame of the process, the Python interpreter's included. On the H200 the first
 // argument error of tests/test_cuda_gram.py::test_validation_in_bindings (z1 and z2 of different
 // shapes, caught by the very first check, before any allocation or launch) killed the pytest
-// worker with SIGSEGV where the simulator raised (2026-11-30): the check ran first in both
+// worker with SIGSEGV where the simulator raised: the check ran first in both
 // builds, so the crash was in raising, and that walk is the only part of raising that leaves our
 // frames (libgcc's unwinder crashing in it is known: pytorch/pytorch#117645). Suspected, untested
 // on GPU. A std::runtime_error unwinds only our frames, up to pybind11's handler.
@@ -104,9 +104,9 @@ inline cudaStream_t stream_of(const at::Tensor& t) {
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks: every entry point below checks ALL of its arguments first, before any
-// allocation, GEMM or launch (the kernels trust their inputs, DESIGN convention 6). Each failure
+// allocation, GEMM or launch (the kernels trust their inputs, docs/design.md convention 6). Each failure
 // names the function, the argument and the offending value. The public functions validate
-// earlier with ValueError/TypeError (SPEC §6); these checks guard direct and custom-op calls.
+// earlier with ValueError/TypeError (docs/spec.md §6); these checks guard direct and custom-op calls.
 
 constexpr int64_t kAny = -1;  // a size check_tensor leaves free
 // N and D up to 2^31 - 1: the row kernels launch one block per row (gridDim.x), the column
@@ -274,8 +274,8 @@ inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b) {
 
 // A Gram-type product whose squared entries a loss sums (forward only): float64 for float32 inputs
 // under matmul precision "highest". The losses subtract a diagonal from that sum (offsq =
-// ‖G‖² - Σ diag², SPEC §2), which cancels most of it and amplifies the GEMM's rounding; with
-// fp32 Grams the simulator measured up to 30x eager's error on single fp32 outputs (2026-11-30).
+// ‖G‖² - Σ diag², docs/spec.md §2), which cancels most of it and amplifies the GEMM's rounding; with
+// fp32 Grams the simulator measured up to 30x eager's error on single fp32 outputs.
 // On Hopper a DGEMM runs on the FP64 tensor cores at about the FP32 (non-TF32) GEMM's rate.
 inline at::Tensor mm_sum(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() == at::kFloat &&
@@ -295,12 +295,12 @@ inline at::ScalarType saved_gram_dtype(at::ScalarType t) { return t == at::kBFlo
 // An acc-typed matrix (a Gram, or an upstream gradient) as a GEMM operand next to T-typed rows:
 // rounded to T for fp16/bf16, and for fp16 first scaled so that its largest magnitude is 2^14.
 // fp16's largest finite value is 65504, and the Grams of fp16 inputs overflow it long before the
-// losses or gradients do (the simulator, 2026-11-30: 8x4096 inputs within ±300 have N×N Gram
+// losses or gradients do (the simulator: 8x4096 inputs within ±300 have N×N Gram
 // entries up to 1.3e7, and VICReg's and the spectral loss's gradients came back inf/NaN where the
 // float64 truth is below 5.3e4). Scaling keeps fp16's relative precision, and lifts small
 // entries (upstream gradients of 1e-8) out of its subnormals; the product comes back in acc
 // times `unscale` (mm_op). bf16 has float32's exponent range: rounding only. The scale is
-// computed on the device (no host synchronization, DESIGN convention 3). A matrix already in T
+// computed on the device (no host synchronization, docs/design.md convention 3). A matrix already in T
 // (a bf16 forward's saved Gram) is used as it is.
 struct Operand {
   at::Tensor m;        // the matrix in dtype T (scaled for fp16)

@@ -1,4 +1,4 @@
-// The entry points of gather_distributed=True (SPEC §5): the local pieces whose cross-rank merge
+// The entry points of gather_distributed=True (docs/spec.md §5): the local pieces whose cross-rank merge
 // runs in duality_kernels/ops/gathered.py (collectives and D×D / N-vector algebra between these
 // calls): the moments of two views and the spectral loss's clamped rows.
 #include "bindings/ops.h"

@@ -1,7 +1,7 @@
-// The entry points of the covariance family (SPEC §1–3) and the spectral contrastive loss (SPEC
-// §4): one call per forward and one per backward. The GEMMs go through ATen (cuBLAS) on the side
-// the caller picked (`sample`: the N×N side, else D×D); every other step is a kernel of
-// csrc/kernels/gram_ops.cu on the current stream (gram_ops.cu's header lists them per op with
+// The entry points of the covariance family (docs/spec.md §1–3) and the spectral contrastive loss
+// (docs/spec.md §4): one call per forward and one per backward. The GEMMs go through ATen (cuBLAS)
+// on the side the caller picked (`sample`: the N×N side, else D×D); every other step is a kernel
+// of csrc/kernels/gram_ops.cu on the current stream (gram_ops.cu's header lists them per op with
 // their bytes). Forward outputs past the documented results are what the backward needs.
 #include "bindings/ops.h"
 #include "bindings/steps.h"
@@ -172,7 +172,7 @@ std::vector<at::Tensor> barlow_twins_fwd(const at::Tensor& z1, const at::Tensor&
   GramPass gp;
   at::Tensor g;
   if (sample) {
-    // ‖aᵀb‖² = ⟨a aᵀ, b bᵀ⟩ (SPEC §2); the diagonal Σ_i a_ik b_ik by columns.
+    // ‖aᵀb‖² = ⟨a aᵀ, b bᵀ⟩ (docs/spec.md §2); the diagonal Σ_i a_ik b_ik by columns.
     merge_sums(z1, n, d, dk::kMergeBarlowDiag, 1, s.at(o_center), nullptr, ptr(cdiag),
                s.at(o_fin_c), fn);
     g = mm_sum(x, x.transpose(1, 2));
@@ -384,7 +384,7 @@ std::vector<at::Tensor> spectral_bwd(const at::Tensor& z1, const at::Tensor& z2,
                           dk::kRowClamp, mu, fn);
 }
 
-// ---- duality_terms (the paper's two criteria, SPEC §2)
+// ---- duality_terms (the paper's two criteria, docs/spec.md §2)
 
 std::vector<at::Tensor> duality_terms_fwd(const at::Tensor& z, bool sample) {
   constexpr const char* fn = "duality_terms_fwd";

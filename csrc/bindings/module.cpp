@@ -1,6 +1,6 @@
 // The Python module duality_kernels._C: the only translation unit that includes
-// torch/extension.h (pybind11; DESIGN convention 8). duality_kernels/ops/cuda.py wraps the entry
-// points in torch.library custom ops (DESIGN convention 2) and calls the autograd functions for
+// torch/extension.h (pybind11; docs/design.md convention 8). duality_kernels/ops/cuda.py wraps the entry
+// points in torch.library custom ops (docs/design.md convention 2) and calls the autograd functions for
 // plain eager tensors; nothing else should call them directly.
 #include <torch/extension.h>
 

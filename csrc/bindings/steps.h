@@ -38,7 +38,7 @@ void merge_sums(const at::Tensor& like, int64_t n, int64_t d, int mode, int grou
 // inputs) or when swap does, else g itself (its diagonals zeroed in place with zero_diag).
 // swap (pair): the copy holds [g[1], g[0]], so that the backward's two products P_0 = G_1-side
 // and P_1 = G_0-side run as ONE batched GEMM. On the H200 one bmm of two 2048² x 2048 x 8192
-// products took 193 µs where a single such mm took 197 µs (torch.profiler, 2026-11-30): the
+// products took 193 µs where a single such mm took 197 µs (torch.profiler): the
 // batch fills the GPU, so the copy (32 MB at Barlow 2048 x 8192 fp32, less for bf16, where it is
 // written anyway) buys about one GEMM.
 struct GramPass {
@@ -104,7 +104,7 @@ struct RowGrads {
   const void* beta = nullptr;
 };
 
-// row_bwd of two views over their clamped rows x (2, n, d) and q (spectral's clamp, SPEC §4), with
+// row_bwd of two views over their clamped rows x (2, n, d) and q (spectral's clamp, docs/spec.md §4), with
 // the products p0, p1 (acc (n, d) each): [dz1, dz2].
 std::vector<at::Tensor> clamped_rows_bwd(const at::Tensor& z1, const at::Tensor& z2, const at::Tensor& x,
                                          const at::Tensor& q, const void* p0, const void* p1, const RowGrads& g,
