@@ -168,7 +168,8 @@ def _extensions_and_cmdclass():
     ext = cpp_extension.CUDAExtension(
         name="duality_kernels._C",
         sources=[
-            rel("csrc", "bindings.cpp"),
+            *[rel("csrc", "bindings", f) for f in sorted(os.listdir(os.path.join(ROOT, "csrc", "bindings")))
+              if f.endswith(".cpp")],
             rel("csrc", "kernels", "gram_ops.cu"),
         ],
         include_dirs=[os.path.join(ROOT, "csrc")],

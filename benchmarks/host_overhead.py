@@ -21,7 +21,7 @@ backend:
   difference between the two modes divided by the launches is Triton's launch cost per kernel.
   The first call compiles the variants these (small CPU) shapes specialize to, or finds them in
   Triton's cache.
-- ``cuda``: the extension's own C++ (csrc/bindings.cpp and the host side of csrc/kernels) built
+- ``cuda``: the extension's own C++ (csrc/bindings/ and the host side of csrc/kernels) built
   as the test suite's CPU simulator (duality_kernels/testing/csim.py) with one change: the launch macro counts
   instead of running the kernel (benchmarks/host_overhead_sim.cpp). Chosen over stubbing the
   ``_C`` entry points in Python because it runs the real binding code: argument conversion, tensor
@@ -51,6 +51,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import glob
 import logging
 import os
 import sys
@@ -175,7 +176,8 @@ def cuda_noop_module():
         os.makedirs(build_dir, exist_ok=True)
         _SIM = cpp_extension.load(
             name="duality_kernels_host_overhead_sim",
-            sources=[os.path.join(ROOT, "csrc", "bindings.cpp"), os.path.join(HERE, "host_overhead_sim.cpp")],
+            sources=[*sorted(glob.glob(os.path.join(ROOT, "csrc", "bindings", "*.cpp"))),
+                     os.path.join(HERE, "host_overhead_sim.cpp")],
             extra_cflags=["-O2", "-DDK_HOST_SIM"], extra_include_paths=[os.path.join(ROOT, "csrc")],
             build_directory=build_dir, verbose=bool(os.environ.get("DK_CSIM_VERBOSE")),
         )

@@ -1,5 +1,5 @@
 // The CUDA extension's host path with every kernel launch replaced by a counter, for
-// benchmarks/host_overhead.py: csrc/bindings.cpp plus the test suite's CPU simulator build
+// benchmarks/host_overhead.py: csrc/bindings/ plus the test suite's CPU simulator build
 // (csrc/sim/sim_kernels.cpp, which includes the kernel sources unchanged), compiled with
 // -DDK_HOST_SIM so that the bindings take CPU tensors. Only the launch macro differs from the
 // simulator: DK_LAUNCH counts instead of running the kernel, so the bindings' checks, allocations,
@@ -19,7 +19,7 @@ inline cudaError_t count_launch() {
 
 #include "sim/sim_kernels.cpp"
 
-// Read through ctypes by host_overhead.py (the pybind11 module is bindings.cpp's, unchanged).
+// Read through ctypes by host_overhead.py (the pybind11 module is csrc/bindings/module.cpp's, unchanged).
 extern "C" __attribute__((visibility("default"))) long long dk_host_launches() {
   return dk_host::launches;
 }

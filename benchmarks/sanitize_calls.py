@@ -8,7 +8,7 @@ A script, not a test: under the sanitizer every launch is instrumented, and pyte
 and fixtures would multiply what it has to instrument. Each call is a forward and a backward.
 
 - cuda: every op of ops/cuda.py (VICReg, Barlow Twins, spectral and duality_terms on both sides,
-  covariance, cross_correlation, normalized_gram with one and two views, column_stats) in fp32,
+  covariance, cross_correlation, normalized_gram with one and two views) in fp32,
   bf16 and fp16, at a shape whose column reductions take several row chunks and whose Gram spans
   several sum blocks (130x70), and one with N < D and rows longer than a 256-thread block (9x300).
 - triton: one small fp32 call of each public function with backend="triton" (the Gram family of
@@ -73,7 +73,6 @@ def cuda_calls(device, dtypes, shapes):
             _fwd_bwd(lambda a, b: C.cross_correlation(a, b, 1e-5), z1, z2)
             _fwd_bwd(lambda a, b: C.normalized_gram(a, b), z1, z2)
             _fwd_bwd(lambda a, b: C.normalized_gram(a), z1, z2)
-            _fwd_bwd(lambda a, b: C.column_stats(a), z1, z2)
             print(f"cuda {str(dtype).split('.')[-1]} {n}x{d}: ok", flush=True)
 
 

@@ -1,4 +1,4 @@
-"""The CUDA C++ backend of the covariance family (duality_kernels/ops/cuda.py over csrc/bindings.cpp
+"""The CUDA C++ backend of the covariance family (duality_kernels/ops/cuda.py over csrc/bindings/
 and csrc/kernels/gram_ops.cu) against reference.py.
 
 With a GPU the ops run on CUDA tensors. Without one they run on CPU tensors in the CPU simulator of
@@ -228,7 +228,7 @@ def test_bf16_chunks(shape, side):
 
 def test_eager_path_is_a_cpp_autograd_function():
     """Plain eager calls build no Python autograd node: the graph holds the extension's C++
-    Function (csrc/bindings.cpp), whose backward runs without Python."""
+    Function (csrc/bindings/autograd.cpp), whose backward runs without Python."""
     z1, z2 = (t.requires_grad_() for t in _views(9, 6, torch.float32, seed=22))
     outs = [cuda_ops.vicreg(z1, z2, *V, "sample")[0], cuda_ops.barlow_twins(z1, z2, 0.0051, 1e-5, "dimension")[0],
             cuda_ops.spectral(z1, z2, 2.0, "sample")[0], cuda_ops.duality_terms(z1, "dimension")[0],
@@ -407,13 +407,11 @@ def _entry_points(dtype=torch.float32, n=6, d=4):
     vic, xc = ext.vicreg_fwd(z1, z2, *w, True), ext.cross_correlation_fwd(z1, z2, 1e-5)
     bt, sp = ext.barlow_twins_fwd(z1, z2, 0.0051, 1e-5, False), ext.spectral_fwd(z1, z2, 2.0, True)
     cov, ng = ext.covariance_fwd(z1, 1), ext.normalized_gram_fwd(z1, z2)
-    du, mean = ext.duality_terms_fwd(z1, False), ext.column_stats_fwd(z1)[0]
+    du = ext.duality_terms_fwd(z1, False)
     mo, sr = ext.moments_fwd(z1, z2, 1), ext.spectral_rows_fwd(z1, z2, 2.0)
     gv = torch.linspace(-1, 1, 2 * d, dtype=torch.float64, device=z1.device).reshape(2, d)
     vw = ["inv_weight", "var_weight", "cov_weight", "gamma", "eps"]
     return [
-        ("column_stats_fwd", [z1], ["z"], {"z"}),
-        ("column_stats_bwd", [z1, mean, mean.clone(), mean.clone()], ["z", "mean", "grad_mean", "grad_m2"], {"z"}),
         ("vicreg_fwd", [z1, z2, *w, True], ["z1", "z2", *vw, "sample"], {"z1", "z2"}),
         ("vicreg_bwd", [z1, z2, *vic[4:7], g, g, g, g, *w, True],
          ["z1", "z2", "x", "gram", "stats", "g_loss", "g_inv", "g_var", "g_cov", *vw, "sample"], {"z1", "z2"}),
@@ -567,7 +565,7 @@ def test_reduced_precision(dtype, precision, rtol, side, shape):
 def test_fp16_large_values(side, shape):
     """fp16 inputs up to ±300: the Grams of such views exceed fp16's range (65504) long before the
     losses or their gradients do (N×N Gram entries up to 1.3e7 at 8x4096, 1.4e6 at 64x300), so no
-    Gram or upstream gradient may enter a GEMM as an unscaled fp16 operand (bindings.cpp
+    Gram or upstream gradient may enter a GEMM as an unscaled fp16 operand (csrc/bindings/common.h
     operand()). Before that, VICReg's and the spectral loss's gradients came back inf/NaN where
     the truth is below 5.3e4 (simulator, 2026-11-30). D up to 4096 in few rows; the simulator
     skips the D×D side at D=4096 (a 4096² Gram takes it ~15 s per function) and the 512-row case."""
@@ -642,15 +640,3 @@ def test_autograd_function_subclasses():
     ]
     _check_same_bits(cases, z1, z2)
     _check_compiled(lambda a, b: cuda_ops.VICRegFunction.apply(a, b, *V, "dimension")[0], z1, z2, "aot_eager")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_column_stats_primitive(dtype):
-    """duality_kernels::column_stats_fwd/_bwd share col_moments with the losses: values and
-    gradients under the accuracy rule, also for offset data (|mean| >> std)."""
-    from .test_cuda_ext import _check_values_and_grads
-
-    gen = torch.Generator().manual_seed(7)
-    for z in (torch.randn(130, 9, generator=gen, dtype=torch.float64),
-              100.0 + 0.5 * torch.randn(300, 41, generator=gen, dtype=torch.float64)):
-        _check_values_and_grads(z.to(device=DEVICE, dtype=dtype), torch.Generator(device=DEVICE).manual_seed(1))

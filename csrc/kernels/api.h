@@ -1,5 +1,5 @@
 // What the kernel headers need from the CUDA runtime API (cudaError_t, cudaStream_t), without the
-// device-side definitions of common.cuh: these headers are also included by csrc/bindings.cpp.
+// device-side definitions of common.cuh: these headers are also included by csrc/bindings/.
 #pragma once
 
 #ifdef DK_HOST_SIM
@@ -10,7 +10,7 @@
 
 namespace duality_kernels {
 
-// dtype codes shared with bindings.cpp. The accumulator/output type ("acc") is float for
+// dtype codes shared with csrc/bindings/. The accumulator/output type ("acc") is float for
 // kFloat32/kFloat16/kBFloat16 and double for kFloat64 (SPEC notation: reductions accumulate in
 // float32, float64 for float64 inputs).
 enum DType : int {

@@ -24,7 +24,7 @@
 // gram_pass 48, vicreg_bwd 320 MiB (56% of the bytes: cuBLAS writes P in float32 and the epilogue
 // reads it back, 128 MiB each way). Barlow: bn_bwd partial 195 + apply 256 MiB of 706. Spectral:
 // row_bwd 80 of 113 MiB, and 7 launches: the gaps matter at 28 µs of bytes. VICReg 2048x256: host-
-// bound (csrc/bindings.cpp: one C++ call and one C++ autograd node per step). VICReg 16384x2048
+// bound (csrc/bindings/: one C++ call and one C++ autograd node per step). VICReg 16384x2048
 // and fp32: the floor meets the bar only at 100%; the largest item left is the float32 P round
 // trip (2 x 256 MiB at 16384x2048 bf16): an epilogue fused into the backward GEMM (cuBLAS's β·C
 // with the Gram pre-scaled, or a CUTLASS epilogue) would save about 224 MiB = 53 µs there.
@@ -40,7 +40,7 @@
 //   vicreg_bwd   320 / 640 /  10 / 512 MiB   as col_stats
 //
 // Layouts (all blocks 256 threads = 8 warps, 1-D grids):
-// - column kernels (col_stats, center, vicreg_bwd, bn_bwd, duality_bwd, column_stats_bwd): a
+// - column kernels (col_stats, center, vicreg_bwd, bn_bwd, duality_bwd): a
 //   block owns a tile of 32 lanes x V columns (V = 16 bytes of T: 8 for bf16/fp16, 4 fp32,
 //   2 fp64) and a chunk of rows (col_plan); warp w takes rows w, w + 8, ... of the chunk, so a
 //   warp reads 512 contiguous bytes of a row per access. Rows whose start is 16-byte aligned (D a
@@ -801,42 +801,6 @@ __global__ void __launch_bounds__(kThreads) duality_bwd_kernel(DualityBwdArgs a,
   }
 }
 
-template <typename T, bool A>
-__global__ void __launch_bounds__(kThreads)
-    column_stats_bwd_kernel(const T* __restrict__ z, const double* __restrict__ mean,
-                            const typename AccType<T>::type* __restrict__ grad_mean,
-                            const typename AccType<T>::type* __restrict__ grad_m2, int64_t n,
-                            int64_t d, T* __restrict__ dz, ColPlan p) {
-  using acc_t = typename AccType<T>::type;
-  using I = typename Inner<T>::type;
-  constexpr int V = kVec<T>;
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, n);
-  I mh[V], ml[V];
-  acc_t ca[V], cb[V];
-  {
-    double mu[V];
-    load_row<V, A>(mean, t.c0, lane, d, mu);
-    load_row<V, A>(grad_mean, t.c0, lane, d, ca);
-    load_row<V, A>(grad_m2, t.c0, lane, d, cb);
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      mh[j] = static_cast<I>(mu[j]);
-      ml[j] = static_cast<I>(mu[j] - static_cast<double>(mh[j]));
-      ca[j] = ca[j] / static_cast<acc_t>(n);
-      cb[j] = static_cast<acc_t>(2) * cb[j];
-    }
-  }
-  for (int64_t r = t.r0 + warp; r < t.r1; r += kWarps) {
-    I u[V];
-    acc_t o[V];
-    load_row<V, A>(z + r * d, t.c0, lane, d, u);
-#pragma unroll
-    for (int j = 0; j < V; ++j) o[j] = ca[j] + cb[j] * static_cast<acc_t>((u[j] - mh[j]) - ml[j]);
-    store_row<V, A>(dz + r * d, t.c0, lane, d, o);
-  }
-}
-
 // The BatchNorm backward's vectors: 16 bytes, but at most 4 elements, i.e. 8-byte accesses for
 // fp16/bf16: both views' three running sums and per-column coefficients per element of the
 // vector took 173-189 registers per thread at 8 (ptxas, sm_90), one block per SM.
@@ -845,7 +809,7 @@ constexpr int kVecBN = kVec<T> > 4 ? 4 : kVec<T>;
 
 // moments_bwd (gram_ops.h MomentsBwdArgs): reads z1, z2 and P (acc, when given) of both views,
 // writes dz1, dz2: N D (4 sizeof(T) + 2 sizeof(acc)) bytes; grid as bn_bwd (kVecBN columns per
-// thread). The centered value (z - mean) is taken from the float64 mean as column_stats_bwd does.
+// thread). The centered value (z - mean) is taken from the float64 mean (gram_ops.h MomentsBwdArgs).
 template <typename T, bool A>
 __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a, ColPlan p) {
   using acc_t = typename AccType<T>::type;
@@ -1351,21 +1315,6 @@ cudaError_t launch_row_bwd(const RowBwdArgs& a, cudaStream_t stream) {
 }
 
 template <typename T>
-cudaError_t launch_column_stats_bwd(const void* z, const double* mean, const void* grad_mean,
-                                    const void* grad_m2, int64_t n, int64_t d, void* dz,
-                                    cudaStream_t stream) {
-  using acc_t = typename AccType<T>::type;
-  const ColPlan p = col_plan(n, d, dtype_of<T>());
-  if (!grid_ok(plan_blocks(p))) return cudaErrorInvalidConfiguration;
-  const bool vec = vectorizable<T>(d, z, mean, grad_mean, grad_m2, dz);
-  DK_LAUNCH_A(vec, column_stats_bwd_kernel, dim3(static_cast<unsigned>(plan_blocks(p))),
-              dim3(kThreads), stream, static_cast<const T*>(z), mean,
-              static_cast<const acc_t*>(grad_mean), static_cast<const acc_t*>(grad_m2), n, d,
-              static_cast<T*>(dz), p);
-  return cudaGetLastError();
-}
-
-template <typename T>
 cudaError_t launch_sym_scale(const void* g, int64_t m, double scale, void* out,
                              cudaStream_t stream) {
   using acc_t = typename AccType<T>::type;
@@ -1492,14 +1441,6 @@ cudaError_t bn_bwd(const BNBwdArgs& a, int dtype, double* workspace, cudaStream_
 cudaError_t row_bwd(const RowBwdArgs& a, int dtype, cudaStream_t stream) {
   if (a.n <= 0 || a.d <= 0) return cudaSuccess;
   DK_DISPATCH(dtype, launch_row_bwd, a, stream)
-}
-
-cudaError_t column_stats_bwd(const void* z, const double* mean, const void* grad_mean,
-                             const void* grad_m2, int64_t n, int64_t d, int dtype, void* dz,
-                             cudaStream_t stream) {
-  if (n < 0 || d < 0) return cudaErrorInvalidValue;
-  if (n == 0 || d == 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_column_stats_bwd, z, mean, grad_mean, grad_m2, n, d, dz, stream)
 }
 
 cudaError_t sym_scale(const void* g, int64_t m, double scale, int dtype, void* out,

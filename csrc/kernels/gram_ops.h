@@ -1,5 +1,5 @@
 // The fused kernels of the covariance family's CUDA backend (SPEC §1–3), everything around the
-// GEMMs: csrc/bindings.cpp runs the Gram products through ATen (cuBLAS) on the side of the duality
+// GEMMs: csrc/bindings/ runs the Gram products through ATen (cuBLAS) on the side of the duality
 // that the cost model picks, and these kernels do the rest: column moments, centering / BatchNorm
 // / row scaling into a GEMM operand, the deterministic reduction of a Gram to its sums of squares
 // (with the copy of it that the backward multiplies), the per-loss finalization on device, and the
@@ -198,23 +198,15 @@ struct FinalizeArgs {
 };
 cudaError_t finalize(const FinalizeArgs& a, int dtype, cudaStream_t stream);
 
-// Backward of the column statistics (mean = z.mean(0), m2 = Σ_i (z - mean)², the primitive
-// duality_kernels::column_stats_fwd), given the float64 mean (from col_moments: an fp32-rounded
-// mean would shift every (z - mean) of its column by the same error, which autograd's
-// re-centering cancels and this closed form would not) and acc-typed upstream gradients (d each):
-// dz[i, k] = grad_mean[k] / n + 2 (z[i, k] - mean[k]) grad_m2[k], written in z's dtype (m2's
-// dependence through mean vanishes: Σ_i (z - mean) = 0).
-cudaError_t column_stats_bwd(const void* z, const double* mean, const void* grad_mean,
-                             const void* grad_m2, int64_t n, int64_t d, int dtype, void* dz,
-                             cudaStream_t stream);
-
 // Backward of the local moments of two views (duality_kernels::cuda_moments_fwd: the invariance
 // mean((z1 - z2)²), per-view column mean and m2, centered Grams; gather_distributed=True merges
 // them across ranks, SPEC §5), both views in one pass (z1 - z2 read once):
 //   dz_v = ±2 g_inv (z1 - z2)/(n d) + g_mean_v[k]/n + 2 g_m2_v[k] (z_v - mean_v[k]) + P_v
 // with P_v (acc, or null: 0) the Grams' share, x_v (G_v + G_vᵀ) or the other view's product,
 // computed by the caller; the centering Jacobian vanishes (every term but g_mean's sums to 0 over
-// the rows). mean: float64 (see column_stats_bwd). Null gradients are 0.
+// the rows). mean: float64 (an fp32-rounded mean would shift every (z - mean) of its column by the
+// same error, which autograd's re-centering cancels and this closed form would not). Null
+// gradients are 0.
 struct MomentsBwdArgs {
   const void* z[2];
   const void* p[2];       // acc (n, d) each, or null

@@ -1,5 +1,5 @@
 // A CPU simulator for the CUDA kernels in csrc/kernels/, used only by the test suite
-// (tests/csim.py builds csrc/bindings.cpp + csrc/sim/sim_kernels.cpp with -DDK_HOST_SIM into a
+// (tests/csim.py builds csrc/bindings/*.cpp + csrc/sim/sim_kernels.cpp with -DDK_HOST_SIM into a
 // CPU extension and runs the same tests as on a GPU, on CPU tensors).
 //
 // Why: the development machine has nvcc but no GPU, so without this the kernels would only be

@@ -1,5 +1,5 @@
 // The CUDA runtime types and error helpers that the simulator (cuda_sim.h) stands in for. Also
-// included, through csrc/kernels/api.h, by csrc/bindings.cpp when it is built for the simulator.
+// included, through csrc/kernels/api.h, by csrc/bindings/ when it is built for the simulator.
 #pragma once
 
 typedef int cudaError_t;

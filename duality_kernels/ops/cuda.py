@@ -5,18 +5,12 @@ The ops are registered either way, so their fake (meta) implementations work for
 shape propagation on any install; running one for real without ``_C`` raises RuntimeError with
 :func:`unavailable_reason`, which says how to rebuild.
 
-Ops (forward and backward are separate ops; autograd of the forward calls the backward op, so
-``torch.compile(fullgraph=True)`` sees only custom ops):
-
-- ``duality_kernels::column_stats_fwd(Tensor z) -> (Tensor mean, Tensor m2)``:
-  per-column mean and centered sum of squares of a contiguous CUDA (N, D) tensor,
-  ``mean = z.mean(0)``, ``m2 = ((z - mean) ** 2).sum(0)``, float32 (float64 for float64 z).
-- ``duality_kernels::column_stats_bwd(Tensor z, Tensor mean, Tensor grad_mean, Tensor grad_m2) -> Tensor``:
-  ``dz = grad_mean / N + 2 * (z - mean) * grad_m2`` in z's dtype.
+Forward and backward are separate ops; autograd of the forward calls the backward op, so
+``torch.compile(fullgraph=True)`` sees only custom ops.
 
 Kernels trust their inputs (DESIGN convention 6). The public functions validate before calling
 here; on plain eager tensors the functions below (``vicreg`` & co.) then call the extension's C++
-autograd Functions (``_C.vicreg_autograd`` & co., csrc/bindings.cpp), which run the same forward
+autograd Functions (``_C.vicreg_autograd`` & co., csrc/bindings/autograd.cpp), which run the same forward
 and backward entry points as the custom ops without Python in the autograd graph, and while
 tracing or compiling they call the custom ops. The forward custom ops and the drop-in Functions
 below check their own arguments first (ops/_checks.py, the public functions' errors), and the C++
@@ -50,9 +44,6 @@ __all__ = [
     "REBUILD_COMMAND",
     "SpectralContrastiveFunction",
     "VICRegFunction",
-    "column_stats",
-    "column_stats_bwd",
-    "column_stats_fwd",
     "is_available",
     "unavailable_reason",
 ]
@@ -72,71 +63,7 @@ def _plain_eager(tensors) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# column_stats: per-column mean and centered sum of squares (col_moments and column_stats_bwd in
-# csrc/kernels/gram_ops.cu)
-# --------------------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("duality_kernels::column_stats_fwd", mutates_args=())
-def column_stats_fwd(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _ext(z).column_stats_fwd(z)
-
-
-@column_stats_fwd.register_fake
-def _column_stats_fwd_fake(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    acc = _acc_dtype(z.dtype)
-    d = z.shape[1]
-    return z.new_empty((d,), dtype=acc), z.new_empty((d,), dtype=acc)
-
-
-@torch.library.custom_op("duality_kernels::column_stats_bwd", mutates_args=())
-def column_stats_bwd(
-    z: torch.Tensor, mean: torch.Tensor, grad_mean: torch.Tensor, grad_m2: torch.Tensor
-) -> torch.Tensor:
-    return _ext(z).column_stats_bwd(z, mean, grad_mean, grad_m2)
-
-
-@column_stats_bwd.register_fake
-def _column_stats_bwd_fake(
-    z: torch.Tensor, mean: torch.Tensor, grad_mean: torch.Tensor, grad_m2: torch.Tensor
-) -> torch.Tensor:
-    return z.new_empty(z.shape)  # contiguous, z's dtype, like the real op
-
-
-def _column_stats_setup_context(ctx, inputs, output) -> None:
-    (z,) = inputs
-    mean, _ = output
-    ctx.save_for_backward(z, mean)
-
-
-def _column_stats_backward(ctx, grad_mean: Optional[torch.Tensor], grad_m2: Optional[torch.Tensor]):
-    z, mean = ctx.saved_tensors
-    # Unused outputs may come back as None; upstream gradients may be expanded (stride 0, e.g. from
-    # .sum()) or of another layout: the kernel wants contiguous acc-dtype vectors.
-    if grad_mean is None:
-        grad_mean = torch.zeros_like(mean)
-    if grad_m2 is None:
-        grad_m2 = torch.zeros_like(mean)
-    grad_mean = grad_mean.to(mean.dtype).contiguous()
-    grad_m2 = grad_m2.to(mean.dtype).contiguous()
-    return column_stats_bwd(z, mean, grad_mean, grad_m2)
-
-
-column_stats_fwd.register_autograd(_column_stats_backward, setup_context=_column_stats_setup_context)
-
-
-def column_stats(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-column ``(mean, m2)`` of a CUDA (N, D) tensor, differentiable.
-
-    ``mean = z.mean(0)`` and ``m2 = ((z - mean) ** 2).sum(0)`` (so ``var_u = m2 / (N - 1)``,
-    ``var_b = m2 / N``), accumulated and returned in float32 (float64 for float64 z). Accepts any
-    strides (copies to contiguous when needed); other validation is the caller's job.
-    """
-    return column_stats_fwd(z.contiguous())
-
-
-# --------------------------------------------------------------------------------------------
-# The covariance family as single-call ops (csrc/bindings.cpp + csrc/kernels/gram_ops.cu): each
+# The covariance family as single-call ops (csrc/bindings/ + csrc/kernels/gram_ops.cu): each
 # forward and each backward is ONE call into _C: GEMMs through ATen/cuBLAS on the side of the
 # duality the caller picked, everything else in our kernels. Forward ops return, after the
 # documented results, the tensors their backward needs; autograd saves them.
@@ -160,7 +87,7 @@ def _scalar_grad(g: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def _gram_dtype(z: Tensor) -> torch.dtype:
-    """The dtype of the Grams a forward saves for its backward (bindings.cpp saved_gram_dtype): the
+    """The dtype of the Grams a forward saves for its backward (csrc/bindings/common.h saved_gram_dtype): the
     bf16 GEMM operand itself for bf16 inputs, acc otherwise."""
     return torch.bfloat16 if z.dtype == torch.bfloat16 else _acc_of(z)
 
@@ -586,7 +513,7 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 # ---- gather_distributed=True (SPEC §5): the local pieces that ops/gathered.py merges across ranks
-# (csrc/bindings.cpp moments_* and spectral_rows_*). Inputs come validated from functional.py.
+# (csrc/bindings/gathered.cpp). Inputs come validated from functional.py.
 
 
 

@@ -1,6 +1,6 @@
 """Build and enable the CPU simulator of the CUDA extension (csrc/sim/cuda_sim.h) for the tests.
 
-The simulator is csrc/bindings.cpp plus the kernel files compiled with g++ and -DDK_HOST_SIM: the
+The simulator is csrc/bindings/ plus the kernel files compiled with g++ and -DDK_HOST_SIM: the
 same binding code and the same kernel source, run on CPU tensors (every CUDA thread a fiber,
 blocks one after another; GEMMs through ATen on the CPU). Enabled, ``backend="cuda"`` and the ops
 of ``duality_kernels.ops.cuda`` accept CPU tensors and run there, so the test suite checks the
@@ -25,7 +25,8 @@ def build():
         build_dir.mkdir(parents=True, exist_ok=True)
         _MODULE = cpp_extension.load(
             name="duality_kernels_csim",
-            sources=[str(ROOT / "csrc" / "bindings.cpp"), str(ROOT / "csrc" / "sim" / "sim_kernels.cpp")],
+            sources=[*map(str, sorted((ROOT / "csrc" / "bindings").glob("*.cpp"))),
+                     str(ROOT / "csrc" / "sim" / "sim_kernels.cpp")],
             extra_cflags=["-O2", "-DDK_HOST_SIM"],
             extra_include_paths=[str(ROOT / "csrc")],
             build_directory=str(build_dir),
