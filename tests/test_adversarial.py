@@ -98,6 +98,27 @@ def test_torch_backend_transforms(name):
     torch.testing.assert_close(tangent, (want * v).sum(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name,be", COMPILED)
+def test_compiled_double_backward_raises(name, be):
+    """A gradient taken with create_graph=True cannot be differentiated again through a compiled op:
+    it raises, naming backend='torch' (it returned a gradient without a graph: a gradient penalty
+    silently lost this op's second derivative)."""
+    z1, z2 = _views()
+    a = z1.clone().requires_grad_()
+    f = _scalar(name, be)
+    with pytest.raises(RuntimeError, match="backend='torch'"):
+        (g,) = torch.autograd.grad(f(a, z2), a, create_graph=True)
+        torch.autograd.grad((g * g).sum(), a)
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_torch_backend_double_backward(name):
+    """The torch reference supports double backward: gradgradcheck in float64."""
+    z1, z2 = _views(n=5, d=4)
+    f = _scalar(name, "torch")
+    torch.autograd.gradgradcheck(lambda a: f(a, z2), (z1.clone().requires_grad_(),))
+
+
 # ---- the wave-3 functions (torch backend; the compiled backends do not implement them yet)
 
 _LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 0])

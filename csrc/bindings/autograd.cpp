@@ -9,6 +9,7 @@
 // op: the inputs it names, then every forward output past the public results.
 #include "bindings/autograd.h"
 
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "bindings/common.h"
@@ -42,8 +43,15 @@ at::Tensor matrix_grad(const variable_list& g, at::ScalarType acc) {
   return g[0].to(acc).contiguous();
 }
 
-// The gradients of a node with `inputs` inputs: dz first, none for the scalar arguments.
+// The gradients of a node with `inputs` inputs: dz first, none for the scalar arguments. The backward
+// is not itself differentiable (docs/spec.md §8): under create_graph=True (grad mode on in the
+// backward) its gradients would carry no graph and a second derivative would silently lose this
+// op's terms, so it raises instead, naming the backend that supports it.
 variable_list with_undefined(std::vector<at::Tensor> dz, size_t inputs) {
+  TORCH_CHECK(!c10::GradMode::is_enabled(),
+              "duality_kernels' compiled backends (triton, cuda) compute a backward that is not itself "
+              "differentiable: double backward (create_graph=True, Hessian-vector products, gradient penalties) "
+              "needs backend='torch' (docs/spec.md section 8)");
   dz.resize(inputs);
   return dz;
 }
@@ -115,7 +123,7 @@ struct CovarianceFn : torch::autograd::Function<CovarianceFn> {
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor grad = matrix_grad(g, acc_of(s[0]));
     if (!grad.defined()) return {at::Tensor(), at::Tensor()};
-    return {covariance_bwd(s[0], grad, ctx->saved_data["correction"].toInt()), at::Tensor()};
+    return with_undefined({covariance_bwd(s[0], grad, ctx->saved_data["correction"].toInt())}, 2);
   }
 };
 
