@@ -1,7 +1,7 @@
 """Build script: the optional CUDA extension duality_kernels._C (metadata lives in pyproject.toml).
 
 The extension is built when torch is a CUDA build and nvcc is found; a visible GPU is not needed
-(DESIGN convention 9). Without them the package installs as pure Python + Triton and says why in
+(docs/design.md convention 9). Without them the package installs as pure Python + Triton and says why in
 one line on stderr; at runtime backend="cuda" then raises with the rebuild command.
 
 Environment knobs:

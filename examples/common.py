@@ -343,8 +343,10 @@ def train(loss: str, data: Digits, *, epochs: int = 40, batch_size: int = 256, d
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, min(total // 10, 5 * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    def lr_factor(s):
+        return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     perm_gen = torch.Generator().manual_seed(seed + 1)  # identical on all ranks
     aug_gen = torch.Generator(device=device).manual_seed(seed + 2 + 1000 * rank)  # distinct per rank
     x_all = data.x_train.to(device)

@@ -112,7 +112,8 @@ def _plot_duality(runs, path):
     ax = axes[-1]
     for r in runs:
         log = r["duality"]
-        ax.plot([d["step"] for d in log], [d.get("effective_rank", r["batch"] ** 2 / (d["L_c"] + d["rows4"])) for d in log],
+        ax.plot([d["step"] for d in log], [d.get("effective_rank",
+                                                 r["batch"] ** 2 / (d["L_c"] + d["rows4"])) for d in log],
                 label=f"{r['loss']} (D={r['dim']})")
     ax.set_xlabel("training step")
     ax.set_title("effective rank N² / (L_c + Σ_i‖z_i‖⁴) = (Σσ²)² / Σσ⁴", fontsize=9)
@@ -130,9 +131,11 @@ def plot_all(study: dict, out: str):
     args, runs, baseline = study["args"], study["runs"], study["random_encoder"]
     paths = [os.path.join(out, p) for p in ("accuracy_vs_dim.png", "accuracy_vs_batch.png", "duality_terms.png")]
     _plot_sweep(runs, baseline, "dim", "embedding dimension D",
-                f"batch N = {args['fixed_batch']}, {args['epochs']} epochs, seed {args['seed']}", paths[0], args["losses"])
+                f"batch N = {args['fixed_batch']}, {args['epochs']} epochs, seed {args['seed']}", paths[0],
+                args["losses"])
     _plot_sweep(runs, baseline, "batch", "batch size N",
-                f"embedding D = {args['fixed_dim']}, {args['epochs']} epochs, seed {args['seed']}", paths[1], args["losses"])
+                f"embedding D = {args['fixed_dim']}, {args['epochs']} epochs, seed {args['seed']}", paths[1],
+                args["losses"])
     _plot_duality([r for r in runs if r["sweep"] == "both"], paths[2])
     return paths
 
@@ -189,7 +192,8 @@ def main(argv=None):
     for r in sorted(runs, key=lambda r: (r["loss"], r["sweep"] == "batch", r["dim"], r["batch"])):
         print(f"{r['loss']:12s}{r['dim']:6d}{r['batch']:6d}"
               + "".join(f"{100 * r['trained'][k]:10.1f}%" for k, _ in PROBES) + f"{r['train_seconds']:9.1f}")
-    print(f"\nwrote {', '.join(paths + [os.path.join(args.out, 'duality_study.json')])} ({time.perf_counter() - t_all:.0f}s)")
+    written = ", ".join(paths + [os.path.join(args.out, "duality_study.json")])
+    print(f"\nwrote {written} ({time.perf_counter() - t_all:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def run(args) -> dict:
     cols = list(trained)
     names = {"linear": "linear (all labels)", "knn": "kNN (all labels)",
              f"linear_{lpc}": f"linear ({lpc}/class)", f"knn_{lpc}": f"kNN ({lpc}/class)"}
-    print(f"\nheld-out accuracy ({data.x_test.shape[0]} images" + (f"; {lpc}-labels-per-class probes: mean of 10 label draws)" if lpc else ")"))
+    probes = f"; {lpc}-labels-per-class probes: mean of 10 label draws)" if lpc else ")"
+    print(f"\nheld-out accuracy ({data.x_test.shape[0]} images" + probes)
     print(f"{'':22s}" + "".join(f"{names[c]:>22s}" for c in cols))
     for row, acc in (("trained encoder", trained), ("random encoder", random), ("raw pixels", pixels)):
         print(f"{row:22s}" + "".join(f"{100 * acc[c]:21.1f}%" for c in cols))

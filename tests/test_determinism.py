@@ -91,7 +91,8 @@ def _function_cases(module, mu):
     for side in ("sample", "dimension"):
         out += [
             (f"VICRegFunction {side}", lambda a, b, s=side: module.VICRegFunction.apply(a, b, *v, s)),
-            (f"BarlowTwinsFunction {side}", lambda a, b, s=side: module.BarlowTwinsFunction.apply(a, b, 0.0051, 1e-5, s)),
+            (f"BarlowTwinsFunction {side}", lambda a, b, s=side: module.BarlowTwinsFunction.apply(a, b, 0.0051, 1e-5,
+                                                                                                  s)),
             (f"SpectralContrastiveFunction {side}",
              lambda a, b, s=side: module.SpectralContrastiveFunction.apply(a, b, mu, s)),
             (f"DualityTermsFunction {side}", lambda a, b, s=side: module.DualityTermsFunction.apply(a, s)),

@@ -28,22 +28,30 @@ def _cases():
     """(name, strategy or None, fn(z1, z2, gather) -> loss with reduction "mean")."""
     c = []
     for strat in ("gather", "allreduce"):
-        c.append((f"vicreg-{strat}", strat, lambda a, b, g: dk.vicreg_loss(a, b, 2.0, 3.0, 5.0, gamma=1.5, gather_distributed=g)))
+        c.append((f"vicreg-{strat}", strat, lambda a, b, g: dk.vicreg_loss(a, b, 2.0, 3.0, 5.0, gamma=1.5,
+                                                                           gather_distributed=g)))
         c.append((f"barlow-{strat}", strat, lambda a, b, g: dk.barlow_twins_loss(a, b, 0.3, gather_distributed=g)))
-        c.append((f"vicreg_exp-{strat}", strat, lambda a, b, g: dk.vicreg_exp_loss(a, b, 2.0, 3.0, 5.0, gamma=1.5, temperature=0.5, gather_distributed=g)))
-    c.append(("vicreg_ctr", None, lambda a, b, g: dk.vicreg_ctr_loss(a, b, 2.0, 3.0, 5.0, gamma=1.5, temperature=0.5, gather_distributed=g)))
+        c.append((f"vicreg_exp-{strat}", strat,
+                  lambda a, b, g: dk.vicreg_exp_loss(a, b, 2.0, 3.0, 5.0, gamma=1.5, temperature=0.5,
+                                                     gather_distributed=g)))
+    c.append(("vicreg_ctr", None, lambda a, b, g: dk.vicreg_ctr_loss(a, b, 2.0, 3.0, 5.0, gamma=1.5, temperature=0.5,
+                                                                     gather_distributed=g)))
     for sim, norm in (("dot", "l2"), ("abs", "center_l2"), ("square", "dim_std")):
-        c.append((f"ntxent-{sim}-{norm}", None, lambda a, b, g, s=sim, n=norm: dk.ntxent_loss(a, b, 0.5, s, n, gather_distributed=g)))
+        c.append((f"ntxent-{sim}-{norm}", None, lambda a, b, g, s=sim, n=norm: dk.ntxent_loss(a, b, 0.5, s, n,
+                                                                                              gather_distributed=g)))
     c.append(("dcl-dot", None, lambda a, b, g: dk.dcl_loss(a, b, 0.5, gather_distributed=g)))
     c.append(("dcl-square", None, lambda a, b, g: dk.dcl_loss(a, b, 0.5, "square", gather_distributed=g)))
     c.append(("infonce", None, lambda a, b, g: dk.infonce_loss(a, b, 0.5, gather_distributed=g)))
     c.append(("spectral", None, lambda a, b, g: dk.spectral_contrastive_loss(a, b, mu=0.5, gather_distributed=g)))
-    c.append(("spectral-sample", None, lambda a, b, g: dk.spectral_contrastive_loss(a, b, mu=0.5, side="sample", gather_distributed=g)))
+    c.append(("spectral-sample", None, lambda a, b, g: dk.spectral_contrastive_loss(a, b, mu=0.5, side="sample",
+                                                                                    gather_distributed=g)))
     if os.environ.get("TRITON_INTERPRET") == "1":  # the Triton kernels on CPU tensors (tests/conftest.py)
         c.append(("triton-ntxent-square-center_l2", None, lambda a, b, g: dk.ntxent_loss(
             a, b, 0.5, "square", "center_l2", gather_distributed=g, backend="triton")))
-        c.append(("triton-dcl-abs", None, lambda a, b, g: dk.dcl_loss(a, b, 0.5, "abs", gather_distributed=g, backend="triton")))
-        c.append(("triton-infonce", None, lambda a, b, g: dk.infonce_loss(a, b, 0.5, gather_distributed=g, backend="triton")))
+        c.append(("triton-dcl-abs", None, lambda a, b, g: dk.dcl_loss(a, b, 0.5, "abs", gather_distributed=g,
+                                                                      backend="triton")))
+        c.append(("triton-infonce", None, lambda a, b, g: dk.infonce_loss(a, b, 0.5, gather_distributed=g,
+                                                                          backend="triton")))
     return c
 
 

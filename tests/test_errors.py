@@ -42,7 +42,8 @@ def z(n=4, d=3, dtype=torch.float32):
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 4), ()])
 def test_non_2d_raises(name, shape):
     bad = torch.randn(shape)
-    with pytest.raises(ValueError, match=r"z1 must be 2-D.*" + str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=r"z1 must be 2-D.*" + str(tuple(shape)).replace("(", r"\(").replace(")",
+                                                                                                             r"\)")):
         PAIR_LOSSES[name](bad, bad)
 
 
@@ -141,7 +142,8 @@ def test_bad_mu(mu):
 ])
 def test_unknown_names(fn, kw, arg):
     value = next(iter(kw.values()))
-    with pytest.raises(ValueError, match=rf"{arg} must be one of .*got {value!r}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=rf"{arg} must be one of .*got {value!r}".replace("(", r"\(").replace(")",
+                                                                                                              r"\)")):
         fn(z(), z(), **kw)
 
 

@@ -63,7 +63,8 @@ def test_data_and_augmentations(digits):
     v1, v2 = C.augment(digits.x_train[:64], generator=g), C.augment(digits.x_train[:64], generator=g)
     assert v1.shape == (64, 1, 8, 8) and torch.isfinite(v1).all()
     assert (v1 - v2).abs().mean() > 0.05  # two different views
-    assert sorted(C.LOSSES) == sorted(["vicreg", "vicreg_exp", "vicreg_ctr", "barlow", "ntxent", "dcl", "infonce", "spectral"])
+    assert sorted(C.LOSSES) == sorted(["vicreg", "vicreg_exp", "vicreg_ctr", "barlow", "ntxent", "dcl", "infonce",
+                                       "spectral"])
 
 
 def test_random_encoder_baseline_is_beatable(random_baseline):

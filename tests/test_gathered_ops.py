@@ -184,7 +184,8 @@ def _gathered_cases(backend, side, one=dist_ctx.LOCAL):
     for strat in ("gather", "allreduce"):
         cases.append((f"vicreg-{strat}", lambda a, b, s=strat: gathered.vicreg(ops, one, s, a, b, *w, side),
                       lambda a, b: ref.vicreg(a, b, *w, side)))
-        cases.append((f"barlow-{strat}", lambda a, b, s=strat: gathered.barlow_twins(ops, one, s, a, b, 0.3, 1e-5, side),
+        cases.append((f"barlow-{strat}", lambda a, b, s=strat: gathered.barlow_twins(ops, one, s, a, b, 0.3, 1e-5,
+                                                                                     side),
                       lambda a, b: ref.barlow_twins(a, b, 0.3, 1e-5, side)))
     cases.append(("spectral", lambda a, b: gathered.spectral(ops, one, a, b, 0.5, side),
                   lambda a, b: ref.spectral(a, b, 0.5, side)))

@@ -99,7 +99,8 @@ def test_ntxent_vs_lightly(shape, temperature):
     z1, z2 = make_pair(*shape, "ntxent")
     # lightly's default temperature is 0.5 and ours is 0.1: always pass it explicitly.
     theirs = lightly_loss.NTXentLoss(temperature=temperature)
-    compare(lambda a, b: dk.ntxent_loss(a, b, temperature=temperature), theirs, z1, z2, f"ntxent{shape},t={temperature}")
+    compare(lambda a, b: dk.ntxent_loss(a, b, temperature=temperature), theirs, z1, z2,
+            f"ntxent{shape},t={temperature}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -11,7 +11,7 @@
 namespace duality_kernels {
 
 // dtype codes shared with csrc/bindings/. The accumulator/output type ("acc") is float for
-// kFloat32/kFloat16/kBFloat16 and double for kFloat64 (SPEC notation: reductions accumulate in
+// kFloat32/kFloat16/kBFloat16 and double for kFloat64 (docs/spec.md "Notation": reductions accumulate in
 // float32, float64 for float64 inputs).
 enum DType : int {
   kFloat32 = 0,

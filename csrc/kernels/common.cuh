@@ -1,4 +1,4 @@
-// Helpers shared by the torch-free kernel files (DESIGN convention 8): the CUDA headers (or, for
+// Helpers shared by the torch-free kernel files (docs/design.md convention 8): the CUDA headers (or, for
 // the test suite's CPU simulator, csrc/sim/cuda_sim.h), the launch macro, accumulator types and
 // explicit half/bf16 conversions (torch's nvcc flags disable the implicit ones).
 #pragma once
@@ -19,7 +19,7 @@
 namespace duality_kernels {
 namespace detail {
 
-// float32 accumulation for float32/float16/bfloat16 inputs, float64 for float64 (SPEC notation).
+// float32 accumulation for float32/float16/bfloat16 inputs, float64 for float64 (docs/spec.md "Notation").
 template <typename T>
 struct AccType {
   using type = float;
@@ -52,7 +52,7 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
 }
 
 // The type of the per-element arithmetic of the bandwidth-bound kernels: float64 for float32 and
-// float64 inputs (the accuracy rule holds them to twice eager's float32 error, DESIGN 5), float32
+// float64 inputs (the accuracy rule holds them to twice eager's float32 error, docs/design.md convention 5), float32
 // for float16/bfloat16, whose values (and differences, and products of two) are exact in float32
 // and whose accuracy is checked relative to their own rounding (gram_ops.h ColStatsArgs).
 template <typename T>

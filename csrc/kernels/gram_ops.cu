@@ -47,11 +47,11 @@
 //   multiple of V, aligned base pointers) give each lane one 16-byte vector per array and row
 //   (template flag A); otherwise each lane takes columns lane + 32 j with scalar accesses, which
 //   keeps every warp access contiguous: the same DRAM sectors as the vector path, with more
-//   instructions (unaligned sizes fell 3-5x behind in the Triton Gram tiles, ENVIRONMENT.md,
+//   instructions (unaligned sizes fell 3-5x behind in the Triton Gram tiles, docs/measurements.md,
 //   2026-11-29; here only the access width changes). Both views of a two-view op are
 //   handled by the same thread, so arrays that both views need (z1 - z2, the other view's
 //   standardized rows) are read once.
-// - column reductions are two-stage (DESIGN 7): per (chunk, column) float64 partials summed over
+// - column reductions are two-stage (docs/design.md convention 7): per (chunk, column) float64 partials summed over
 //   the block's warps in warp order through shared memory, then col_merge adds the chunks in
 //   chunk order and also produces the finalize's partials, so that finalize never reads per-row or
 //   per-column data on its single block.

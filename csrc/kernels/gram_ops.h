@@ -1,4 +1,4 @@
-// The fused kernels of the covariance family's CUDA backend (SPEC §1–3), everything around the
+// The fused kernels of the covariance family's CUDA backend (docs/spec.md §1–3), everything around the
 // GEMMs: csrc/bindings/ runs the Gram products through ATen (cuBLAS) on the side of the duality
 // that the cost model picks, and these kernels do the rest: column moments, centering / BatchNorm
 // / row scaling into a GEMM operand, the deterministic reduction of a Gram to its sums of squares
@@ -6,11 +6,11 @@
 // backward epilogues. gram_ops.cu's header has the bytes each kernel moves and the time budget per
 // headline shape.
 //
-// Conventions (DESIGN 6–8): torch-free; all matrices row-major contiguous; "T" arrays have the
+// Conventions (docs/design.md convention 6–8): torch-free; all matrices row-major contiguous; "T" arrays have the
 // input dtype (kFloat32/kFloat64/kFloat16/kBFloat16 codes of api.h), "acc" arrays are float32
 // (float64 for float64 inputs); int64 indexing; every reduction is two-stage in a fixed order (no
 // atomics): partial sums per block into float64 scratch, then a merge in block order, with a
-// block layout that depends on the shape and dtype only, so results do too (DESIGN 7). Upstream
+// block layout that depends on the shape and dtype only, so results do too (docs/design.md convention 7). Upstream
 // gradients and saved vectors are read from device memory, never copied to the host: no
 // synchronization. An upstream gradient pointer may be null: that output was not used (0).
 // Scratch ("part", "fin") is float64 and must be 16-byte aligned.
@@ -25,9 +25,9 @@ namespace duality_kernels {
 // Row scale modes of row_scale / row_bwd (s_i from q_i = ‖z_i‖²).
 enum RowMode : int {
   kRowNone = 0,   // s = 1 (row statistics only)
-  kRowL2 = 1,     // s = 1 / max(‖z_i‖, 1e-12)                     (l2n, SPEC notation)
-  kRowClamp = 2,  // s = ‖z_i‖ < r ? 1 : r / max(‖z_i‖, 1e-12)      (spectral, SPEC §4)
-  kRowClampVec = 3,  // row_bwd only: kRowClamp's s with per-row β (spectral's SPEC §5 rows)
+  kRowL2 = 1,     // s = 1 / max(‖z_i‖, 1e-12)                     (l2n, docs/spec.md "Notation")
+  kRowClamp = 2,  // s = ‖z_i‖ < r ? 1 : r / max(‖z_i‖, 1e-12)      (spectral, docs/spec.md §4)
+  kRowClampVec = 3,  // row_bwd only: kRowClamp's s with per-row β (spectral's docs/spec.md §5 rows)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ cudaError_t row_scale(const RowScaleArgs& a, int dtype, cudaStream_t stream);
 
 // The reduction of a GEMM result g (gdtype: kFloat32, or kFloat64 when the Gram was computed in
 // float64) of `mats` stacked m x m matrices, read once, float64 from the first product (the
-// losses subtract a diagonal from these sums, offsq = ‖G‖² - Σ diag², SPEC §2, which cancels
+// losses subtract a diagonal from these sums, offsq = ‖G‖² - Σ diag², docs/spec.md §2, which cancels
 // most of them; float32 partial sums measured up to 30x eager's error, simulator, 2026-11-30):
 // - per block: fin slot 0 = Σ g² (pair: Σ g[0] ⊙ g[1], the first matrix's entries times the
 //   second's), slot 1 = the same without the diagonals (r == c) of the matrices;
@@ -200,7 +200,7 @@ cudaError_t finalize(const FinalizeArgs& a, int dtype, cudaStream_t stream);
 
 // Backward of the local moments of two views (duality_kernels::cuda_moments_fwd: the invariance
 // mean((z1 - z2)²), per-view column mean and m2, centered Grams; gather_distributed=True merges
-// them across ranks, SPEC §5), both views in one pass (z1 - z2 read once):
+// them across ranks, docs/spec.md §5), both views in one pass (z1 - z2 read once):
 //   dz_v = ±2 g_inv (z1 - z2)/(n d) + g_mean_v[k]/n + 2 g_m2_v[k] (z_v - mean_v[k]) + P_v
 // with P_v (acc, or null: 0) the Grams' share, x_v (G_v + G_vᵀ) or the other view's product,
 // computed by the caller; the centering Jacobian vanishes (every term but g_mean's sums to 0 over
@@ -219,7 +219,7 @@ struct MomentsBwdArgs {
 };
 cudaError_t moments_bwd(const MomentsBwdArgs& a, int dtype, cudaStream_t stream);
 
-// VICReg backward (SPEC §3), both views in one pass (z1 - z2 read once): with x_v the saved
+// VICReg backward (docs/spec.md §3), both views in one pass (z1 - z2 read once): with x_v the saved
 // centered views (T) and P_v = x_v G_v (dimension side) or G_v x_v (sample side) in acc,
 //   dz_v = ±W_inv 2 (z1 - z2)/(n d) - x_v ⊙ W_var h_k / (2 d (n-1) s_k)
 //          + 4 W_cov κ (P_v - x_v ⊙ sq_k),

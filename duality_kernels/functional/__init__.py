@@ -215,8 +215,9 @@ def vicreg_exp_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
     """VICReg-exp (paper eq. 11–12), docs/spec.md §3: covariance term = mean row log-sum-exp of C/τ off the diagonal."""
-    return _vicreg_lse("vicreg_exp_loss", _exp_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
-                       gather_distributed, return_terms, backend, C.VICREG_EXP_ROWS)
+    weights = (inv_weight, var_weight, cov_weight, gamma, eps)
+    return _vicreg_lse("vicreg_exp_loss", _exp_ref, z1, z2, weights, temperature, gather_distributed, return_terms,
+                       backend, C.VICREG_EXP_ROWS)
 
 
 @public
@@ -225,8 +226,9 @@ def vicreg_ctr_loss(z1: Tensor, z2: Tensor, inv_weight: float = 25.0, var_weight
                     temperature: float = 0.1, *, gather_distributed: bool = False,
                     return_terms: bool = False, backend: str = "auto"):
     """VICReg-ctr (paper eq. 13), docs/spec.md §3: variance and log-sum-exp terms on the N×N sample side."""
-    return _vicreg_lse("vicreg_ctr_loss", _ctr_ref, z1, z2, (inv_weight, var_weight, cov_weight, gamma, eps), temperature,
-                       gather_distributed, return_terms, backend, C.VICREG_CTR_ROWS)
+    weights = (inv_weight, var_weight, cov_weight, gamma, eps)
+    return _vicreg_lse("vicreg_ctr_loss", _ctr_ref, z1, z2, weights, temperature, gather_distributed, return_terms,
+                       backend, C.VICREG_CTR_ROWS)
 
 
 @public

@@ -1,4 +1,4 @@
-"""torch.library custom ops over the compiled extension ``duality_kernels._C`` (DESIGN conventions 2, 9).
+"""torch.library custom ops over the compiled extension ``duality_kernels._C`` (docs/design.md convention 2, 9).
 
 The extension is optional: a missing or broken ``_C`` never breaks ``import duality_kernels``.
 The ops are registered either way, so their fake (meta) implementations work for tracing and
@@ -8,7 +8,7 @@ shape propagation on any install; running one for real without ``_C`` raises Run
 Forward and backward are separate ops; autograd of the forward calls the backward op, so
 ``torch.compile(fullgraph=True)`` sees only custom ops.
 
-Kernels trust their inputs (DESIGN convention 6). The public functions validate before calling
+Kernels trust their inputs (docs/design.md convention 6). The public functions validate before calling
 here; on plain eager tensors the functions below (``vicreg`` & co.) then call the extension's C++
 autograd Functions (``_C.vicreg_autograd`` & co., csrc/bindings/autograd.cpp), which run the same forward
 and backward entry points as the custom ops without Python in the autograd graph, and while
@@ -96,7 +96,13 @@ def _scalars(z: Tensor, count: int) -> List[Tensor]:
     return [z.new_empty((), dtype=_acc_of(z)) for _ in range(count)]
 
 
-# ---- VICReg (SPEC §3)
+def _register(name, fwd, fwd_fake, bwd, bwd_fake, setup, backward, gathers=False):
+    """Registers this backend's op ``name`` (ops/registry.py); every op here returns List[Tensor]."""
+    return registry.register(name, "cuda", fwd=fwd, fwd_fake=fwd_fake, bwd=bwd, bwd_fake=bwd_fake, setup=setup,
+                             backward=backward, device=device_rule, listed=True, gathers=gathers)
+
+
+# ---- VICReg (docs/spec.md §3)
 
 
 def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
@@ -146,14 +152,14 @@ def _vicreg_backward(ctx, run_bwd, grads):
     return dz1, dz2, None, None, None, None, None, None
 
 
-_VICREG = registry.register("vicreg", "cuda", fwd=_vicreg_fwd_impl, fwd_fake=_vicreg_fwd_fake, bwd=_vicreg_bwd_impl,
-                            bwd_fake=_vicreg_bwd_fake, setup=_vicreg_setup, backward=_vicreg_backward, device=device_rule, listed=True, gathers=True)
+_VICREG = _register("vicreg", _vicreg_fwd_impl, _vicreg_fwd_fake, _vicreg_bwd_impl, _vicreg_bwd_fake, _vicreg_setup,
+                    _vicreg_backward, gathers=True)
 cuda_vicreg_fwd, cuda_vicreg_bwd = _VICREG.fwd, _VICREG.bwd
 
 
 def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
            gamma: float, eps: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """SPEC §3 VICReg: (loss, {"invariance", "variance", "covariance"})."""
+    """docs/spec.md §3 VICReg: (loss, {"invariance", "variance", "covariance"})."""
     z1, z2 = z1.contiguous(), z2.contiguous()
     w = (float(inv_weight), float(var_weight), float(cov_weight), float(gamma), float(eps))
     if _plain_eager((z1, z2)):
@@ -163,7 +169,7 @@ def vicreg(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_wei
     return loss, {"invariance": inv, "variance": var, "covariance": cov}
 
 
-# ---- Barlow Twins (SPEC §3)
+# ---- Barlow Twins (docs/spec.md §3)
 
 
 def _barlow_twins_fwd_impl(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
@@ -210,14 +216,14 @@ def _barlow_backward(ctx, run_bwd, grads):
     return dz1, dz2, None, None, None
 
 
-_BARLOW_TWINS = registry.register("barlow_twins", "cuda", fwd=_barlow_twins_fwd_impl, fwd_fake=_barlow_twins_fwd_fake, bwd=_barlow_twins_bwd_impl,
-                            bwd_fake=_barlow_twins_bwd_fake, setup=_barlow_setup, backward=_barlow_backward, device=device_rule, listed=True, gathers=True)
+_BARLOW_TWINS = _register("barlow_twins", _barlow_twins_fwd_impl, _barlow_twins_fwd_fake, _barlow_twins_bwd_impl,
+                          _barlow_twins_bwd_fake, _barlow_setup, _barlow_backward, gathers=True)
 cuda_barlow_twins_fwd, cuda_barlow_twins_bwd = _BARLOW_TWINS.fwd, _BARLOW_TWINS.bwd
 
 
 def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: str
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """SPEC §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
+    """docs/spec.md §3 Barlow Twins: (loss, {"on_diagonal", "off_diagonal"})."""
     z1, z2 = z1.contiguous(), z2.contiguous()
     if _plain_eager((z1, z2)):
         loss, on, off = _ext(z1).barlow_twins_autograd(z1, z2, float(lambda_param), float(eps), side == "sample")
@@ -226,7 +232,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
     return loss, {"on_diagonal": on, "off_diagonal": off}
 
 
-# ---- spectral contrastive (SPEC §4)
+# ---- spectral contrastive (docs/spec.md §4)
 
 
 def _spectral_fwd_impl(z1: Tensor, z2: Tensor, mu: float, side: str) -> List[Tensor]:
@@ -273,13 +279,13 @@ def _spectral_backward(ctx, run_bwd, grads):
     return dz1, dz2, None, None
 
 
-_SPECTRAL = registry.register("spectral", "cuda", fwd=_spectral_fwd_impl, fwd_fake=_spectral_fwd_fake, bwd=_spectral_bwd_impl,
-                            bwd_fake=_bwd_fake2, setup=_spectral_setup, backward=_spectral_backward, device=device_rule, listed=True, gathers=True)
+_SPECTRAL = _register("spectral", _spectral_fwd_impl, _spectral_fwd_fake, _spectral_bwd_impl, _bwd_fake2,
+                      _spectral_setup, _spectral_backward, gathers=True)
 cuda_spectral_fwd, cuda_spectral_bwd = _SPECTRAL.fwd, _SPECTRAL.bwd
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """SPEC §4 spectral contrastive loss: (loss, {"positive", "negative"})."""
+    """docs/spec.md §4 spectral contrastive loss: (loss, {"positive", "negative"})."""
     z1, z2 = z1.contiguous(), z2.contiguous()
     if _plain_eager((z1, z2)):
         loss, pos, neg = _ext(z1).spectral_autograd(z1, z2, float(mu), side == "sample")
@@ -288,7 +294,7 @@ def spectral(z1: Tensor, z2: Tensor, mu: float, side: str) -> Tuple[Tensor, Dict
     return loss, {"positive": pos, "negative": neg}
 
 
-# ---- covariance (SPEC §1)
+# ---- covariance (docs/spec.md §1)
 
 
 def _covariance_fwd_impl(z: Tensor, correction: int) -> List[Tensor]:
@@ -326,20 +332,20 @@ def _covariance_backward(ctx, run_bwd, grads):
     return run_bwd(x, grad.to(_acc_of(x)).contiguous(), ctx.correction), None
 
 
-_COVARIANCE = registry.register("covariance", "cuda", fwd=_covariance_fwd_impl, fwd_fake=_covariance_fwd_fake, bwd=_covariance_bwd_impl,
-                            bwd_fake=_covariance_bwd_fake, setup=_covariance_setup, backward=_covariance_backward, device=device_rule, listed=True)
+_COVARIANCE = _register("covariance", _covariance_fwd_impl, _covariance_fwd_fake, _covariance_bwd_impl,
+                        _covariance_bwd_fake, _covariance_setup, _covariance_backward)
 cuda_covariance_fwd, cuda_covariance_bwd = _COVARIANCE.fwd, _COVARIANCE.bwd
 
 
 def covariance(z: Tensor, correction: int = 1) -> Tensor:
-    """SPEC §1 covariance: center(z)ᵀ center(z) / (N − correction), (D, D)."""
+    """docs/spec.md §1 covariance: center(z)ᵀ center(z) / (N − correction), (D, D)."""
     z = z.contiguous()
     if _plain_eager((z,)):
         return _ext(z).covariance_autograd(z, int(correction))
     return cuda_covariance_fwd(z, int(correction))[0]
 
 
-# ---- cross_correlation (SPEC §1)
+# ---- cross_correlation (docs/spec.md §1)
 
 
 def _cross_correlation_fwd_impl(z1: Tensor, z2: Tensor, eps: float) -> List[Tensor]:
@@ -380,20 +386,20 @@ def _xcorr_backward(ctx, run_bwd, grads):
     return dz1, dz2, None
 
 
-_CROSS_CORRELATION = registry.register("cross_correlation", "cuda", fwd=_cross_correlation_fwd_impl, fwd_fake=_cross_correlation_fwd_fake, bwd=_cross_correlation_bwd_impl,
-                            bwd_fake=_cross_correlation_bwd_fake, setup=_xcorr_setup, backward=_xcorr_backward, device=device_rule, listed=True)
+_CROSS_CORRELATION = _register("cross_correlation", _cross_correlation_fwd_impl, _cross_correlation_fwd_fake,
+                               _cross_correlation_bwd_impl, _cross_correlation_bwd_fake, _xcorr_setup, _xcorr_backward)
 cuda_cross_correlation_fwd, cuda_cross_correlation_bwd = _CROSS_CORRELATION.fwd, _CROSS_CORRELATION.bwd
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
-    """SPEC §1 cross_correlation: s(z1)ᵀ s(z2) / N with BatchNorm standardization, (D, D)."""
+    """docs/spec.md §1 cross_correlation: s(z1)ᵀ s(z2) / N with BatchNorm standardization, (D, D)."""
     z1, z2 = z1.contiguous(), z2.contiguous()
     if _plain_eager((z1, z2)):
         return _ext(z1).cross_correlation_autograd(z1, z2, float(eps))
     return cuda_cross_correlation_fwd(z1, z2, float(eps))[0]
 
 
-# ---- normalized_gram (SPEC §1)
+# ---- normalized_gram (docs/spec.md §1)
 
 
 def _normalized_gram_fwd_impl(z1: Tensor, z2: Optional[Tensor]) -> List[Tensor]:
@@ -441,13 +447,13 @@ def _ngram_backward(ctx, run_bwd, grads):
     return dz1, dz2
 
 
-_NORMALIZED_GRAM = registry.register("normalized_gram", "cuda", fwd=_normalized_gram_fwd_impl, fwd_fake=_normalized_gram_fwd_fake, bwd=_normalized_gram_bwd_impl,
-                            bwd_fake=_normalized_gram_bwd_fake, setup=_ngram_setup, backward=_ngram_backward, device=device_rule, listed=True)
+_NORMALIZED_GRAM = _register("normalized_gram", _normalized_gram_fwd_impl, _normalized_gram_fwd_fake,
+                             _normalized_gram_bwd_impl, _normalized_gram_bwd_fake, _ngram_setup, _ngram_backward)
 cuda_normalized_gram_fwd, cuda_normalized_gram_bwd = _NORMALIZED_GRAM.fwd, _NORMALIZED_GRAM.bwd
 
 
 def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
-    """SPEC §1 normalized_gram: l2n(z1) · l2n(z2 or z1)ᵀ, (N, N)."""
+    """docs/spec.md §1 normalized_gram: l2n(z1) · l2n(z2 or z1)ᵀ, (N, N)."""
     z1 = z1.contiguous()
     z2 = None if z2 is None else z2.contiguous()
     if _plain_eager((z1, z2)):
@@ -455,7 +461,7 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
     return cuda_normalized_gram_fwd(z1, z2)[0]
 
 
-# ---- duality_terms (SPEC §2)
+# ---- duality_terms (docs/spec.md §2)
 
 
 def _duality_terms_fwd_impl(z: Tensor, side: str) -> List[Tensor]:
@@ -497,13 +503,13 @@ def _duality_backward(ctx, run_bwd, grads):
     return run_bwd(z, gram, q, c, *gs, ctx.side), None
 
 
-_DUALITY_TERMS = registry.register("duality_terms", "cuda", fwd=_duality_terms_fwd_impl, fwd_fake=_duality_terms_fwd_fake, bwd=_duality_terms_bwd_impl,
-                            bwd_fake=_duality_terms_bwd_fake, setup=_duality_setup, backward=_duality_backward, device=device_rule, listed=True)
+_DUALITY_TERMS = _register("duality_terms", _duality_terms_fwd_impl, _duality_terms_fwd_fake, _duality_terms_bwd_impl,
+                           _duality_terms_bwd_fake, _duality_setup, _duality_backward)
 cuda_duality_terms_fwd, cuda_duality_terms_bwd = _DUALITY_TERMS.fwd, _DUALITY_TERMS.bwd
 
 
 def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """SPEC §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴) from one Gram on ``side``."""
+    """docs/spec.md §2: (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴) from one Gram on ``side``."""
     z = z.contiguous()
     if _plain_eager((z,)):
         out = _ext(z).duality_terms_autograd(z, side == "sample")
@@ -512,7 +518,7 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
     return out[0], out[1], out[2], out[3]
 
 
-# ---- gather_distributed=True (SPEC §5): the local pieces that ops/gathered.py merges across ranks
+# ---- gather_distributed=True (docs/spec.md §5): the local pieces that ops/gathered.py merges across ranks
 # (csrc/bindings/gathered.cpp). Inputs come validated from functional.py.
 
 
@@ -565,8 +571,8 @@ def _moments_backward(ctx, run_bwd, grads):
     return dz1, dz2, None
 
 
-_MOMENTS = registry.register("moments", "cuda", fwd=_moments_fwd_impl, fwd_fake=_moments_fwd_fake, bwd=_moments_bwd_impl,
-                            bwd_fake=_bwd_fake2, setup=_moments_setup, backward=_moments_backward, device=device_rule, listed=True)
+_MOMENTS = _register("moments", _moments_fwd_impl, _moments_fwd_fake, _moments_bwd_impl, _bwd_fake2, _moments_setup,
+                     _moments_backward)
 cuda_moments_fwd, cuda_moments_bwd = _MOMENTS.fwd, _MOMENTS.bwd
 
 
@@ -577,7 +583,7 @@ def moments(z1: Tensor, z2: Tensor, mode: int) -> Tuple[Tensor, Tensor, Tensor, 
 
 
 def _spectral_rows_fwd_impl(z1: Tensor, z2: Tensor, mu: float) -> List[Tensor]:
-    """-> [x (2, N, D) the clamped rows a, b (SPEC §4), p = a_i·b_i (N) acc, q (3, N) acc]."""
+    """-> [x (2, N, D) the clamped rows a, b (docs/spec.md §4), p = a_i·b_i (N) acc, q (3, N) acc]."""
     return _ext(z1).spectral_rows_fwd(z1, z2, mu)
 
 
@@ -611,14 +617,14 @@ def _spectral_rows_backward(ctx, run_bwd, grads):
     return dz1, dz2, None
 
 
-_SPECTRAL_ROWS = registry.register("spectral_rows", "cuda", fwd=_spectral_rows_fwd_impl, fwd_fake=_spectral_rows_fwd_fake, bwd=_spectral_rows_bwd_impl,
-                            bwd_fake=_bwd_fake2, setup=_spectral_rows_setup, backward=_spectral_rows_backward, device=device_rule, listed=True)
+_SPECTRAL_ROWS = _register("spectral_rows", _spectral_rows_fwd_impl, _spectral_rows_fwd_fake, _spectral_rows_bwd_impl,
+                           _bwd_fake2, _spectral_rows_setup, _spectral_rows_backward)
 cuda_spectral_rows_fwd, cuda_spectral_rows_bwd = _SPECTRAL_ROWS.fwd, _SPECTRAL_ROWS.bwd
 
 
 def spectral_rows(z1: Tensor, z2: Tensor, mu: float) -> Tuple[Tensor, Tensor]:
     """(x, p): the clamped rows (2, N, D) of both views and their row dots p_i = a_i·b_i,
-    differentiable (SPEC §4's clamp; ops/gathered.py builds the distributed loss on them)."""
+    differentiable (docs/spec.md §4's clamp; ops/gathered.py builds the distributed loss on them)."""
     out = apply(_SPECTRAL_ROWS.spec, z1.contiguous(), z2.contiguous(), float(mu))
     return out[0], out[1]
 

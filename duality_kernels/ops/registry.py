@@ -61,7 +61,8 @@ OPS: Dict[str, OpDef] = _defs(
     OpDef("moments", (), INTERNAL, _C.moments, 4),
     OpDef("spectral_rows", (), INTERNAL, _C.spectral_rows, 2),
     OpDef("ntxent", ("ntxent_loss",), LSE, _C.ntxent, 1, "NTXentFunction",
-          "NT-Xent (docs/spec.md §4): ``apply(z1, z2, temperature, similarity, normalization, reduction)`` -> (loss,)."),
+          "NT-Xent (docs/spec.md §4): ``apply(z1, z2, temperature, similarity, normalization, reduction)`` -> "
+          "(loss,)."),
     OpDef("dcl", ("dcl_loss",), LSE, _C.dcl, 1, "DCLFunction",
           "DCL (docs/spec.md §4): ``apply(z1, z2, temperature, similarity, reduction)`` -> (loss,)."),
     OpDef("infonce", ("infonce_loss",), LSE, _C.infonce, 1, "InfoNCEFunction",

@@ -175,7 +175,8 @@ _SPEC_VICREG_CTR, vicreg_ctr_fwd, vicreg_ctr_bwd = _VICREG_CTR.spec, _VICREG_CTR
 # anchor_lse: this rank's anchors against the keys of all ranks (docs/spec.md §5, gather_distributed)
 
 
-def _anchor_lse_fwd_fake(anchors, keys, temperature, normalize, half_a, half_b, off, self_mask, pos, drop_positive, transform):
+def _anchor_lse_fwd_fake(anchors, keys, temperature, normalize, half_a, half_b, off, self_mask, pos, drop_positive,
+                         transform):
     acc = acc_dtype(anchors.dtype)
     (m, k), mb = anchors.shape, keys.shape[0]
     ra = m if normalize else 0
