@@ -7,7 +7,10 @@ one line on stderr; at runtime backend="cuda" then raises with the rebuild comma
 Environment knobs:
   DUALITY_KERNELS_BUILD_CUDA  unset/"auto": build when possible; "0": never; "1": always (fail
                               loudly when it cannot be built).
-  TORCH_CUDA_ARCH_LIST        target GPUs; default "9.0" (H100/H200, the GPUs we test on).
+  TORCH_CUDA_ARCH_LIST        target GPUs, e.g. "8.0;9.0+PTX". Unset: the GPUs visible at build time
+                              (torch's default), or with none visible every family we support,
+                              DEFAULT_ARCHS (sm_80 to sm_120 cubins + PTX of the newest), less
+                              those the installed nvcc cannot target.
   MAX_JOBS                    parallel compile jobs (read by torch's ninja build).
   CUDA_HOME / CUDA_PATH       CUDA toolkit root; otherwise derived from `nvcc --dryrun`, which
                               also sees through wrapper scripts named nvcc on PATH.
@@ -26,7 +29,10 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUILD_ENV = "DUALITY_KERNELS_BUILD_CUDA"
-DEFAULT_ARCH_LIST = "9.0"
+# Built when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset: A100, RTX 30xx/A10, RTX 40xx/L40S,
+# H100/H200, B200, RTX 50xx; a cubin runs on later minors of its major (sm_86 on sm_87/89, sm_100 on
+# sm_103), and the newest also carries PTX so that a GPU newer than all of them can JIT it.
+DEFAULT_ARCHS = ("8.0", "8.6", "8.9", "9.0", "10.0", "12.0")
 
 
 def _build_mode():
@@ -121,6 +127,70 @@ def _cuda_prerequisites():
     return torch, cuda_home, None
 
 
+def _nvcc_targets(cuda_home):
+    """(cubin targets, PTX targets) the installed nvcc accepts, as {"80", "90", ...}; None when nvcc
+    cannot list them (older than CUDA 11.1): then nothing is dropped and nvcc has the last word."""
+    found = []
+    for flag, prefix in (("--list-gpu-code", "sm_"), ("--list-gpu-arch", "compute_")):
+        try:
+            out = subprocess.run(
+                [os.path.join(cuda_home, "bin", "nvcc"), flag],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                timeout=60,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        codes = set(re.findall(r"^" + prefix + r"(\d+)\s*$", out, re.MULTILINE))
+        if not codes:
+            return None
+        found.append(codes)
+    return found[0], found[1]
+
+
+def default_arch_list(targets):
+    """TORCH_CUDA_ARCH_LIST for a build with no GPU visible: DEFAULT_ARCHS that nvcc can target
+    (``targets`` as _nvcc_targets returns it), PTX on the newest kept; (list, dropped archs)."""
+    if targets is None:
+        kept = list(DEFAULT_ARCHS)
+    else:
+        sm, ptx = targets
+        kept = [a for a in DEFAULT_ARCHS if a.replace(".", "") in sm]
+    dropped = [a for a in DEFAULT_ARCHS if a not in kept]
+    if not kept:
+        return "", dropped
+    newest = kept[-1]
+    if targets is None or newest.replace(".", "") in targets[1]:
+        kept[-1] = newest + "+PTX"
+    return ";".join(kept), dropped
+
+
+def _choose_arch_list(torch, cuda_home):
+    """Set TORCH_CUDA_ARCH_LIST when unset and no GPU is visible (torch's own default needs one);
+    returns the reason the extension cannot be built, or None."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+        return None
+    try:
+        visible = torch.cuda.device_count()
+    except Exception:  # a driver that cannot be queried is the same as no GPU for this choice
+        visible = 0
+    if visible:
+        return None
+    arch_list, dropped = default_arch_list(_nvcc_targets(cuda_home))
+    if dropped:
+        print(
+            f"duality_kernels: nvcc at {cuda_home} cannot target sm_"
+            + ", sm_".join(a.replace(".", "") for a in dropped)
+            + "; building without them (a newer CUDA toolkit adds them)",
+            file=sys.stderr,
+        )
+    if not arch_list:
+        return f"nvcc at {cuda_home} targets none of sm_80..sm_120"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    return None
+
+
 def _say_skipped(reason):
     print(
         f"duality_kernels: building without the CUDA extension ({reason}); "
@@ -141,10 +211,14 @@ def _extensions_and_cmdclass():
         _say_skipped(reason)
         return [], {}
 
+    reason = _choose_arch_list(torch, cuda_home)
+    if reason is not None:
+        if mode == "1":
+            raise SystemExit(f"duality_kernels: {BUILD_ENV}=1 but the CUDA extension cannot be built: {reason}")
+        _say_skipped(reason)
+        return [], {}
     # torch.utils.cpp_extension reads CUDA_HOME when it is first imported.
     os.environ["CUDA_HOME"] = cuda_home
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
     from torch.utils import cpp_extension
 
     cpp_extension.CUDA_HOME = cuda_home  # in case it was imported before we set the variable
@@ -182,5 +256,6 @@ def _extensions_and_cmdclass():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = _extensions_and_cmdclass()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # pip and build run it so; tests/test_packaging.py imports the helpers
+    ext_modules, cmdclass = _extensions_and_cmdclass()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -110,8 +110,21 @@ except ImportError:  # pragma: no cover - torch without distributed support
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows of every rank, rank order; the backward sums each slice's gradient over ranks."""
     if _fc_gather is not None:
-        return _fc_gather(x.contiguous(), 0, torch.distributed.group.WORLD)
+        return _ContiguousGrad.apply(_fc_gather(x.contiguous(), 0, torch.distributed.group.WORLD))
     return _GatherRows.apply(x)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous: torch 2.11's functional all-gather
+    backward (a reduce-scatter) rejects a non-contiguous one, e.g. the expanded gradient of a sum."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

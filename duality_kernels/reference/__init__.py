@@ -51,11 +51,10 @@ def operand_dtype(z: Tensor) -> Optional[torch.dtype]:
 
 def _mm_fp32(a: Tensor, b: Tensor) -> Tensor:
     """a @ b of half-precision 2-D operands, accumulated in float32, as a float32 result."""
-    if a.device.type == "cuda":
-        if _MM_OUT_DTYPE:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        return torch.mm(a, b).float()  # pragma: no cover - torch < 2.9: a half-precision result
-    # CPU: products of half values are exact in float32, so this is the same arithmetic
+    if a.device.type == "cuda" and _MM_OUT_DTYPE:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    # CPU, or torch < 2.9 on CUDA: products of half values are exact in float32 (and in TF32), so
+    # this is the same arithmetic (exact products, float32 sums), off the half-precision tensor cores
     return a.float() @ b.float()
 
 
