@@ -187,7 +187,7 @@ def test_sdist_is_the_tracked_tree(sdist):
     assert set(shipped) - set(expected) == set(), "in the sdist but not tracked"
     assert len(shipped) == len(set(shipped))
     for needed in ("csrc/kernels/api.h", "csrc/kernels/common.cuh", "csrc/kernels/gram_ops.h",
-                   "csrc/sim/cuda_sim.h", "csrc/sim/sim_kernels.cpp", "tests/csim.py"):
+                   "csrc/sim/cuda_sim.h", "csrc/sim/sim_kernels.cpp", "duality_kernels/testing/csim.py"):
         assert needed in shipped, needed
 
 
