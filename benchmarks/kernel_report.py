@@ -625,8 +625,8 @@ def summary(report: dict) -> dict:
     rows = [r for r in report["variants"] if r["source"] == "triton" and not r.get("error")]
     tc = [r for r in rows if r["tc_expected"]]
     return {
-        "arch": report["arch"], "variants": len(report["variants"]),
-        "errors": sum(bool(r.get("error")) for r in report["variants"]),
+        "arch": report["arch"], "variants": sum(r["source"] == "triton" for r in report["variants"]),
+        "errors": sum(bool(r.get("error")) for r in report["variants"] if r["source"] == "triton"),
         "max_registers": max((r["registers"] for r in rows), default=0),
         "spilling": sum(r["spill_bytes"] > 0 for r in rows),
         "max_shared_bytes": max((r["shared_bytes"] for r in rows), default=0),
