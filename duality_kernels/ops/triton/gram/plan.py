@@ -71,11 +71,11 @@ def _blocks(dtype: torch.dtype, fam: str = HOPPER) -> _Blocks:
     # thread, 128-byte row segments; float64 tiles half as tall (register budget of the fp64 math)
     br = 8 if dtype == torch.float64 else 16
     if fam == AMPERE:
-        # the finalize's float64 math calls its division there; 256-element blocks (and some smaller
-        # ones, varying with the mode) spilled 8-48 B around the calls on sm_80 and sm_89
-        return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), (32, 64, 256, 256))
-    if fam != HOPPER:
-        return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), (128, 128, 256, 256))
+        # the finalize's float64 division is a called subroutine there; the registers saved around
+        # the calls spilled 8-48 B at some blocks, varying with the mode (docs/triton_gram.md)
+        return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), (32, 64, 64, 256))
+    if fam != HOPPER:  # _prep_kernel's (8, 128) spilled 8-16 B around float64 division calls on sm_100
+        return _Blocks((br, 64), (8, 64), (8, 128), (8, 64), (128, 128, 256, 256))
     return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), (256,) * 4)
 
 
