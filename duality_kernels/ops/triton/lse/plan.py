@@ -94,7 +94,7 @@ def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER) -
         t = _tile(m)
         return Tiles(t, t, dot_block(k, _kmax()) if one_k else 32, 4, 1), one_k
     if fam != HOPPER:
-        return _fwd_tiles_small(dtype, ip, k, m, one_k, fam), one_k
+        return _fwd_tiles_small(dtype, ip, k, one_k), one_k
     if dtype == torch.float64:
         return Tiles(32, 32, 16, 4, 1), False
     if ip == "ieee":  # FMA dot: operands in registers, K in small chunks (BK = 16 spilled 4 B)
@@ -110,7 +110,7 @@ def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER) -
     return Tiles(128, 64, 64, 8, 3), False
 
 
-def _fwd_tiles_small(dtype: torch.dtype, ip: str, k: int, m: int, one_k: bool, fam: str) -> Tiles:
+def _fwd_tiles_small(dtype: torch.dtype, ip: str, k: int, one_k: bool) -> Tiles:
     """_lse_fwd_kernel's tiles on sm_8x (mma.sync) and sm_100/120, within 99 KB of shared memory
     per block (sm_86/89/120; sm_80 and sm_100 could hold deeper pipelines, unmeasured): 64-row
     blocks whatever M (a 128-row block of K = 256 held whole took 129 KB on sm_89)."""
@@ -144,7 +144,8 @@ def _bwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER) -
 
 def _coef_tiles(dtype: torch.dtype, ip: str, m: int, fam: str = HOPPER) -> Tiles:
     """Tiles of the stripe backward's _lse_coef_kernel (K swept in the forward's BK chunks, so that
-    both accumulate each dot in the same order: BK is the forward's in every family)."""
+    both accumulate each dot in the same order). The same tiles in every family: no spill and at
+    most 74 KB of shared memory on every target."""
     if interpreting():
         t = _tile(m)
         return Tiles(t, t, 32, 4, 1)
