@@ -18,22 +18,28 @@ every config their autotuner would benchmark (column ``config``). Per variant:
   rerun on the cached PTX);
 - shared memory per block: Triton's dynamic allocation plus the cubin's static shared memory
   (cuobjdump --dump-resource-usage);
-- ``wgmma.mma_async`` and ``mma.sync`` instructions in the PTX, and the kernel's ``tt.dot``
-  operations from the TTIR (``dots``): ``tc_dots`` counts those typed for tensor cores (bf16/fp16
-  operands, or fp32 with a TF32 input precision), the others being IEEE fp32 or fp64 dots;
-  ``tc_expected`` marks a variant with dots that a bf16, fp16 or fp32-"high" case launches, whose
-  dots should therefore run on tensor cores (wgmma on sm_90) whatever dtype reached them;
-- the occupancy bound on an H200 (below) and the resource that sets it.
+- ``wgmma.mma_async``, ``mma.sync`` and ``tcgen05.mma`` instructions in the PTX, and the kernel's
+  ``tt.dot`` operations from the TTIR (``dots``): ``tc_dots`` counts those typed for tensor cores
+  (bf16/fp16 operands, or fp32 with a TF32 input precision), the others being IEEE fp32 or fp64
+  dots; ``tc_expected`` marks a variant with dots that a bf16, fp16 or fp32-"high" case launches,
+  whose dots should therefore run on tensor cores whatever dtype reached them; ``tc_ops`` counts
+  the instructions that do so on the target (GPUS[arch]["tc_ops"]: wgmma on sm_90, mma.sync on
+  sm_8x and sm_120, tcgen05.mma or mma.sync on sm_100);
+- shared memory per block against the target's limit (``smem_limit``, ``smem_ok``) and the
+  occupancy bound (below) with the resource that sets it.
+
+The launch tables follow the target: the stand-in driver's arch selects the family's tables
+(duality_kernels/ops/triton/_common.py ``ARCH_OVERRIDE``), as the device's capability does at run time.
 
 csrc: ``nvcc -cubin -arch=sm_<arch> -Xptxas -v`` over csrc/kernels/*.cu with setup.py's nvcc flags
 (-O3 -lineinfo) and torch's common nvcc flags; CUDA_HOME as setup.py finds it (its own
 ``_find_cuda_home``: CUDA_HOME/CUDA_PATH, else the ``TOP=`` line of ``nvcc --dryrun``). Block
 sizes for the occupancy come from each kernel's ``__launch_bounds__`` (``.maxntid`` in the PTX).
 
-Occupancy model (CUDA occupancy calculator, compute capability 9.0; H200: 132 SMs): per SM 65536
-registers allocated per warp in units of 256, 228 KiB of shared memory of which every block also
-holds 1 KiB reserved by the runtime (so at most 227 KiB per block), 2048 threads (64 warps), 32
-blocks. ``occupancy_blocks`` = resident blocks per SM, ``occupancy_warps`` = resident warps per SM;
+Occupancy model (CUDA occupancy calculator rules, per compute capability in ``GPUS``: SM count of
+one GPU, 65536 registers per SM allocated per warp in units of 256, shared memory per SM of which
+every block also holds 1 KiB reserved by the runtime, the per-block limit, threads and blocks per
+SM). ``occupancy_blocks`` = resident blocks per SM, ``occupancy_warps`` = resident warps per SM;
 ``limiter`` names the resource(s) that set the bound (registers, shared, threads, blocks).
 
 Speed: results are cached per compiled kernel (its Triton hash; csrc: a hash of the sources,
@@ -45,8 +51,9 @@ processes). ``../shared/hooks/before-stop`` relies on ``--json`` being fast when
 JSON (``--json``): {"arch", "triton", "torch", "git_sha", "gpu_model", "cases": [names],
 "variants": [...], "csrc_error": null or why the csrc part is missing}. Each variant: kernel,
 source ("triton"/"csrc"), file, constexprs, num_warps, num_stages, config, registers,
-stack_bytes, spill_stores, spill_loads, spill_bytes, shared_bytes, wgmma, mma_sync, dots,
-tc_dots, tc_expected, occupancy_blocks, occupancy_warps, limiter, cases, hash.
+stack_bytes, spill_stores, spill_loads, spill_bytes, shared_bytes, smem_limit, smem_ok, wgmma,
+mma_sync, tcgen05, tc_ops, dots, tc_dots, tc_expected, occupancy_blocks, occupancy_warps, limiter,
+cases, hash; and "summary": the per-architecture totals of the Triton variants (``summary()``).
 
 Run WITHOUT TRITON_INTERPRET=1. Exit status 0 (the report states problems, it does not judge them;
 tests/test_kernel_report.py does); 1 when a variant failed to compile.
@@ -89,13 +96,41 @@ import duality_kernels as dk  # noqa: E402
 
 CACHE_VERSION = 2  # bump when what is cached per kernel changes
 
-# H200 (compute capability 9.0), the CUDA occupancy calculator's constants
-GPU = {
-    "name": "H200 (sm_90)", "sms": 132, "regs_per_sm": 65536, "reg_alloc_unit": 256,
-    "max_regs_per_thread": 255, "smem_per_sm": 233472, "smem_reserved_per_block": 1024,
-    "smem_alloc_unit": 128, "max_smem_per_block": 232448, "threads_per_sm": 2048,
-    "blocks_per_sm": 32, "warp_size": 32,
+# Per compute capability: the CUDA occupancy calculator's constants and one GPU's SM count (the
+# programming guide's per-capability limits; per-block shared memory as CUTLASS's cutlass/arch/arch.h
+# records it: 163 KB on sm_80, 99 KB on sm_86/89/120, 227 KB on sm_90/100). ``tc_ops``: the PTX
+# tensor-core instructions that count for the architecture (Triton emits wgmma on sm_90, mma.sync
+# on sm_8x and sm_120, tcgen05.mma on sm_100).
+_COMMON = {"regs_per_sm": 65536, "reg_alloc_unit": 256, "max_regs_per_thread": 255, "smem_reserved_per_block": 1024,
+           "smem_alloc_unit": 128, "warp_size": 32}
+GPUS = {
+    80: {"name": "A100 (sm_80)", "sms": 108, "smem_per_sm": 167936, "max_smem_per_block": 166912,
+         "threads_per_sm": 2048, "blocks_per_sm": 32, "tc_ops": ("mma_sync",)},
+    86: {"name": "RTX A6000 (sm_86)", "sms": 84, "smem_per_sm": 102400, "max_smem_per_block": 101376,
+         "threads_per_sm": 1536, "blocks_per_sm": 16, "tc_ops": ("mma_sync",)},
+    89: {"name": "L40S (sm_89)", "sms": 142, "smem_per_sm": 102400, "max_smem_per_block": 101376,
+         "threads_per_sm": 1536, "blocks_per_sm": 24, "tc_ops": ("mma_sync",)},
+    90: {"name": "H200 (sm_90)", "sms": 132, "smem_per_sm": 233472, "max_smem_per_block": 232448,
+         "threads_per_sm": 2048, "blocks_per_sm": 32, "tc_ops": ("wgmma",)},
+    100: {"name": "B200 (sm_100)", "sms": 148, "smem_per_sm": 233472, "max_smem_per_block": 232448,
+          "threads_per_sm": 2048, "blocks_per_sm": 32, "tc_ops": ("tcgen05", "mma_sync")},
+    120: {"name": "RTX 5090 (sm_120)", "sms": 170, "smem_per_sm": 102400, "max_smem_per_block": 101376,
+          "threads_per_sm": 1536, "blocks_per_sm": 32, "tc_ops": ("mma_sync",)},
 }
+for _g in GPUS.values():
+    _g.update(_COMMON)
+GPU = GPUS[90]
+
+
+def gpu_model(arch: int) -> dict:
+    """The occupancy constants of sm_<arch> (the nearest listed capability of its major version)."""
+    if arch in GPUS:
+        return GPUS[arch]
+    same = [a for a in GPUS if a // 10 == arch // 10 and a <= arch]
+    if not same:
+        raise ValueError(f"--arch {arch}: no occupancy model (known: {sorted(GPUS)})")
+    return GPUS[max(same)]
+
 
 # dtype settings: (input dtype, torch.set_float32_matmul_precision)
 SETTINGS = {
@@ -257,7 +292,8 @@ def parse_dots(ttir: str) -> List[dict]:
 
 
 def count_mma(ptx: str) -> dict:
-    return {"wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync")}
+    return {"wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
+            "tcgen05": ptx.count("tcgen05.mma")}
 
 
 def _cuobjdump_static_smem(cubin: bytes) -> int:
@@ -320,6 +356,9 @@ def analyze(job) -> dict:
             compiled = aot.compile_launch(launch, arch)
         key = f"sm{arch}-{compiled.metadata.hash}"
         facts = _cache_get(key)
+        if facts is not None and "tcgen05" not in facts:  # cached before tcgen05 was counted
+            facts["tcgen05"] = count_mma(compiled.asm["ptx"])["tcgen05"]
+            _cache_put(key, facts)
         if facts is None:
             log = buf.getvalue()
             if "Compiling entry function" not in log:  # Triton's cache had it: rerun its ptxas
@@ -374,9 +413,20 @@ def triton_variants(cases: List[aot.Case], arch: int, jobs: int) -> List[dict]:
             # A dot launched for a bf16/fp16/TF32 call must run on tensor cores whatever dtype
             # the launcher handed it (an operand upcast to fp32 IEEE is a finding, not an excuse).
             row["tc_expected"] = bool(f["dots"]) and any(case_setting(c) in TENSOR_CORE_SETTINGS for c in v.cases)
-            row.update(occupancy(f["registers"], f["shared_bytes"], row["num_warps"] * GPU["warp_size"]))
+            _limits(row, arch)
         rows.append(row)
     return rows
+
+
+def _limits(row: dict, arch: int) -> None:
+    """Adds the architecture's checks to a variant: shared memory against the per-block limit,
+    the tensor-core instructions that count there (``tc_ops``) and the occupancy bound."""
+    gpu = gpu_model(arch)
+    row["smem_limit"] = gpu["max_smem_per_block"]
+    row["smem_ok"] = row["shared_bytes"] <= gpu["max_smem_per_block"]
+    row["tc_ops"] = sum(row.get(k, 0) for k in gpu["tc_ops"])
+    threads = row["num_warps"] * gpu["warp_size"] if row["num_warps"] else None
+    row.update(occupancy(row["registers"], row["shared_bytes"], threads, gpu))
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,7 +539,7 @@ def csrc_variants(arch: int) -> List[dict]:
         pretty = _demangle(list(resources))
         for mangled, res in resources.items():
             name, tmpl = _split_kernel_name(pretty[mangled])
-            ent = entries.get(mangled, {"threads": None, "wgmma": 0, "mma_sync": 0})
+            ent = entries.get(mangled, {"threads": None, "wgmma": 0, "mma_sync": 0, "tcgen05": 0})
             threads = ent["threads"]
             row = {
                 "kernel": name, "source": "csrc", "file": f"csrc/kernels/{src}",
@@ -500,9 +550,9 @@ def csrc_variants(arch: int) -> List[dict]:
                 "spill_stores": res["spill_stores"], "spill_loads": res["spill_loads"],
                 "spill_bytes": res["spill_stores"] + res["spill_loads"],
                 "shared_bytes": res["static_smem"], "wgmma": ent["wgmma"], "mma_sync": ent["mma_sync"],
-                "dots": [], "tc_dots": 0, "tc_expected": False,
+                "tcgen05": ent["tcgen05"], "dots": [], "tc_dots": 0, "tc_expected": False,
             }
-            row.update(occupancy(res["registers"], res["static_smem"], threads))
+            _limits(row, arch)
             rows.append(row)
     _cache_put(key, rows)
     return rows
@@ -527,28 +577,33 @@ def _constexpr_label(row: dict) -> str:
     return " ".join(parts)
 
 
-def print_table(rows: List[dict], summary_only: bool, file=sys.stdout) -> None:
+def print_table(rows: List[dict], summary_only: bool, arch: int = aot.DEFAULT_ARCH, file=sys.stdout) -> None:
+    gpu = gpu_model(arch)
+    limit_kb = gpu["max_smem_per_block"] / 1024
     if not summary_only:
-        headers = ["kernel", "src", "warps", "stages", "regs", "spill B", "stack B", "smem KB", "wgmma",
-                   "mma", "dots tc/all", "blocks/SM", "warps/SM", "limiter", "cases", "constexprs"]
+        headers = ["kernel", "src", "warps", "stages", "regs", "spill B", "stack B", "smem KB/limit", "wgmma",
+                   "mma", "tcgen05", "dots tc/all", "blocks/SM", "warps/SM", "limiter", "cases", "constexprs"]
         body = []
         for r in rows:
             if r.get("error"):
                 body.append([r["kernel"], r["source"], r["num_warps"], r["num_stages"] or "-", "ERROR",
-                             "", "", "", "", "", "", "", "", r["error"][:60], _cases_label(r["cases"]),
+                             "", "", "", "", "", "", "", "", "", r["error"][:60], _cases_label(r["cases"]),
                              _constexpr_label(r)])
                 continue
+            over = "" if r["smem_ok"] else " OVER"
             body.append([r["kernel"], r["source"], r["num_warps"] or "-", r["num_stages"] or "-", r["registers"],
-                         r["spill_bytes"], r["stack_bytes"], f"{r['shared_bytes'] / 1024:.1f}", r["wgmma"],
-                         r["mma_sync"], f"{r['tc_dots']}/{len(r['dots'])}",
+                         r["spill_bytes"], r["stack_bytes"], f"{r['shared_bytes'] / 1024:.1f}/{limit_kb:.0f}{over}",
+                         r["wgmma"], r["mma_sync"], r.get("tcgen05", 0), f"{r['tc_dots']}/{len(r['dots'])}",
                          r["occupancy_blocks"] if r["occupancy_blocks"] is not None else "?",
                          r["occupancy_warps"] if r["occupancy_warps"] is not None else "?",
                          r["limiter"], _cases_label(r["cases"]), _constexpr_label(r)])
-        print(B.format_table(headers, body, align="lllrrrrrrrrrrlll"), file=file)
+        print(B.format_table(headers, body, align="lllrrrrrrrrrrrlll"), file=file)
         print(file=file)
-    print(f"Per kernel (worst variant; occupancy bound on an {GPU['name']}, {GPU['sms']} SMs):", file=file)
-    headers = ["kernel", "src", "variants", "max regs", "max spill B", "spilling", "tc variants", "wgmma in tc",
-               "min warps/SM", "limiter"]
+    ops = "/".join(gpu["tc_ops"]).replace("_", ".")
+    print(f"Per kernel (worst variant; shared memory per block vs the {limit_kb:.0f} KB limit; tensor-core "
+          f"instructions: {ops}; occupancy bound on an {gpu['name']}, {gpu['sms']} SMs):", file=file)
+    headers = ["kernel", "src", "variants", "max regs", "max spill B", "spilling", "max smem KB", "over limit",
+               "tc variants", "tc instr in tc", "min warps/SM", "limiter"]
     body = []
     for (kernel, src), rs in _by_kernel(rows).items():
         ok = [r for r in rs if not r.get("error")]
@@ -557,10 +612,27 @@ def print_table(rows: List[dict], summary_only: bool, file=sys.stdout) -> None:
         body.append([
             kernel, src, len(rs), max((r["registers"] for r in ok), default="-"),
             max((r["spill_bytes"] for r in ok), default="-"), sum(r["spill_bytes"] > 0 for r in ok),
-            len(tc), (f"{sum(r['wgmma'] > 0 for r in tc)}/{len(tc)}" if tc else "-"),
+            f"{max((r['shared_bytes'] for r in ok), default=0) / 1024:.1f}", sum(not r["smem_ok"] for r in ok),
+            len(tc), (f"{sum(r['tc_ops'] > 0 for r in tc)}/{len(tc)}" if tc else "-"),
             worst_occ["occupancy_warps"] if worst_occ else "-", worst_occ["limiter"] if worst_occ else "-",
         ])
-    print(B.format_table(headers, body, align="llrrrrrrrl"), file=file)
+    print(B.format_table(headers, body, align="llrrrrrrrrrl"), file=file)
+
+
+def summary(report: dict) -> dict:
+    """The per-architecture totals over the Triton variants: variants, max registers, spilling
+    variants, max shared memory per block against the limit, tensor-core coverage."""
+    rows = [r for r in report["variants"] if r["source"] == "triton" and not r.get("error")]
+    tc = [r for r in rows if r["tc_expected"]]
+    return {
+        "arch": report["arch"], "variants": sum(r["source"] == "triton" for r in report["variants"]),
+        "errors": sum(bool(r.get("error")) for r in report["variants"] if r["source"] == "triton"),
+        "max_registers": max((r["registers"] for r in rows), default=0),
+        "spilling": sum(r["spill_bytes"] > 0 for r in rows),
+        "max_shared_bytes": max((r["shared_bytes"] for r in rows), default=0),
+        "smem_limit": report["gpu_model"]["max_smem_per_block"], "over_smem": sum(not r["smem_ok"] for r in rows),
+        "tc_variants": len(tc), "tc_covered": sum(r["tc_ops"] > 0 for r in tc),
+    }
 
 
 def _by_kernel(rows):
@@ -579,10 +651,12 @@ def build_report(shapes, settings, arch: int, jobs: int, with_csrc: bool) -> dic
             rows += csrc_variants(arch)
         except Exception as e:  # the Triton part stands on its own
             csrc_error = f"{type(e).__name__}: {e}"
-    return {
+    report = {
         "arch": arch, "triton": triton.__version__, "torch": torch.__version__, "git_sha": B.git_sha(),
-        "gpu_model": GPU, "cases": [c.name for c in cases], "variants": rows, "csrc_error": csrc_error,
+        "gpu_model": gpu_model(arch), "cases": [c.name for c in cases], "variants": rows, "csrc_error": csrc_error,
     }
+    report["summary"] = summary(report)
+    return report
 
 
 def _parse_case(text: str):
@@ -614,7 +688,12 @@ def main(argv=None) -> int:
         print(f"kernel report for sm_{report['arch']}: triton {report['triton']}, torch {report['torch']}, "
               f"git {report['git_sha']}; {len(report['cases'])} cases, {len(report['variants'])} variants "
               f"({time.time() - t0:.0f} s)\n")
-        print_table(report["variants"], args.summary)
+        print_table(report["variants"], args.summary, report["arch"])
+        t = report["summary"]
+        print(f"\nsm_{t['arch']} Triton: {t['variants']} variants, {t['errors']} errors, max {t['max_registers']} "
+              f"registers, {t['spilling']} spilling, max shared memory {t['max_shared_bytes']} B of "
+              f"{t['smem_limit']} B per block ({t['over_smem']} over), tensor-core instructions in "
+              f"{t['tc_covered']}/{t['tc_variants']} tensor-core variants")
         if report["csrc_error"]:
             print(f"\ncsrc part missing: {report['csrc_error']}")
     return 1 if any(r.get("error") for r in report["variants"]) else 0

@@ -1,21 +1,23 @@
-"""DESIGN convention 15, checked without a GPU: at the headline benchmark shapes no compiled kernel
-variant spills registers, and every dot that a bf16, fp16 or TF32 call launches compiles to wgmma
-(tensor cores) on sm_90.
+"""DESIGN convention 15, checked without a GPU for every architecture we support (sm_80, 86, 89,
+90, 100, 120): no compiled kernel variant spills registers or needs more shared memory per block
+than the architecture allows, and every dot that a bf16, fp16 or TF32 call launches compiles to
+tensor-core instructions (mma.sync on sm_8x and sm_120, wgmma on sm_90, tcgen05.mma or mma.sync on
+sm_100).
 
-The evidence is benchmarks/kernel_report.py (run once per module, in a subprocess without
-TRITON_INTERPRET): every Triton variant the headline cases launch, compiled ahead of time for
-sm_90 with Triton's own specialization, and the csrc kernels compiled with nvcc -Xptxas -v.
+The evidence is benchmarks/kernel_report.py (run once per architecture, in a subprocess without
+TRITON_INTERPRET): every Triton variant the cases launch, compiled ahead of time for sm_<arch> with
+Triton's own specialization and the launch tables of that architecture's family, and for sm_90 the
+csrc kernels compiled with nvcc -Xptxas -v. sm_90 runs the full headline report; the other five run
+a subset of it (ARCH_CASES: one shape per kernel family, every kernel launched, all five dtype
+settings) to keep the suite's time (a full report per architecture is several minutes cold on the
+2-core development machine; the full reports are run by hand, docs/triton_lse.md).
 
 Kernels are parametrized one by one (discovered from the source: every ``@triton.jit`` function
 named ``*_kernel`` under duality_kernels/ops/triton, every ``__global__`` function in
 csrc/kernels), so each can carry its own mark. Kernels that an open issue rewrites and that the
 report shows failing today are marked ``xfail(strict=True)`` with that issue: the test turns red
 the day they are fixed, so that the mark goes too. The marks reflect triton 3.8 / nvcc 13.0 on the
-development machine (2026-11-30); other Triton versions allocate registers differently.
-
-Cost (2-core development machine, 2026-11-30): one report run per module; the whole file took
-6 s with a warm Triton cache and 37 s with a cold one (about 240 variants compiled by two
-processes); under heavy load from other jobs a cold run took 2.5 minutes.
+development machine; other Triton versions allocate registers differently.
 """
 
 import ast
@@ -59,49 +61,102 @@ def _params(names, marks):
             for n in names]
 
 
+ARCHS = (80, 86, 89, 90, 100, 120)
+FULL_ARCH = 90
+# Every kernel of both families, at the headline shapes whose tiles are the largest per family
+ARCH_CASES = ["ntxent:2048x256", "ntxent:16384x256", "infonce:32768x256", "vicreg_exp:2048x1024",
+              "vicreg:2048x8192", "barlow:2048x8192", "spectral:16384x256"]
+_REPORTS: dict = {}
+
+
+def _report(arch):
+    if arch not in _REPORTS:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"), "--json", "--arch", str(arch)]
+        if arch != FULL_ARCH:
+            cmd += ["--no-csrc", "--cases", *ARCH_CASES]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+        _REPORTS[arch] = json.loads(proc.stdout)
+    return _REPORTS[arch]
+
+
 @pytest.fixture(scope="module")
 def report():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"), "--json"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    return json.loads(proc.stdout)
+    return _report(FULL_ARCH)
 
 
 def _variants(report, kernel, source):
     return [v for v in report["variants"] if v["kernel"] == kernel and v["source"] == source]
 
 
+def _compiled(report, kernel):
+    """The kernel's Triton variants that compiled (test_report_compiles_every_variant lists the others)."""
+    return [v for v in _variants(report, kernel, "triton") if not v.get("error")]
+
+
 def _where(v):
     return (f"{v['kernel']} {v['constexprs']} warps={v['num_warps']} stages={v['num_stages']}: regs "
-            f"{v['registers']}, spill {v['spill_stores']}+{v['spill_loads']} B, wgmma {v['wgmma']}, "
-            f"dots {v['dots']}; cases {v['cases']}")
+            f"{v['registers']}, spill {v['spill_stores']}+{v['spill_loads']} B, smem {v['shared_bytes']} B, "
+            f"wgmma {v['wgmma']}, mma.sync {v['mma_sync']}, tcgen05 {v['tcgen05']}, dots {v['dots']}; "
+            f"cases {v['cases']}")
 
 
-def test_report_compiles_every_variant(report):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_report_compiles_every_variant(arch):
+    report = _report(arch)
+    assert report["arch"] == arch
     errors = [f"{v['kernel']} {v['constexprs']}: {v['error']}" for v in report["variants"] if v.get("error")]
     assert not errors, "\n".join(errors)
-    assert len(report["cases"]) >= 16 * 5  # the headline shapes x five dtype settings
+    if arch == FULL_ARCH:
+        assert len(report["cases"]) >= 16 * 5  # the headline shapes x five dtype settings
+    else:
+        assert len(report["cases"]) == len(ARCH_CASES) * 5
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kernel", _triton_kernels())
-def test_every_triton_kernel_is_reported(report, kernel):
-    """The headline cases launch every kernel, so the checks below cover all of them."""
-    assert _variants(report, kernel, "triton"), f"no headline case launches {kernel}"
+def test_every_triton_kernel_is_reported(arch, kernel):
+    """The cases launch every kernel (the full headline set on sm_90, ARCH_CASES elsewhere), so the
+    checks below cover all of them on every architecture."""
+    assert _variants(_report(arch), kernel, "triton"), f"no case launches {kernel} for sm_{arch}"
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kernel", _params(_triton_kernels(), SPILLS))
-def test_no_spills(report, kernel):
-    spilling = [_where(v) for v in _variants(report, kernel, "triton") if v["spill_bytes"]]
-    assert not spilling, f"{len(spilling)} variant(s) spill:\n" + "\n".join(spilling)
+def test_no_spills(arch, kernel):
+    spilling = [_where(v) for v in _variants(_report(arch), kernel, "triton") if v["spill_bytes"]]
+    assert not spilling, f"sm_{arch}: {len(spilling)} variant(s) spill:\n" + "\n".join(spilling)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kernel", _triton_kernels())
+def test_shared_memory_within_the_block_limit(arch, kernel):
+    """sm_86/89/120 allow 99 KB per block, sm_80 163 KB, sm_90/100 227 KB: a variant above its
+    architecture's limit would not launch there."""
+    report = _report(arch)
+    limit = report["gpu_model"]["max_smem_per_block"]
+    assert limit == {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}[arch]
+    over = [_where(v) for v in _compiled(report, kernel) if v["shared_bytes"] > limit]
+    assert not over, f"sm_{arch}: {len(over)} variant(s) above {limit} B of shared memory:\n" + "\n".join(over)
+
+
+# The instructions that run a tensor-core dot on each architecture (Triton emits tcgen05.mma for the
+# 5th-generation tensor cores of sm_100 where it can, mma.sync otherwise; sm_120 has no tcgen05)
+TC_INSTRUCTIONS = {80: ("mma_sync",), 86: ("mma_sync",), 89: ("mma_sync",), 90: ("wgmma",),
+                   100: ("tcgen05", "mma_sync"), 120: ("mma_sync",)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kernel", _params(_triton_kernels(), NO_WGMMA))
-def test_tensor_core_dots_use_wgmma(report, kernel):
-    variants = _variants(report, kernel, "triton")
-    missing = [_where(v) for v in variants if v["tc_expected"] and not v["wgmma"]]
-    assert not missing, f"{len(missing)} variant(s) without wgmma:\n" + "\n".join(missing)
+def test_tensor_core_dots_use_tensor_cores(arch, kernel):
+    variants = _compiled(_report(arch), kernel)
+    missing = [_where(v) for v in variants
+               if v["tc_expected"] and not any(v[k] for k in TC_INSTRUCTIONS[arch])]
+    assert not missing, (f"sm_{arch}: {len(missing)} variant(s) without {'/'.join(TC_INSTRUCTIONS[arch])}:\n"
+                         + "\n".join(missing))
+    assert all(v["tc_ops"] == sum(v[k] for k in TC_INSTRUCTIONS[arch]) for v in variants)
 
 
 def _csrc(report, kernel):

@@ -48,3 +48,21 @@ def test_duplicate_kernel_names_are_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REFUSED: two different Triton kernels named '_twin_kernel': dk_twin_a._twin_kernel and " \
            "dk_twin_b._twin_kernel" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_launch_table_family_follows_the_architecture(monkeypatch):
+    """The launch tables are chosen per call from the device's compute capability; CPU tensors
+    (the interpreter) take the Hopper tables, and the ahead-of-time compile selects its target's
+    through ARCH_OVERRIDE (benchmarks/kernel_report.py --arch checks the tables themselves)."""
+    import torch
+
+    from duality_kernels.ops.triton import _common
+
+    z = torch.zeros(2, 3)
+    assert _common.ARCH_OVERRIDE is None
+    assert _common.device_arch(z) == 90 and _common.arch_family(z) == _common.HOPPER
+    expect = {80: _common.AMPERE, 86: _common.AMPERE, 89: _common.AMPERE, 90: _common.HOPPER,
+              100: _common.BLACKWELL, 103: _common.BLACKWELL, 120: _common.BLACKWELL}
+    for arch, family in expect.items():
+        monkeypatch.setattr(_common, "ARCH_OVERRIDE", arch)
+        assert (_common.device_arch(z), _common.arch_family(z)) == (arch, family)

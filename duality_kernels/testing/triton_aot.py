@@ -134,10 +134,14 @@ def fake_gpu(arch: int = DEFAULT_ARCH, launcher: Optional[Callable] = None, modu
     """Make Triton believe a GPU of ``arch`` is current (see ``_Driver``). The kernels' per-device
     binder caches are emptied for the duration and restored afterwards, so nothing bound for the
     stand-in target outlives it."""
+    from duality_kernels.ops.triton import _common
+
     fns = [base_jit(k) for k in launchable(modules).values()]
     saved_caches = {fn: fn.device_caches for fn in fns}
     saved_driver = getattr(_driver, "_active", None)
+    saved_arch = _common.ARCH_OVERRIDE
     _driver.set_active(_Driver(target(arch), launcher))
+    _common.ARCH_OVERRIDE = arch  # the launch tables of the target's family (tensors are on "meta")
     for fn in fns:
         fn.device_caches = defaultdict(fn.create_binder)
     try:
@@ -145,6 +149,7 @@ def fake_gpu(arch: int = DEFAULT_ARCH, launcher: Optional[Callable] = None, modu
     finally:
         for fn, caches in saved_caches.items():
             fn.device_caches = caches
+        _common.ARCH_OVERRIDE = saved_arch
         _driver.set_active(saved_driver)
 
 

@@ -69,6 +69,41 @@ def device_guard(z: torch.Tensor):
     return torch.cuda.device(z.device) if z.device.type == "cuda" else contextlib.nullcontext()
 
 
+# Launch-table families (docs/triton_gram.md, docs/triton_lse.md): each family's tables fit the
+# smallest per-block shared memory among its members (sm_86/89 and sm_120: 99 KB).
+AMPERE, HOPPER, BLACKWELL = "ampere/ada", "hopper", "blackwell"
+
+# The compute capability the tables are chosen for when set (major * 10 + minor): the ahead-of-time
+# compile (duality_kernels/testing/triton_aot.py) sets its target's here, as its tensors are on "meta".
+ARCH_OVERRIDE: Optional[int] = None
+_CAPABILITY: dict = {}
+
+
+def device_arch(z: Optional[torch.Tensor] = None) -> int:
+    """The compute capability (e.g. 90) whose launch tables ``z``'s launches use: ARCH_OVERRIDE when
+    set, else that of ``z``'s CUDA device (cached per device), else 90 (the interpreter and CPU or
+    meta tensors take the Hopper tables, so their launches do not depend on the machine)."""
+    if ARCH_OVERRIDE is not None:
+        return ARCH_OVERRIDE
+    if z is None or z.device.type != "cuda":
+        return 90
+    idx = z.device.index if z.device.index is not None else torch.cuda.current_device()
+    cap = _CAPABILITY.get(idx)
+    if cap is None:
+        major, minor = torch.cuda.get_device_capability(idx)
+        cap = _CAPABILITY[idx] = 10 * major + minor
+    return cap
+
+
+def arch_family(z: Optional[torch.Tensor] = None) -> str:
+    """The launch-table family of ``z``'s device (see device_arch): sm_8x "ampere/ada", sm_9x
+    "hopper", sm_100 and later "blackwell" (sm_120 included: its tables fit 99 KB per block)."""
+    arch = device_arch(z)
+    if arch < 90:
+        return AMPERE
+    return HOPPER if arch < 100 else BLACKWELL
+
+
 def input_precision(dtype: torch.dtype) -> str:
     """The ``tl.dot`` input precision that honors torch's float32 matmul setting (DESIGN convention 4).
 

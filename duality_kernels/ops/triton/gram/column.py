@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._common import scalar as _scalar
-from .._common import tl, triton
+from .._common import arch_family, tl, triton
 from .helpers import _bn_inv, _clamp0, _operand
 from .plan import _APPLY, _BN, _DIAG_NONE, _DIAG_SQ, _FUSED, _SQ, _STATS, _WARPS, _blocks, _cdiv, _chunks, _dummy
 
@@ -204,7 +204,7 @@ def _colpass(z1: Tensor, z2: Optional[Tensor], mode: int, *, eps: float = 0.0, s
     n, d = z1.shape
     two = z2 is not None
     v = 2 if two else 1
-    br, bd = _blocks(z1.dtype).col
+    br, bd = _blocks(z1.dtype, arch_family(z1)).col
     rpc, chunks = _chunks(n, d, br, bd)
     f64 = dict(dtype=torch.float64, device=z1.device)
     mean = torch.empty((v, d), **f64)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .._common import scalar as _scalar
-from .._common import tl, triton
+from .._common import arch_family, tl, triton
 from .helpers import _bn_inv, _chunk_sum, _operand, _pick, _product, _sqrt64, _view_vectors
 from .plan import _APPLY, _CORR_NONE, _FUSED, _RS_NONE, _STATS, _WARPS, _blocks, _cdiv, _chunks, _dummy
 
@@ -315,7 +315,7 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
 def _elem_bwd(mode, ps, group, dz, z1, z2, *, mean=None, cv=None, rv=None, rs=None, w=None,
               gs=(), rsm=_RS_NONE, corr=_CORR_NONE, weights=()):
     n, d = z1.shape
-    br, bd = _blocks(z1.dtype).col
+    br, bd = _blocks(z1.dtype, arch_family(z1)).col
     rpc, chunks = _chunks(n, d, br, bd, fuse=False)
     dm = _dummy(z1)
     g = list(gs) + [gs[0]] * (4 - len(gs)) if gs else [dm] * 4
@@ -329,7 +329,7 @@ def _elem_bwd(mode, ps, group, dz, z1, z2, *, mean=None, cv=None, rv=None, rs=No
 def _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, *, dv=None, gs=(), lam=0.0, rs=None, w=None,
             rsm=_RS_NONE, corr=_CORR_NONE, post=False):
     n, d = z1.shape
-    br, bd = _blocks(z1.dtype).bn
+    br, bd = _blocks(z1.dtype, arch_family(z1)).bn
     rpc, chunks = _chunks(n, d, br, bd)
     dm = _dummy(z1)
     g = list(gs) if gs else [dm] * 3
@@ -351,7 +351,7 @@ def _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, *, dv=None, gs=(), lam=0.0, rs
 def _row_bwd(mode, ps, group, dz, z1, z2, info, *, rs=None, gs=(), mu=1.0, rsm=_RS_NONE,
              post=False):
     n, d = z1.shape
-    br, bd = _blocks(z1.dtype).row
+    br, bd = _blocks(z1.dtype, arch_family(z1)).row
     dm = _dummy(z1)
     g = list(gs) if gs else [dm] * 3
     _row_bwd_kernel[(_cdiv(n, br), len(group))](

@@ -7,7 +7,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 from ...._numerics import L2_EPS  # noqa: F401 (re-exported)
-from .._common import acc_dtype, interpreting
+from .._common import AMPERE, HOPPER, acc_dtype, interpreting
 
 Tensor = torch.Tensor
 
@@ -58,17 +58,25 @@ class _Blocks(NamedTuple):
     bn: Tuple[int, int]     # (BR, BD) of _bn_bwd_kernel (float64 tiles)
     row: Tuple[int, int]    # (BR, BD) of the row kernels
     prep: Tuple[int, int]   # (BR, BC) of _prep_kernel
-    fin: int                # vector block of the one-program finalize
+    fin: Tuple[int, ...]    # vector block of the one-program finalize, per mode (_F_VICREG, ...)
 
 
-def _blocks(dtype: torch.dtype) -> _Blocks:
+def _blocks(dtype: torch.dtype, fam: str = HOPPER) -> _Blocks:
+    """Block sizes of the memory-bound passes; ``fam``: the launch-table family of the tensors'
+    device (_common.arch_family)."""
     if interpreting():
         # small tiles: several stripes, row blocks and chunks at the test sizes (17, 31, 33, 48)
-        return _Blocks((8, 16), (8, 16), (8, 16), (8, 16), 64)
+        return _Blocks((8, 16), (8, 16), (8, 16), (8, 16), (64,) * 4)
     # GPU (unmeasured, untested on GPU): 4 warps; a [16, 64] tile is 8 elements (16 B of bf16) per
     # thread, 128-byte row segments; float64 tiles half as tall (register budget of the fp64 math)
     br = 8 if dtype == torch.float64 else 16
-    return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), 256)
+    if fam == AMPERE:
+        # the finalize's float64 division is a called subroutine there; the registers saved around
+        # the calls spilled 8-48 B at some blocks, varying with the mode (docs/triton_gram.md)
+        return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), (32, 64, 64, 256))
+    if fam != HOPPER:  # _prep_kernel's (8, 128) spilled 8-16 B around float64 division calls on sm_100
+        return _Blocks((br, 64), (8, 64), (8, 128), (8, 64), (128, 128, 256, 256))
+    return _Blocks((br, 64), (8, 64), (8, 128), (8, 128), (256,) * 4)
 
 
 _SMS = 132                 # H200

@@ -7,7 +7,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from .._common import interpreting, tl, triton
+from .._common import arch_family, interpreting, tl, triton
 from .._common import scalar as _scalar
 from .helpers import _chunk_sum, _pick, _pow2_scale, _sqrt64
 from .plan import _OVERRIDES, _SUM_NONE, _WARPS, _blocks, _cdiv, _dummy
@@ -293,7 +293,7 @@ def _prep(like: Tensor, m: int, srcs, strides, *, sums: int = _SUM_NONE, sumv: i
     """Launch ``_prep_kernel`` over ``views`` operands: srcs (one or two M×M tensors), strides
     ((s00, s01), (s10, s11)) per view; then the finalize ``fin`` (in the same launch for small M).
     ``like``: a tensor on the device (for placeholders)."""
-    bl = _blocks(like.dtype)
+    bl = _blocks(like.dtype, arch_family(like))
     br, bc = bl.prep
     nrb = _cdiv(m, br)
     dev = like.device
@@ -317,10 +317,10 @@ def _prep(like: Tensor, m: int, srcs, strides, *, sums: int = _SUM_NONE, sumv: i
         fargs = (dm if fin.a is None else fin.a, dm if fin.b is None else fin.b,
                  dm if fin.c is None else fin.c, dm if fin.dv is None else fin.dv, *outs,
                  fin.n, fin.d, fin.nch, *wts)
-        fflags = dict(MODE=fin.mode, NATIVE=fin.native, BV=bl.fin)
+        fflags = dict(MODE=fin.mode, NATIVE=fin.native, BV=bl.fin[fin.mode])
     else:
         fargs = (dm,) * 8 + (1, 1, 1) + (0.0,) * 5
-        fflags = dict(MODE=0, NATIVE=False, BV=bl.fin)
+        fflags = dict(MODE=0, NATIVE=False, BV=bl.fin[0])
     limit = (1 << 10) if interpreting() else _FINAL_MAX
     final = fin is not None and views * m * m <= limit and not _OVERRIDES.get("unfused")
     _prep_kernel[(1, 1) if final else (nrb, views)](
@@ -329,7 +329,7 @@ def _prep(like: Tensor, m: int, srcs, strides, *, sums: int = _SUM_NONE, sumv: i
         w if vec else _dummy(like, torch.float32), part, m, nrb, *fargs,
         SUMS=sums, SUMV=sumv, WRITE=write, SYM=sym, COLMUL=colmuls is not None, VEC=vec,
         SCALE=scale, BR=br, BC=bc, FINAL=final, VIEWS=views,
-        **(fflags if final else dict(MODE=0, NATIVE=False, BV=bl.fin)), num_warps=_WARPS)
+        **(fflags if final else dict(MODE=0, NATIVE=False, BV=bl.fin[0])), num_warps=_WARPS)
     if fin is not None and not final:
         _finalize_kernel[(1,)](part, nrb, *fargs, **fflags, num_warps=_WARPS)
     return _Prep(o if write else None, rs, w, res)

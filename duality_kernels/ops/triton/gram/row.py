@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .._common import scalar as _scalar
-from .._common import tl, triton
+from .._common import arch_family, tl, triton
 from .helpers import _floor
 from .plan import _ROW_CLAMP, _ROW_SQ, _WARPS, _blocks, _cdiv, _dummy
 
@@ -100,7 +100,7 @@ def _rowpass(z1: Tensor, z2: Optional[Tensor], mode: int, acc: torch.dtype, radi
     """-> (x (V, N, D) or None, info (rows, N) acc, pv float64: [p, p̃] (2, N) or ‖z_i‖² (N))."""
     n, d = z1.shape
     two = z2 is not None
-    br, bd = _blocks(z1.dtype).row
+    br, bd = _blocks(z1.dtype, arch_family(z1)).row
     dev = z1.device
     x = _dummy(z1, z1.dtype)
     info = _dummy(z1, acc)

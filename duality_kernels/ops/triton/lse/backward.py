@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .._common import acc_dtype, input_precision, interpreting, round_tf32, scalar, tf32_rounding, tl, triton
+from .._common import (acc_dtype, arch_family, input_precision, interpreting, round_tf32, scalar, tf32_rounding, tl,
+                       triton)
 from .plan import Masks, Tensor, _acc_tl, _bwd_tiles, _coef_tiles, _fused_bwd, _orient, _scale_pair
 from .tiles import _key_range, _neg_logits, _partners, _s_tile, _s_tile_o, _special_tile, _tile_masks
 
@@ -423,7 +424,7 @@ def _backward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], 
     rb_ = rb if rb is not None else dummy
     keep_ = keep if keep is not None else dummy
     if _fused_bwd(a.dtype, ip, k):
-        t = _bwd_tiles(a.dtype, ip, k, max(m, mb))
+        t = _bwd_tiles(a.dtype, ip, k, max(m, mb), arch_family(a))
         _lse_bwd_kernel[(triton.cdiv(m, t.BM), batch)](
             a, b, ra_, rb_, keep_, *sides, out,
             m, mb, k, half_a, half_b, off, *_scale_pair(inv_t, a.dtype),
@@ -433,7 +434,7 @@ def _backward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], 
             num_stages=t.stages, **flags)
         return
     # stripes of anchor rows: coefficient tiles (Triton) → C·B (cuBLAS) → epilogue (Triton)
-    t = _coef_tiles(a.dtype, ip, max(m, mb))
+    t = _coef_tiles(a.dtype, ip, max(m, mb), arch_family(a))
     rows = max(t.BM, (_STRIPE_BYTES // max(1, batch * mb * a.element_size())) // t.BM * t.BM)
     rows = min(rows, triton.cdiv(m, t.BM) * t.BM)
     c = torch.empty(batch, rows, mb, dtype=a.dtype, device=a.device)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._common import acc_dtype, input_precision, interpreting, scalar, tl, triton
+from .._common import acc_dtype, arch_family, input_precision, interpreting, scalar, tl, triton
 from .plan import Masks, Tensor, _acc_tl, _fwd_tiles, _orient, _scale_pair
 from .tiles import _key_range, _neg_logits, _s_tile_o, _scaled, _special_tile, _tile_masks
 
@@ -208,7 +208,7 @@ def _forward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], i
     mb = b.shape[0] // batch
     k = a.shape[1]
     ip = input_precision(a.dtype)
-    t, one_k = _fwd_tiles(a.dtype, ip, k, max(m, mb))
+    t, one_k = _fwd_tiles(a.dtype, ip, k, max(m, mb), arch_family(a))
     nrb = triton.cdiv(m, t.BM)
     acc = acc_dtype(a.dtype)
     dummy = q

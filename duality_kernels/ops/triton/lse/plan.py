@@ -17,6 +17,7 @@ import torch
 from ...._numerics import L2_EPS  # noqa: F401 (re-exported)
 from ....reference import reduce_terms as _reduce  # noqa: F401 (docs/spec.md §4's reduction)
 from .._common import (
+    HOPPER,
     Tiles,
     acc_dtype,
     dot_block,
@@ -84,13 +85,16 @@ def _tile(m: int) -> int:
     return 16 if m <= 16 else 32
 
 
-def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int) -> Tuple[Tiles, bool]:
+def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER) -> Tuple[Tiles, bool]:
     """(tiles, one_k) of _lse_fwd_kernel. one_k: the padded K is one block (row block loaded once,
-    each key tile once per step; the same K order as the fused backward's S)."""
+    each key tile once per step; the same K order as the fused backward's S). ``fam``: the launch
+    table family (_common.arch_family); the Hopper table is the one the rest were derived from."""
     one_k = _fused_bwd(dtype, ip, k)
     if interpreting():
         t = _tile(m)
         return Tiles(t, t, dot_block(k, _kmax()) if one_k else 32, 4, 1), one_k
+    if fam != HOPPER:
+        return _fwd_tiles_small(dtype, ip, k, one_k), one_k
     if dtype == torch.float64:
         return Tiles(32, 32, 16, 4, 1), False
     if ip == "ieee":  # FMA dot: operands in registers, K in small chunks (BK = 16 spilled 4 B)
@@ -106,20 +110,42 @@ def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int) -> Tuple[Tiles, bool
     return Tiles(128, 64, 64, 8, 3), False
 
 
-def _bwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int) -> Tiles:
+def _fwd_tiles_small(dtype: torch.dtype, ip: str, k: int, one_k: bool) -> Tiles:
+    """_lse_fwd_kernel's tiles on sm_8x (mma.sync) and sm_100/120, within 99 KB of shared memory
+    per block (sm_86/89/120; sm_80 and sm_100 could hold deeper pipelines, unmeasured): 64-row
+    blocks whatever M (a 128-row block of K = 256 held whole took 129 KB on sm_89)."""
+    if dtype == torch.float64:
+        return Tiles(32, 32, 16, 4, 1)
+    if ip == "ieee":
+        return Tiles(64, 64, 32, 8, 1)
+    kp = dot_block(k, 256)
+    if dtype == torch.float32:  # TF32: 4-byte operands
+        if one_k:
+            return Tiles(64, 64 if kp <= 128 else 32, kp, 8, 2)
+        return Tiles(64, 64, 32, 8, 3)  # 128 rows spilled 4 B at 128 registers (sm_120)
+    if one_k:
+        return Tiles(64, 64, kp, 8, 3)
+    return Tiles(64, 64, 64, 8, 3)  # 128 rows spilled 16 B at 128 registers (sm_89)
+
+
+def _bwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER) -> Tiles:
     """Tiles of the fused _lse_bwd_kernel (BK = the padded K ≤ 256): 8 warps, the (64, 256) fp32
-    accumulator split over two warpgroups (64 registers per thread)."""
+    accumulator split over two warpgroups (64 registers per thread) on Hopper. Elsewhere (99 KB
+    of shared memory per block) 32-column key tiles, and 32-row blocks in TF32."""
     if interpreting():
         t = _tile(m)
         return Tiles(t, t, dot_block(k, _kmax()), 4, 1)
+    if fam != HOPPER:  # bf16 (64, 64) spilled 4 B at 255 registers (sm_120); fp32 (64, 32) took 113 KB
+        return Tiles(32 if dtype == torch.float32 else 64, 32, dot_block(k, 256), 4 if dtype == torch.float32 else 8, 2)
     if dtype == torch.float32:
         return Tiles(64, 32, dot_block(k, 256), 8, 2)
     return Tiles(64, 64, dot_block(k, 256), 8, 2)
 
 
-def _coef_tiles(dtype: torch.dtype, ip: str, m: int) -> Tiles:
+def _coef_tiles(dtype: torch.dtype, ip: str, m: int, fam: str = HOPPER) -> Tiles:
     """Tiles of the stripe backward's _lse_coef_kernel (K swept in the forward's BK chunks, so that
-    both accumulate each dot in the same order)."""
+    both accumulate each dot in the same order). The same tiles in every family: no spill and at
+    most 74 KB of shared memory on every target."""
     if interpreting():
         t = _tile(m)
         return Tiles(t, t, 32, 4, 1)
