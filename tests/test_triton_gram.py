@@ -10,7 +10,8 @@ for real. With a GPU the same tests run on CUDA tensors, and the ``cuda`` tests 
 bf16/fp16, inductor and the peak-memory bound.
 
 Accuracy rule (DESIGN convention 5): truth = reference in float64, eager = reference in the test
-dtype; max|kernel − truth| ≤ 2·max|eager − truth| + 1e-6 for values, 3× for gradients.
+dtype; max|kernel − truth| ≤ 2·max|eager − truth| + 1e-6 for values, 3× for gradients; float64 within
+1e-12 of max|truth| (accuracy.F64_RTOL).
 """
 
 import os
@@ -413,7 +414,9 @@ def test_low_precision_plan(shape, side, dtype, overrides):
             # checked at N = 2 above.
             continue
         try:
-            _check(kernel_fn, ref_fn, [z1, z2])
+            # this plan keeps its row scales and rank-one corrections in float32 (the precision of
+            # the half types it serves): float64 runs of it are held to float32-level relative error
+            _check(kernel_fn, ref_fn, [z1, z2], rel_slack=1e-7 if dtype == torch.float64 else 0.0)
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from exc
 
