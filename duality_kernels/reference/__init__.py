@@ -92,9 +92,23 @@ def mm(a: Tensor, b: Tensor, op: Optional[torch.dtype] = None) -> Tensor:
     return _HalfMM.apply(a, b, op)
 
 
+_BIG = 2.0 ** 60  # past this max |entry|, a squared norm can overflow float32 (docs/spec.md §8.2)
+
+
+def normalize(z: Tensor, dim: int = 1) -> Tensor:
+    """``F.normalize(z, dim=dim, eps=1e-12)`` without overflow: slices (rows for dim=1) whose largest
+    |entry| exceeds 2^60 are first scaled by a power of two that brings it near 1, as
+    ``torch.linalg.vector_norm`` does; the result z/‖z‖ is the same, and the scale is a constant
+    to autograd. Smaller slices are untouched, so the 1e-12 floor keeps its meaning."""
+    m = z.detach().abs().amax(dim=dim, keepdim=True)
+    big = torch.isfinite(m) & (m > _BIG)
+    scale = torch.where(big, torch.exp2(-torch.floor(torch.log2(torch.where(big, m, 1.0)))), 1.0)
+    return F.normalize(z * scale, p=2.0, dim=dim, eps=L2_EPS)
+
+
 def l2n(z: Tensor) -> Tensor:
     """Each row divided by max(‖row‖₂, 1e-12)."""
-    return F.normalize(_up(z), p=2.0, dim=1, eps=L2_EPS)
+    return normalize(_up(z), 1)
 
 
 def _moments(z: Tensor, stats: Optional[ColumnStats]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -417,10 +431,10 @@ def _view_normalize(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor,
     for z in (_up(z1), _up(z2)):
         x = z - z.mean(dim=0)
         if normalization == "center_l2":
-            out.append(F.normalize(x, p=2.0, dim=1, eps=L2_EPS))
+            out.append(normalize(x, 1))
         else:  # "dim_std": each column to L2 norm sqrt(N/D), no per-row normalization
             n, d = x.shape
-            out.append(F.normalize(x, p=2.0, dim=0, eps=L2_EPS) * math.sqrt(n / d))
+            out.append(normalize(x, 0) * math.sqrt(n / d))
     return out[0], out[1]
 
 
@@ -501,7 +515,7 @@ def clamp_row_norms(z: Tensor, mu: float) -> Tensor:
     z = _up(z)
     r = math.sqrt(mu)
     keep = torch.linalg.vector_norm(z, dim=1, keepdim=True) < r
-    return torch.where(keep, z, F.normalize(z, p=2.0, dim=1, eps=L2_EPS) * r)
+    return torch.where(keep, z, normalize(z, 1) * r)
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str, ctx: Context = LOCAL):
