@@ -11,6 +11,7 @@ Two parts (docs/spec.md §8.2, docs/design.md §5):
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import pytest
@@ -204,3 +205,25 @@ def test_scale_invariant_past_squared_norm_overflow(name, be):
     for g, w, s in zip(got[1:], want[1:], (1e20, 3e19)):
         assert torch.isfinite(g).all()
         assert _rel(g * s, w) <= 1e-4, f"gradient: {_rel(g * s, w):.2e}"
+
+
+@pytest.mark.parametrize("be", backends("ntxent_loss"))
+@pytest.mark.parametrize("temperature", [0.01, 0.005, 0.002])
+def test_ntxent_dot_terms_are_nonnegative_at_low_temperature(be, temperature):
+    """With "dot" the positive is one of the log-sum-exp's terms, so every per-anchor term is ≥ 0
+    (the torch backend's came out slightly negative: its positive was a separately rounded dot)."""
+    g = _gen("lowtemp", temperature)
+    z1 = torch.randn(8, 64, generator=g)
+    z2 = z1 + 0.05 * torch.randn(8, 64, generator=g)
+    terms = dk.ntxent_loss(z1, z2, temperature, reduction="none", backend=be)
+    assert (terms >= 0).all(), terms.min().item()
+
+
+@pytest.mark.parametrize("be", backends("ntxent_loss"))
+@pytest.mark.parametrize("normalization", ["center_l2", "dim_std"])
+def test_collapsed_batch_follows_the_definition(be, normalization):
+    """docs/spec.md §8.2: identical rows center to zero rows, so every logit is 0 and the loss is
+    log(2N − 1) (the torch backend gave 17.76 from float32 centering residue scaled to unit rows)."""
+    z = (3.7 * torch.randn(1, 16, generator=_gen("collapsed")) + 1.1).repeat(8, 1)
+    got = dk.ntxent_loss(z, z.clone(), 0.1, "dot", normalization, backend=be)
+    torch.testing.assert_close(got, torch.tensor(math.log(15.0)), rtol=1e-6, atol=1e-6)

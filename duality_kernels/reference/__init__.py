@@ -429,7 +429,9 @@ def _view_normalize(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor,
         return l2n(z1), l2n(z2)
     out = []
     for z in (_up(z1), _up(z2)):
-        x = z - z.mean(dim=0)
+        # centered in float64 and rounded once for float32: a collapsed batch centers to exact zeros
+        # (float32 residue would be scaled to unit rows by the normalization, docs/spec.md §8.2)
+        x = (z.double() - z.double().mean(dim=0)).float() if z.dtype == torch.float32 else z - z.mean(dim=0)
         if normalization == "center_l2":
             out.append(normalize(x, 1))
         else:  # "dim_std": each column to L2 norm sqrt(N/D), no per-row normalization
@@ -462,8 +464,10 @@ def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarit
     keys = torch.cat([n1, n2])
     anchors = torch.cat([a1, a2]) if ctx.active else keys         # one rank: the anchors are all rows
     dots = mm(anchors, keys.T, operand_dtype(z1))                 # (2N, 2WN)
-    pos = (a1 * a2).sum(dim=1) / temperature
-    pos = torch.cat([pos, pos])
+    # the positive's logit is the matrix's own entry: with "dot" the log-sum-exp includes it, so a
+    # term is ≥ 0 in floating point too (a separately rounded dot product left them slightly
+    # negative at low temperature)
+    pos = (dots / temperature).gather(1, pos_col[:, None]).squeeze(1)
     if similarity == "abs":
         logits = dots.abs() / temperature
     elif similarity == "square":
