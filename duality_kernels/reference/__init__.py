@@ -12,9 +12,10 @@ float32 products follow torch's float32 matmul precision; float64 ones are float
 The duality (SPEC §2) is used wherever a sum of squared Gram entries appears:
 ‖aᵀb‖²_F = ⟨a aᵀ, b bᵀ⟩_F = ⟨aᵀa, bᵀb⟩_F, so such a term costs O(N²·D) on the sample side and
 O(N·D²) on the dimension side, and the caller picks the cheaper one (``_cost.cheaper_side``).
-Off-diagonal sums are computed as the full sum minus the diagonal's, which is what makes
-the move between sides possible: the diagonal of one side's Gram is a vector of row or column
-norms, known on the other side without the matrix.
+An off-diagonal sum taken on its own side masks the diagonal before squaring; on the other side
+it is the full sum minus the diagonal's (the diagonal of one side's Gram is a vector of row or
+column norms, known there without the matrix), formed in float64 from float64 products for
+float32 inputs, since it cancels when the diagonal dominates (docs/spec.md §8.2).
 """
 
 from __future__ import annotations
