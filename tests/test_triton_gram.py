@@ -416,9 +416,12 @@ def test_low_precision_plan(shape, side, dtype, overrides):
             # checked at N = 2 above.
             continue
         try:
-            # this plan keeps its row scales and rank-one corrections in float32 (the precision of
-            # the half types it serves): float64 runs of it are held to float32-level relative error
-            _check(kernel_fn, ref_fn, [z1, z2], rel_slack=1e-7 if dtype == torch.float64 else 0.0)
+            # this plan keeps its row scales and rank-one corrections in float32 and its products
+            # float32 (the precision of the half types it serves, whose reference products are
+            # float32 too): float64 runs are held to float32-level relative error, and float32 runs
+            # to 1e-6 relative where the float32 reference widens a cancelling side to float64
+            slack = 1e-7 if dtype == torch.float64 else (1e-6 if name == "duality" else 0.0)
+            _check(kernel_fn, ref_fn, [z1, z2], rel_slack=slack)
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from exc
 
