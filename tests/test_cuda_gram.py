@@ -77,8 +77,11 @@ def _matrix_cases():
 
 
 def _check_named(name, kernel_fn, ref_fn, inputs):
+    # csrc's duality_terms backward takes float32 products on the side where L_c or L_nc cancels,
+    # where the reference widens to float64 (docs/spec.md §8.2, status): 1e-5 relative until then
+    slack = 1e-5 if name == "duality" and inputs[0].dtype == torch.float32 else 0.0
     try:
-        _check(kernel_fn, ref_fn, inputs)
+        _check(kernel_fn, ref_fn, inputs, rel_slack=slack)
     except AssertionError as exc:
         raise AssertionError(f"{name}: {exc}") from exc
 
