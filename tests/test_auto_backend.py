@@ -102,8 +102,10 @@ def _run_logged(fn, n, d, dtype):
     """The ops of a forward on fake CUDA tensors (autograd's engine needs a real device for the
     backward; the backward's products are checked on the CPU below)."""
     with FakeTensorMode():
-        z1 = torch.randn(n, d, dtype=dtype, device="cuda", requires_grad=True)
-        z2 = torch.randn(n, d, dtype=dtype, device="cuda", requires_grad=True)
+        gen = torch.Generator(device="cuda").manual_seed(2262)
+        z1 = torch.randn(n, d, dtype=dtype, device="cuda", requires_grad=True, generator=gen)
+        gen = torch.Generator(device="cuda").manual_seed(6656)
+        z2 = torch.randn(n, d, dtype=dtype, device="cuda", requires_grad=True, generator=gen)
         with _OpLog() as log:
             fn(z1, z2)
     return log.calls

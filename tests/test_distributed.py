@@ -106,11 +106,14 @@ def _worker_mismatch(rank, world, init_file, out_dir, kind):
     # a short group timeout only where the test waits for it; the others must not hit it under load
     _init(rank, world, init_file, 4 if kind == "one-rank" else 60)
     if kind == "dtype":
-        z = torch.randn(N_LOCAL, D, dtype=torch.float64 if rank == 0 else torch.float32)
+        gen = torch.Generator().manual_seed(8618)
+        z = torch.randn(N_LOCAL, D, dtype=torch.float64 if rank == 0 else torch.float32, generator=gen)
     elif kind == "shape":
-        z = torch.randn(N_LOCAL + rank, D)
+        gen = torch.Generator().manual_seed(8029)
+        z = torch.randn(N_LOCAL + rank, D, generator=gen)
     else:  # "one-rank": only rank 0 calls the loss
-        z = torch.randn(N_LOCAL, D)
+        gen = torch.Generator().manual_seed(6401)
+        z = torch.randn(N_LOCAL, D, generator=gen)
         if rank != 0:
             time.sleep(8)
             with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:

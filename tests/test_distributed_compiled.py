@@ -156,11 +156,14 @@ def _worker_mismatch(rank, world, init_file, out_dir, kind):
         calls = BAD_CALLS
     for be, fn in calls:
         if kind == "dtype":
-            z = torch.randn(N_LOCAL, D_BAD, dtype=torch.float64 if rank == 0 else torch.float32)
+            gen = torch.Generator().manual_seed(7296)
+            z = torch.randn(N_LOCAL, D_BAD, dtype=torch.float64 if rank == 0 else torch.float32, generator=gen)
         elif kind == "shape":
-            z = torch.randn(N_LOCAL + rank, D_BAD, dtype=torch.float64)
+            gen = torch.Generator().manual_seed(3329)
+            z = torch.randn(N_LOCAL + rank, D_BAD, dtype=torch.float64, generator=gen)
         else:
-            z = torch.randn(N_LOCAL, D_BAD, dtype=torch.float64)
+            gen = torch.Generator().manual_seed(541)
+            z = torch.randn(N_LOCAL, D_BAD, dtype=torch.float64, generator=gen)
         try:
             fn(z, z.clone(), be)
             msgs.append("no error")

@@ -61,7 +61,8 @@ def test_every_function_is_implemented():
 
 @pytest.mark.parametrize("name,fn", ONE, ids=[n for n, _ in ONE])
 def test_one_input(name, fn):
-    _compare(fn, [torch.randn(11, 19, dtype=torch.float64)])
+    gen = torch.Generator().manual_seed(9004)
+    _compare(fn, [torch.randn(11, 19, dtype=torch.float64, generator=gen)])
 
 
 @pytest.mark.parametrize("name,fn", TWO, ids=[n for n, _ in TWO])
@@ -91,7 +92,9 @@ def test_ops_without_a_gathered_form_refuse_a_process_group():
 @pytest.mark.parametrize("name,fn", TWO, ids=[n for n, _ in TWO])
 def test_nan_and_inf_propagate_like_the_reference(name, fn):
     """docs/spec.md §6: NaN or Inf in the input propagates as in the reference; no kernel crashes."""
-    z1, z2 = torch.randn(9, 13, dtype=torch.float64), torch.randn(9, 13, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(6784)
+    z1, z2 = (torch.randn(9, 13, dtype=torch.float64, generator=gen),
+              torch.randn(9, 13, dtype=torch.float64, generator=gen))
     z1[2, 3] = float("nan")
     z2[0, 0] = float("inf")
     for a, b in zip(_flat(fn(z1, z2, "triton")), _flat(fn(z1, z2, "torch"))):
@@ -107,7 +110,8 @@ def test_eager_path_matches_the_custom_ops():
 
     ops = torch.ops.duality_kernels
     device = "cpu" if not torch.cuda.is_available() else "cuda"
-    z1, z2 = (torch.randn(10, 7, dtype=torch.float64, device=device) for _ in range(2))
+    gen = torch.Generator(device=device).manual_seed(2152)
+    z1, z2 = (torch.randn(10, 7, dtype=torch.float64, device=device, generator=gen) for _ in range(2))
     cases = [
         (lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0],
          lambda a, b: ops.vicreg_fwd(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0]),
@@ -127,7 +131,8 @@ def test_autograd_function_subclasses():
     from .accuracy import _check_same_bits
 
     device = "cpu" if not torch.cuda.is_available() else "cuda"
-    z1, z2 = (torch.randn(10, 7, dtype=torch.float64, device=device) for _ in range(2))
+    gen = torch.Generator(device=device).manual_seed(6698)
+    z1, z2 = (torch.randn(10, 7, dtype=torch.float64, device=device, generator=gen) for _ in range(2))
     _check_same_bits([
         (lambda a, b: gram.VICRegFunction.apply(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0],
          lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0]),

@@ -12,9 +12,10 @@ float32 products follow torch's float32 matmul precision; float64 ones are float
 The duality (SPEC §2) is used wherever a sum of squared Gram entries appears:
 ‖aᵀb‖²_F = ⟨a aᵀ, b bᵀ⟩_F = ⟨aᵀa, bᵀb⟩_F, so such a term costs O(N²·D) on the sample side and
 O(N·D²) on the dimension side, and the caller picks the cheaper one (``_cost.cheaper_side``).
-Off-diagonal sums are computed as the full sum minus the diagonal's, which is what makes
-the move between sides possible: the diagonal of one side's Gram is a vector of row or column
-norms, known on the other side without the matrix.
+An off-diagonal sum taken on its own side masks the diagonal before squaring; on the other side
+it is the full sum minus the diagonal's (the diagonal of one side's Gram is a vector of row or
+column norms, known there without the matrix), formed in float64 from float64 products for
+float32 inputs, since it cancels when the diagonal dominates (docs/spec.md §8.2).
 """
 
 from __future__ import annotations
@@ -87,15 +88,37 @@ def mm(a: Tensor, b: Tensor, op: Optional[torch.dtype] = None) -> Tensor:
     return _HalfMM.apply(a, b, op)
 
 
+_BIG = 2.0 ** 60  # past this max |entry|, a squared norm can overflow float32 (docs/spec.md §8.2)
+
+
+def normalize(z: Tensor, dim: int = 1) -> Tensor:
+    """``F.normalize(z, dim=dim, eps=1e-12)`` without overflow: slices (rows for dim=1) whose largest
+    |entry| exceeds 2^60 are first scaled by a power of two that brings it near 1, as
+    ``torch.linalg.vector_norm`` does; the result z/‖z‖ is the same, and the scale is a constant
+    to autograd. Smaller slices are untouched, so the 1e-12 floor keeps its meaning."""
+    m = z.detach().abs().amax(dim=dim, keepdim=True)
+    big = torch.isfinite(m) & (m > _BIG)
+    scale = torch.where(big, torch.exp2(-torch.floor(torch.log2(torch.where(big, m, 1.0)))), 1.0)
+    return F.normalize(z * scale, p=2.0, dim=dim, eps=L2_EPS)
+
+
 def l2n(z: Tensor) -> Tensor:
     """Each row divided by max(‖row‖₂, 1e-12)."""
-    return F.normalize(_up(z), p=2.0, dim=1, eps=L2_EPS)
+    return normalize(_up(z), 1)
 
 
 def _moments(z: Tensor, stats: Optional[ColumnStats]) -> Tuple[Tensor, Tensor, Tensor]:
-    """(mean, x, m2): column means, z minus them, and Σ_i x_ik² per column (``stats`` when given)."""
+    """(mean, x, m2): column means, z minus them, and Σ_i x_ik² per column (``stats`` when given).
+
+    float32 inputs are centered in float64 and rounded once: with large column offsets a float32
+    mean and subtraction keep the offset's rounding in every x entry (docs/spec.md §8.2)."""
     if stats is None:
         z = _up(z)
+        if z.dtype == torch.float32:
+            z64 = z.double()
+            mean64 = z64.mean(dim=0)
+            x64 = z64 - mean64
+            return mean64.float(), x64.float(), (x64 * x64).sum(dim=0).float()
         mean = z.mean(dim=0)
         x = z - mean
         return mean, x, (x * x).sum(dim=0)
@@ -113,25 +136,74 @@ def _sq_sum(g: Tensor) -> Tensor:
     return (g * g).sum()
 
 
+_F64 = torch.float64
+
+
+def _wide(a: Tensor, op: Optional[torch.dtype]) -> Tensor:
+    """float32 operands as float64 (products and sums), others unchanged.
+
+    A sum of squared Gram entries minus its diagonal's (the move between sides, docs/spec.md §2)
+    cancels when the diagonal dominates, e.g. one column 1e4× the others: float32 products keep an
+    error of ~1e-7·‖G‖²_F, which can exceed the difference itself. Half-precision operands keep
+    their tensor-core products (``op``)."""
+    return a.double() if op is None and a.dtype == torch.float32 else a
+
+
+def _sum64(t: Tensor) -> Tensor:
+    return t.sum(dtype=_F64) if t.dtype != _F64 else t.sum()
+
+
+def offdiag_sq(g: Tensor) -> Tensor:
+    """Σ_{k≠l} g_kl², float64: the diagonal is masked before squaring, not subtracted after."""
+    eye = torch.eye(g.shape[0], dtype=torch.bool, device=g.device)
+    return _sum64(torch.square(g.masked_fill(eye, 0.0)))
+
+
+def _inner64(a: Tensor, b: Tensor) -> Tensor:
+    return _sum64(a * b)
+
+
 def gram_fro2(a: Tensor, b: Optional[Tensor], side: str, op: Optional[torch.dtype] = None) -> Tensor:
-    """‖aᵀb‖²_F computed on ``side`` (b = a when b is None); products through ``mm(.., op)``.
+    """‖aᵀb‖²_F computed on ``side`` (b = a when b is None), float64; products through ``mm(.., op)``
+    (float64 for float32 operands, ``_wide``).
 
     "dimension": from the D×D matrix aᵀb. "sample": ⟨a aᵀ, b bᵀ⟩_F from two N×N Grams (one
     Gram when b is a, since ‖aᵀa‖_F = ‖a aᵀ‖_F).
     """
+    a = _wide(a, op)
     if b is None:
         g = mm(a, a.T, op) if side == "sample" else mm(a.T, a, op)
-        return _sq_sum(g)
+        return _inner64(g, g)
+    b = _wide(b, op)
     if side == "sample":
-        return (mm(a, a.T, op) * mm(b, b.T, op)).sum()
-    return _sq_sum(mm(a.T, b, op))
+        return _inner64(mm(a, a.T, op), mm(b, b.T, op))
+    g = mm(a.T, b, op)
+    return _inner64(g, g)
+
+
+def offsq_cols(a: Tensor, side: str, op: Optional[torch.dtype] = None) -> Tensor:
+    """offsq(aᵀa) = Σ_{k≠l} (a_k·a_l)² over columns, float64, computed on ``side``: the D×D Gram
+    with its diagonal masked, or ‖a aᵀ‖²_F − Σ_k ‖a_k‖⁴ with both terms from the same (widened)
+    operands, so that the identity holds for them exactly up to the float64 sums."""
+    w = _wide(a, op)
+    if side == "dimension":
+        return offdiag_sq(mm(w.T, w, op))
+    g = mm(w, w.T, op)
+    cols = _sum64_dim(w * w, 0)
+    return _inner64(g, g) - _inner64(cols, cols)
+
+
+def _sum64_dim(t: Tensor, dim: int) -> Tensor:
+    return t.sum(dim=dim, dtype=_F64) if t.dtype != _F64 else t.sum(dim=dim)
 
 
 def cross_fro2(a: Tensor, b: Tensor, side: str, op: Optional[torch.dtype] = None) -> Tensor:
-    """‖a bᵀ‖²_F, computed on ``side``: N×N directly, or ⟨aᵀa, bᵀb⟩_F on the D×D side."""
+    """‖a bᵀ‖²_F, float64, computed on ``side``: N×N directly, or ⟨aᵀa, bᵀb⟩_F on the D×D side."""
+    a, b = _wide(a, op), _wide(b, op)
     if side == "sample":
-        return _sq_sum(mm(a, b.T, op))
-    return (mm(a.T, a, op) * mm(b.T, b, op)).sum()
+        g = mm(a, b.T, op)
+        return _inner64(g, g)
+    return _inner64(mm(a.T, a, op), mm(b.T, b, op))
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,25 +241,28 @@ def duality_terms(z: Tensor, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]
     """(L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_{:,k}‖⁴) from one Gram on ``side`` (paper Thm 3.3)."""
     op = operand_dtype(z)
     z = _up(z)
-    fro2 = gram_fro2(z, None, side, op)  # ‖z zᵀ‖² = ‖zᵀ z‖²
-    sq = z * z
-    rows4 = _sq_sum(sq.sum(dim=1))
-    cols4 = _sq_sum(sq.sum(dim=0))
-    return fro2 - rows4, fro2 - cols4, rows4, cols4
+    w = _wide(z, op)
+    g = mm(w, w.T, op) if side == "sample" else mm(w.T, w, op)
+    fro2 = _inner64(g, g)  # ‖z zᵀ‖² = ‖zᵀ z‖²
+    sq = w * w
+    rows, cols = _sum64_dim(sq, 1), _sum64_dim(sq, 0)
+    rows4, cols4 = _inner64(rows, rows), _inner64(cols, cols)
+    own = offdiag_sq(g)  # this side's criterion directly, the other's through the identity
+    l_c, l_nc = (own, fro2 - cols4) if side == "sample" else (fro2 - rows4, own)
+    return tuple(t.to(z.dtype) for t in (l_c, l_nc, rows4, cols4))
 
 
 def sample_contrastive_criterion(z: Tensor, side: str) -> Tensor:
     """L_c = offsq(z zᵀ) = ‖z zᵀ‖² − Σ_i ‖z_i‖⁴."""
-    op = operand_dtype(z)
-    z = _up(z)
-    return gram_fro2(z, None, side, op) - _sq_sum((z * z).sum(dim=1))
+    z_up = _up(z)
+    # offsq of the columns of zᵀ: its D×D side is z's N×N side
+    return offsq_cols(z_up.T, "dimension" if side == "sample" else "sample", operand_dtype(z)).to(z_up.dtype)
 
 
 def dimension_contrastive_criterion(z: Tensor, side: str) -> Tensor:
     """L_nc = offsq(zᵀ z) = ‖zᵀ z‖² − Σ_k ‖z_{:,k}‖⁴."""
-    op = operand_dtype(z)
-    z = _up(z)
-    return gram_fro2(z, None, side, op) - _sq_sum((z * z).sum(dim=0))
+    z_up = _up(z)
+    return offsq_cols(z_up, side, operand_dtype(z)).to(z_up.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,14 +301,14 @@ def vicreg_view(z: Tensor, gamma: float, eps: float, side: str,
     d = z.shape[1]
     if ctx.active and strategy == "allreduce":
         n, m2, gram = _merged_gram(z, stats, ctx)
-        fro2 = _sq_sum(gram)
+        off = offdiag_sq(gram)
     else:
         z = ctx.gather(z)
         n = z.shape[0]
         x, m2 = _centered(z, stats)
-        fro2 = gram_fro2(x, None, side, operand_dtype(z))
+        off = offsq_cols(x, side, operand_dtype(z))
     v = _variance_hinge(torch.sqrt(m2 / (n - 1) + eps), gamma)
-    c = (fro2 - _sq_sum(m2)) / ((n - 1) ** 2 * d)
+    c = (off / ((n - 1) ** 2 * d)).to(m2.dtype)
     return v, c
 
 
@@ -319,15 +394,21 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
         c = ctx.all_reduce(mm(ab[0].T, ab[1], op)) / n
         diag = torch.diagonal(c)
         on = _sq_sum(1 - diag)
-        off = _sq_sum(c) - _sq_sum(diag)
+        off = offdiag_sq(c).to(on.dtype)
         return on + lambda_param * off, {"on_diagonal": on, "off_diagonal": off}
     z1, z2 = ctx.gather(z1), ctx.gather(z2)
     n = z1.shape[0]
     a = standardize(z1, eps, stats)
     b = standardize(z2, eps, stats)
-    diag = (a * b).sum(dim=0) / n
-    on = _sq_sum(1 - diag)
-    off = gram_fro2(a, b, side, op) / (n * n) - _sq_sum(diag)
+    acc = a.dtype
+    wa, wb = _wide(a, op), _wide(b, op)
+    diag = _sum64_dim(wa * wb, 0) / n
+    on = _sum64(torch.square(1 - diag)).to(acc)
+    if side == "dimension":
+        off = offdiag_sq(mm(wa.T, wb, op) / n)
+    else:
+        off = gram_fro2(wa, wb, side, op) / (n * n) - _inner64(diag, diag)
+    off = off.to(acc)
     return on + lambda_param * off, {"on_diagonal": on, "off_diagonal": off}
 
 
@@ -344,12 +425,14 @@ def _view_normalize(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor,
         return l2n(z1), l2n(z2)
     out = []
     for z in (_up(z1), _up(z2)):
-        x = z - z.mean(dim=0)
+        # centered in float64 and rounded once for float32: a collapsed batch centers to exact zeros
+        # (float32 residue would be scaled to unit rows by the normalization, docs/spec.md §8.2)
+        x = (z.double() - z.double().mean(dim=0)).float() if z.dtype == torch.float32 else z - z.mean(dim=0)
         if normalization == "center_l2":
-            out.append(F.normalize(x, p=2.0, dim=1, eps=L2_EPS))
+            out.append(normalize(x, 1))
         else:  # "dim_std": each column to L2 norm sqrt(N/D), no per-row normalization
             n, d = x.shape
-            out.append(F.normalize(x, p=2.0, dim=0, eps=L2_EPS) * math.sqrt(n / d))
+            out.append(normalize(x, 0) * math.sqrt(n / d))
     return out[0], out[1]
 
 
@@ -377,8 +460,10 @@ def pair_contrastive_terms(z1: Tensor, z2: Tensor, temperature: float, similarit
     keys = torch.cat([n1, n2])
     anchors = torch.cat([a1, a2]) if ctx.active else keys         # one rank: the anchors are all rows
     dots = mm(anchors, keys.T, operand_dtype(z1))                 # (2N, 2WN)
-    pos = (a1 * a2).sum(dim=1) / temperature
-    pos = torch.cat([pos, pos])
+    # the positive's logit is the matrix's own entry: with "dot" the log-sum-exp includes it, so a
+    # term is ≥ 0 in floating point too (a separately rounded dot product left them slightly
+    # negative at low temperature)
+    pos = (dots / temperature).gather(1, pos_col[:, None]).squeeze(1)
     if similarity == "abs":
         logits = dots.abs() / temperature
     elif similarity == "square":
@@ -430,7 +515,7 @@ def clamp_row_norms(z: Tensor, mu: float) -> Tensor:
     z = _up(z)
     r = math.sqrt(mu)
     keep = torch.linalg.vector_norm(z, dim=1, keepdim=True) < r
-    return torch.where(keep, z, F.normalize(z, p=2.0, dim=1, eps=L2_EPS) * r)
+    return torch.where(keep, z, normalize(z, 1) * r)
 
 
 def spectral(z1: Tensor, z2: Tensor, mu: float, side: str, ctx: Context = LOCAL):
@@ -445,7 +530,16 @@ def spectral(z1: Tensor, z2: Tensor, mu: float, side: str, ctx: Context = LOCAL)
     b_all = clamp_row_norms(ctx.gather(z2), mu)
     m = b_all.shape[0]
     lo = ctx.rank * n_local
-    p = (a * b_all[lo:lo + n_local]).sum(dim=1)
-    positive = -2.0 * p.sum() / n_local / mu
-    negative = (cross_fro2(a, b_all, side, operand_dtype(z1)) - _sq_sum(p)) / (n_local * (m - 1)) / mu
+    op = operand_dtype(z1)
+    wa, wb = _wide(a, op), _wide(b_all, op)
+    p = _sum64_dim(wa * wb[lo:lo + n_local], 1)
+    positive = (-2.0 * p.sum() / n_local / mu).to(a.dtype)
+    if side == "sample":  # the N×M block directly, this rank's positives masked before squaring
+        s = mm(wa, wb.T, op)
+        own = torch.arange(lo, lo + n_local, device=s.device)
+        mask = torch.arange(m, device=s.device)[None, :] == own[:, None]
+        neg = _sum64(torch.square(s.masked_fill(mask, 0.0)))
+    else:
+        neg = cross_fro2(wa, wb, side, op) - _inner64(p, p)
+    negative = (neg / (n_local * (m - 1)) / mu).to(a.dtype)
     return positive + negative, {"positive": positive, "negative": negative}

@@ -17,7 +17,7 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
                      rs_ptr, w_ptr, g0_ptr, g1_ptr, g2_ptr, g3_ptr, N, D, RPC, v0,
                      w_inv: tl.float64, w_var: tl.float64, w_cov: tl.float64,
                      gamma: tl.float64, eps: tl.float64,
-                     MODE: tl.constexpr, RS: tl.constexpr, CORR: tl.constexpr,
+                     MODE: tl.constexpr, RS: tl.constexpr, CORR: tl.constexpr, OFF: tl.constexpr,
                      BR: tl.constexpr, BD: tl.constexpr):
     """Elementwise epilogues over a stripe of BD columns × a chunk of RPC rows (grid: stripes,
     chunks, views in this launch; view = v0 + axis 2), P from ``_product``.
@@ -25,6 +25,8 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         dz = c_cov·P + x̃∘col_k ± (2a_inv/(N·D))·(z1 − z2),  P = G·x (N×N) or x·G (D×D),
         c_cov = 4a_cov/((N−1)²D), col_k = −a_var·[γ > std_k]/(2D(N−1)std_k) − c_cov·m2_k, and no
         centering Jacobian: every term is a combination of the centered x (its columns sum to 0).
+        OFF (dimension side): G has its diagonal zeroed and col_k drops −c_cov·m2_k, since
+        x·G − x∘m2 cancels when one column dominates (docs/spec.md §8.2).
     _E_DUALITY (docs/spec.md §2), with P = G_off·z (sample side) or z·G_off (_E_DUALITY_D, dimension side),
         G_off = the Gram without its diagonal (zeroed in the forward): with the diagonal in the
         product it would cancel against r_i (or c_k) computed by another reduction, and two
@@ -69,8 +71,9 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         ci = ((1.0 - 2.0 * v) * 2.0 * a_inv / (nf * df)).to(ACC)
         m2 = tl.load(cv_ptr + v * D + cols, mask=cmask, other=0.0)
         var = m2 * inv_nm1 + _scalar(eps, tl.float64)
-        col = tl.where(_scalar(gamma, tl.float64) - _sqrt64(var) > 0, c_var * tl.math.rsqrt(var), 0.0) \
-            - c_cov * m2
+        col = tl.where(_scalar(gamma, tl.float64) - _sqrt64(var) > 0, c_var * tl.math.rsqrt(var), 0.0)
+        if not OFF:
+            col = col - c_cov * m2
         col = col.to(ACC)
         cc = c_cov.to(ACC)
         mean = tl.load(meanv + cols, mask=cmask, other=0.0)
@@ -313,7 +316,7 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
 
 
 def _elem_bwd(mode, ps, group, dz, z1, z2, *, mean=None, cv=None, rv=None, rs=None, w=None,
-              gs=(), rsm=_RS_NONE, corr=_CORR_NONE, weights=()):
+              gs=(), rsm=_RS_NONE, corr=_CORR_NONE, weights=(), off=False):
     n, d = z1.shape
     br, bd = _blocks(z1.dtype, arch_family(z1)).col
     rpc, chunks = _chunks(n, d, br, bd, fuse=False)
@@ -323,7 +326,7 @@ def _elem_bwd(mode, ps, group, dz, z1, z2, *, mean=None, cv=None, rv=None, rs=No
     _elem_bwd_kernel[(_cdiv(d, bd), chunks, len(group))](
         ps[0], ps[-1], dz[0], dz[-1], z1, z2, dm if mean is None else mean, dm if cv is None else cv,
         dm if rv is None else rv, rs if rsm else dm, w if corr else dm, *g, n, d, rpc, group[0], *wts,
-        MODE=mode, RS=rsm, CORR=corr, BR=br, BD=bd, num_warps=_WARPS)
+        MODE=mode, RS=rsm, CORR=corr, OFF=off, BR=br, BD=bd, num_warps=_WARPS)
 
 
 def _bn_bwd(ps, group, dz, z1, z2, mean, m2, eps, *, dv=None, gs=(), lam=0.0, rs=None, w=None,

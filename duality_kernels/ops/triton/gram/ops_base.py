@@ -52,11 +52,14 @@ def _e(z: Tensor, shape, dtype=None) -> Tensor:
     return z.new_empty(shape, dtype=z.dtype if dtype is None else dtype)
 
 
-def _fake_saved(z: Tensor, pl: _Plan, m: int, views: int, full_views: int, x_views: int, vec: bool):
-    """Fakes of (x, gram, rs, w) as the forward ops save them (see each op's impl)."""
+def _fake_saved(z: Tensor, pl: _Plan, m: int, views: int, full_views: int, x_views: int, vec: bool,
+                wide_gram: bool = False):
+    """Fakes of (x, gram, rs, w) as the forward ops save them (see each op's impl); ``wide_gram``:
+    a float64 Gram saved under ``pl.wide``."""
     n, d = z.shape
     x = _e(z, (0,)) if pl.ident else _e(z, (x_views, n, d))
-    gram = _e(z, (views, m, m)) if pl.ident else _e(z, (full_views, m, m), pl.acc)
+    gacc = torch.float64 if (wide_gram and pl.wide) else pl.acc
+    gram = _e(z, (views, m, m)) if pl.ident else _e(z, (full_views, m, m), gacc)
     rs = _e(z, (views, m) if pl.scale else (0,), torch.float32)
     w = _e(z, (views, m) if (pl.ident and vec) else (0,), torch.float32)
     return x, gram, rs, w

@@ -29,7 +29,8 @@ def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: floa
                      gamma: float, eps: float, side: str
                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, invariance, variance, covariance, x, gram, rs, w, mean, m2): x = the centered views
-    (2, N, D) and gram = the fp32 Grams (2, M, M) for fp32/fp64; for bf16/fp16 x is empty and gram
+    (2, N, D) and gram = the Grams (2, M, M) in the compute dtype, float64 for fp32 "highest" on the
+    sample side, the D×D ones with their diagonal zeroed; for bf16/fp16 x is empty and gram
     the backward's operands in the input dtype, with rs (fp16 scales) and w (corrections)."""
     z1, z2 = z1.contiguous(), z2.contiguous()
     pl = _plan(z1)
@@ -51,7 +52,14 @@ def _vicreg_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: floa
             x, gram = _none(z1, z1.dtype), pr.o
         else:
             pr = _prep(z1, m, (g[0], g[1]), (rm, rm), sums=_SUM_SQ, sumv=2, views=2, fin=fin)
-            gram = g.float() if pl.wide else g
+            if pl.wide and sample:
+                # kept float64: the backward's G·x cancels against x∘m2 when one column dominates,
+                # and an fp32 G leaves ~1e-7·‖G‖ of it (docs/spec.md §8.2)
+                gram = g
+            else:
+                gram = g.float() if pl.wide else g
+                if not sample:
+                    gram.diagonal(dim1=1, dim2=2).zero_()  # the backward's G_off (_elem_bwd, OFF)
     return (*pr.outs, x, gram, pr.rs, pr.w, cols.mean, cols.m2)
 
 
@@ -59,7 +67,7 @@ def _vicreg_fwd_fake(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, sid
     pl = _plan(z1)
     n, d = z1.shape
     m = n if side == "sample" else d
-    return (*_scalars(z1, pl, 4), *_fake_saved(z1, pl, m, 2, 2, 2, True),
+    return (*_scalars(z1, pl, 4), *_fake_saved(z1, pl, m, 2, 2, 2, True, wide_gram=side == "sample"),
             _e(z1, (2, d), torch.float64), _e(z1, (2, d), torch.float64))
 
 
@@ -75,10 +83,14 @@ def _vicreg_bwd_impl(z1: Tensor, z2: Tensor, x: Tensor, gram: Tensor, rs: Tensor
     kw = dict(mean=mean, cv=m2, rs=rs, w=w, gs=(g_loss, g_inv, g_var, g_cov),
               weights=(inv_weight, var_weight, cov_weight, gamma, eps))
     with _device(z1):
-        if not pl.ident:  # products straight into the gradients; the epilogue rewrites them
+        if not pl.ident and gram.dtype != x.dtype:  # fp32, sample side: the float64 G of the forward
+            x64 = x.double()
+            kw["cv"] = (x64 * x64).sum(dim=1)  # the diagonal of x̃ᵀx̃ that G·x̃ holds, to cancel it
+            _elem_bwd(_E_VICREG, [_mm(gram[v], x64[v]) for v in (0, 1)], (0, 1), dz, z1, z2, **kw)
+        elif not pl.ident:  # products straight into the gradients; the epilogue rewrites them
             for v in (0, 1):
                 _mm(gram[v], x[v], out=dz[v]) if sample else _mm(x[v], gram[v], out=dz[v])
-            _elem_bwd(_E_VICREG, dz, (0, 1), dz, z1, z2, **kw)
+            _elem_bwd(_E_VICREG, dz, (0, 1), dz, z1, z2, off=not sample, **kw)
         else:
             zs = (z1, z2)
             for group in _groups(pl, n, d):

@@ -212,8 +212,8 @@ def normalized_gram(z1: Tensor, z2: Optional[Tensor] = None) -> Tensor:
 def _duality_terms_fwd_impl(z: Tensor, side: str
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (L_c, L_nc, Σ_i‖z_i‖⁴, Σ_k‖z_:k‖⁴, gram (1, M, M), rs, row sums of squares r (N),
-    column sums of squares c (D)); r and c float64, the Gram fp32 (bf16/fp16: the backward's
-    operand in the input dtype)."""
+    column sums of squares c (D)); r and c float64, the Gram float64 for fp32 under "highest" (else
+    the compute dtype; bf16/fp16: the backward's operand in the input dtype)."""
     z = z.contiguous()
     pl = _plan(z)
     n, d = z.shape
@@ -231,7 +231,9 @@ def _duality_terms_fwd_impl(z: Tensor, side: str
             gram = pr.o
         else:
             pr = _prep(z, m, (g,), (rm,), sums=_SUM_SQ, sumv=1, fin=fin)
-            gram = (g.float() if pl.wide else g).unsqueeze(0)
+            # kept float64 under pl.wide: with one column (row) dominating, the backward's G_off·z
+            # (z·G_off) cancels against z∘c_k (r_i∘z) on the other side (docs/spec.md §8.2)
+            gram = g.unsqueeze(0)
         gram.diagonal(dim1=1, dim2=2).zero_()  # the backward's G_off (_elem_bwd_kernel, _E_DUALITY)
     return (*pr.outs, gram, pr.rs, r, c)
 
@@ -239,7 +241,7 @@ def _duality_terms_fwd_impl(z: Tensor, side: str
 def _duality_terms_fwd_fake(z, side):
     pl = _plan(z)
     n, d = z.shape
-    _, gram, rs, _ = _fake_saved(z, pl, n if side == "sample" else d, 1, 1, 1, False)
+    _, gram, rs, _ = _fake_saved(z, pl, n if side == "sample" else d, 1, 1, 1, False, wide_gram=True)
     return (*_scalars(z, pl, 4), gram, rs, _e(z, (n,), torch.float64), _e(z, (d,), torch.float64))
 
 
@@ -250,7 +252,9 @@ def _duality_terms_bwd_impl(z: Tensor, gram: Tensor, rs: Tensor, r: Tensor, c: T
     sample = side == "sample"
     dz = _new(z)
     with _device(z):
-        if not pl.ident:
+        if not pl.ident and gram.dtype != z.dtype:  # fp32 under pl.wide: float64 G and product
+            p = _mm(gram[0], z.double()) if sample else _mm(z.double(), gram[0])
+        elif not pl.ident:
             p = _mm(gram[0], z, out=dz) if sample else _mm(z, gram[0], out=dz)
         else:
             p = _mm(gram[0], z) if sample else _mm(z, gram[0].t())
