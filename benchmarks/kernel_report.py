@@ -46,7 +46,7 @@ Speed: results are cached per compiled kernel (its Triton hash; csrc: a hash of 
 flags and nvcc) in <TRITON_CACHE_DIR>/duality_kernels_report/, so with a warm cache the whole
 default report (--json included) takes about 3 s on the 2-core development machine; a cold cache
 compiles every variant (~240: 40 s there when idle, 2-3 minutes when other jobs load it; --jobs
-processes). ``../shared/hooks/before-stop`` relies on ``--json`` being fast when warm.
+processes); ``--json`` is fast when warm.
 
 JSON (``--json``): {"arch", "triton", "torch", "git_sha", "gpu_model", "cases": [names],
 "variants": [...], "csrc_error": null or why the csrc part is missing}. Each variant: kernel,
@@ -180,7 +180,7 @@ def _gathered(loss: str, a, b):
         return gathered.barlow_twins(gram, ctx, "allreduce", a, b, 0.0051, 1e-5, "dimension")[0]
     return sum(gathered.spectral(gram, ctx, a, b, 1.0, side)[0] for side in ("dimension", "sample"))
 
-# The headline benchmark shapes (ENVIRONMENT.md), and the primitives at one of them.
+# The headline benchmark shapes (docs/measurements.md), and the primitives at one of them.
 HEADLINE = [
     ("vicreg", 2048, 8192), ("vicreg", 2048, 256), ("vicreg", 16384, 2048),
     ("barlow", 2048, 8192), ("spectral", 16384, 256),
@@ -194,7 +194,7 @@ HEADLINE = [
 ]
 
 
-# Settings whose dots are meant for tensor cores (DESIGN conventions 4 and 15)
+# Settings whose dots are meant for tensor cores (docs/design.md convention 4 and 15)
 TENSOR_CORE_SETTINGS = ("bf16", "fp16", "fp32-high")
 
 

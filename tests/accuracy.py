@@ -1,4 +1,4 @@
-"""Shared helpers of the kernel tests: test inputs and DESIGN convention 5's accuracy rule.
+"""Shared helpers of the kernel tests: test inputs and docs/design.md convention 5's accuracy rule.
 
 truth = the reference in float64, eager = the reference in the test dtype;
 max|kernel − truth| ≤ 2·max|eager − truth| + 1e-6 for values, 3× for gradients.
@@ -54,7 +54,7 @@ def _half_ulp(truth, dtype):
 
 
 def _assert_rule(name, kernel, eager, truth, factor, rel_slack=0.0):
-    """DESIGN convention 5. The bound also allows the output's own final rounding (half an ulp of
+    """docs/design.md convention 5. The bound also allows the output's own final rounding (half an ulp of
     max|truth| in the output dtype): a kernel whose unrounded result is as accurate as eager's can
     still round to the other neighbour of the truth, and a single number or a tensor of a few
     elements has no statistics to absorb that (e.g. Barlow's off_diagonal, ~70 in fp32: ulp 7.6e-6,
@@ -85,7 +85,7 @@ def _weights(outs, seed):
 
 
 def _check(kernel_fn, ref_fn, inputs, seed=0, rel_slack=0.0):
-    """DESIGN convention 5 on every output (2×) and every input gradient (3×).
+    """docs/design.md convention 5 on every output (2×) and every input gradient (3×).
 
     ``rel_slack`` > 0 scales the rule's 1e-6 slack with each item's magnitude, for inputs where an
     absolute 1e-6 measures nothing: float64 inputs (eager is the truth then, and the rule is its
@@ -121,7 +121,7 @@ def _check_low_precision(kernel_fn, ref_fn, inputs, rtol):
     """bf16/fp16: kernel vs the float64 reference on the same (rounded) inputs, each output and
     gradient within rtol·max|truth| (eager bf16 is no oracle: the reference computes in fp32).
 
-    Gradients come back in the input dtype (SPEC), and a true gradient beyond that dtype's finite
+    Gradients come back in the input dtype (docs/spec.md), and a true gradient beyond that dtype's finite
     range has no better answer than ±inf (eager autograd gives the same; AMP's GradScaler exists
     to catch it). Seen: duality_terms' gradient of 1000x300 fp16 views reaches 1.7e5 > 65504, the
     largest fp16, in 22489 of its 300000 entries (simulator, 2026-11-30). So both sides are
@@ -155,7 +155,7 @@ def _check_relative(kernel_fn, ref_fn, inputs, rtol):
 
 
 def _check_deterministic(fns, inputs):
-    """No atomics: two runs of each function agree bit for bit, outputs and gradients (DESIGN 7)."""
+    """No atomics: two runs of each function agree bit for bit, outputs and gradients (docs/design.md convention 7)."""
     for fn in fns:
         w = _weights(_flat(fn(*inputs)), 0)
         first, g_first = _run(fn, inputs, w)

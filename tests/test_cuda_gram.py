@@ -4,7 +4,7 @@ and csrc/kernels/gram_ops.cu) against reference.py.
 With a GPU the ops run on CUDA tensors. Without one they run on CPU tensors in the CPU simulator of
 the same C++ source (duality_kernels/testing/csim.py: the kernels' arithmetic, indexing and launch bookkeeping; the
 GEMMs go through ATen on the CPU). The simulator is built once per checkout (~1.5 min on 2 cores,
-cached under build/csim). float32/float64 follow DESIGN convention 5's accuracy rule; the ``cuda``
+cached under build/csim). float32/float64 follow docs/design.md convention 5's accuracy rule; the ``cuda``
 tests add TF32, bf16/fp16, inductor and opcheck on the GPU.
 """
 
@@ -87,7 +87,7 @@ def _check_named(name, kernel_fn, ref_fn, inputs):
 
 
 # ------------------------------------------------------------------------------------------------
-# every function, values and gradients (SPEC §1–4), under the accuracy rule
+# every function, values and gradients (docs/spec.md §1–4), under the accuracy rule
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -305,7 +305,7 @@ def test_launches_per_step(side):
 
 
 def test_nan_propagates():
-    """SPEC §6: NaN in the input reaches the output (no crash, no silent finite answer)."""
+    """docs/spec.md §6: NaN in the input reaches the output (no crash, no silent finite answer)."""
     z1, z2 = _views(9, 6, torch.float32, seed=8)
     z1[2, 3] = float("nan")
     for name, fn, _ in _loss_cases("sample", 2.0) + _loss_cases("dimension", 2.0):
@@ -324,7 +324,7 @@ def test_non_contiguous_inputs():
 
 
 def test_deterministic():
-    """No atomics: two runs agree bit for bit (DESIGN convention 7)."""
+    """No atomics: two runs agree bit for bit (docs/design.md convention 7)."""
     z1, z2 = _views(140, 40, torch.float32, seed=10)
     _check_deterministic((lambda a, b: cuda_ops.vicreg(a, b, *V, "dimension"),
                lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "sample")), [z1, z2])
@@ -395,7 +395,7 @@ def test_compile_fullgraph_aot_eager():
 
 
 # ------------------------------------------------------------------------------------------------
-# bad arguments (SPEC §6): every C++ entry point checks every argument before any work (RuntimeError
+# bad arguments (docs/spec.md §6): every C++ entry point checks every argument before any work (RuntimeError
 # naming it); the forward custom ops and the drop-in Functions raise the public functions' errors.
 
 
@@ -517,7 +517,7 @@ def test_bindings_check_agreement_and_sizes():
 
 def test_functions_and_custom_ops_raise_the_public_errors():
     """VICRegFunction.apply & co. and the forward custom ops, with bad shapes, dtypes, devices and
-    scalars: the public function's exception type and message (SPEC §6), before any kernel
+    scalars: the public function's exception type and message (docs/spec.md §6), before any kernel
     (tests/entry_points.py, shared with the Triton backend)."""
     assert check_entry_points("cuda", cuda_ops, "cuda_", _views) >= 90
 
@@ -530,7 +530,7 @@ def _check_reduced_precision(dtype, precision, rtol, side, shape, amplitude=None
     """Every output and gradient of every function within rtol of float64 truth on the same rounded
     inputs, relative to its scale (accuracy._check_low_precision; eager bf16 is no oracle: the
     reference computes in fp32), and every loss, term and matrix of a bf16/fp16 input in float32
-    (SPEC). ``amplitude``: the views rescaled to that largest magnitude before rounding."""
+    (docs/spec.md). ``amplitude``: the views rescaled to that largest magnitude before rounding."""
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
@@ -602,12 +602,15 @@ def test_eager_path_matches_the_custom_ops():
         (lambda a, b: cuda_ops.vicreg(a, b, *V, "sample")[0], lambda a, b: ops.cuda_vicreg_fwd(a, b, *V, "sample")[0]),
         (lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[1]["off_diagonal"],
          lambda a, b: ops.cuda_barlow_twins_fwd(a, b, 0.0051, 1e-5, "dimension")[2]),
-        (lambda a, b: cuda_ops.spectral(a, b, 2.0, "sample")[0], lambda a, b: ops.cuda_spectral_fwd(a, b, 2.0, "sample")[0]),
+        (lambda a, b: cuda_ops.spectral(a, b, 2.0, "sample")[0], lambda a, b: ops.cuda_spectral_fwd(a, b, 2.0,
+                                                                                                    "sample")[0]),
         (lambda a, b: cuda_ops.covariance(a, 1), lambda a, b: ops.cuda_covariance_fwd(a, 1)[0]),
-        (lambda a, b: cuda_ops.cross_correlation(a, b, 1e-5), lambda a, b: ops.cuda_cross_correlation_fwd(a, b, 1e-5)[0]),
+        (lambda a, b: cuda_ops.cross_correlation(a, b, 1e-5), lambda a, b: ops.cuda_cross_correlation_fwd(a, b,
+                                                                                                          1e-5)[0]),
         (lambda a, b: cuda_ops.normalized_gram(a), lambda a, b: ops.cuda_normalized_gram_fwd(a, None)[0]),
         (lambda a, b: cuda_ops.normalized_gram(a, b), lambda a, b: ops.cuda_normalized_gram_fwd(a, b)[0]),
-        (lambda a, b: cuda_ops.duality_terms(a, "dimension")[1], lambda a, b: ops.cuda_duality_terms_fwd(a, "dimension")[1]),
+        (lambda a, b: cuda_ops.duality_terms(a, "dimension")[1], lambda a, b: ops.cuda_duality_terms_fwd(a,
+                                                                                                         "dimension")[1]),
     ]
     _check_same_bits(cases, z1, z2)
 
@@ -626,7 +629,7 @@ def test_tracing_uses_the_custom_ops():
 
 
 def test_autograd_function_subclasses():
-    """DESIGN convention 2: each op as a drop-in torch.autograd.Function (VICRegFunction.apply):
+    """docs/design.md convention 2: each op as a drop-in torch.autograd.Function (VICRegFunction.apply):
     the same bits as the functions above, and it compiles with fullgraph=True."""
     z1, z2 = _views(15, 8, torch.float32, seed=17)
     cases = [

@@ -1,4 +1,4 @@
-"""DESIGN convention 15, checked without a GPU for every architecture we support (sm_80, 86, 89,
+"""docs/design.md convention 15, checked without a GPU for every architecture we support (sm_80, 86, 89,
 90, 100, 120): no compiled kernel variant spills registers or needs more shared memory per block
 than the architecture allows, and every dot that a bf16, fp16 or TF32 call launches compiles to
 tensor-core instructions (mma.sync on sm_8x and sm_120, wgmma on sm_90, tcgen05.mma or mma.sync on

@@ -3,7 +3,7 @@
 Everything runs on the CPU in float64 (values and gradients must agree to ~1e-10 relative, the
 library being free to compute on either side of the duality and to fuse or reorder reductions),
 plus one float32 pass checked against float64 truth. The first section checks the oracle itself
-(identities of SPEC and naive loop transcriptions), so it means something when the library and the
+(identities of docs/spec.md and naive loop transcriptions), so it means something when the library and the
 oracle agree.
 
 The backend under test defaults to the public default ("auto", which is the torch path on a CPU);
@@ -94,7 +94,8 @@ def check(dk_fn, off_fn, inputs, dk_kwargs=None, off_kwargs=None, what="", rtol=
     """Value and input gradients (for a random cotangent) of dk_fn vs off_fn on float64 inputs."""
     dk_kwargs = dict(dk_kwargs or {})
     dk_kwargs.setdefault("backend", BACKEND)
-    off_kwargs = off_kwargs if off_kwargs is not None else {k: v for k, v in dk_kwargs.items() if k not in ("backend", "side")}
+    off_kwargs = off_kwargs if off_kwargs is not None else {k: v for k, v in dk_kwargs.items() if k not in ("backend",
+                                                                                                            "side")}
     originals = [x.clone() for x in inputs]
     a = [x.detach().clone().requires_grad_(True) for x in inputs]
     b = [x.detach().clone().requires_grad_(True) for x in inputs]
@@ -145,7 +146,7 @@ def test_oracle_off_diagonal_and_criteria(shape):
     lnc = off.dimension_contrastive_official(z)
     torch.testing.assert_close(lc, _loop_offsq(z @ z.T), rtol=1e-13, atol=0)
     torch.testing.assert_close(lnc, _loop_offsq(z.T @ z), rtol=1e-13, atol=0)
-    # SPEC §2 (paper Thm 3.3): L_nc + sum_k ||z_:,k||^4 = L_c + sum_i ||z_i||^4.
+    # docs/spec.md §2 (paper Thm 3.3): L_nc + sum_k ||z_:,k||^4 = L_c + sum_i ||z_i||^4.
     l_c, l_nc, rows4, cols4 = off.duality_terms_official(z)
     torch.testing.assert_close(l_nc + cols4, l_c + rows4, rtol=1e-12, atol=0)
     torch.testing.assert_close((z @ z.T).pow(2).sum(), (z.T @ z).pow(2).sum(), rtol=1e-12, atol=0)
@@ -182,7 +183,7 @@ def test_oracle_vicreg_family(shape):
     var = sum(F.relu(1.3 - torch.sqrt(z.var(dim=0, unbiased=True) + 1e-3)).mean() for z in (z1, z2)) / 2
     cov = sum(_loop_offsq(torch.cov(z.T)) / d for z in (z1, z2))
     torch.testing.assert_close(off.vicreg_official(z1, z2, **kw), 3.0 * inv + 7.5 * var + 0.3 * cov, rtol=1e-12, atol=0)
-    # SPEC §3 note: c(z) = L_nc(center(z)) / ((N - 1)^2 D), also equal to L_c side via the identity.
+    # docs/spec.md §3 note: c(z) = L_nc(center(z)) / ((N - 1)^2 D), also equal to L_c side via the identity.
     for z in (z1, z2):
         x = z - z.mean(0)
         c = off.off_diagonal(torch.cov(z.T)).pow(2).sum() / d
@@ -223,7 +224,7 @@ def test_oracle_barlow(shape):
 
 
 def _loop_pair_terms(z1, z2, tau, similarity, decoupled, normalization="l2"):
-    """Per-anchor NT-Xent / DCL terms with python loops (SPEC §4, read literally)."""
+    """Per-anchor NT-Xent / DCL terms with python loops (docs/spec.md §4, read literally)."""
     n = z1.shape[0]
     if normalization == "l2":
         u = torch.cat([z1 / z1.norm(dim=1, keepdim=True), z2 / z2.norm(dim=1, keepdim=True)])
@@ -308,7 +309,7 @@ def test_oracle_spectral(shape, mu):
     n, d = shape
     z1, z2 = make_spectral_pair(n, d, mu)
     norms = torch.cat([z1.norm(dim=1), z2.norm(dim=1)])
-    # SPEC §4 literally: rows longer than sqrt(mu) rescaled to sqrt(mu), then the closed form.
+    # docs/spec.md §4 literally: rows longer than sqrt(mu) rescaled to sqrt(mu), then the closed form.
     def clamp(z):
         nz = z.norm(dim=1, keepdim=True)
         return torch.where(nz > math.sqrt(mu), z / nz * math.sqrt(mu), z)
@@ -318,8 +319,9 @@ def test_oracle_spectral(shape, mu):
     offsq = _loop_offsq(a @ b.T)
     expected = (-(2.0 / n) * pos + offsq / (n * (n - 1))) / mu
     torch.testing.assert_close(off.spectral_official(z1, z2, mu), expected, rtol=1e-12, atol=1e-14)
-    # The D x D side of SPEC §4 gives the same offsq.
-    torch.testing.assert_close(((a.T @ a) * (b.T @ b)).sum() - ((a * b).sum(1) ** 2).sum(), offsq, rtol=1e-11, atol=1e-13)
+    # The D x D side of docs/spec.md §4 gives the same offsq.
+    torch.testing.assert_close(((a.T @ a) * (b.T @ b)).sum() - ((a * b).sum(1) ** 2).sum(), offsq, rtol=1e-11,
+                               atol=1e-13)
     if n > 2:
         assert (norms < math.sqrt(mu)).any() and (norms > math.sqrt(mu)).any()
 
@@ -396,7 +398,7 @@ def test_duality_terms(shape):
         for name, x, y in zip(names, got, ref):
             assert x.dtype == torch.float64 and x.dim() == 0
             assert_close(x, y, f"duality_terms {name} {shape} side={side}")
-        # SPEC §2 identity on the library's own numbers.
+        # docs/spec.md §2 identity on the library's own numbers.
         l_c, l_nc, rows4, cols4 = got
         assert_close(l_nc + cols4, l_c + rows4, f"identity {shape} side={side}", rtol=1e-11)
         # Gradients of a random combination of the four.
@@ -538,7 +540,7 @@ def test_spectral(shape, side, mu):
 
 
 def test_reduction_consistency():
-    """mean == sum / (2N) and none.sum() == sum for the library itself (SPEC §4)."""
+    """mean == sum / (2N) and none.sum() == sum for the library itself (docs/spec.md §4)."""
     n, d = 11, 7
     z1, z2 = make_pair(n, d, "red")
     for fn, kw in (
@@ -555,7 +557,7 @@ def test_reduction_consistency():
 
 
 def test_non_contiguous_inputs():
-    """Transposed and strided views give the oracle's numbers (SPEC §6: accepted as is)."""
+    """Transposed and strided views give the oracle's numbers (docs/spec.md §6: accepted as is)."""
     g = _gen("noncontig")
     base1 = torch.randn(23, 2 * 19, generator=g, dtype=torch.float64)
     base2 = torch.randn(19, 23, generator=g, dtype=torch.float64).T  # transposed view (23, 19)
@@ -593,15 +595,17 @@ F32_CASES = [
     ("dcl", lambda z1, z2, **k: dk.dcl_loss(z1, z2, **k), off.dcl_official, dict(similarity="abs")),
     ("infonce", lambda z1, z2, **k: dk.infonce_loss(z1, z2, **k), off.infonce_official, {}),
     ("spectral", lambda z1, z2, **k: dk.spectral_contrastive_loss(z1, z2, **k), off.spectral_official, dict(mu=2.0)),
-    ("L_c", lambda z1, z2, **k: dk.sample_contrastive_criterion(z1, **k), lambda z1, z2: off.sample_contrastive_official(z1), {}),
-    ("L_nc", lambda z1, z2, **k: dk.dimension_contrastive_criterion(z1, **k), lambda z1, z2: off.dimension_contrastive_official(z1), {}),
+    ("L_c", lambda z1, z2, **k: dk.sample_contrastive_criterion(z1, **k), lambda z1,
+     z2: off.sample_contrastive_official(z1), {}),
+    ("L_nc", lambda z1, z2, **k: dk.dimension_contrastive_criterion(z1, **k), lambda z1,
+     z2: off.dimension_contrastive_official(z1), {}),
 ]
 
 F32_RTOL = 1e-4
 
 
 def _f32_ok(err, scale, eager_err, factor, atol):
-    # Relative 1e-4 of the float64 truth, or DESIGN.md's accuracy rule (within `factor` times the
+    # Relative 1e-4 of the float64 truth, or docs/design.md's accuracy rule (within `factor` times the
     # error of the eager official formula run in float32), whichever is looser: the latter covers
     # ill-conditioned corners such as N = 2 (Barlow's batch-norm of two rows, dim_std with two
     # rows, whose exact gradient is ~0 and whose float32 gradient is rounding noise).

@@ -244,7 +244,8 @@ def test_sdist_installs_and_imports(sdist, tmp_path):
     assert pathlib.Path(where).resolve().is_relative_to(target.resolve()), where
     assert available == str(build_cuda), probe.stdout
     g = torch.Generator().manual_seed(7)
-    z1, z2 = torch.randn(16, 24, generator=g, dtype=torch.float64), torch.randn(16, 24, generator=g, dtype=torch.float64)
+    z1, z2 = torch.randn(16, 24, generator=g, dtype=torch.float64), torch.randn(16, 24, generator=g,
+                                                                                dtype=torch.float64)
     assert float(loss) == dk.vicreg_loss(z1, z2, backend="torch").item()
 
     if not build_cuda:

@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis): every public function on every backend against the reference,
-on inputs hypothesis draws, under DESIGN convention 5's accuracy rule (accuracy._check).
+on inputs hypothesis draws, under docs/design.md convention 5's accuracy rule (accuracy._check).
 
 Inputs: N in 2..300 and D in 1..300 (N·D capped per profile, so that large D comes in few rows),
 Gaussian views with a drawn scale and offset, or one column, constant columns, zero rows or
@@ -14,7 +14,7 @@ Where the rule measures nothing it is replaced by a documented check, never skip
   which a cancellation makes large (seen: the same criterion of one column, 236 rows: its truth
   is 0, the float64 reference's ‖zᵀz‖² − Σ_k c_k² is 1.1e-6 off, the kernel's off-diagonal sum
   exactly 0). So each item must lie within max(1e-6, 1e-10·max|truth|) plus twice the spread of
-  the float64 reference between the two sides (SPEC §2: they agree to rounding, so the spread
+  the float64 reference between the two sides (docs/spec.md §2: they agree to rounding, so the spread
   measures that rounding), for the functions that have sides.
 - all-zero rows in float32: l2n's gradient there is dn/1e-12 ~ 1e12 times the upstream one, so
   the slack becomes max(1e-6, 1e-6·max|truth|), as tests/test_triton_lse.py has it everywhere
@@ -191,7 +191,8 @@ def _check_float64(fn, ref, name, params, inputs):
     t_items = sum(_run(ref, inputs, weights), [])
     spread = [0.0] * len(t_items)
     if "side" in params:
-        sides = [sum(_run(P.call(name, dict(params, side=s), "torch"), inputs, weights), []) for s in ("sample", "dimension")]
+        sides = [sum(_run(P.call(name, dict(params, side=s), "torch"), inputs, weights), []) for s in ("sample",
+                                                                                                       "dimension")]
         spread = [_err(a, b) for a, b in zip(*sides)]
     for i, (k, t, sp) in enumerate(zip(k_items, t_items, spread)):
         assert k.dtype == t.dtype and not torch.isnan(k).any(), f"item {i}: dtype {k.dtype} or NaN"

@@ -1,6 +1,6 @@
 """Every Triton kernel variant our launchers use compiles for the H200 (sm_90), on any machine.
 
-The interpreter tests check the math; this checks DESIGN convention 10 (the kernels compile for
+The interpreter tests check the math; this checks docs/design.md convention 10 (the kernels compile for
 the GPU: block shapes, ``tl.dot`` operand sizes, dtypes, constexpr branches) without a GPU, by
 running duality_kernels/testing/triton_aot.py (ahead-of-time compilation to cubin) in a subprocess without
 TRITON_INTERPRET. Compiled kernels land in triton's cache, so a second run takes seconds.

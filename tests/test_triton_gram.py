@@ -9,7 +9,7 @@ scales): ``gram._OVERRIDES`` runs that plan in fp32/fp64 under the accuracy rule
 for real. With a GPU the same tests run on CUDA tensors, and the ``cuda`` tests add TF32,
 bf16/fp16, inductor and the peak-memory bound.
 
-Accuracy rule (DESIGN convention 5): truth = reference in float64, eager = reference in the test
+Accuracy rule (docs/design.md convention 5): truth = reference in float64, eager = reference in the test
 dtype; max|kernel − truth| ≤ 2·max|eager − truth| + 1e-6 for values, 3× for gradients; float64 within
 1e-12 of max|truth| (accuracy.F64_RTOL).
 """
@@ -56,7 +56,7 @@ DEVICE = "cpu" if INTERPRETING else "cuda"
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["fp32", "fp64"]
 # N=2; primes; 31/33 straddle the interpreter's 32-wide tiles and 16-deep reductions;
-# N > D and N < D. Small enough for the interpreter (DESIGN convention 10).
+# N > D and N < D. Small enough for the interpreter (docs/design.md convention 10).
 SHAPES = [(2, 5), (7, 3), (31, 17), (17, 33), (33, 48)]
 SHAPE_IDS = [f"{n}x{d}" for n, d in SHAPES]
 SIDES = ["sample", "dimension"]
@@ -126,7 +126,7 @@ def overrides(request, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# losses (SPEC §3, §4), values and gradients through the loss and every term
+# losses (docs/spec.md §3, §4), values and gradients through the loss and every term
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -159,7 +159,7 @@ def test_spectral(dtype, shape, side):
 
 
 # ------------------------------------------------------------------------------------------------
-# primitives (SPEC §1) and the duality terms (SPEC §2)
+# primitives (docs/spec.md §1) and the duality terms (docs/spec.md §2)
 
 
 @pytest.mark.parametrize("correction", [1, 0])
@@ -273,7 +273,7 @@ def test_non_contiguous_inputs():
 
 
 def test_deterministic():
-    """No atomics: two runs agree bit for bit (DESIGN convention 7)."""
+    """No atomics: two runs agree bit for bit (docs/design.md convention 7)."""
     z1, z2 = _views(33, 40, torch.float32, seed=13)
     _check_deterministic((lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension"),
                lambda a, b: gram.barlow_twins(a, b, 0.0051, 1e-5, "sample")), [z1, z2])
@@ -358,7 +358,7 @@ def test_functions_and_custom_ops_raise_the_public_errors():
 
 def test_functions_validate_their_arguments():
     """The drop-in Functions raise the public functions' ValueError/TypeError, naming the argument,
-    before any kernel runs (SPEC §6; issue 15: unvalidated calls reached native code)."""
+    before any kernel runs (docs/spec.md §6; issue 15: unvalidated calls reached native code)."""
     z1, z2 = _views(6, 4, torch.float32, seed=19)
     v = (25.0, 25.0, 1.0, 1.0, 1e-4)
     bad = [

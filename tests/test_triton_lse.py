@@ -6,7 +6,7 @@ comparisons on the GPU in fp32 (both matmul precisions), bf16 and fp16. Under th
 fused backward handles K ≤ 32 and the stripe backward (coefficient tiles + torch.mm) larger K, so
 the shapes below take both paths (D = 3, 20 fused; 33, 70 stripes).
 
-Accuracy rule (DESIGN convention 5): truth = the reference in float64, eager = the reference in
+Accuracy rule (docs/design.md convention 5): truth = the reference in float64, eager = the reference in
 the test dtype; max|kernel − truth| ≤ 2·max|eager − truth| + 1e-6 for values, 3× for gradients.
 The 1e-6 is relative to max(1, max|truth|): a sum over many anchors is far above 1, and one
 rounding of it exceeds 1e-6 while the eager run can happen to round exactly. float64 takes 1e-12
@@ -96,7 +96,7 @@ def _ntxent(t, sim, norm, red, backend):
 @pytest.mark.parametrize("normalization", ["l2", "center_l2", "dim_std"])
 @pytest.mark.parametrize("similarity", ["dot", "abs", "square"])
 def test_ntxent_terms(similarity, normalization, shape, dtype):
-    """reduction="none": every anchor's term and its gradient, every mode (SPEC §4)."""
+    """reduction="none": every anchor's term and its gradient, every mode (docs/spec.md §4)."""
     check_against_reference(_ntxent(0.3, similarity, normalization, "none", "triton"),
                             _ntxent(0.3, similarity, normalization, "none", "torch"), shape, dtype)
 
@@ -362,7 +362,7 @@ def _loss_fn(name, t, backend):
 
 
 def _check_inputs(fn, ref, z1, z2):
-    """DESIGN convention 5 (accuracy._assert_rule: max errors, 2× values, 3× gradients, slack 1e-6
+    """docs/design.md convention 5 (accuracy._assert_rule: max errors, 2× values, 3× gradients, slack 1e-6
     plus half an ulp for a 0-dim output), and a statistic without slack that a max over a few
     dominant entries cannot hide or fake: the mean absolute error of every non-scalar output and
     gradient within 2× eager's (interpreter, 2026-12-01: ≤ 1.33 in every case here; before this
@@ -394,7 +394,7 @@ LOSSES = ["ntxent", "ntxent_abs_center_l2", "ntxent_square_dim_std", "dcl", "inf
 @pytest.mark.parametrize("d", [20, 40])
 @pytest.mark.parametrize("name", LOSSES)
 def test_temperatures_aligned_views(name, d, temperature):
-    """DESIGN convention 5 at the bar's temperatures, fp32 IEEE, views whose positives dominate."""
+    """docs/design.md convention 5 at the bar's temperatures, fp32 IEEE, views whose positives dominate."""
     from .accuracy import views
 
     z1, z2 = views(48, d, torch.float64, 0, "cpu")
@@ -420,7 +420,7 @@ def test_several_stripes(monkeypatch):
 
 
 def test_deterministic():
-    """No atomics (DESIGN convention 7): two runs give the same bits, values and gradients."""
+    """No atomics (docs/design.md convention 7): two runs give the same bits, values and gradients."""
     from .accuracy import _check_deterministic
 
     g = torch.Generator().manual_seed(5)
@@ -429,7 +429,7 @@ def test_deterministic():
 
 
 # ------------------------------------------------------------------------------------------
-# TF32 operands rounded to nearest (DESIGN convention 16)
+# TF32 operands rounded to nearest (docs/design.md convention 16)
 
 
 def _rna_tf32_bits(x):
@@ -496,7 +496,7 @@ def test_tf32_operands_are_rounded_in_the_kernels():
 
 
 # ------------------------------------------------------------------------------------------
-# drop-in torch.autograd.Function subclasses (DESIGN convention 2)
+# drop-in torch.autograd.Function subclasses (docs/design.md convention 2)
 
 FUNCTION_CASES = {
     "ntxent": (lambda L, a, b: L.NTXentFunction.apply(a, b, 0.3, "square", "center_l2", "mean")[0],
@@ -615,7 +615,7 @@ def test_gpu_fp32(shape, precision):
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        slack = 1e-6  # TF32 included: operands rounded to nearest as cuBLAS does (DESIGN 16)
+        slack = 1e-6  # TF32 included: operands rounded to nearest as cuBLAS does (docs/design.md convention 16)
         # every mode on one shape, two on the others (each mode is a kernel compile on the GPU)
         modes = [(s, n) for s in ("dot", "abs", "square") for n in ("l2", "center_l2", "dim_std")]
         if shape != GPU_SHAPES[1]:
@@ -733,7 +733,7 @@ def test_gpu_ntxent_memory_is_linear_in_n():
 
 
 # ------------------------------------------------------------------------------------------
-# gather_distributed=True (SPEC §5): this rank's anchors against every rank's keys
+# gather_distributed=True (docs/spec.md §5): this rank's anchors against every rank's keys
 
 
 class FakeRanks:

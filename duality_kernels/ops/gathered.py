@@ -35,7 +35,7 @@ def _acc(z: Tensor) -> torch.dtype:
 def _offdiag_sq(g: Tensor) -> Tensor:
     """Σ_{k≠l} g_kl² (over the last two dims), summed in float64. The diagonal is zeroed before
     the sum rather than subtracted after it: the covariance family's diagonal dominates its Grams,
-    and a difference of two float32 sums would keep their rounding (SPEC §2's identities)."""
+    and a difference of two float32 sums would keep their rounding (docs/spec.md §2's identities)."""
     sq = g * g
     sq.diagonal(dim1=-2, dim2=-1).zero_()  # mul saved its inputs, not sq: autograd allows it
     return sq.sum(dtype=_F64)
@@ -57,7 +57,7 @@ def vicreg(ops, ctx: Context, strategy: str, z1: Tensor, z2: Tensor, inv_weight:
     n, d = z1.shape
     acc = _acc(z1)
     if strategy == "gather":
-        inv = ops.moments(z1, z2, NONE)[0]  # the local invariance (SPEC §3: local rows only)
+        inv = ops.moments(z1, z2, NONE)[0]  # the local invariance (docs/spec.md §3: local rows only)
         loss, terms = ops.vicreg(ctx.gather(z1), ctx.gather(z2), 0.0, var_weight, cov_weight, gamma, eps, side)
         return loss + inv_weight * inv, {"invariance": inv, "variance": terms["variance"],
                                          "covariance": terms["covariance"]}
@@ -111,7 +111,7 @@ class _SymGram(torch.autograd.Function):
 
 def spectral(ops, ctx: Context, z1: Tensor, z2: Tensor, mu: float, side: str
              ) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """SPEC §5 for the spectral loss (reference.spectral with ctx): this rank's rows a_r against
+    """docs/spec.md §5 for the spectral loss (reference.spectral with ctx): this rank's rows a_r against
     all rows b; rank loss = [−(2/N) Σ_{i∈r} p_i + (‖a_r bᵀ‖² − Σ_{i∈r} p_i²)/(N(M−1))] / mu."""
     n = z1.shape[0]
     m = ctx.world * n
@@ -119,7 +119,7 @@ def spectral(ops, ctx: Context, z1: Tensor, z2: Tensor, mu: float, side: str
     op = R.operand_dtype(z1)
     x, p = ops.spectral_rows(z1, z2, mu)
     a, b = x[0], x[1]
-    if side == "dimension":  # ‖a_r bᵀ‖² = ⟨a_rᵀa_r, Σ_s b_sᵀb_s⟩ (SPEC §2): one D×D all-reduce
+    if side == "dimension":  # ‖a_r bᵀ‖² = ⟨a_rᵀa_r, Σ_s b_sᵀb_s⟩ (docs/spec.md §2): one D×D all-reduce
         full = (_SymGram.apply(a, op) * ctx.all_reduce(_SymGram.apply(b, op))).sum(dtype=_F64)
         neg = full - (p * p).sum(dtype=_F64)
     else:  # the N×M block of a_r against the gathered b, without this rank's positives
@@ -135,7 +135,7 @@ def spectral(ops, ctx: Context, z1: Tensor, z2: Tensor, mu: float, side: str
 def vicreg_ctr_triton(ctx: Context, z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float,
                       cov_weight: float, gamma: float, eps: float, temperature: float
                       ) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """SPEC §5 for VICReg-ctr (reference.vicreg_ctr with ctx) on lse.py's anchor_lse kernel: this
+    """docs/spec.md §5 for VICReg-ctr (reference.vicreg_ctr with ctx) on lse.py's anchor_lse kernel: this
     rank's rows of y (global column centering, then row centering) against all W·N rows, self
     masked, no positive; the variance hinge over its own rows. The centering is torch, as in the
     single-process Triton op."""

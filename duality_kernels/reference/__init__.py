@@ -1,15 +1,15 @@
-"""Pure-PyTorch math of ../shared/SPEC.md §1–4: the CPU path, the test oracle, the benchmark baseline.
+"""Pure-PyTorch math of docs/spec.md §1–4: the CPU path, the test oracle, the benchmark baseline.
 
 Functions here trust their inputs (the public functions in ``functional.py`` validate them) and
 take ``side`` already resolved to "sample" or "dimension". They run on any device and dtype;
-float16/bfloat16 inputs are computed in float32 (SPEC: reductions accumulate in float32), and
+float16/bfloat16 inputs are computed in float32 (docs/spec.md: reductions accumulate in float32), and
 autograd carries gradients back to the input dtype. Their products take operands rounded to the
 input dtype and accumulate in float32 (``mm``): tensor cores with fp32 results on CUDA (as the
 official formulas in bf16 and the compiled backends do; an fp32 upcast ran them on SIMT units,
 2.6 ms per 2048×8192 Gram on the H200, 2026-11-30), the same rounding emulated in fp32 on the CPU.
 float32 products follow torch's float32 matmul precision; float64 ones are float64.
 
-The duality (SPEC §2) is used wherever a sum of squared Gram entries appears:
+The duality (docs/spec.md §2) is used wherever a sum of squared Gram entries appears:
 ‖aᵀb‖²_F = ⟨a aᵀ, b bᵀ⟩_F = ⟨aᵀa, bᵀb⟩_F, so such a term costs O(N²·D) on the sample side and
 O(N·D²) on the dimension side, and the caller picks the cheaper one (``_cost.cheaper_side``).
 An off-diagonal sum taken on its own side masks the diagonal before squaring; on the other side
@@ -268,7 +268,7 @@ def dimension_contrastive_criterion(z: Tensor, side: str) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # §3 covariance family
 #
-# ``ctx`` (distributed.Context) is LOCAL for one process. With W ranks (SPEC §5) every batch
+# ``ctx`` (distributed.Context) is LOCAL for one process. With W ranks (docs/spec.md §5) every batch
 # statistic is the global batch's, obtained by ``strategy`` "gather" (all rows to every rank, then
 # the single-process math) or "allreduce" (merge per-rank moments and D×D Grams); the invariance
 # term stays local.
@@ -293,7 +293,7 @@ def _merged_gram(z: Tensor, stats: Optional[ColumnStats], ctx: Context) -> Tuple
 def vicreg_view(z: Tensor, gamma: float, eps: float, side: str,
                 stats: Optional[ColumnStats] = None, ctx: Context = LOCAL,
                 strategy: str = "gather") -> Tuple[Tensor, Tensor]:
-    """(v(z), c(z)) of SPEC §3 VICReg for one view.
+    """(v(z), c(z)) of docs/spec.md §3 VICReg for one view.
 
     c(z) = offsq(xᵀx/(N−1))/D = [‖xᵀx‖² − Σ_k (Σ_i x_ik²)²] / ((N−1)²·D), where the first term is
     computed on ``side`` and the diagonal is the column sums of squares already needed by v(z).
@@ -416,11 +416,11 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_param: float, eps: float, side: 
 # §4 sample-contrastive family
 #
 # With W ranks each rank's anchors are its own rows, scored against the rows of all ranks
-# (SPEC §5); rows are numbered globally, rank r owning [r·N, (r+1)·N) of each view.
+# (docs/spec.md §5); rows are numbered globally, rank r owning [r·N, (r+1)·N) of each view.
 
 
 def _view_normalize(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor, Tensor]:
-    """The three normalizations of paper §5 / Table 1 (SPEC §4 NT-Xent)."""
+    """The three normalizations of paper §5 / Table 1 (docs/spec.md §4 NT-Xent)."""
     if normalization == "l2":
         return l2n(z1), l2n(z2)
     out = []
@@ -437,7 +437,7 @@ def _view_normalize(z1: Tensor, z2: Tensor, normalization: str) -> Tuple[Tensor,
 
 
 def reduce_terms(terms: Tensor, reduction: str) -> Tensor:
-    """SPEC §4 ``reduction``: mean or sum over the terms, or the terms themselves ("none")."""
+    """docs/spec.md §4 ``reduction``: mean or sum over the terms, or the terms themselves ("none")."""
     if reduction == "mean":
         return terms.mean()
     if reduction == "sum":

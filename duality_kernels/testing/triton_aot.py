@@ -68,7 +68,7 @@ def base_jit(obj) -> Optional[JITFunction]:
 
 def _kernel_attributes(modules=None):
     """(module, attribute, object) of every launched kernel: the module attributes named
-    ``*_kernel`` (DESIGN convention 1) that wrap a ``@triton.jit`` function."""
+    ``*_kernel`` (docs/design.md convention 1) that wrap a ``@triton.jit`` function."""
     for mod in modules if modules is not None else kernel_modules():
         for attr, obj in list(vars(mod).items()):
             if attr.endswith("_kernel") and base_jit(obj) is not None:
@@ -336,7 +336,7 @@ class _TwoRanksAny:
 
 
 def _gathered_ops(z1, z2):
-    """SPEC §5's compiled forms on Triton (ops/gathered.py): both strategies, the spectral loss on
+    """docs/spec.md §5's compiled forms on Triton (ops/gathered.py): both strategies, the spectral loss on
     both sides and VICReg-ctr's anchors against the gathered rows (the moments and clamped-rows
     ops, their epilogues, and anchor_lse without a positive)."""
     from duality_kernels.ops import gathered
@@ -360,7 +360,8 @@ def lse_scenarios(everything: bool) -> List[Case]:
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     modes = ([(s, n) for s in ("dot", "abs", "square") for n in ("l2", "center_l2", "dim_std")] if everything
              else [("dot", "l2"), ("abs", "center_l2"), ("square", "dim_std")])
-    out = [Case(f"ntxent {s} {n}", fwd_bwd(lambda a, b, s=s, n=n: dk.ntxent_loss(a, b, 0.1, s, n, backend="triton"), bf16))
+    out = [Case(f"ntxent {s} {n}", fwd_bwd(lambda a, b, s=s, n=n: dk.ntxent_loss(a, b, 0.1, s, n, backend="triton"),
+                                           bf16))
            for s, n in modes]
     for sim in (("dot", "abs", "square") if everything else ("square",)):
         out.append(Case(f"dcl {sim}", fwd_bwd(lambda a, b, s=sim: dk.dcl_loss(a, b, 0.1, s, backend="triton"), bf16)))
@@ -378,7 +379,8 @@ def lse_scenarios(everything: bool) -> List[Case]:
     ]
     # fp32 under both precisions: IEEE dots, and TF32 with the operands rounded (round_tf32)
     fp32_losses = [("ntxent", lambda a, b: dk.ntxent_loss(a, b, backend="triton")),
-                   ("ntxent square dim_std", lambda a, b: dk.ntxent_loss(a, b, 0.1, "square", "dim_std", backend="triton")),
+                   ("ntxent square dim_std", lambda a, b: dk.ntxent_loss(a, b, 0.1, "square", "dim_std",
+                                                                         backend="triton")),
                    ("infonce", lambda a, b: dk.infonce_loss(a, b, backend="triton")),
                    ("vicreg_exp", lambda a, b: dk.vicreg_exp_loss(a, b, backend="triton")),
                    ("vicreg_ctr", lambda a, b: dk.vicreg_ctr_loss(a, b, backend="triton"))]

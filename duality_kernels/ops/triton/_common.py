@@ -4,7 +4,7 @@ TF32 rounding (``tf32_rounding`` / ``round_tf32``) and the launch-configuration 
 Triton is imported lazily by the op files (``import duality_kernels`` never needs it). Kernels run
 on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set before
 ``triton`` is first imported), which is how the default test suite checks them on a machine
-without a GPU (DESIGN convention 10).
+without a GPU (docs/design.md convention 10).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def arch_family(z: Optional[torch.Tensor] = None) -> str:
 
 
 def input_precision(dtype: torch.dtype) -> str:
-    """The ``tl.dot`` input precision that honors torch's float32 matmul setting (DESIGN convention 4).
+    """The ``tl.dot`` input precision that honors torch's float32 matmul setting (docs/design.md convention 4).
 
     float32 under "highest" is IEEE; under "high"/"medium" TF32 is allowed, as for torch matmuls.
     bf16/fp16 use tensor cores with fp32 accumulation (the value is triton's default, ignored for
@@ -132,7 +132,7 @@ class Tiles(NamedTuple):
     """One launch configuration: tile rows/columns, the K chunk (or the whole padded K), warps and
     software-pipelining stages. Kept in deterministic per-(dtype, precision, K bucket, N bucket)
     tables rather than ``triton.autotune``: a timing-based choice can differ between processes and
-    with it the reduction order, hence the bits (DESIGN convention 7), and the AOT compile check
+    with it the reduction order, hence the bits (docs/design.md convention 7), and the AOT compile check
     (duality_kernels/testing/triton_aot.py) then covers exactly the launched variants."""
     BM: int
     BN: int
@@ -162,7 +162,7 @@ if triton is not None:
     @triton.jit
     def round_tf32(x, RNA: tl.constexpr):
         """fp32 ``x`` rounded to TF32 (10-bit mantissa), to nearest with ties away from zero, as
-        cuBLAS rounds TF32 GEMM operands (DESIGN convention 16). Triton's tf32 ``tl.dot`` hands the
+        cuBLAS rounds TF32 GEMM operands (docs/design.md convention 16). Triton's tf32 ``tl.dot`` hands the
         fp32 bits to the tensor cores, which drop the low 13 mantissa bits (truncation, a bias on
         every sum: triton-lang/triton issue 4574), so operands are rounded here first. ``RNA`` from
         :func:`tf32_rounding`: 0 leaves ``x`` alone, 1 is the PTX instruction, 2 its emulation on
