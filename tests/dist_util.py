@@ -15,3 +15,16 @@ def spawn(fn, world, args, limit_s=240):
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"distributed workers did not finish in {limit_s} s")
+
+
+def rank_results(worker, world):
+    """Runs ``worker(rank, world, init_file, out_dir)`` on ``world`` ranks; each saves its results to
+    ``out_dir/rank<r>.pt``. Returns them in rank order."""
+    import os
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spawn(worker, world, (os.path.join(tmp, "init"), tmp))
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]

@@ -7,7 +7,6 @@ fp32 error (tests/accuracy.py), errors, modules, and the distributed contract un
 
 import datetime
 import os
-import tempfile
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from duality_kernels.reference import spectrum as RS
 from duality_kernels.testing import official_spectrum as O
 
 from . import accuracy as A
-from .dist_util import spawn
+from .dist_util import rank_results
 
 SIDES = ("sample", "dimension")
 SHAPES = [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1), (13, 4)]
@@ -404,16 +403,10 @@ def _worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-def _spawn(world, tmp):
-    spawn(_worker, world, (os.path.join(tmp, "init"), tmp))
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_equals_global_batch(world):
-    with tempfile.TemporaryDirectory() as tmp:
-        _spawn(world, tmp)
-        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    ranks = rank_results(_worker, world)
     x1, x2, y = _data(world)
     for name, _, d, fn in _dist_cases():
         model = _model(d)

@@ -8,7 +8,6 @@ backend selection, and open_clip's local-loss semantics with 2 and 3 gloo proces
 import datetime
 import math
 import os
-import tempfile
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from duality_kernels.reference import two_tower as RT
 from duality_kernels.testing import official_two_tower as O
 
 from .accuracy import _check, views
-from .dist_util import spawn
+from .dist_util import rank_results
 
 SCALE = 1 / 0.07   # CLIP's initial exp(logit_scale); not a float32 number
 BIAS = -10 / 3     # not a float32 number either
@@ -497,16 +496,10 @@ def _worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-def _spawn(world, tmp):
-    spawn(_worker, world, (os.path.join(tmp, "init"), tmp))
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_local_loss_equals_global_batch(world):
-    with tempfile.TemporaryDirectory() as tmp:
-        _spawn(world, tmp)
-        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    ranks = rank_results(_worker, world)
     x_image, x_text = _data(world)
     for name, (fn, official_rank, learn_scale, learn_bias) in _dist_cases().items():
         model = _Towers(learn_scale, learn_bias)
