@@ -3,7 +3,8 @@
 These run on any machine (no GPU needed): the extension was built and imports when torch is a CUDA
 build, a missing _C never breaks import (the fakes still work), and the registration machinery
 (schemas, fakes, autograd wiring, tracing) passes opcheck with a pure-torch stand-in for _C on CPU.
-The kernels themselves are tested against float64 truth in tests/test_cuda_gram.py.
+The kernels themselves are tested against float64 truth in tests/test_gram_backends.py and
+tests/test_cuda_gram.py.
 """
 
 import subprocess

@@ -1,5 +1,7 @@
-"""The CUDA C++ backend of the covariance family (duality_kernels/ops/cuda.py over csrc/bindings/
-and csrc/kernels/gram_ops.cu) against reference.py.
+"""What only the CUDA C++ backend of the covariance family (duality_kernels/ops/cuda.py over
+csrc/bindings/ and csrc/kernels/gram_ops.cu) has: the bindings' own checks, launch counts, the C++
+autograd path, layouts past the small shapes, reduced precision. The tests both compiled backends
+share are tests/test_gram_backends.py.
 
 With a GPU the ops run on CUDA tensors. Without one they run on CPU tensors in the CPU simulator of
 the same C++ source (duality_kernels/testing/csim.py: the kernels' arithmetic, indexing and launch bookkeeping; the
@@ -12,16 +14,12 @@ import pytest
 import torch
 
 import duality_kernels as dk
-from duality_kernels import reference as ref
 from duality_kernels.ops import cuda as cuda_ops
 
 from duality_kernels.testing import csim
-from .entry_points import check_entry_points
+from .gram_cases import check_named, compile_check, loss_cases, matrix_cases, op_cases
 from .accuracy import (
-    _check, _check_compiled, _check_deterministic, _check_fakes_on_meta, _check_low_precision, _check_opcheck,
-    _check_same_bits,
-    _check_relative,
-    _flat, _spectral_mu, views,
+    _check_low_precision, _flat, _spectral_mu, views,
 )
 
 ON_GPU = torch.cuda.is_available()
@@ -54,153 +52,12 @@ def _views(n, d, dtype, seed, device=DEVICE):
 V = (25.0, 25.0, 1.0, 1.0, 1e-4)  # VICReg's default weights, gamma, eps
 
 
-def _loss_cases(side, mu):
-    """(name, our function, reference) of every two-view function with a side argument."""
-    return [
-        ("vicreg", lambda a, b: cuda_ops.vicreg(a, b, *V, side), lambda a, b: ref.vicreg(a, b, *V, side)),
-        ("barlow", lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, side),
-         lambda a, b: ref.barlow_twins(a, b, 0.0051, 1e-5, side)),
-        ("spectral", lambda a, b: cuda_ops.spectral(a, b, mu, side), lambda a, b: ref.spectral(a, b, mu, side)),
-        ("duality", lambda a, b: cuda_ops.duality_terms(a, side), lambda a, b: ref.duality_terms(a, side)),
-    ]
-
-
-def _matrix_cases():
-    return [
-        ("covariance1", lambda a, b: cuda_ops.covariance(a, 1), lambda a, b: ref.covariance(a, 1)),
-        ("covariance0", lambda a, b: cuda_ops.covariance(a, 0), lambda a, b: ref.covariance(a, 0)),
-        ("cross_correlation", lambda a, b: cuda_ops.cross_correlation(a, b, 1e-5),
-         lambda a, b: ref.cross_correlation(a, b, 1e-5)),
-        ("normalized_gram_pair", cuda_ops.normalized_gram, ref.normalized_gram),
-        ("normalized_gram", lambda a, b: cuda_ops.normalized_gram(a), lambda a, b: ref.normalized_gram(a)),
-    ]
-
-
-def _check_named(name, kernel_fn, ref_fn, inputs):
-    # csrc's duality_terms backward takes float32 products on the side where L_c or L_nc cancels,
-    # where the reference widens to float64 (docs/spec.md §8.2, status): 1e-5 relative until then
-    slack = 1e-5 if name == "duality" and inputs[0].dtype == torch.float32 else 0.0
-    try:
-        _check(kernel_fn, ref_fn, inputs, rel_slack=slack)
-    except AssertionError as exc:
-        raise AssertionError(f"{name}: {exc}") from exc
-
-
 # ------------------------------------------------------------------------------------------------
 # every function, values and gradients (docs/spec.md §1–4), under the accuracy rule
 
 
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_losses(dtype, shape, side):
-    z1, z2 = _views(*shape, dtype, seed=1)
-    for name, kernel_fn, ref_fn in _loss_cases(side, _spectral_mu(z1)):
-        _check_named(name, kernel_fn, ref_fn, [z1, z2])
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_matrices(dtype, shape):
-    z1, z2 = _views(*shape, dtype, seed=2)
-    for name, kernel_fn, ref_fn in _matrix_cases():
-        _check_named(name, kernel_fn, ref_fn, [z1, z2])
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_public_functions_dispatch_here(dtype):
-    """backend="cuda" of every public function runs these ops (same values as calling them)."""
-    z1, z2 = _views(19, 11, dtype, seed=3)
-    pairs = [
-        (dk.vicreg_loss(z1, z2, side="sample", backend="cuda"), cuda_ops.vicreg(z1, z2, *V, "sample")[0]),
-        (dk.barlow_twins_loss(z1, z2, side="dimension", backend="cuda"),
-         cuda_ops.barlow_twins(z1, z2, 0.0051, 1e-5, "dimension")[0]),
-        (dk.spectral_contrastive_loss(z1, z2, mu=2.0, side="sample", backend="cuda"),
-         cuda_ops.spectral(z1, z2, 2.0, "sample")[0]),
-        (dk.covariance(z1, backend="cuda"), cuda_ops.covariance(z1)),
-        (dk.cross_correlation(z1, z2, backend="cuda"), cuda_ops.cross_correlation(z1, z2)),
-        (dk.normalized_gram(z1, z2, backend="cuda"), cuda_ops.normalized_gram(z1, z2)),
-        (dk.sample_contrastive_criterion(z1, side="dimension", backend="cuda"),
-         cuda_ops.duality_terms(z1, "dimension")[0]),
-        (dk.dimension_contrastive_criterion(z1, side="sample", backend="cuda"),
-         cuda_ops.duality_terms(z1, "sample")[1]),
-        (dk.duality_terms(z1, backend="cuda")[3], cuda_ops.duality_terms(z1, "dimension")[3]),
-    ]
-    for got, want in pairs:
-        assert torch.equal(got, want)
-    # and they match the reference (the accuracy tests above check the rule in detail)
-    torch.testing.assert_close(dk.vicreg_loss(z1, z2, backend="cuda"), dk.vicreg_loss(z1, z2, backend="torch"))
-
-
 # ------------------------------------------------------------------------------------------------
 # gradients through single outputs, edge cases, layouts, determinism
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_single_term_gradients(dtype):
-    """Backprop through one term only: the other outputs' gradients arrive as None."""
-    z1, z2 = _views(19, 23, dtype, seed=4)
-    cases = [
-        (lambda a, b: cuda_ops.vicreg(a, b, *V, "sample")[1]["covariance"],
-         lambda a, b: ref.vicreg(a, b, *V, "sample")[1]["covariance"]),
-        (lambda a, b: cuda_ops.vicreg(a, b, *V, "dimension")[1]["variance"],
-         lambda a, b: ref.vicreg(a, b, *V, "dimension")[1]["variance"]),
-        (lambda a, b: cuda_ops.vicreg(a, b, *V, "dimension")[1]["invariance"],
-         lambda a, b: ref.vicreg(a, b, *V, "dimension")[1]["invariance"]),
-        (lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "sample")[1]["off_diagonal"],
-         lambda a, b: ref.barlow_twins(a, b, 0.0051, 1e-5, "sample")[1]["off_diagonal"]),
-        (lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[1]["on_diagonal"],
-         lambda a, b: ref.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[1]["on_diagonal"]),
-        (lambda a, b: cuda_ops.spectral(a, b, 20.0, "dimension")[1]["negative"],
-         lambda a, b: ref.spectral(a, b, 20.0, "dimension")[1]["negative"]),
-        (lambda a, b: cuda_ops.spectral(a, b, 20.0, "sample")[1]["positive"],
-         lambda a, b: ref.spectral(a, b, 20.0, "sample")[1]["positive"]),
-        (lambda a, b: cuda_ops.duality_terms(a, "sample")[1], lambda a, b: ref.duality_terms(a, "sample")[1]),
-        (lambda a, b: cuda_ops.duality_terms(a, "dimension")[2],
-         lambda a, b: ref.duality_terms(a, "dimension")[2]),
-    ]
-    for i, (kernel_fn, ref_fn) in enumerate(cases):
-        _check_named(f"case {i}", kernel_fn, ref_fn, [z1, z2])
-
-
-def test_expanded_matrix_gradient():
-    """matrix.sum() hands the backward an expanded (stride-0) gradient."""
-    z1, z2 = _views(21, 13, torch.float64, seed=5)
-    for i, (kernel_fn, ref_fn) in enumerate([
-        (lambda a, b: cuda_ops.covariance(a).sum(), lambda a, b: ref.covariance(a).sum()),
-        (lambda a, b: cuda_ops.cross_correlation(a, b).sum(), lambda a, b: ref.cross_correlation(a, b).sum()),
-        (lambda a, b: cuda_ops.normalized_gram(a, b).sum(), lambda a, b: ref.normalized_gram(a, b).sum()),
-        (lambda a, b: cuda_ops.normalized_gram(a).sum(), lambda a, b: ref.normalized_gram(a).sum()),
-    ]):
-        _check_named(f"case {i}", kernel_fn, ref_fn, [z1, z2])
-
-
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_constant_columns(dtype, side):
-    """Zero-variance columns: VICReg's sqrt(var + eps) and BatchNorm's 1/sqrt(var + eps) paths."""
-    z1, z2 = _views(17, 9, dtype, seed=6)
-    z1[:, 0] = 3.0
-    z1[:, 4] = 0.0
-    z2[:, 4] = -1.5
-    _check(lambda a, b: cuda_ops.vicreg(a, b, *V, side), lambda a, b: ref.vicreg(a, b, *V, side), [z1, z2])
-    _check(lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, side),
-           lambda a, b: ref.barlow_twins(a, b, 0.0051, 1e-5, side), [z1, z2])
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_zero_rows(dtype):
-    """A zero row: l2n's eps branch (normalized_gram; its gradient is dn/1e-12, so the absolute
-    slack of the accuracy rule means nothing there: relative check) and a kept zero row in the
-    spectral clamp (accuracy rule)."""
-    z1, z2 = _views(12, 7, dtype, seed=7)
-    z1[3] = 0.0
-    z2[5] = 0.0
-    for kernel_fn, ref_fn, inputs in [(cuda_ops.normalized_gram, ref.normalized_gram, [z1, z2]),
-                                      (lambda a: cuda_ops.normalized_gram(a), lambda a: ref.normalized_gram(a), [z1])]:
-        _check_relative(kernel_fn, ref_fn, inputs, 1e-12 if dtype == torch.float64 else 1e-5)
-    _check(lambda a, b: cuda_ops.spectral(a, b, 4.0, "sample"), lambda a, b: ref.spectral(a, b, 4.0, "sample"),
-           [z1, z2])
 
 
 # Shapes past the small SHAPES above, for the kernels' layouts (gram_ops.cu): several row chunks
@@ -215,10 +72,10 @@ PLAN_SHAPES = [(300, 260), (291, 131), (64, 40)]
 @pytest.mark.parametrize("shape", PLAN_SHAPES, ids=[f"{n}x{d}" for n, d in PLAN_SHAPES])
 def test_chunks_tiles_and_alignment(shape, side):
     z1, z2 = _views(*shape, torch.float32, seed=21)
-    for name, kernel_fn, ref_fn in _loss_cases(side, _spectral_mu(z1)):
-        _check_named(name, kernel_fn, ref_fn, [z1, z2])
-    for name, kernel_fn, ref_fn in _matrix_cases()[:3]:
-        _check_named(name, kernel_fn, ref_fn, [z1, z2])
+    for name, kernel_fn, ref_fn in loss_cases(cuda_ops, side, _spectral_mu(z1)):
+        check_named("cuda", name, kernel_fn, ref_fn, [z1, z2])
+    for name, kernel_fn, ref_fn in matrix_cases(cuda_ops)[:3]:
+        check_named("cuda", name, kernel_fn, ref_fn, [z1, z2])
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -304,94 +161,8 @@ def test_launches_per_step(side):
         torch.set_float32_matmul_precision(previous)
 
 
-def test_nan_propagates():
-    """docs/spec.md §6: NaN in the input reaches the output (no crash, no silent finite answer)."""
-    z1, z2 = _views(9, 6, torch.float32, seed=8)
-    z1[2, 3] = float("nan")
-    for name, fn, _ in _loss_cases("sample", 2.0) + _loss_cases("dimension", 2.0):
-        assert torch.isnan(_flat(fn(z1, z2))[0]).all(), name
-
-
-def test_non_contiguous_inputs():
-    z1, z2 = _views(13, 18, torch.float64, seed=9)
-    t1 = z1.t().contiguous().t()  # column-major
-    t2 = z2.t().contiguous().t()
-    assert not t1.is_contiguous()
-    torch.testing.assert_close(cuda_ops.vicreg(t1, t2, *V, "sample")[0], ref.vicreg(z1, z2, *V, "sample")[0],
-                               rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(cuda_ops.normalized_gram(t1[::2], t2[::2]),
-                               ref.normalized_gram(z1[::2], z2[::2]), rtol=1e-12, atol=1e-12)
-
-
-def test_deterministic():
-    """No atomics: two runs agree bit for bit (docs/design.md convention 7)."""
-    z1, z2 = _views(140, 40, torch.float32, seed=10)
-    _check_deterministic((lambda a, b: cuda_ops.vicreg(a, b, *V, "dimension"),
-               lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "sample")), [z1, z2])
-
-
 # ------------------------------------------------------------------------------------------------
 # torch.library: opcheck of every op (fwd and bwd), fakes, torch.compile
-
-
-def _op_cases(n, d, dtype, device=DEVICE):
-    """(op name, args) for every cuda_* custom op, the backward ops fed from a real forward."""
-    ops = torch.ops.duality_kernels
-    z1, z2 = views(n, d, dtype, 11, device)
-    r1, r2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    g0 = [torch.tensor(v, dtype=acc, device=device) for v in (1.0, 0.5, -0.25, 2.0)]
-    gen = torch.Generator(device=device).manual_seed(6517)
-    gm = torch.randn(n, n, dtype=acc, device=device, generator=gen)
-    gen = torch.Generator(device=device).manual_seed(755)
-    gd = torch.randn(d, d, dtype=acc, device=device, generator=gen)
-    cases = []
-    for side in SIDES:
-        cases.append(("cuda_vicreg_fwd", (r1, r2, *V, side)))
-        out = ops.cuda_vicreg_fwd(z1, z2, *V, side)
-        cases.append(("cuda_vicreg_bwd", (z1, z2, *out[4:7], *g0, *V, side)))
-        cases.append(("cuda_barlow_twins_fwd", (r1, r2, 0.0051, 1e-5, side)))
-        out = ops.cuda_barlow_twins_fwd(z1, z2, 0.0051, 1e-5, side)
-        cases.append(("cuda_barlow_twins_bwd", (*out[3:7], *g0[:3], 0.0051, 1e-5, side)))
-        cases.append(("cuda_spectral_fwd", (r1, r2, 2.0, side)))
-        out = ops.cuda_spectral_fwd(z1, z2, 2.0, side)
-        cases.append(("cuda_spectral_bwd", (z1, z2, *out[3:6], *g0[:3], 2.0, side)))
-        cases.append(("cuda_duality_terms_fwd", (r1, side)))
-        out = ops.cuda_duality_terms_fwd(z1, side)
-        cases.append(("cuda_duality_terms_bwd", (z1, *out[4:7], *g0, side)))
-    cases.append(("cuda_covariance_fwd", (r1, 1)))
-    cases.append(("cuda_covariance_bwd", (ops.cuda_covariance_fwd(z1, 1)[1], gd, 1)))
-    cases.append(("cuda_cross_correlation_fwd", (r1, r2, 1e-5)))
-    _, x, m2 = ops.cuda_cross_correlation_fwd(z1, z2, 1e-5)
-    cases.append(("cuda_cross_correlation_bwd", (x, m2, gd, 1e-5)))
-    for other in (None, r2):
-        cases.append(("cuda_normalized_gram_fwd", (r1, other)))
-        _, x, q = ops.cuda_normalized_gram_fwd(z1, None if other is None else z2)
-        cases.append(("cuda_normalized_gram_bwd", (z1, None if other is None else z2, x, q, gm)))
-    return cases
-
-
-@pytest.mark.parametrize("shape", [(5, 3), (18, 33)], ids=["5x3", "18x33"])
-def test_opcheck(shape):
-    _check_opcheck(_op_cases(*shape, torch.float32), "cuda_")
-
-
-def test_fake_shapes_on_meta():
-    _check_fakes_on_meta(_op_cases(6, 10, torch.float64))
-
-
-def _compile_check(backend, device, dtype=torch.float32):
-    z1, z2 = views(21, 35, dtype, 12, device)
-
-    def loss_fn(a, b):
-        loss, terms = cuda_ops.vicreg(a, b, *V, "sample")
-        return loss + 0.5 * terms["covariance"] + cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[0]
-
-    _check_compiled(loss_fn, z1, z2, backend)
-
-
-def test_compile_fullgraph_aot_eager():
-    _compile_check("aot_eager", DEVICE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -515,13 +286,6 @@ def test_bindings_check_agreement_and_sizes():
         ext.covariance_fwd(torch.zeros(3, 2, dtype=torch.int32, device=z1.device), 1)
 
 
-def test_functions_and_custom_ops_raise_the_public_errors():
-    """VICRegFunction.apply & co. and the forward custom ops, with bad shapes, dtypes, devices and
-    scalars: the public function's exception type and message (docs/spec.md §6), before any kernel
-    (tests/entry_points.py, shared with the Triton backend)."""
-    assert check_entry_points("cuda", cuda_ops, "cuda_", _views) >= 90
-
-
 # ------------------------------------------------------------------------------------------------
 # GPU only (benchmarks/gpu_check.sh): TF32, bf16/fp16, inductor, opcheck on CUDA
 
@@ -539,7 +303,7 @@ def _check_reduced_precision(dtype, precision, rtol, side, shape, amplitude=None
             s = amplitude / max(z1.abs().max().item(), z2.abs().max().item())
             z1, z2 = z1 * s, z2 * s
         z1, z2 = z1.to(dtype), z2.to(dtype)
-        for name, kernel_fn, ref_fn in _loss_cases(side, _spectral_mu(z1)) + _matrix_cases():
+        for name, kernel_fn, ref_fn in loss_cases(cuda_ops, side, _spectral_mu(z1)) + matrix_cases(cuda_ops):
             try:
                 _check_low_precision(kernel_fn, ref_fn, [z1, z2], rtol=rtol)
                 if dtype in (torch.float16, torch.bfloat16):
@@ -582,37 +346,14 @@ def test_fp16_large_values(side, shape):
 @pytest.mark.cuda
 @requires_gpu
 def test_cuda_compile_fullgraph_inductor():
-    _compile_check("inductor", "cuda")
+    compile_check(cuda_ops, "inductor", "cuda")
 
 
 @pytest.mark.cuda
 @requires_gpu
 def test_cuda_opcheck_low_precision():
-    for name, args in _op_cases(130, 70, torch.bfloat16, "cuda"):
+    for name, args in op_cases("cuda", 130, 70, torch.bfloat16, "cuda"):
         torch.library.opcheck(getattr(torch.ops.duality_kernels, name).default, args)
-
-
-def test_eager_path_matches_the_custom_ops():
-    """Eager calls run the ops as a torch.autograd.Function over the same _C calls (skipping
-    torch.library's Python dispatch); the registered custom ops with their autograd must give
-    the same bits, values and gradients."""
-    z1, z2 = _views(23, 12, torch.float32, seed=16)
-    ops = torch.ops.duality_kernels
-    cases = [
-        (lambda a, b: cuda_ops.vicreg(a, b, *V, "sample")[0], lambda a, b: ops.cuda_vicreg_fwd(a, b, *V, "sample")[0]),
-        (lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[1]["off_diagonal"],
-         lambda a, b: ops.cuda_barlow_twins_fwd(a, b, 0.0051, 1e-5, "dimension")[2]),
-        (lambda a, b: cuda_ops.spectral(a, b, 2.0, "sample")[0], lambda a, b: ops.cuda_spectral_fwd(a, b, 2.0,
-                                                                                                    "sample")[0]),
-        (lambda a, b: cuda_ops.covariance(a, 1), lambda a, b: ops.cuda_covariance_fwd(a, 1)[0]),
-        (lambda a, b: cuda_ops.cross_correlation(a, b, 1e-5), lambda a, b: ops.cuda_cross_correlation_fwd(a, b,
-                                                                                                          1e-5)[0]),
-        (lambda a, b: cuda_ops.normalized_gram(a), lambda a, b: ops.cuda_normalized_gram_fwd(a, None)[0]),
-        (lambda a, b: cuda_ops.normalized_gram(a, b), lambda a, b: ops.cuda_normalized_gram_fwd(a, b)[0]),
-        (lambda a, b: cuda_ops.duality_terms(a, "dimension")[1], lambda a, b: ops.cuda_duality_terms_fwd(a,
-                                                                                                         "dimension")[1]),
-    ]
-    _check_same_bits(cases, z1, z2)
 
 
 def test_tracing_uses_the_custom_ops():
@@ -628,23 +369,3 @@ def test_tracing_uses_the_custom_ops():
         assert cuda_ops.normalized_gram(z1, z2).shape == (9, 9)
 
 
-def test_autograd_function_subclasses():
-    """docs/design.md convention 2: each op as a drop-in torch.autograd.Function (VICRegFunction.apply):
-    the same bits as the functions above, and it compiles with fullgraph=True."""
-    z1, z2 = _views(15, 8, torch.float32, seed=17)
-    cases = [
-        (lambda a, b: cuda_ops.VICRegFunction.apply(a, b, *V, "sample")[0],
-         lambda a, b: cuda_ops.vicreg(a, b, *V, "sample")[0]),
-        (lambda a, b: cuda_ops.BarlowTwinsFunction.apply(a, b, 0.0051, 1e-5, "dimension")[2],
-         lambda a, b: cuda_ops.barlow_twins(a, b, 0.0051, 1e-5, "dimension")[1]["off_diagonal"]),
-        (lambda a, b: cuda_ops.SpectralContrastiveFunction.apply(a, b, 2.0, "sample")[0],
-         lambda a, b: cuda_ops.spectral(a, b, 2.0, "sample")[0]),
-        (lambda a, b: cuda_ops.CovarianceFunction.apply(a, 1)[0], lambda a, b: cuda_ops.covariance(a, 1)),
-        (lambda a, b: cuda_ops.CrossCorrelationFunction.apply(a, b, 1e-5)[0],
-         lambda a, b: cuda_ops.cross_correlation(a, b, 1e-5)),
-        (lambda a, b: cuda_ops.NormalizedGramFunction.apply(a, None)[0], lambda a, b: cuda_ops.normalized_gram(a)),
-        (lambda a, b: cuda_ops.DualityTermsFunction.apply(a, "dimension")[0],
-         lambda a, b: cuda_ops.duality_terms(a, "dimension")[0]),
-    ]
-    _check_same_bits(cases, z1, z2)
-    _check_compiled(lambda a, b: cuda_ops.VICRegFunction.apply(a, b, *V, "dimension")[0], z1, z2, "aot_eager")

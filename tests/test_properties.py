@@ -18,7 +18,7 @@ Where the rule measures nothing it is replaced by a documented check, never skip
   measures that rounding), for the functions that have sides.
 - all-zero rows in float32: l2n's gradient there is dn/1e-12 ~ 1e12 times the upstream one, so
   the slack becomes max(1e-6, 1e-6·max|truth|), as tests/test_triton_lse.py has it everywhere
-  (tests/test_cuda_gram.py::test_zero_rows checks those relatively too).
+  (tests/test_gram_backends.py::test_zero_rows checks those relatively too).
 
 Profiles (HYPOTHESIS_PROFILE): "ci" (default) draws a few examples per function with a fixed
 seed (derandomize) and N·D <= 1500, a few minutes in all on 2 cores; "long" draws 60 per function,

@@ -1,8 +1,8 @@
 """backend="triton" through the public functions: every function dispatches to its Triton op and
 agrees with backend="torch" (values, terms and gradients; float64, so agreement is to rounding).
 
-The kernels' accuracy over dtypes, shapes and modes is in test_triton_gram.py / test_triton_lse.py;
-this file checks the wiring in functional.py (arguments, side, return_terms, dispatch)."""
+The kernels' accuracy over dtypes, shapes and modes is in test_gram_backends.py, test_triton_gram.py
+and test_triton_lse.py; this file checks the wiring in functional.py (arguments, side, return_terms, dispatch)."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""Triton backend of the covariance family (duality_kernels/ops/triton/gram.py) against reference.py.
+"""What only the Triton backend of the covariance family (duality_kernels/ops/triton/gram/) has; the
+tests both compiled backends share are tests/test_gram_backends.py.
 
 Without a GPU the kernels run under the Triton interpreter on CPU tensors (float16/float32/float64;
 bf16 is broken in the interpreter) with interpreter block sizes (8-row, 16-column tiles, two row
@@ -33,8 +34,8 @@ if not torch.cuda.is_available():
 from duality_kernels import reference as ref  # noqa: E402
 
 from .accuracy import (  # noqa: E402
-    _check, _check_compiled, _check_deterministic, _check_fakes_on_meta, _check_opcheck,
-    _check_relative, _flat, _run, _weights,
+    _check, _check_deterministic, _check_opcheck,
+    _flat, _run, _weights,
     _spectral_mu, views,
 )
 from duality_kernels.ops.triton import _common  # noqa: E402
@@ -44,7 +45,8 @@ if not _common.is_available():  # pragma: no cover
 
 from duality_kernels.ops.triton import gram  # noqa: E402
 
-from .entry_points import check_entry_points  # noqa: E402
+from .gram_cases import compile_check, op_cases  # noqa: E402
+
 
 INTERPRETING = _common.interpreting()
 if not INTERPRETING and not torch.cuda.is_available():  # pragma: no cover
@@ -129,231 +131,16 @@ def overrides(request, monkeypatch):
 # losses (docs/spec.md §3, §4), values and gradients through the loss and every term
 
 
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_vicreg(dtype, shape, side):
-    z1, z2 = _views(*shape, dtype, seed=1)
-    args = (25.0, 25.0, 1.0, 1.0, 1e-4, side)
-    _check(lambda a, b: gram.vicreg(a, b, *args), lambda a, b: ref.vicreg(a, b, *args), [z1, z2])
-
-
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_barlow_twins(dtype, shape, side):
-    z1, z2 = _views(*shape, dtype, seed=2)
-    args = (0.0051, 1e-5, side)
-    _check(lambda a, b: gram.barlow_twins(a, b, *args), lambda a, b: ref.barlow_twins(a, b, *args),
-           [z1, z2])
-
-
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_spectral(dtype, shape, side):
-    z1, z2 = _views(*shape, dtype, seed=3)
-    mu = _spectral_mu(z1)
-    _check(lambda a, b: gram.spectral(a, b, mu, side), lambda a, b: ref.spectral(a, b, mu, side),
-           [z1, z2])
-
-
 # ------------------------------------------------------------------------------------------------
 # primitives (docs/spec.md §1) and the duality terms (docs/spec.md §2)
-
-
-@pytest.mark.parametrize("correction", [1, 0])
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_covariance(dtype, shape, correction):
-    z1, _ = _views(*shape, dtype, seed=4)
-    _check(lambda a: gram.covariance(a, correction), lambda a: ref.covariance(a, correction), [z1])
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_cross_correlation(dtype, shape):
-    z1, z2 = _views(*shape, dtype, seed=5)
-    _check(lambda a, b: gram.cross_correlation(a, b, 1e-5),
-           lambda a, b: ref.cross_correlation(a, b, 1e-5), [z1, z2])
-
-
-@pytest.mark.parametrize("pair", [False, True], ids=["z1", "z1z2"])
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_normalized_gram(dtype, shape, pair):
-    z1, z2 = _views(*shape, dtype, seed=6)
-    if pair:
-        _check(gram.normalized_gram, ref.normalized_gram, [z1, z2])
-    else:
-        _check(lambda a: gram.normalized_gram(a), lambda a: ref.normalized_gram(a), [z1])
-
-
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_duality_terms(dtype, shape, side):
-    z1, _ = _views(*shape, dtype, seed=7)
-    _check(lambda a: gram.duality_terms(a, side), lambda a: ref.duality_terms(a, side), [z1])
 
 
 # ------------------------------------------------------------------------------------------------
 # gradients through single outputs, edge cases, layouts, determinism
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_single_term_gradients(dtype):
-    """Backprop through one term only: the other outputs' gradients arrive as None."""
-    z1, z2 = _views(19, 23, dtype, seed=8)
-    cases = [
-        (lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[1]["covariance"],
-         lambda a, b: ref.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[1]["covariance"]),
-        (lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension")[1]["variance"],
-         lambda a, b: ref.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension")[1]["variance"]),
-        (lambda a, b: gram.barlow_twins(a, b, 0.0051, 1e-5, "sample")[1]["off_diagonal"],
-         lambda a, b: ref.barlow_twins(a, b, 0.0051, 1e-5, "sample")[1]["off_diagonal"]),
-        (lambda a, b: gram.spectral(a, b, 20.0, "dimension")[1]["negative"],
-         lambda a, b: ref.spectral(a, b, 20.0, "dimension")[1]["negative"]),
-        (lambda a, b: gram.duality_terms(a, "sample")[1], lambda a, b: ref.duality_terms(a, "sample")[1]),
-    ]
-    for kernel_fn, ref_fn in cases:
-        _check(kernel_fn, ref_fn, [z1, z2])
-
-
-def test_expanded_matrix_gradient():
-    """matrix.sum() hands the backward an expanded (stride-0) gradient."""
-    z1, z2 = _views(21, 13, torch.float64, seed=9)
-    for kernel_fn, ref_fn in [
-        (lambda a, b: gram.covariance(a).sum(), lambda a, b: ref.covariance(a).sum()),
-        (lambda a, b: gram.cross_correlation(a, b).sum(), lambda a, b: ref.cross_correlation(a, b).sum()),
-        (lambda a, b: gram.normalized_gram(a, b).sum(), lambda a, b: ref.normalized_gram(a, b).sum()),
-        (lambda a, b: gram.normalized_gram(a).sum(), lambda a, b: ref.normalized_gram(a).sum()),
-    ]:
-        _check(kernel_fn, ref_fn, [z1, z2])
-
-
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_vicreg_constant_columns(dtype, side):
-    """Zero-variance columns take the sqrt(var + eps) path: finite, and equal to the reference."""
-    z1, z2 = _views(17, 9, dtype, seed=10)
-    z1[:, 0] = 3.0
-    z1[:, 4] = 0.0
-    z2[:, 4] = -1.5
-    args = (25.0, 25.0, 1.0, 1.0, 1e-4, side)
-    _check(lambda a, b: gram.vicreg(a, b, *args), lambda a, b: ref.vicreg(a, b, *args), [z1, z2])
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_zero_rows(dtype):
-    """A zero row: l2n's eps branch (normalized_gram; its gradient is dn/1e-12, ~1e12, so the
-    absolute 1e-6 slack of the accuracy rule means nothing there: relative check) and a kept zero
-    row in spectral's clamp (accuracy rule)."""
-    z1, z2 = _views(12, 7, dtype, seed=11)
-    z1[3] = 0.0
-    z2[5] = 0.0
-    cases = [(gram.normalized_gram, ref.normalized_gram, [z1, z2]),
-             (lambda a: gram.normalized_gram(a), lambda a: ref.normalized_gram(a), [z1])]
-    for kernel_fn, ref_fn, inputs in cases:
-        _check_relative(kernel_fn, ref_fn, inputs, 1e-12 if dtype == torch.float64 else 1e-5)
-    _check(lambda a, b: gram.spectral(a, b, 4.0, "sample"), lambda a, b: ref.spectral(a, b, 4.0, "sample"),
-           [z1, z2])
-
-
-def test_non_contiguous_inputs():
-    z1, z2 = _views(13, 18, torch.float64, seed=12)
-    t1 = z1.t().contiguous().t()  # column-major
-    t2 = z2.t().contiguous().t()
-    assert not t1.is_contiguous()
-    lk, tk = gram.vicreg(t1, t2, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")
-    lr, tr = ref.vicreg(z1, z2, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")
-    torch.testing.assert_close(lk, lr, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gram.normalized_gram(t1[::2], t2[::2]),
-                               ref.normalized_gram(z1[::2], z2[::2]), rtol=1e-12, atol=1e-12)
-
-
-def test_deterministic():
-    """No atomics: two runs agree bit for bit (docs/design.md convention 7)."""
-    z1, z2 = _views(33, 40, torch.float32, seed=13)
-    _check_deterministic((lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension"),
-               lambda a, b: gram.barlow_twins(a, b, 0.0051, 1e-5, "sample")), [z1, z2])
-
-
 # ------------------------------------------------------------------------------------------------
 # torch.library: opcheck of every op (fwd and bwd), torch.compile
-
-
-def _op_cases(n, d, dtype):
-    """(op name, args) for every custom op, the backward ops fed from a real forward."""
-    ops = torch.ops.duality_kernels
-    z1, z2 = _views(n, d, dtype, seed=14)
-    r1, r2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    g0 = [torch.tensor(v, dtype=acc, device=z1.device) for v in (1.0, 0.5, -0.25, 2.0)]
-    gen = torch.Generator(device=z1.device).manual_seed(9957)
-    gm = torch.randn(n, n, dtype=acc, device=z1.device, generator=gen)
-    gen = torch.Generator(device=z1.device).manual_seed(3043)
-    gd = torch.randn(d, d, dtype=acc, device=z1.device, generator=gen)
-    cases = []
-    for side in SIDES:
-        v = (25.0, 25.0, 1.0, 1.0, 1e-4)
-        cases.append(("vicreg_fwd", (r1, r2, *v, side)))
-        out = ops.vicreg_fwd(z1, z2, *v, side)
-        cases.append(("vicreg_bwd", (z1, z2, *out[4:], *g0, *v, side)))
-        cases.append(("barlow_twins_fwd", (r1, r2, 0.0051, 1e-5, side)))
-        out = ops.barlow_twins_fwd(z1, z2, 0.0051, 1e-5, side)
-        cases.append(("barlow_twins_bwd", (z1, z2, *out[3:], *g0[:3], 0.0051, 1e-5, side)))
-        cases.append(("spectral_fwd", (r1, r2, 2.0, side)))
-        out = ops.spectral_fwd(z1, z2, 2.0, side)
-        cases.append(("spectral_bwd", (z1, z2, *out[3:], *g0[:3], 2.0, side)))
-        cases.append(("duality_terms_fwd", (r1, side)))
-        out = ops.duality_terms_fwd(z1, side)
-        cases.append(("duality_terms_bwd", (z1, *out[4:], *g0, side)))
-    cases.append(("covariance_fwd", (r1, 1)))
-    cases.append(("covariance_bwd", (z1, *ops.covariance_fwd(z1, 1)[1:], gd, 1)))
-    cases.append(("cross_correlation_fwd", (r1, r2, 1e-5)))
-    cases.append(("cross_correlation_bwd", (z1, z2, *ops.cross_correlation_fwd(z1, z2, 1e-5)[1:], gd, 1e-5)))
-    for other in (None, r2):
-        cases.append(("normalized_gram_fwd", (r1, other)))
-        o2 = None if other is None else z2
-        cases.append(("normalized_gram_bwd", (z1, o2, *ops.normalized_gram_fwd(z1, o2)[1:], gm)))
-    return cases
-
-
-@pytest.mark.parametrize("shape", [(5, 3), (18, 33)], ids=["5x3", "18x33"])
-def test_opcheck(shape):
-    _check_opcheck(_op_cases(*shape, torch.float32))
-
-
-def test_fake_shapes_on_meta():
-    _check_fakes_on_meta(_op_cases(6, 10, torch.float64))
-
-
-def _compile_check(backend, device, dtype=torch.float32):
-    z1, z2 = _views(21, 35, dtype, seed=15, device=device)
-
-    def loss_fn(a, b):
-        loss, terms = gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")
-        return loss + 0.5 * terms["covariance"]
-
-    _check_compiled(loss_fn, z1, z2, backend)
-
-
-def test_compile_fullgraph_aot_eager():
-    _compile_check("aot_eager", DEVICE)
-
-
-def test_function_compile_fullgraph_aot_eager():
-    """The drop-in Function traces without graph breaks, its argument checks included."""
-    z1, z2 = _views(21, 35, torch.float32, seed=15)
-    _check_compiled(lambda a, b: gram.VICRegFunction.apply(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "sample")[0],
-                    z1, z2, "aot_eager")
-
-
-def test_functions_and_custom_ops_raise_the_public_errors():
-    """The drop-in Functions and the forward custom ops raise the public function's exception and
-    message for every bad argument (tests/entry_points.py, shared with the CUDA backend)."""
-    assert check_entry_points("triton", gram, "", _views) >= 90
 
 
 def test_functions_validate_their_arguments():
@@ -432,7 +219,7 @@ def test_low_precision_plan_deterministic_and_opcheck(overrides):
     _check_deterministic((lambda a, b: gram.vicreg(a, b, 25.0, 25.0, 1.0, 1.0, 1e-4, "dimension"),
                           lambda a, b: gram.barlow_twins(a, b, 0.0051, 1e-5, "sample"),
                           lambda a, b: gram.spectral(a, b, 9.0, "sample")), [z1, z2])
-    _check_opcheck(_op_cases(5, 3, torch.float32))
+    _check_opcheck(op_cases("triton", 5, 3, torch.float32, DEVICE))
 
 
 FP16_SHAPES = [(2, 5), (7, 3), (31, 17), (17, 33)]
@@ -488,7 +275,7 @@ def _fp16_gram_beyond_range():
 
 @pytest.mark.skipif(not INTERPRETING, reason="the GPU runs test_cuda_opcheck")
 def test_opcheck_fp16():
-    _check_opcheck(_op_cases(5, 3, torch.float16))
+    _check_opcheck(op_cases("triton", 5, 3, torch.float16, DEVICE))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -550,7 +337,7 @@ def test_cuda_fp16_gram_beyond_range():
 @pytest.mark.cuda
 @requires_gpu
 def test_cuda_compile_fullgraph_inductor():
-    _compile_check("inductor", "cuda")
+    compile_check(gram, "inductor", "cuda")
 
 
 @pytest.mark.cuda
@@ -558,7 +345,7 @@ def test_cuda_compile_fullgraph_inductor():
 def test_cuda_opcheck():
     for shape in [(5, 3), (130, 70)]:
         for dtype in (torch.float32, torch.bfloat16):
-            for name, args in _op_cases(*shape, dtype):
+            for name, args in op_cases("triton", *shape, dtype, "cuda"):
                 torch.library.opcheck(getattr(torch.ops.duality_kernels, name).default, args)
 
 
