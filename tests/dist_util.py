@@ -28,3 +28,24 @@ def rank_results(worker, world):
     with tempfile.TemporaryDirectory() as tmp:
         spawn(worker, world, (os.path.join(tmp, "init"), tmp))
         return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+
+
+def mlp(d_in, d_out, seed=0):
+    """The small float64 model whose DDP gradients the distributed tests compare."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(d_in, 7), torch.nn.Tanh(), torch.nn.Linear(7, d_out)).double()
+
+
+def assert_matches_global(name, rank_losses, rank_grads, loss, model, rtol_grad=1e-10):
+    """docs/spec.md §5: the mean over ranks of the returned losses equals the global batch's loss
+    ``loss`` (already backpropagated into ``model``), and DDP leaves every rank the global batch's
+    gradients. ``rank_grads``: per rank, the parameters' gradients in ``model.parameters()`` order."""
+    import torch
+
+    mean_loss = torch.stack(list(rank_losses)).mean()
+    torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=1e-10, msg=f"{name}: loss")
+    for p, *per_rank in zip(model.parameters(), *rank_grads):
+        for g in per_rank:
+            torch.testing.assert_close(g, p.grad, rtol=rtol_grad, atol=1e-10, msg=f"{name}: gradient")

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 import duality_kernels as dk
 
-from .dist_util import spawn
+from .dist_util import assert_matches_global, mlp, spawn
 
 pytestmark = pytest.mark.distributed
 
@@ -63,8 +63,7 @@ SUM_CASES = {
 
 
 def _model(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(D_IN, 7), torch.nn.Tanh(), torch.nn.Linear(7, D)).double()
+    return mlp(D_IN, D, seed)
 
 
 def _data(world):
@@ -145,11 +144,7 @@ def test_ddp_gradients_equal_global_batch(world):
         model = _model()
         loss = fn(model(x1), model(x2), False)
         loss.backward()
-        mean_loss = torch.stack([r[name][0] for r in ranks]).mean()
-        torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=1e-10, msg=f"{name}: loss")
-        for p, *per_rank in zip(model.parameters(), *[r[name][1] for r in ranks]):
-            for g in per_rank:  # DDP leaves the same averaged gradient on every rank
-                torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-10, msg=f"{name}: gradient")
+        assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model)
     for name, fn in SUM_CASES.items():
         model = _model()
         total = fn(model(x1), model(x2), False).detach()

@@ -31,6 +31,7 @@ import duality_kernels as dk
 
 from duality_kernels.testing import csim
 from .test_distributed import N_LOCAL, _data, _init, _model, _spawn
+from .dist_util import assert_matches_global
 
 pytestmark = [
     pytest.mark.distributed,
@@ -114,17 +115,12 @@ def test_ddp_gradients_equal_global_batch(world):
     x1, x2 = _data(world)
     for name, be, _, _, fn in _cases():
         assert all(r[name][2] == 1 for r in ranks), f"{name}: the call did not reach ops/gathered.py"
-        mean_loss = torch.stack([r[name][0] for r in ranks]).mean()
         for single in (be, "torch"):  # the single-process loss of this backend, and the reference
             model = _model()
             loss = fn(model(x1), model(x2), False, single)
             loss.backward()
-            torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=1e-10,
-                                       msg=f"{name} vs single-process {single}: loss")
-            for p, *per_rank in zip(model.parameters(), *[r[name][1] for r in ranks]):
-                for g in per_rank:  # DDP leaves the same averaged gradient on every rank
-                    torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-10,
-                                               msg=f"{name} vs single-process {single}: gradient")
+            assert_matches_global(f"{name} vs single-process {single}", [r[name][0] for r in ranks],
+                                  [r[name][1] for r in ranks], loss, model)
 
 
 # bad use: every compiled gathered form fails as the torch path does (tests/test_distributed.py)

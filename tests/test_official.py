@@ -489,10 +489,12 @@ def test_ntxent_reductions(shape, similarity, normalization, reduction):
 
 @pytest.mark.parametrize("shape", SMALL_SHAPES)
 @pytest.mark.parametrize("temperature", [None, 0.05, 0.5, 1.7])
-def test_ntxent_temperatures(shape, temperature):
-    z1, z2 = make_pair(*shape, "ntxent-t")
+@pytest.mark.parametrize("name", ["ntxent", "dcl"])
+def test_temperatures(name, shape, temperature):
+    z1, z2 = make_pair(*shape, f"{name}-t")
     kw = {} if temperature is None else dict(temperature=temperature)
-    check(dk.ntxent_loss, off.ntxent_official, [z1, z2], kw, dict(kw), what=f"ntxent{shape},{kw}")
+    ours, official = getattr(dk, f"{name}_loss"), getattr(off, f"{name}_official")
+    check(ours, official, [z1, z2], kw, dict(kw), what=f"{name}{shape},{kw}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -501,14 +503,6 @@ def test_ntxent_temperatures(shape, temperature):
 def test_dcl(shape, similarity, reduction):
     z1, z2 = make_pair(*shape, "dcl")
     kw = dict(temperature=0.2, similarity=similarity, reduction=reduction)
-    check(dk.dcl_loss, off.dcl_official, [z1, z2], kw, dict(kw), what=f"dcl{shape},{kw}")
-
-
-@pytest.mark.parametrize("shape", SMALL_SHAPES)
-@pytest.mark.parametrize("temperature", [None, 0.05, 0.5, 1.7])
-def test_dcl_temperatures(shape, temperature):
-    z1, z2 = make_pair(*shape, "dcl-t")
-    kw = {} if temperature is None else dict(temperature=temperature)
     check(dk.dcl_loss, off.dcl_official, [z1, z2], kw, dict(kw), what=f"dcl{shape},{kw}")
 
 

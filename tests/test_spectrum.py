@@ -18,7 +18,7 @@ from duality_kernels.reference import spectrum as RS
 from duality_kernels.testing import official_spectrum as O
 
 from . import accuracy as A
-from .dist_util import rank_results
+from .dist_util import assert_matches_global, mlp, rank_results
 
 SIDES = ("sample", "dimension")
 SHAPES = [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1), (13, 4)]
@@ -370,8 +370,7 @@ def _weighted(s):
 
 
 def _model(d, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(D_IN, 7), torch.nn.Tanh(), torch.nn.Linear(7, d)).double()
+    return mlp(D_IN, d, seed)
 
 
 def _data(world):
@@ -412,11 +411,8 @@ def test_distributed_equals_global_batch(world):
         model = _model(d)
         loss = fn(model(x1), model(x2), y, False)
         loss.backward()
-        mean_loss = torch.stack([r[name][0] for r in ranks]).mean()
-        torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=1e-10, msg=f"{name}: loss")
-        for p, *per_rank in zip(model.parameters(), *[r[name][1] for r in ranks]):
-            for g in per_rank:
-                torch.testing.assert_close(g, p.grad, rtol=1e-9, atol=1e-10, msg=f"{name}: gradient")
+        assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model,
+                              rtol_grad=1e-9)
     # the monitor holds the last 3·W rows of the global batches: the last step's, all ranks
     m = _model(6)
     last = torch.cat([m(x1[r * N_LOCAL:(r + 1) * N_LOCAL] + 2) for r in range(world)])[-3 * world:].detach()

@@ -150,6 +150,21 @@ def _vicreg_std_term(x: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
     return torch.mean(F.relu(gamma - std))
 
 
+def _vicreg_parts(z1: torch.Tensor, z2: torch.Tensor, gamma: float, eps: float):
+    """``VICReg.forward`` up to its covariance term: (repr_loss, std_loss, cov_x, cov_y)."""
+    n = z1.shape[0]
+    repr_loss = F.mse_loss(z1, z2)
+
+    x = z1 - z1.mean(dim=0)
+    y = z2 - z2.mean(dim=0)
+
+    std_loss = _vicreg_std_term(x, gamma, eps) / 2 + _vicreg_std_term(y, gamma, eps) / 2
+
+    cov_x = (x.T @ x) / (n - 1)
+    cov_y = (y.T @ y) / (n - 1)
+    return repr_loss, std_loss, cov_x, cov_y
+
+
 def vicreg_official(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -160,16 +175,8 @@ def vicreg_official(
     eps: float = 1e-4,
 ) -> torch.Tensor:
     """VICReg as in facebookresearch/vicreg ``VICReg.forward`` (one process, 2-D inputs)."""
-    n, d = z1.shape
-    repr_loss = F.mse_loss(z1, z2)
-
-    x = z1 - z1.mean(dim=0)
-    y = z2 - z2.mean(dim=0)
-
-    std_loss = _vicreg_std_term(x, gamma, eps) / 2 + _vicreg_std_term(y, gamma, eps) / 2
-
-    cov_x = (x.T @ x) / (n - 1)
-    cov_y = (y.T @ y) / (n - 1)
+    repr_loss, std_loss, cov_x, cov_y = _vicreg_parts(z1, z2, gamma, eps)
+    d = z1.shape[1]
     cov_loss = off_diagonal(cov_x).pow(2).sum().div(d) + off_diagonal(cov_y).pow(2).sum().div(d)
 
     return inv_weight * repr_loss + var_weight * std_loss + cov_weight * cov_loss
@@ -192,16 +199,7 @@ def vicreg_exp_official(
     temperature: float = 0.1,
 ) -> torch.Tensor:
     """VICReg-exp (paper eq. 11-12): the covariance term becomes a row log-sum-exp over C/tau."""
-    n, d = z1.shape
-    repr_loss = F.mse_loss(z1, z2)
-
-    x = z1 - z1.mean(dim=0)
-    y = z2 - z2.mean(dim=0)
-
-    std_loss = _vicreg_std_term(x, gamma, eps) / 2 + _vicreg_std_term(y, gamma, eps) / 2
-
-    cov_x = (x.T @ x) / (n - 1)
-    cov_y = (y.T @ y) / (n - 1)
+    repr_loss, std_loss, cov_x, cov_y = _vicreg_parts(z1, z2, gamma, eps)
     cov_loss = _masked_row_logsumexp(cov_x / temperature).mean() + _masked_row_logsumexp(
         cov_y / temperature
     ).mean()
