@@ -88,16 +88,18 @@ def _find_cuda_home():
     return home, None
 
 
-def _nvcc_release(cuda_home):
+def _nvcc(cuda_home, flag):
+    """nvcc's output for ``flag`` (stderr ignored), or None when it cannot run."""
     try:
-        out = subprocess.run(
-            [os.path.join(cuda_home, "bin", "nvcc"), "--version"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=60,
-        ).stdout
+        return subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), flag], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _nvcc_release(cuda_home):
+    out = _nvcc(cuda_home, "--version")
+    if out is None:
         return None
     match = re.search(r"release (\d+)\.(\d+)", out)
     return (int(match.group(1)), int(match.group(2))) if match else None
@@ -132,15 +134,8 @@ def _nvcc_targets(cuda_home):
     cannot list them (older than CUDA 11.1): then nothing is dropped and nvcc has the last word."""
     found = []
     for flag, prefix in (("--list-gpu-code", "sm_"), ("--list-gpu-arch", "compute_")):
-        try:
-            out = subprocess.run(
-                [os.path.join(cuda_home, "bin", "nvcc"), flag],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                timeout=60,
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
+        out = _nvcc(cuda_home, flag)
+        if out is None:
             return None
         codes = set(re.findall(r"^" + prefix + r"(\d+)\s*$", out, re.MULTILINE))
         if not codes:

@@ -270,6 +270,21 @@ class Progress:
 # training
 
 
+def training_args(description: str, batch_help: str):
+    """The command-line arguments both training examples take; each adds its own."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--loss", required=True, choices=sorted(LOSSES))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=256, help=batch_help)
+    p.add_argument("--dim", type=int, default=128, help="embedding (projector output) dimension D")
+    p.add_argument("--width", type=int, default=32, help="CNN width (features = 4·width)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -20,7 +20,6 @@ initialized copy). Without torchrun (no RANK in the environment) it runs as a si
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -36,14 +35,7 @@ import common as C  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--loss", required=True, choices=sorted(C.LOSSES))
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=256, help="GLOBAL batch, divisible by the number of ranks")
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p = C.training_args(__doc__, "GLOBAL batch, divisible by the number of ranks")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: one GPU per rank (nccl) when there are enough, else CPU (gloo)")
     p.add_argument("--labels-per-class", type=int, default=5)

@@ -12,7 +12,6 @@ machine). Runs on a GPU with --device cuda, the default when one is visible (not
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,14 +24,7 @@ from common import dk  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--loss", required=True, choices=sorted(C.LOSSES))
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch (pairs of views)")
-    p.add_argument("--dim", type=int, default=128, help="embedding (projector output) dimension D")
-    p.add_argument("--width", type=int, default=32, help="CNN width (features = 4·width)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p = C.training_args(__doc__, "global batch (pairs of views)")
     p.add_argument("--device", default=C.default_device())
     p.add_argument("--labels-per-class", type=int, default=5, help="for the low-label probes (0: skip)")
     p.add_argument("--no-progress", action="store_true")

@@ -19,15 +19,9 @@ from ..functional import supervised as _S
 from .. import _backend
 from .. import _validation as V
 from .. import distributed as _dist
+from ._base import _Loss
 
 
-class _Loss(nn.Module):
-    def __init__(self, gather_distributed: bool, backend: str):
-        super().__init__()
-        _dist.check_gather(gather_distributed)
-        _backend.requested(backend)  # unknown names fail at construction (docs/spec.md §6)
-        self.gather_distributed = gather_distributed
-        self.backend = backend
 
 
 class VICRegLoss(_Loss):

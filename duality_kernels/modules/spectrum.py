@@ -9,21 +9,19 @@ from __future__ import annotations
 from typing import List, Optional
 
 import torch
-from torch import nn
 
 from .. import _backend
 from .. import _validation as V
 from .. import distributed as _dist
 from ..functional import spectrum as F
+from ._base import _Loss
 
 
-class _SpectralLoss(nn.Module):
+class _SpectralLoss(_Loss):
     def __init__(self, side: str, gather_distributed: bool, backend: str):
-        super().__init__()
-        self.side = V.check_side(side)
-        self.gather_distributed = _dist.check_gather(gather_distributed)
-        _backend.requested(backend)  # unknown names fail here
-        self.backend = backend
+        side = V.check_side(side)
+        super().__init__(gather_distributed, backend)
+        self.side = side
 
     def _kw(self) -> dict:
         return dict(side=self.side, gather_distributed=self.gather_distributed, backend=self.backend)

@@ -11,21 +11,12 @@ inside, which leaves already normalized features unchanged (to rounding).
 
 from __future__ import annotations
 
-from torch import nn
 
-from .. import _backend
-from .. import distributed as _dist
 from ..functional import two_tower as F
+from ._base import _Loss
 
 
-class _TwoTowerLoss(nn.Module):
-    def __init__(self, gather_distributed: bool, backend: str):
-        super().__init__()
-        _dist.check_gather(gather_distributed)
-        _backend.requested(backend)  # unknown names fail at construction (docs/spec.md §6)
-        self.gather_distributed = gather_distributed
-        self.backend = backend
-
+class _TwoTowerLoss(_Loss):
     @staticmethod
     def _out(loss, output_dict):
         return {"contrastive_loss": loss} if output_dict else loss
