@@ -9,7 +9,7 @@ import torch
 
 from .._common import scalar as _scalar
 from .._common import arch_family, tl, triton
-from .helpers import _bn_inv, _clamp0, _operand
+from .helpers import _bn_inv, _clamp0, _operand, _stripe
 from .plan import _APPLY, _BN, _DIAG_NONE, _DIAG_SQ, _FUSED, _SQ, _STATS, _WARPS, _blocks, _cdiv, _chunks, _dummy
 
 Tensor = torch.Tensor
@@ -36,13 +36,9 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
     of two bf16 values is exact in fp32; it halves the registers of the stats loop), else float64.
     Bytes: stats read V·N·D·itemsize; operand pass reads it again and writes it once.
     """
-    pid_d = tl.program_id(0)
     pid_c = tl.program_id(1)
     chunks = tl.num_programs(1)
-    cols = pid_d * BD + tl.arange(0, BD)
-    cmask = cols < D
-    r_lo = pid_c * RPC
-    r_hi = tl.minimum(r_lo + RPC, N)
+    cols, cmask, r_lo, r_hi = _stripe(N, D, BD, RPC)
     nf = tl.cast(N, tl.float64)
     inv_n = 1.0 / nf
     e64 = _scalar(eps, tl.float64)

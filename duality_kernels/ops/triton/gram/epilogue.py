@@ -8,7 +8,7 @@ import torch
 
 from .._common import scalar as _scalar
 from .._common import arch_family, tl, triton
-from .helpers import _bn_inv, _chunk_sum, _operand, _pick, _product, _sqrt64, _view_vectors
+from .helpers import _bn_inv, _chunk_sum, _operand, _pick, _product, _sqrt64, _stripe, _view_ptrs, _view_vectors
 from .plan import _APPLY, _CORR_NONE, _FUSED, _RS_NONE, _STATS, _WARPS, _blocks, _cdiv, _chunks, _dummy
 
 
@@ -41,18 +41,13 @@ def _elem_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr,
         Jacobian (every term but g_mean's sums to 0 over the rows). _E_MOMENTS_NOP: without P.
     Bytes per view: P (4 B) + z1, z2 (VICReg) or z read + dz written per element.
     """
-    pid_d = tl.program_id(0)
-    pid_c = tl.program_id(1)
     lv = tl.program_id(2)
     v = v0 + lv
     p_ptr = _pick(lv, p0_ptr, p1_ptr)
     dz_ptr = _pick(v, dz0_ptr, dz1_ptr)
     T = dz0_ptr.dtype.element_ty
     ACC = p0_ptr.dtype.element_ty
-    cols = pid_d * BD + tl.arange(0, BD)
-    cmask = cols < D
-    r_lo = pid_c * RPC
-    r_hi = tl.minimum(r_lo + RPC, N)
+    cols, cmask, r_lo, r_hi = _stripe(N, D, BD, RPC)
     nf = tl.cast(N, tl.float64)
     df = tl.cast(D, tl.float64)
     rsv, wv = _view_vectors(rs_ptr, w_ptr, v, N, D, RS, CORR)
@@ -155,20 +150,13 @@ def _bn_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, mean_ptr, m
     adds them in chunk order and writes dz; PHASE 0 does both in one program per stripe.
     Bytes per view: P (4 B) + z1, z2 read twice, dz written once per element.
     """
-    pid_d = tl.program_id(0)
     pid_c = tl.program_id(1)
     lv = tl.program_id(2)
     chunks = tl.num_programs(1)
     v = v0 + lv
-    p_ptr = _pick(lv, p0_ptr, p1_ptr)
-    dz_ptr = _pick(v, dz0_ptr, dz1_ptr)
-    zs = _pick(v, z1_ptr, z2_ptr)
-    zo = _pick(v, z2_ptr, z1_ptr)
+    p_ptr, dz_ptr, zs, zo = _view_ptrs(v, lv, p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr)
     T = dz0_ptr.dtype.element_ty
-    cols = pid_d * BD + tl.arange(0, BD)
-    cmask = cols < D
-    r_lo = pid_c * RPC
-    r_hi = tl.minimum(r_lo + RPC, N)
+    cols, cmask, r_lo, r_hi = _stripe(N, D, BD, RPC)
     nf = tl.cast(N, tl.float64)
     inv_n = 1.0 / nf
     e64 = _scalar(eps, tl.float64)
@@ -260,10 +248,7 @@ def _row_bwd_kernel(p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr, info_ptr, 
     rb = tl.program_id(0)
     lv = tl.program_id(1)
     v = v0 + lv
-    p_ptr = _pick(lv, p0_ptr, p1_ptr)
-    dz_ptr = _pick(v, dz0_ptr, dz1_ptr)
-    zs = _pick(v, z1_ptr, z2_ptr)
-    zo = _pick(v, z2_ptr, z1_ptr)
+    p_ptr, dz_ptr, zs, zo = _view_ptrs(v, lv, p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr)
     T = dz0_ptr.dtype.element_ty
     ACC = p0_ptr.dtype.element_ty
     rows = rb * BR + tl.arange(0, BR)

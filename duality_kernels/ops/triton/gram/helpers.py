@@ -13,6 +13,22 @@ def _pick(view, first, second):
     return r
 
 
+
+@triton.jit
+def _stripe(N, D, BD: tl.constexpr, RPC: tl.constexpr):
+    """A column pass program's columns (stripe program_id(0), BD wide) and rows [r_lo, r_hi) (chunk
+    program_id(1), RPC rows): (cols, cmask, r_lo, r_hi)."""
+    cols = tl.program_id(0) * BD + tl.arange(0, BD)
+    r_lo = tl.program_id(1) * RPC
+    return cols, cols < D, r_lo, tl.minimum(r_lo + RPC, N)
+
+
+@triton.jit
+def _view_ptrs(v, lv, p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr):
+    """An epilogue program's pointers for view v (the launch's view lv): its product P, its gradient,
+    its input and the other view's."""
+    return _pick(lv, p0_ptr, p1_ptr), _pick(v, dz0_ptr, dz1_ptr), _pick(v, z1_ptr, z2_ptr), _pick(v, z2_ptr, z1_ptr)
+
 @triton.jit
 def _clamp0(x):
     """max(x, 0) that keeps NaN (docs/spec.md §6: NaN propagates as in the reference; Triton's maximum
