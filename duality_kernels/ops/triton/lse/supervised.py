@@ -47,7 +47,7 @@ def _l2_back(gn: Tensor, n: Tensor, r: Tensor, keep: Tensor, dtype: torch.dtype)
     """∂L/∂x = r (g − keep n̂ (n̂·g)) from g = ∂L/∂n̂ (the kernels' _l2_jacobian, here on the sum of
     the kernel's part and the positive terms, so both share one projection)."""
     proj = keep * (n * gn).sum(dim=1)
-    return (r[:, None] * (gn - proj[:, None] * n)).to(dtype)
+    return gn.sub_(proj[:, None] * n).mul_(r[:, None]).to(dtype)  # in place: gn is the op's own buffer
 
 
 def _scales(r: Tensor, tile: bool) -> Optional[Tensor]:
@@ -279,9 +279,9 @@ def _hn_bwd_impl(z1: Tensor, z2: Tensor, op: Tensor, r: Tensor, keep: Tensor, ls
                       orient=1)
             gn += out
         u = _unit(op, r, tile)
-        partner = torch.cat([u[n:], u[:n]])
-        cpos = g * (cp + torch.cat([cp[n:], cp[:n]])) / temperature  # dot_{a,p(a)} is in ℓ_a and ℓ_p(a)
-        gn += cpos[:, None] * partner
+        cpos = g * (cp[:n] + cp[n:]) / temperature  # dot_{a,p(a)} is in ℓ_a and ℓ_p(a): one coefficient per pair
+        gn[:n].addcmul_(cpos[:, None], u[n:])
+        gn[n:].addcmul_(cpos[:, None], u[:n])
         return _l2_back(gn, u, r, keep, z1.dtype)
 
 
@@ -396,8 +396,10 @@ def _supcon_bwd_impl(features: Tensor, op: Tensor, r: Tensor, keep: Tensor, side
         _backward(op, op, _scales(r, tile), _scales(r, tile), None, lse, lse, 1.0 / temperature, _SELF,
                   tile_scale=tile, out=gn, orient=1)
         u = _unit(op, r, tile)
-        wp = g * w_pos
-        gn += wp[:, None] * (_class_sums(cls, u, b)[cls] - 2.0 * u) + _class_sums(cls, wp[:, None] * u, b)[cls]
+        wp = (g * w_pos)[:, None]
+        # in place, one (V·B, D) temporary at a time (docs/triton_lse.md: memory beyond the inputs)
+        gn.addcmul_(wp, _class_sums(cls, u, b)[cls]).addcmul_(wp, u, value=-2.0)
+        gn += _class_sums(cls, wp * u, b)[cls]
         dx = _l2_back(gn, u, r, keep, features.dtype)
     return dx.view(v, b, d).transpose(0, 1).contiguous()
 
