@@ -48,6 +48,24 @@ def test_hard_negative_float64(shape, params):
             [z1, z2], f"hcl{shape}{params}")
 
 
+def test_hard_negative_sweeps(monkeypatch):
+    """The backward's two scales in one sweep (the fused kernel's DUAL mode) or in two (the stripe
+    path, D above the fused kernel's K): the same gradients; D = 40 takes the stripe path here."""
+    from duality_kernels.ops.triton.lse import supervised as TS
+
+    z1, z2 = pair(6, 5, seed=9)
+    a = z1.clone().requires_grad_()
+    dk.hard_negative_ntxent_loss(a, z2, 0.4, 0.1, 0.7, backend=T).backward()
+    monkeypatch.setattr(TS, "dual_fused", lambda dtype, k: False)
+    b = z1.clone().requires_grad_()
+    dk.hard_negative_ntxent_loss(b, z2, 0.4, 0.1, 0.7, backend=T).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-13, atol=1e-15)
+    monkeypatch.undo()
+    z1, z2 = pair(5, 40, seed=10)
+    compare(lambda a, b: dk.hard_negative_ntxent_loss(a, b, 0.4, 0.1, 0.7, backend=T),
+            lambda a, b: O.hcl(a, b, 0.4, 0.1, 0.7), [z1, z2], "hcl D=40")
+
+
 def test_hard_negative_clamp_branch():
     """Aligned views at tau_plus = 0.5: the debiased estimate drops below the clamp M·e^{−1/t} for
     some anchors (the floor's own gradient path) and not for others."""

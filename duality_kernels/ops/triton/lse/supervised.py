@@ -17,7 +17,7 @@ import torch
 from ... import registry
 from ..._direct import apply
 from .._common import acc_dtype, device_guard, device_rule, interpreting, triton
-from .backward import _backward, _Side
+from .backward import _backward, _Side, dual_fused
 from .forward import _forward
 from .plan import _NO_POS, _POS_PAIR, Tensor, _op_buffer, _tile_scaled
 from .prep import _prep
@@ -233,50 +233,52 @@ def hn_terms(t1: Tensor, t2: Tensor, pos: Tensor, big_m: int, temperature: float
 def _hn_fwd_impl(z1: Tensor, z2: Tensor, temperature: float, tau_plus: float, beta: float
                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, op, r, keep, lse1, lse2, c1, c_pos): the 2N rows [z1; z2] against themselves with
-    self and positive masked and the positive out of the running max (DROP_POS, as DCL), once per
-    scale; β = 0 skips the second sweep (all its logits are 0: t2 = log M)."""
+    self and positive masked and the positive out of the running max (DROP_POS, as DCL), both
+    scales in one sweep (the kernel's DUAL mode: S once); β = 0 has only the first (all the second's
+    logits are 0: t2 = log M)."""
     n = z1.shape[0]
     acc = acc_dtype(z1.dtype)
     big_m = 2 * n - 2
     masks = (n, n, 0, True, _POS_PAIR, True, 0)
+    s1, s2 = _hn_scales(temperature, beta)
     with device_guard(z1):
         pr = _prep(z1, z2, 2, None, None, norm=True)
         tile = _tile_scaled(z1.dtype)
         r = _scales(pr.r, tile)
-        lses, terms = [], []
-        for k, s in enumerate(_hn_scales(temperature, beta)):
-            lse = torch.empty(3, 2 * n, dtype=acc, device=z1.device)
-            q, term = (torch.empty(2 * n, dtype=acc, device=z1.device) for _ in range(2))
-            if k == 0 or beta != 0.0:
-                _forward(pr.op, pr.op, r, r, s, masks, orient=1, lse=lse, q=q, term=term)
-            else:
-                term.fill_(math.log(big_m))
-            lses.append(lse)
-            terms.append(term)
+        lse1, lse2 = (torch.empty(3, 2 * n, dtype=acc, device=z1.device) for _ in range(2))
+        q, t1, t2 = (torch.empty(2 * n, dtype=acc, device=z1.device) for _ in range(3))
+        _forward(pr.op, pr.op, r, r, s1, masks, orient=1, lse=lse1, q=q, term=t1,
+                 dual=(s2, lse2, t2) if beta != 0.0 else None)
+        if beta == 0.0:
+            t2.fill_(math.log(big_m))
         u = _unit(pr.op, pr.r, tile)
         pos = (u[:n] * u[n:]).sum(dim=1) / temperature
-        ell, c1, cp = hn_terms(terms[0], terms[1], torch.cat([pos, pos]), big_m, temperature, tau_plus)
-    return ell.mean(), pr.op, pr.r, pr.keep, lses[0], lses[1], c1, cp
+        ell, c1, cp = hn_terms(t1, t2, torch.cat([pos, pos]), big_m, temperature, tau_plus)
+    return ell.mean(), pr.op, pr.r, pr.keep, lse1, lse2, c1, cp
 
 
 def _hn_bwd_impl(z1: Tensor, z2: Tensor, op: Tensor, r: Tensor, keep: Tensor, lse1: Tensor, lse2: Tensor, c1: Tensor,
                  cp: Tensor, g_loss: Tensor, temperature: float, tau_plus: float, beta: float) -> Tensor:
-    """-> ∂L/∂[z1; z2] (2N, D): each scale's sweep (its positive's −g·s_k in the kernel, DROP_POS),
-    the clamp's positive term, then the l2 Jacobian."""
+    """-> ∂L/∂[z1; z2] (2N, D): both scales' coefficients (each with its positive's −g·s_k, DROP_POS)
+    in one sweep of the fused kernel (DUAL; two sweeps on the stripe path), the clamp's positive
+    term, then the l2 Jacobian."""
     n = z1.shape[0]
     acc = acc_dtype(z1.dtype)
     masks = (n, n, 0, True, _POS_PAIR, True, 0)
     tile = _tile_scaled(z1.dtype)
+    sc = _scales(r, tile)
     g = g_loss.to(acc) / (2 * n)
+    s1, s2 = _hn_scales(temperature, beta)
+    sides = [(s, _Side(lse, c1, (sign * g) * c1)) for sign, lse, s in ((1.0, lse1, s1), (-1.0, lse2, s2)) if s != 0.0]
     gn = torch.zeros(2 * n, z1.shape[1], dtype=acc, device=z1.device)
     with device_guard(z1):
-        for sign, lse, s in ((1.0, lse1, _hn_scales(temperature, beta)[0]), (-1.0, lse2, beta / temperature)):
-            if s == 0.0:
-                continue
-            side = _Side(lse, c1, (sign * g) * c1)
+        if len(sides) == 2 and dual_fused(op.dtype, op.shape[1]):
+            (s, side), (s_b, side_b) = sides
+            sides = [(s, side, (s_b, side_b, side_b))]
+        for s, side, *dual in sides:
             out = torch.empty_like(gn)
-            _backward(op, op, _scales(r, tile), _scales(r, tile), None, side, side, s, masks, tile_scale=tile, out=out,
-                      orient=1)
+            _backward(op, op, sc, sc, None, side, side, s, masks, tile_scale=tile, out=out, orient=1,
+                      dual=dual[0] if dual else None)
             gn += out
         u = _unit(op, r, tile)
         cpos = g * (cp[:n] + cp[n:]) / temperature  # dot_{a,p(a)} is in ℓ_a and ℓ_p(a): one coefficient per pair
