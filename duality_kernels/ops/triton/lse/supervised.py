@@ -341,7 +341,7 @@ def supcon_positive(u: Tensor, a: Tensor, cls_rows: Tensor, cls_a: Tensor, b: in
     """(Σ_{p∈P(a)} a·p, |P(a)|) per anchor row ``a`` of class ``cls_a``: a·(S_c − a) and n_c − 1, with
     S_c and n_c the sum and count of the contrast rows ``u`` of class c (classes indexed < B)."""
     sums = _class_sums(cls_rows, u, b)
-    counts = torch.bincount(cls_rows, minlength=b)
+    counts = cls_rows.new_zeros(b).index_add_(0, cls_rows, torch.ones_like(cls_rows))  # (bincount has no meta)
     return (a * sums[cls_a]).sum(dim=1) - (a * a).sum(dim=1), counts[cls_a] - 1
 
 
