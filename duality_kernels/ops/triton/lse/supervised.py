@@ -270,16 +270,16 @@ def _hn_bwd_impl(z1: Tensor, z2: Tensor, op: Tensor, r: Tensor, keep: Tensor, ls
     g = g_loss.to(acc) / (2 * n)
     s1, s2 = _hn_scales(temperature, beta)
     sides = [(s, _Side(lse, c1, (sign * g) * c1)) for sign, lse, s in ((1.0, lse1, s1), (-1.0, lse2, s2)) if s != 0.0]
-    gn = torch.zeros(2 * n, z1.shape[1], dtype=acc, device=z1.device)
+    gn = torch.zeros(2 * n, z1.shape[1], dtype=acc, device=z1.device) if not sides else None
     with device_guard(z1):
         if len(sides) == 2 and dual_fused(op.dtype, op.shape[1]):
             (s, side), (s_b, side_b) = sides
             sides = [(s, side, (s_b, side_b, side_b))]
         for s, side, *dual in sides:
-            out = torch.empty_like(gn)
+            out = torch.empty(2 * n, z1.shape[1], dtype=acc, device=z1.device)
             _backward(op, op, sc, sc, None, side, side, s, masks, tile_scale=tile, out=out, orient=1,
                       dual=dual[0] if dual else None)
-            gn += out
+            gn = out if gn is None else gn.add_(out)
         u = _unit(op, r, tile)
         cpos = g * (cp[:n] + cp[n:]) / temperature  # dot_{a,p(a)} is in ℓ_a and ℓ_p(a): one coefficient per pair
         gn[:n].addcmul_(cpos[:, None], u[n:])
