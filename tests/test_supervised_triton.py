@@ -40,6 +40,26 @@ def test_moco_float64(shape):
             lambda a, b: dk.moco_loss(a, b, queue, 0.2, backend="torch"), [q, key], f"moco{shape} vs reference")
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_memory_bank_form(reduction):
+    """lightly's memory-bank NT-Xent (the MoCo op with the bank's rows used as they are, any
+    reduction): the torch reference's values and gradients, float64."""
+    from duality_kernels.functional import supervised as FS
+
+    z1, z2 = pair(6, 5, seed=56)
+    bank = torch.nn.functional.normalize(_queue(19, 5, seed=56), dim=1) * 0.9  # not unit rows: no l2n inside
+    w = torch.randn(6, generator=gen(57), dtype=torch.float64)
+
+    def run(be):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        out = FS.memory_bank_ntxent(a, b, bank, 0.3, reduction, be)
+        (out * w).sum().backward() if reduction == "none" else out.backward()
+        return out.detach(), a.grad, b.grad
+
+    for ours, ref in zip(run(T), run("torch")):
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("params", [(0.5, 0.1, 1.0), (0.3, 0.2, 0.0), (0.4, 0.0, 0.5), (0.5, 0.1, -0.5)])
 @pytest.mark.parametrize("shape", [(7, 5), (2, 3), (5, 1)])
 def test_hard_negative_float64(shape, params):
@@ -169,7 +189,7 @@ def _op_cases():
     f = features(4, 2, 3, seed=51)
     lab = labels_of(4, 2, seed=51)
     return {
-        "moco": (q, key, _queue(11, 4, seed=50), 0.2),
+        "moco": (q, key, _queue(11, 4, seed=50), 0.2, "none", False),
         "hard_negative_ntxent": (q, key, 0.5, 0.1, 1.0),
         "supcon": (f, lab, 0.1, 0.07, "all"),
     }
@@ -206,7 +226,7 @@ def test_compile_fullgraph(name):
 def test_dropin_functions_and_no_queue_gradient():
     q, key = pair(5, 4, seed=53)
     queue = _queue(9, 4, seed=53).requires_grad_()
-    loss = registry.registered(T, "moco").function.apply(q, key, queue, 0.2)[0]
+    loss = registry.registered(T, "moco").function.apply(q, key, queue, 0.2, "mean", True)[0]
     torch.testing.assert_close(loss, O.moco(q, key, queue, 0.2), rtol=1e-12, atol=0)
     a = q.clone().requires_grad_()
     dk.moco_loss(a, key, queue, 0.2, backend=T).backward()

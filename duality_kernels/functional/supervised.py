@@ -185,10 +185,10 @@ def moco_loss(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.
 def _moco(query, key, queue, temperature, reduction, backend, normalize_queue=True) -> Tensor:
     _check_moco(query, key, queue)
     t = V.check_positive(temperature, "temperature")
-    if _backend.resolve(backend, "moco_loss", query) == "triton" and reduction == "mean" and normalize_queue:
+    if _backend.resolve(backend, "moco_loss", query) == "triton":
         from ..ops.triton.lse import supervised as TS
 
-        return TS.moco(query, key, queue, t)
+        return TS.moco(query, key, queue, t, reduction, normalize_queue)
     return RS.moco(query, key, queue, t, reduction, normalize_queue=normalize_queue)
 
 

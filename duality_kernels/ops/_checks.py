@@ -202,9 +202,11 @@ def supcon(features, labels, temperature, base_temperature, contrast_mode) -> No
     V.check_choice(contrast_mode, "contrast_mode", F.CONTRAST_MODES)
 
 
-def moco(query, key, queue, temperature) -> None:
+def moco(query, key, queue, temperature, reduction, normalize_queue) -> None:
     _supervised()._check_moco(query, key, queue)
     V.check_positive(temperature, "temperature")
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    V.check_flag(normalize_queue, "normalize_queue")
 
 
 def hard_negative_ntxent(z1, z2, temperature, tau_plus, beta) -> None:

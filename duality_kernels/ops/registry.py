@@ -76,7 +76,8 @@ OPS: Dict[str, OpDef] = _defs(
     OpDef("anchor_lse", (), INTERNAL, None, 1),
     # the supervised family (docs/spec.md §7): not an "auto" row (_cost.auto_order), auto keeps torch
     OpDef("moco", ("moco_loss",), "supervised", _C.moco, 1, "MoCoFunction",
-          "MoCo with a queue (docs/spec.md §7): ``apply(query, key, queue, temperature)`` -> (loss,)."),
+          "MoCo with a queue (docs/spec.md §7): ``apply(query, key, queue, temperature, reduction, "
+          "normalize_queue)`` -> (loss,)."),
     OpDef("hard_negative_ntxent", ("hard_negative_ntxent_loss",), "supervised", _C.hard_negative_ntxent, 1,
           "HardNegativeNTXentFunction",
           "Hard-negative NT-Xent (docs/spec.md §7): ``apply(z1, z2, temperature, tau_plus, beta)`` -> (loss,)."),

@@ -19,7 +19,7 @@ from ..._direct import apply
 from .._common import acc_dtype, device_guard, device_rule, interpreting, triton
 from .backward import _backward, _Side, dual_fused
 from .forward import _forward
-from .plan import _NO_POS, _POS_PAIR, Tensor, _op_buffer, _tile_scaled
+from .plan import _NO_POS, _POS_PAIR, Tensor, _grad_vector, _op_buffer, _reduce, _tile_scaled
 from .prep import _prep
 
 _NONE = (0, 0, 0, False, _NO_POS, False, 0)   # anchors against keys, nothing masked (MoCo's queue)
@@ -115,40 +115,51 @@ def _queue_grad(a: Tensor, ra: Optional[Tensor], b: Tensor, rb: Optional[Tensor]
     acc = acc_dtype(a.dtype)
     total = torch.zeros(n, d, dtype=acc, device=a.device)
     for ca, cra, cb, crb, s in _chunks(a, ra, b, rb):
-        side = _Side(lse.repeat(1, s), lse[1].repeat(s), g.expand(s * n))
+        side = _Side(lse.repeat(1, s), lse[1].repeat(s), g.repeat(s) if g.stride(0) else g[:1].expand(s * n))
         out = torch.empty(s * n, d, dtype=acc, device=a.device)
         _backward(ca, cb, cra, crb, None, side, None, inv_t, _NONE, tile_scale=tile, out=out, batch=s)
         total += out.view(s, n, d).sum(dim=0)
     return total
 
 
-def _moco_fwd_impl(query: Tensor, key: Tensor, queue: Tensor, temperature: float
+def _queue_prep(queue: Tensor, normalize: bool, tile: bool) -> Tuple[Tensor, Tensor]:
+    """(operand rows, their tile scales): l2-scaled as the queries, or as they are (lightly's bank:
+    rows stored normalized; scales of 1 where the tile takes scales)."""
+    if normalize:
+        pb = _prep1(queue)[0]
+        return pb.op, pb.r
+    pb = _prep(queue, queue, 1, None, None)
+    return pb.op, torch.ones(queue.shape[0] if tile else 0, dtype=acc_dtype(queue.dtype), device=queue.device)
+
+
+def _moco_fwd_impl(query: Tensor, key: Tensor, queue: Tensor, temperature: float, reduction: str,
+                   normalize_queue: bool
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, op_q, op_k, op_queue, r_q, keep_q, r_k, keep_k, r_queue, lse, q): the positive
     logit is folded into the queue's log-sum-exp after the sweep (logaddexp: no overflow, and the
     term as softplus(lse_neg − pos), q = 1 − P(positive) = sigmoid of it, as _finish_lse)."""
     inv_t = 1.0 / temperature
     with device_guard(query):
-        (pq, tile), (pk, _), (pb, _) = _prep1(query), _prep1(key), _prep1(queue.detach())
+        (pq, tile), (pk, _) = _prep1(query), _prep1(key)
+        op_b, r_b = _queue_prep(queue.detach(), normalize_queue, tile)
         nq, nk = _unit(pq.op, pq.r, tile), _unit(pk.op, pk.r, tile)
         pos = (nq * nk).sum(dim=1) * inv_t
-        neg = _queue_lse(pq.op, _scales(pq.r, tile), pb.op, _scales(pb.r, tile), inv_t)
+        neg = _queue_lse(pq.op, _scales(pq.r, tile), op_b, _scales(r_b, tile), inv_t)
         d = (neg[0] - pos) + neg[1]
         zero = torch.zeros_like(d)
         term = torch.logaddexp(zero, d)
         lse = torch.stack([neg[0], neg[1] + torch.logaddexp(zero, -d)])  # the whole row's (m, λ)
-    return term.mean(), pq.op, pk.op, pb.op, pq.r, pq.keep, pk.r, pk.keep, pb.r, lse, torch.sigmoid(d)
+    return _reduce(term, reduction), pq.op, pk.op, op_b, pq.r, pq.keep, pk.r, pk.keep, r_b, lse, torch.sigmoid(d)
 
 
 def _moco_bwd_impl(query: Tensor, key: Tensor, op_q: Tensor, op_k: Tensor, op_b: Tensor, r_q: Tensor, keep_q: Tensor,
                    r_k: Tensor, keep_k: Tensor, r_b: Tensor, lse: Tensor, q: Tensor, g_loss: Tensor,
-                   temperature: float) -> Tuple[Tensor, Tensor]:
+                   temperature: float, reduction: str, normalize_queue: bool) -> Tuple[Tensor, Tensor]:
     """-> (∂L/∂query, ∂L/∂key): the queue's part from recomputed tiles, the positive's −g·q/T."""
     inv_t = 1.0 / temperature
-    n = query.shape[0]
     tile = _tile_scaled(query.dtype)
     with device_guard(query):
-        g = (g_loss.to(q.dtype) / n).reshape(1)
+        g = _grad_vector(g_loss, q, reduction)
         nq, nk = _unit(op_q, r_q, tile), _unit(op_k, r_k, tile)
         gq = _queue_grad(op_q, _scales(r_q, tile), op_b, _scales(r_b, tile), lse, g, inv_t, tile)
         cp = (-g * inv_t) * q
@@ -156,13 +167,14 @@ def _moco_bwd_impl(query: Tensor, key: Tensor, op_q: Tensor, op_k: Tensor, op_b:
         return _l2_back(gq, nq, r_q, keep_q, query.dtype), _l2_back(cp[:, None] * nq, nk, r_k, keep_k, key.dtype)
 
 
-def _moco_fake(query, key, queue, temperature):
+def _moco_fake(query, key, queue, temperature, reduction, normalize_queue):
     acc = acc_dtype(query.dtype)
     (n, d), k = query.shape, queue.shape[0]
     e = query.new_empty
-    return (e((), dtype=acc), _op_buffer(n, d, query.dtype, query.device), _op_buffer(n, d, query.dtype, query.device),
-            _op_buffer(k, d, query.dtype, query.device), e((n,), dtype=acc), e((n,), dtype=acc), e((n,), dtype=acc),
-            e((n,), dtype=acc), e((k,), dtype=acc), e((2, n), dtype=acc), e((n,), dtype=acc))
+    kr = k if normalize_queue or _tile_scaled(query.dtype) else 0
+    ops = [_op_buffer(rows, d, query.dtype, query.device) for rows in (n, n, k)]
+    vec = [e((m,), dtype=acc) for m in (n, n, n, n, kr)]
+    return (e((n,) if reduction == "none" else (), dtype=acc), *ops, *vec, e((2, n), dtype=acc), e((n,), dtype=acc))
 
 
 def _setup(ctx, inputs, output, n_tensors: int, results: int):
@@ -173,16 +185,17 @@ def _setup(ctx, inputs, output, n_tensors: int, results: int):
 
 
 def _moco_setup(ctx, inputs, output):
-    query, key, queue, temperature = inputs
+    query, key, queue, *args = inputs
     ctx.save_for_backward(query, key, *output[1:])
-    ctx.args = (temperature,)
+    ctx.args = tuple(args)
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _moco_backward(ctx, run_bwd, g_loss, *unused):
     query, key, *saved = ctx.saved_tensors
-    dq, dk = run_bwd(query, key, *saved, _zero_if_none(g_loss, saved[-1]), *ctx.args)
-    return dq, dk, None, None
+    g = g_loss if g_loss is not None else saved[-1].new_zeros(saved[-1].shape if ctx.args[1] == "none" else ())
+    dq, dk = run_bwd(query, key, *saved, g, *ctx.args)
+    return dq, dk, None, None, None, None
 
 
 def _two_fake(a, b, *_args):
@@ -193,9 +206,11 @@ _MOCO = _register("moco", _moco_fwd_impl, _moco_fake, _moco_bwd_impl, _two_fake,
 moco_fwd, moco_bwd, _SPEC_MOCO, MoCoFunction = _MOCO.fwd, _MOCO.bwd, _MOCO.spec, _MOCO.function
 
 
-def moco(query: Tensor, key: Tensor, queue: Tensor, temperature: float) -> Tensor:
-    """MoCo's loss (docs/spec.md §7), the mean over queries; no gradient into ``queue``."""
-    return apply(_SPEC_MOCO, query, key, queue.detach(), float(temperature))[0]
+def moco(query: Tensor, key: Tensor, queue: Tensor, temperature: float, reduction: str = "mean",
+         normalize_queue: bool = True) -> Tensor:
+    """MoCo's loss (docs/spec.md §7) reduced over queries; no gradient into ``queue``, whose rows
+    are l2-normalized unless ``normalize_queue`` is False (lightly's memory bank)."""
+    return apply(_SPEC_MOCO, query, key, queue.detach(), float(temperature), reduction, bool(normalize_queue))[0]
 
 
 # --------------------------------------------------------------------------------------------
