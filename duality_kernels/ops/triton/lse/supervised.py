@@ -341,10 +341,15 @@ def hard_negative_ntxent(z1: Tensor, z2: Tensor, temperature: float, tau_plus: f
 
 
 def _classes(labels: Optional[Tensor], b: int, device) -> Tensor:
-    """Each sample's class index in [0, B) (torch.unique's inverse; without labels, the sample itself)."""
+    """Each sample's class index in [0, B) (without labels, the sample itself): the rank of its label
+    among the distinct labels, from a sort and a running count of label changes. Fixed shapes, so
+    no host-device synchronization (torch.unique's output size needs one; docs/design.md convention 3)."""
     if labels is None:
         return torch.arange(b, device=device)
-    return torch.unique(labels.to(torch.int64), return_inverse=True)[1]
+    ordered, perm = torch.sort(labels.to(torch.int64), stable=True)
+    step = torch.zeros_like(ordered)
+    step[1:] = (ordered[1:] != ordered[:-1]).to(torch.int64)
+    return torch.empty_like(ordered).scatter_(0, perm, step.cumsum(0))
 
 
 def _class_sums(cls: Tensor, rows: Tensor, b: int) -> Tensor:
