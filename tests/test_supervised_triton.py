@@ -29,7 +29,8 @@ def _queue(k, d, seed, dtype=torch.float64):
 # float64: the official code and the reference, values and gradients, ~1e-12 relative
 
 
-@pytest.mark.parametrize("shape", [(7, 5, 37), (5, 3, 16), (1, 1, 1), (3, 1, 9)])  # N, D, K (K = 37: split + rest)
+# N, D, K (K = 37: split + rest; D = 40: the stripe backward)
+@pytest.mark.parametrize("shape", [(7, 5, 37), (5, 3, 16), (1, 1, 1), (3, 1, 9), (4, 40, 13)])
 def test_moco_float64(shape):
     n, d, k = shape
     q, key = pair(n, d, seed=n + k)
@@ -103,6 +104,7 @@ SUPCON_CASES = {  # (B, V, D, labels)
     "one-class": (4, 2, 3, "one"),
     "b2": (2, 2, 1, "labels"),
     "v1-pairs": (4, 1, 6, "labels"),
+    "wide": (3, 2, 40, "labels"),  # D above the interpreter's fused K: the stripe backward
 }
 
 
