@@ -205,8 +205,9 @@ def test_opcheck(name):
     torch.library.opcheck(reg.fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("name", ["moco_loss", "hard_negative_ntxent_loss", "supcon_loss"])
-def test_compile_fullgraph(name):
+def test_compile_fullgraph(name, dynamic):
     z1, z2 = pair(5, 4, seed=52)
     queue = _queue(9, 4, seed=52)
     lab = labels_of(5, 2, seed=52)
@@ -214,7 +215,7 @@ def test_compile_fullgraph(name):
           "hard_negative_ntxent_loss": lambda a, b: dk.hard_negative_ntxent_loss(a, b, backend=T),
           "supcon_loss": lambda a, b: dk.supcon_loss(torch.stack([a, b], 1), lab, backend=T)}[name]
     torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend="aot_eager")
     a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
     out = compiled(a, b)
     out.backward()
