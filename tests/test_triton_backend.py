@@ -34,6 +34,10 @@ TWO = [
     ("ntxent_loss", lambda a, b, be: dk.ntxent_loss(a, b, 0.4, "abs", "dim_std", "sum", backend=be)),
     ("dcl_loss", lambda a, b, be: dk.dcl_loss(a, b, 0.4, "square", "none", backend=be)),
     ("infonce_loss", lambda a, b, be: dk.infonce_loss(a, b, 0.4, "none", backend=be)),
+    ("moco_loss", lambda a, b, be: dk.moco_loss(a, b, b.detach().flip(0), 0.3, backend=be)),
+    ("hard_negative_ntxent_loss", lambda a, b, be: dk.hard_negative_ntxent_loss(a, b, 0.4, 0.1, 0.5, backend=be)),
+    ("supcon_loss", lambda a, b, be: dk.supcon_loss(torch.stack([a, b], 1), torch.arange(a.shape[0]) % 3, 0.3,
+                                                    return_terms=True, backend=be)),
 ]
 
 

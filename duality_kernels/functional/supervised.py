@@ -1,8 +1,9 @@
 """Public SupCon, MoCo and hard-negative NT-Xent (docs/spec.md §7), and the lightly drop-in helpers.
 
-Validate first (docs/spec.md §6), then pick the backend through ``_backend.resolve``: only the torch
-reference (``reference/supervised.py``) implements these ops in this version, so "auto" runs it and
-an explicit "triton" or "cuda" raises BackendUnavailableError saying so. The helpers at the end
+Validate first (docs/spec.md §6), then pick the backend through ``_backend.resolve``: the torch
+reference (``reference/supervised.py``), or the Triton ops (``ops/triton/lse/supervised.py``) when
+backend="triton" is asked for ("auto" keeps torch: the kernels are untested on GPU); "cuda" raises
+BackendUnavailableError saying so. The helpers at the end
 (memory-bank NT-Xent, weighted DCL, VICReg on (batch, ..., dim) inputs) serve the lightly-compatible
 modules; docs/lightly.md lists where they deliberately differ from lightly.
 """
@@ -156,7 +157,15 @@ def supcon_loss(features: Tensor, labels: Optional[Tensor] = None, temperature: 
     V.check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
     V.check_flag(return_terms, "return_terms")
     ctx = _supcon_context(gather_distributed, features, labels)
-    _backend.resolve(backend, "supcon_loss", features[:, 0], ctx.active)  # a 2-D view: the rules read (N, D)
+    be = _backend.resolve(backend, "supcon_loss", features[:, 0], ctx.active)  # a 2-D view: the rules read (N, D)
+    if be == "triton":
+        from ..ops.triton.lse import supervised as TS
+
+        if ctx.active:
+            loss, none = TS.supcon_gathered(ctx, features, labels, t, bt, contrast_mode)
+        else:
+            loss, none = TS.supcon(features, labels, t, bt, contrast_mode)
+        return _out(loss, {"anchors_without_positive": none}, return_terms)
     loss, terms = RS.supcon(features, labels, t, bt, contrast_mode, ctx=ctx)
     return _out(loss, terms, return_terms)
 
@@ -176,7 +185,10 @@ def moco_loss(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.
 def _moco(query, key, queue, temperature, reduction, backend, normalize_queue=True) -> Tensor:
     _check_moco(query, key, queue)
     t = V.check_positive(temperature, "temperature")
-    _backend.resolve(backend, "moco_loss", query)
+    if _backend.resolve(backend, "moco_loss", query) == "triton":
+        from ..ops.triton.lse import supervised as TS
+
+        return TS.moco(query, key, queue, t, reduction, normalize_queue)
     return RS.moco(query, key, queue, t, reduction, normalize_queue=normalize_queue)
 
 
@@ -196,7 +208,12 @@ def hard_negative_ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, 
     tp = check_tau_plus(tau_plus)
     b = V.check_finite(beta, "beta")
     ctx = _dist.context(gather_distributed, z1, "hard_negative_ntxent_loss")
-    _backend.resolve(backend, "hard_negative_ntxent_loss", z1, ctx.active)
+    if _backend.resolve(backend, "hard_negative_ntxent_loss", z1, ctx.active) == "triton":
+        from ..ops.triton.lse import supervised as TS
+
+        if ctx.active:
+            return TS.hard_negative_gathered(ctx, z1, z2, t, tp, b)
+        return TS.hard_negative_ntxent(z1, z2, t, tp, b)
     return RS.hard_negative_ntxent(z1, z2, t, tp, b, ctx=ctx)
 
 

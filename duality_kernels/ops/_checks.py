@@ -182,3 +182,35 @@ def vicreg_exp(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperatu
 
 def vicreg_ctr(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature) -> None:
     vicreg_lse_args(VICREG_CTR_ROWS, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature)
+
+
+# ---- the supervised family (docs/spec.md §7): the public functions' checks, run by the ops' entries too
+
+
+def _supervised():
+    from ..functional import supervised  # the checks live beside the public functions (imported late: a cycle)
+
+    return supervised
+
+
+def supcon(features, labels, temperature, base_temperature, contrast_mode) -> None:
+    F = _supervised()
+    F._check_features(features)
+    F._check_labels(labels, features)
+    V.check_positive(temperature, "temperature")
+    V.check_positive(base_temperature, "base_temperature")
+    V.check_choice(contrast_mode, "contrast_mode", F.CONTRAST_MODES)
+
+
+def moco(query, key, queue, temperature, reduction, normalize_queue) -> None:
+    _supervised()._check_moco(query, key, queue)
+    V.check_positive(temperature, "temperature")
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    V.check_flag(normalize_queue, "normalize_queue")
+
+
+def hard_negative_ntxent(z1, z2, temperature, tau_plus, beta) -> None:
+    V.check_pair(z1, z2, min_rows=2, what="every anchor needs a negative: M = 2N - 2 > 0")
+    V.check_positive(temperature, "temperature")
+    _supervised().check_tau_plus(tau_plus)
+    V.check_finite(beta, "beta")

@@ -74,6 +74,16 @@ OPS: Dict[str, OpDef] = _defs(
           "VICReg-ctr (docs/spec.md §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, "
           "temperature)`` -> (loss, invariance, variance, covariance)."),
     OpDef("anchor_lse", (), INTERNAL, None, 1),
+    # the supervised family (docs/spec.md §7): not an "auto" row (_cost.auto_order), auto keeps torch
+    OpDef("moco", ("moco_loss",), "supervised", _C.moco, 1, "MoCoFunction",
+          "MoCo with a queue (docs/spec.md §7): ``apply(query, key, queue, temperature, reduction, "
+          "normalize_queue)`` -> (loss,)."),
+    OpDef("hard_negative_ntxent", ("hard_negative_ntxent_loss",), "supervised", _C.hard_negative_ntxent, 1,
+          "HardNegativeNTXentFunction",
+          "Hard-negative NT-Xent (docs/spec.md §7): ``apply(z1, z2, temperature, tau_plus, beta)`` -> (loss,)."),
+    OpDef("supcon", ("supcon_loss",), "supervised", _C.supcon, 2, "SupConFunction",
+          "SupCon (docs/spec.md §7): ``apply(features, labels_or_None, temperature, base_temperature, "
+          "contrast_mode)`` -> (loss, anchors_without_positive)."),
 )
 
 # public function -> its family (static: read without importing any backend)

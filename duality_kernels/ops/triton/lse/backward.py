@@ -9,7 +9,7 @@ term and the l2 Jacobian.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -150,11 +150,11 @@ def _tile_coefs(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OF
 @triton.jit
 def _bwd_step(a, a_ptr, b_ptr, n0, r0, rows, rows64, row_ok, M, MB, K, HALF_A, HALF_B, OFF, inv_t, inv_lo,
               lo_s, hi_s, lo_p, hi_p, ra, rb_ptr, lseb_ptr, s_lb, qb_ptr, gb_ptr, s_gb, bid, s_am, s_bm,
-              gla, ma, gpa, acc,
+              gla, ma, gpa, acc, lseb2_ptr, gb2_ptr, inv_t2, inv_lo2, gla2, ma2, gpa2,
               SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr, TRANSFORM: tl.constexpr,
               TILE_SCALE: tl.constexpr, ROW_SIDE: tl.constexpr, COL_SIDE: tl.constexpr, TRANSPOSED: tl.constexpr,
               ORIENT: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr,
-              RNA: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+              RNA: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DUAL: tl.constexpr):
     """One key tile of the fused backward (see _lse_bwd_kernel)."""
     cols = n0 + tl.arange(0, BN)
     col_ok = cols < MB
@@ -173,6 +173,18 @@ def _bwd_step(a, a_ptr, b_ptr, n0, r0, rows, rows64, row_ok, M, MB, K, HALF_A, H
                         hi_p, gla, ma, gpa, glb, mb, gpb, SELF, POS, TRANSFORM, ROW_SIDE, COL_SIDE, TRANSPOSED,
                         False, True, ACC, BM, BN)
     c = c * inv_t
+    if DUAL:  # the second scale's coefficients from the same tile, into the same C
+        if COL_SIDE:
+            mb2, glb2, gpb2 = _side_vectors(lseb2_ptr, s_lb, qb_ptr, gb2_ptr, bid * MB + cols, col_ok, s_gb, POS,
+                                            DROP_POS, ACC)
+        else:
+            mb2 = tl.zeros((BN,), ACC)
+            glb2 = mb2
+            gpb2 = mb2
+        c2 = _tile_coefs(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t2, inv_lo2, lo_s, hi_s,
+                         lo_p, hi_p, gla2, ma2, gpa2, glb2, mb2, gpb2, SELF, POS, TRANSFORM, ROW_SIDE, COL_SIDE,
+                         TRANSPOSED, False, True, ACC, BM, BN)
+        c = c + c2 * inv_t2
     if TILE_SCALE:
         c = c * rb[None, :]
     acc = tl.dot(round_tf32(c, RNA).to(b.dtype), b, acc, input_precision=IP, out_dtype=ACC)
@@ -184,18 +196,22 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, lsea_ptr, qa_ptr, ga
                     out_ptr,
                     M, MB, K, HALF_A, HALF_B, OFF, inv_t: tl.float64, inv_lo: tl.float64,
                     s_am, s_bm, s_abat, s_bbat, s_la, s_lb, s_ga, s_gb, s_o,
+                    lsea2_ptr, ga2_ptr, lseb2_ptr, gb2_ptr, inv_t2: tl.float64, inv_lo2: tl.float64,
                     SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr, TRANSFORM: tl.constexpr,
                     TILE_SCALE: tl.constexpr, L2JAC: tl.constexpr, ROW_SIDE: tl.constexpr,
                     COL_SIDE: tl.constexpr, TRANSPOSED: tl.constexpr, ORIENT: tl.constexpr,
                     LATE_POS: tl.constexpr, STAGED: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr,
-                    RNA: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                    RNA: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    DUAL: tl.constexpr = False):
     """∂L/∂(rows of A), K ≤ BK: one program owns a row block and the whole (padded) K, so every
     tile is computed once (no recomputation per column chunk). Per key tile: S (in the forward's
     operand order, ORIENT as in _lse_fwd_kernel; 2: every tile as (B_J·A_Iᵀ)ᵀ, for passes whose
     rows were the forward's keys), the coefficients C_ab = ∂L/∂dot_ab (+ ∂L/∂dot_ba for the
     symmetric matrix, see this module's docstring) and dA += C·B_J, B_J loaded once for both dots.
     LATE_POS: the tiles with the positives last. The l2 Jacobian's term (L2JAC) is added after
-    the loop, then the scale r_a. Row a of batch b goes to row b·M + a of ``out``."""
+    the loop, then the scale r_a. Row a of batch b goes to row b·M + a of ``out``. DUAL: a second
+    loss of the same masks at the scale inv_t2 (its lse and g per side at lsea2/ga2, lseb2/gb2, the
+    strides and q of the first), its coefficients added to the same C (the hard-negative loss)."""
     pid = tl.program_id(0)
     bid = tl.program_id(1)
     inv_t = scalar(inv_t, ACC)
@@ -218,6 +234,15 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, lsea_ptr, qa_ptr, ga
         ma = tl.zeros((BM,), ACC)
         gla = ma
         gpa = ma
+    ma2 = ma
+    gla2 = gla
+    gpa2 = gpa
+    if DUAL:
+        inv_t2 = scalar(inv_t2, ACC)
+        inv_lo2 = scalar(inv_lo2, ACC)
+        if ROW_SIDE:
+            ma2, gla2, gpa2 = _side_vectors(lsea2_ptr, s_la, qa_ptr, ga2_ptr, bid * M + rows, row_ok, s_ga, POS,
+                                            DROP_POS, ACC)
     lo_s, hi_s, lo_p, hi_p = _key_range(rows, row_ok, HALF_A, HALF_B, OFF, POS)
     acc = tl.zeros((BM, BK), ACC)
     # The tiles holding the rows' positives come last (the sweep starts after them and wraps
@@ -234,8 +259,9 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, lsea_ptr, qa_ptr, ga
         j = tl.where(j >= nt, j - nt, j)
         acc = _bwd_step(a, a_ptr, b_ptr, j * BN, r0, rows, rows64, row_ok, M, MB, K, HALF_A, HALF_B, OFF,
                         inv_t, inv_lo, lo_s, hi_s, lo_p, hi_p, ra, rb_ptr, lseb_ptr, s_lb, qb_ptr, gb_ptr, s_gb, bid,
-                        s_am, s_bm, gla, ma, gpa, acc, SELF, POS, DROP_POS, TRANSFORM,
-                        TILE_SCALE, ROW_SIDE, COL_SIDE, TRANSPOSED, ORIENT, ACC, IP, RNA, BM, BN, BK)
+                        s_am, s_bm, gla, ma, gpa, acc, lseb2_ptr, gb2_ptr, inv_t2, inv_lo2, gla2, ma2, gpa2,
+                        SELF, POS, DROP_POS, TRANSFORM, TILE_SCALE, ROW_SIDE, COL_SIDE, TRANSPOSED, ORIENT, ACC, IP,
+                        RNA, BM, BN, BK, DUAL)
     # The l2 Jacobian r_a (g_a − keep_a n_a (n_a·g_a)) with n_a·g_a from the accumulator g_a itself,
     # as autograd applies F.normalize's backward to the same g: then the two terms cancel where
     # they should. (n_a·g_a as Σ_b C_ab s_ab summed in the tile loop instead was rounded apart
@@ -394,12 +420,15 @@ class _Side(NamedTuple):
 
 def _backward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], keep: Optional[Tensor],
               row: Optional[_Side], col: Optional[_Side], inv_t: float, masks: Masks, *,
-              tile_scale: bool, out: Tensor, batch: int = 1, orient: int = 0, transposed: bool = False) -> None:
+              tile_scale: bool, out: Tensor, batch: int = 1, orient: int = 0, transposed: bool = False,
+              dual: Optional[Tuple[float, Optional[_Side], Optional[_Side]]] = None) -> None:
     """∂L/∂(rows of ``a``) into ``out`` (row b·M + i for row i of batch b; unit column stride).
     ``row``/``col``: the loss terms of the rows of a / of b (None: they have none). ``keep``
     given: apply the l2 Jacobian (``ra`` the rows' scales). ``orient``: the forward's operand
     order (0: a was its anchors, 1: a and b the same rows, 2: a was its keys). ``transposed``:
-    a holds the keys and b the anchors (masks read column-wise)."""
+    a holds the keys and b the anchors (masks read column-wise). ``dual``: (inv_t2, row, col) of a
+    second loss at another scale over the same masks, summed into the same result: the fused
+    kernel only (``dual_fused``), the sides laid out as the first's."""
     half_a, half_b, off, self_mask, pos, drop_positive, transform = masks
     m = a.shape[0] // batch
     mb = b.shape[0] // batch
@@ -423,12 +452,19 @@ def _backward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], 
     ra_ = ra if ra is not None else dummy
     rb_ = rb if rb is not None else dummy
     keep_ = keep if keep is not None else dummy
+    if dual is not None and not _fused_bwd(a.dtype, ip, k):
+        raise ValueError("_backward(dual=...) runs in the fused kernel only; see dual_fused")
+    dual_ptrs = [dummy] * 4
+    if dual is not None:
+        dual_ptrs = [dual[1].lse if dual[1] else dummy, dual[1].g if dual[1] else dummy,
+                     dual[2].lse if dual[2] else dummy, dual[2].g if dual[2] else dummy]
     if _fused_bwd(a.dtype, ip, k):
         t = _bwd_tiles(a.dtype, ip, k, max(m, mb), arch_family(a))
         _lse_bwd_kernel[(triton.cdiv(m, t.BM), batch)](
             a, b, ra_, rb_, keep_, *sides, out,
             m, mb, k, half_a, half_b, off, *_scale_pair(inv_t, a.dtype),
             a.stride(0), b.stride(0), m * a.stride(0), mb * b.stride(0), s_la, s_lb, s_ga, s_gb, out.stride(0),
+            *dual_ptrs, *_scale_pair(dual[0] if dual is not None else 0.0, a.dtype), DUAL=dual is not None,
             L2JAC=l2jac, RNA=tf32_rounding(a.dtype), LATE_POS=pos != 0 and not transposed,
             STAGED=l2jac and _staged_jacobian(out.dtype), BM=t.BM, BN=t.BN, BK=t.BK, num_warps=t.warps,
             num_stages=t.stages, **flags)
@@ -456,6 +492,11 @@ def _backward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], 
             POS=pos, DROP_POS=drop_positive, ROW_SIDE=row is not None, COL_SIDE=col is not None,
             TRANSPOSED=transposed, TILE_SCALE=tile_scale, L2JAC=l2jac, ACC=_acc_tl(a.dtype),
             BM=br, BK=be, num_warps=4)
+
+
+def dual_fused(dtype: torch.dtype, k: int) -> bool:
+    """Whether ``_backward(dual=...)`` runs here (the fused kernel's K and dtypes; see _fused_bwd)."""
+    return _fused_bwd(dtype, input_precision(dtype), k)
 
 
 def _mm_acc(x: Tensor, y: Tensor) -> Tensor:

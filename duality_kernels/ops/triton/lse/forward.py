@@ -103,11 +103,11 @@ def _fwd_step(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF,
 @triton.jit
 def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_ptr, p_ptr, cm_ptr, cl_ptr,
                     M, MB, K, HALF_A, HALF_B, OFF, s_lam, inv_t: tl.float64, inv_lo: tl.float64,
-                    s_am, s_bm, s_abat, s_bbat,
+                    s_am, s_bm, s_abat, s_bbat, lse2_ptr, term2_ptr, inv_t2: tl.float64, inv_lo2: tl.float64,
                     SELF: tl.constexpr, POS: tl.constexpr, DROP_POS: tl.constexpr,
                     TRANSFORM: tl.constexpr, TILE_SCALE: tl.constexpr, ORIENT: tl.constexpr,
                     COLS: tl.constexpr, ONE_K: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DUAL: tl.constexpr = False):
     """(m, λ, p), q and term (_finish_lse) of a block of anchors (rows of A) against every key
     (row of B), online (flash-attention): the (BM, BN) tile of A·Bᵀ on the tensor cores, its
     masked logits reduced into a running max and sum of the negatives' exponentials and the
@@ -118,7 +118,9 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_
     _s_tile_o; 0 on the GPU). COLS (InfoNCE's Sᵀ): also each
     tile's column max and sum of exponentials, (cm, cl) per (row block, column), merged by
     _lse_cols_merge_kernel (a two-stage reduction, no atomics): S is computed once for both
-    directions. Grid axis 1 is the batch (VICReg's two views)."""
+    directions. Grid axis 1 is the batch (VICReg's two views). DUAL: a second log-sum-exp of the
+    same masked entries at the scale inv_t2 (the hard-negative loss's two scales), from the same S
+    tile, its (m, λ) and term to lse2 and term2 (not with COLS)."""
     pid = tl.program_id(0)
     bid = tl.program_id(1)
     inv_t = scalar(inv_t, ACC)
@@ -143,6 +145,12 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_
     m_i = tl.full((BM,), _NEG_INF, ACC)
     l_i = tl.zeros((BM,), ACC)
     p_i = tl.zeros((BM,), ACC)
+    m2 = m_i
+    l2 = l_i
+    p2 = p_i
+    if DUAL:
+        inv_t2 = scalar(inv_t2, ACC)
+        inv_lo2 = scalar(inv_lo2, ACC)
     part = (bid * tl.num_programs(0) + pid).to(tl.int64) * MB
     for n0 in range(0, MB, BN):
         cols = n0 + tl.arange(0, BN)
@@ -155,8 +163,17 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_
         m_i, l_i, p_i = _fwd_step(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t, inv_lo,
                                   lo_s, hi_s, lo_p, hi_p, m_i, l_i, p_i, cm_ptr, cl_ptr, part,
                                   SELF, POS, DROP_POS, TRANSFORM, COLS, ACC, BM, BN)
+        if DUAL:
+            m2, l2, p2 = _fwd_step(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t2, inv_lo2,
+                                   lo_s, hi_s, lo_p, hi_p, m2, l2, p2, cm_ptr, cl_ptr, part,
+                                   SELF, POS, DROP_POS, TRANSFORM, False, ACC, BM, BN)
     m_o, lam, q, term = _finish_lse(m_i, l_i, p_i, POS, DROP_POS)
     out = bid * M + rows
+    if DUAL:
+        m_o2, lam2, _, term2 = _finish_lse(m2, l2, p2, POS, DROP_POS)
+        tl.store(lse2_ptr + out, m_o2, mask=row_ok)
+        tl.store(lse2_ptr + s_lam + out, lam2, mask=row_ok)
+        tl.store(term2_ptr + out, term2, mask=row_ok)
     tl.store(lse_ptr + out, m_o, mask=row_ok)
     tl.store(lam_ptr + out, lam, mask=row_ok)
     tl.store(lam_ptr + s_lam + out, p_i, mask=row_ok)  # the positive logit, after λ
@@ -198,11 +215,13 @@ def _lse_cols_merge_kernel(cm_ptr, cl_ptr, p_ptr, lse_ptr, lam_ptr, q_ptr, term_
 
 def _forward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], inv_t: float, masks: Masks,
              *, batch: int = 1, orient: int = 0, lse: Tensor, q: Tensor, term: Tensor,
-             cols: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> None:
+             cols: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
+             dual: Optional[Tuple[float, Tensor, Tensor]] = None) -> None:
     """The log-sum-exp forward of anchors ``a`` (batch·M rows) against keys ``b`` into lse (2,
     batch·M: m and λ, lse = m + λ), q and term (batch·M,). ``ra``/``rb``: l2 scales applied to the
     tile (bf16/fp16), else None. ``orient``: 1 when a and b are the same rows (see _s_tile).
-    ``cols``: (lse, q, term) of the columns too (InfoNCE's Sᵀ, batch 1)."""
+    ``cols``: (lse, q, term) of the columns too (InfoNCE's Sᵀ, batch 1). ``dual``: (inv_t2, lse2,
+    term2), the same rows' log-sum-exp at a second scale from the same tiles (lse2 shaped as lse)."""
     half_a, half_b, off, self_mask, pos, drop_positive, transform = masks
     m = a.shape[0] // batch
     mb = b.shape[0] // batch
@@ -221,10 +240,11 @@ def _forward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], i
     _lse_fwd_kernel[(nrb, batch)](
         a, b, ra if ra is not None else dummy, rb if rb is not None else dummy, lse[0], lse[1], q, term, p, cm, cl,
         m, mb, k, half_a, half_b, off, lse.stride(0), *_scale_pair(inv_t, a.dtype), a.stride(0), b.stride(0),
-        m * a.stride(0), mb * b.stride(0),
+        m * a.stride(0), mb * b.stride(0), dual[1] if dual else dummy, dual[2] if dual else dummy,
+        *_scale_pair(dual[0] if dual else 0.0, a.dtype),
         SELF=self_mask, POS=pos, DROP_POS=drop_positive, TRANSFORM=transform, TILE_SCALE=ra is not None,
         ORIENT=_orient(orient), COLS=cols is not None, ONE_K=one_k, ACC=_acc_tl(a.dtype), IP=ip,
-        BM=t.BM, BN=t.BN, BK=t.BK, num_warps=t.warps, num_stages=t.stages)
+        BM=t.BM, BN=t.BN, BK=t.BK, DUAL=dual is not None, num_warps=t.warps, num_stages=t.stages)
     if cols is not None:
         bn = 32 if interpreting() else 128
         lse_c, q_c, term_c = cols
