@@ -14,6 +14,8 @@ import functools
 import inspect
 from typing import Callable
 
+import torch
+
 from .. import _validation as V
 from .._policy import autocast_off
 
@@ -184,26 +186,93 @@ def vicreg_ctr(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperatu
     vicreg_lse_args(VICREG_CTR_ROWS, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature)
 
 
-# ---- the supervised family (docs/spec.md §7): the public functions' checks, run by the ops' entries too
+# ---- the supervised family (docs/spec.md §7): the public functions' contracts, run by the ops' entries too
 
 
-def _supervised():
-    from ..functional import supervised  # the checks live beside the public functions (imported late: a cycle)
+Tensor = torch.Tensor
+CONTRAST_MODES = ("all", "one")
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
-    return supervised
+
+def _check_features(features) -> None:
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError("features must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                        f"got dtype {features.dtype}")
+    if features.dim() != 3:
+        raise ValueError(f"features must be 3-D [batch, views, dim] (as SupContrast's), got shape "
+                         f"{tuple(features.shape)} ({features.dim()}-D)")
+    b, v, d = features.shape
+    if b < 1 or v < 1 or d < 1:
+        raise ValueError(f"features needs at least one sample, view and feature, got shape {tuple(features.shape)}")
+    if b * v < 2:
+        raise ValueError(f"features needs at least 2 rows (batch·views) so that every anchor has a row to "
+                         f"contrast with, got shape {tuple(features.shape)}")
+
+
+def _check_labels(labels, features: Tensor) -> None:
+    """Integer [B] labels on the features' device, none negative. The sign check reads the values:
+    one host-device synchronization for CUDA labels (the reference's class count needs one anyway)."""
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of integer class ids or None, got {type(labels).__name__}")
+    if labels.dtype not in _INT_DTYPES:
+        raise TypeError(f"labels must be an integer tensor of class ids, got dtype {labels.dtype}")
+    b = features.shape[0]
+    if labels.dim() != 1 or labels.shape[0] != b:
+        raise ValueError(f"labels must have shape ({b},) (one class id per sample of features "
+                         f"{tuple(features.shape)}), got shape {tuple(labels.shape)}")
+    if labels.device != features.device:
+        raise ValueError(f"labels must be on the features' device, got labels on {labels.device} and features "
+                         f"on {features.device}")
+    # a value check reads the labels (a host sync); torch.compile's trace cannot, so it skips it
+    if labels.numel() and not torch.compiler.is_compiling() and bool((labels < 0).any()):
+        raise ValueError(f"labels must be >= 0, got a minimum of {int(labels.min())}")
+
+
+def _check_rows(x, name: str, min_rows: int = 1) -> None:
+    V.check_tensor(x, name, min_rows=min_rows)
+
+
+def _check_same(a: Tensor, b: Tensor, na: str, nb: str, what: str = "shape") -> None:
+    if what == "shape" and a.shape != b.shape:
+        raise ValueError(f"{na} and {nb} must have the same shape, got {na} {tuple(a.shape)} and {nb} {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"{na} and {nb} must have the same dtype, got {na} {a.dtype} and {nb} {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{na} and {nb} must be on the same device, got {na} on {a.device} and {nb} on {b.device}")
+
+
+def _check_moco(query, key, queue) -> None:
+    _check_rows(query, "query")
+    _check_rows(key, "key")
+    _check_same(query, key, "query", "key")
+    _check_rows(queue, "queue")
+    if queue.shape[1] != query.shape[1]:
+        raise ValueError(f"queue must have the queries' dimension D={query.shape[1]} (one key per row, [K, D]), "
+                         f"got queue of shape {tuple(queue.shape)}")
+    _check_same(query, queue, "query", "queue", what="dtype")
+
+
+def check_tau_plus(tau_plus) -> float:
+    t = V.check_finite(tau_plus, "tau_plus")
+    if not 0.0 <= t < 1.0:
+        raise ValueError(f"tau_plus must be in [0, 1) (a class prior), got {tau_plus!r}")
+    return t
 
 
 def supcon(features, labels, temperature, base_temperature, contrast_mode) -> None:
-    F = _supervised()
-    F._check_features(features)
-    F._check_labels(labels, features)
+    _check_features(features)
+    _check_labels(labels, features)
     V.check_positive(temperature, "temperature")
     V.check_positive(base_temperature, "base_temperature")
-    V.check_choice(contrast_mode, "contrast_mode", F.CONTRAST_MODES)
+    V.check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
 
 
 def moco(query, key, queue, temperature, reduction, normalize_queue) -> None:
-    _supervised()._check_moco(query, key, queue)
+    _check_moco(query, key, queue)
     V.check_positive(temperature, "temperature")
     V.check_choice(reduction, "reduction", V.REDUCTIONS)
     V.check_flag(normalize_queue, "normalize_queue")
@@ -212,5 +281,5 @@ def moco(query, key, queue, temperature, reduction, normalize_queue) -> None:
 def hard_negative_ntxent(z1, z2, temperature, tau_plus, beta) -> None:
     V.check_pair(z1, z2, min_rows=2, what="every anchor needs a negative: M = 2N - 2 > 0")
     V.check_positive(temperature, "temperature")
-    _supervised().check_tau_plus(tau_plus)
+    check_tau_plus(tau_plus)
     V.check_finite(beta, "beta")
