@@ -84,7 +84,12 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale, *, gat
     check_features(image_features, text_features)
     s = check_scalar(logit_scale, "logit_scale", image_features, positive=True)
     ctx = _dist.context(gather_distributed, image_features, "clip_loss")
-    _backend.resolve(backend, "clip_loss", image_features, ctx.active)  # only the reference implements it
+    if _backend.resolve(backend, "clip_loss", image_features, ctx.active) == "triton":
+        from ..ops.triton.lse import two_tower as T
+
+        if ctx.active:
+            return T.clip_gathered(ctx, image_features, text_features, s)
+        return T.clip(image_features, text_features, s)
     return R.clip(image_features, text_features, s, ctx=ctx)
 
 
@@ -101,5 +106,10 @@ def siglip_loss(image_features: Tensor, text_features: Tensor, logit_scale, logi
     s = check_scalar(logit_scale, "logit_scale", image_features, positive=True)
     t = 0.0 if logit_bias is None else check_scalar(logit_bias, "logit_bias", image_features, positive=False)
     ctx = _dist.context(gather_distributed, image_features, "siglip_loss")
-    _backend.resolve(backend, "siglip_loss", image_features, ctx.active)  # only the reference implements it
+    if _backend.resolve(backend, "siglip_loss", image_features, ctx.active) == "triton":
+        from ..ops.triton.lse import two_tower_siglip as T
+
+        if ctx.active:
+            return T.siglip_gathered(ctx, image_features, text_features, s, t)
+        return T.siglip(image_features, text_features, s, t)
     return R.siglip(image_features, text_features, s, t, ctx=ctx)

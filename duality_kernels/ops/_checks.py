@@ -182,3 +182,29 @@ def vicreg_exp(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperatu
 
 def vicreg_ctr(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature) -> None:
     vicreg_lse_args(VICREG_CTR_ROWS, z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature)
+
+
+# ---- the two-tower losses (docs/spec.md §7.4-§7.5): the public checks of functional/two_tower.py
+
+
+def clip(image_features, text_features, logit_scale) -> None:
+    from ..functional.two_tower import check_features, check_scalar
+
+    check_features(image_features, text_features)
+    check_scalar(logit_scale, "logit_scale", image_features, positive=True)
+
+
+def siglip(image_features, text_features, logit_scale, logit_bias, offset) -> None:
+    """``text_features`` may hold more rows than ``image_features`` (the gathered form: this rank's
+    images against every rank's texts); image row i's positive is text row offset + i."""
+    from ..functional.two_tower import check_features, check_scalar
+
+    V.check_tensor(image_features, "image_features")
+    V.check_tensor(text_features, "text_features")
+    n, m = image_features.shape[0], text_features.shape[0]
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + n > m:
+        raise ValueError(f"offset must be an int with 0 <= offset <= {m - n} (text rows {m}, image rows {n}), "
+                         f"got {offset!r}")
+    check_features(image_features, text_features[offset:offset + n])
+    check_scalar(logit_scale, "logit_scale", image_features, positive=True)
+    check_scalar(logit_bias, "logit_bias", image_features, positive=False)

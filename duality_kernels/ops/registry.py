@@ -74,6 +74,12 @@ OPS: Dict[str, OpDef] = _defs(
           "VICReg-ctr (docs/spec.md §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, "
           "temperature)`` -> (loss, invariance, variance, covariance)."),
     OpDef("anchor_lse", (), INTERNAL, None, 1),
+    OpDef("clip", ("clip_loss",), LSE, _C.clip, 1, "ClipFunction",
+          "CLIP (docs/spec.md §7.4): ``apply(image_features, text_features, logit_scale)`` -> (loss,); "
+          "logit_scale a one-element tensor."),
+    OpDef("siglip", ("siglip_loss",), LSE, _C.siglip, 1, "SigLipFunction",
+          "SigLIP (docs/spec.md §7.5): ``apply(image_features, text_features, logit_scale, logit_bias, offset)`` "
+          "-> (loss,); scale and bias one-element tensors, text rows offset..offset+N the positives."),
 )
 
 # public function -> its family (static: read without importing any backend)

@@ -18,6 +18,7 @@ from .ops import (_SPEC_ANCHOR_LSE, _SPEC_DCL, _SPEC_INFONCE, _SPEC_NTXENT, _SPE
                   ntxent, ntxent_bwd, ntxent_fwd, ntxent_terms, vicreg_ctr, vicreg_ctr_bwd, vicreg_ctr_fwd, vicreg_exp,
                   vicreg_exp_bwd, vicreg_exp_fwd)
 from .plan import L2_EPS, TRANSFORMS
+from . import two_tower, two_tower_siglip  # noqa: F401,E402 (registers clip and siglip)
 
 __all__ = ["DCLFunction", "InfoNCEFunction", "NTXentFunction", "VICRegCtrFunction", "VICRegExpFunction", "dcl",
            "infonce", "ntxent", "vicreg_ctr", "vicreg_exp"]
