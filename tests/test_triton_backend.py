@@ -34,6 +34,8 @@ TWO = [
     ("ntxent_loss", lambda a, b, be: dk.ntxent_loss(a, b, 0.4, "abs", "dim_std", "sum", backend=be)),
     ("dcl_loss", lambda a, b, be: dk.dcl_loss(a, b, 0.4, "square", "none", backend=be)),
     ("infonce_loss", lambda a, b, be: dk.infonce_loss(a, b, 0.4, "none", backend=be)),
+    ("clip_loss", lambda a, b, be: dk.clip_loss(a, b, 14.3, backend=be)),
+    ("siglip_loss", lambda a, b, be: dk.siglip_loss(a, b, 10.0, -10.0, backend=be)),
 ]
 
 

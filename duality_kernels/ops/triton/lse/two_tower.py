@@ -20,7 +20,7 @@ import torch
 from ... import registry
 from ....reference import l2n
 from ..._direct import apply
-from .._common import (Tiles, acc_dtype, arch_family, device_guard, device_rule, input_precision, interpreting,
+from .._common import (HOPPER, Tiles, acc_dtype, arch_family, device_guard, device_rule, input_precision, interpreting,
                        round_tf32, tf32_rounding, tl, triton)
 from .backward import _l2_jacobian, _l2_jacobian_staged, _side_vectors, _staged_jacobian, _tile_coefs
 from .forward import _finish_lse, _fwd_step, _lse_cols_merge_kernel
@@ -178,14 +178,25 @@ def fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str, whole_k: bo
 
 def bwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str) -> Tiles:
     """Tiles of the whole-K backward kernels: the fused LSE backward's table (K ≤ 256, tensor-core
-    dots); otherwise 32×32 tiles with the (32, K) accumulator (IEEE fp32, fp64, K > 256: the LSE
-    family's stripe backward with cuBLAS is the faster design there; this one is unmeasured)."""
+    dots); otherwise (IEEE fp32, fp64, K > 256) the largest of (32, 64), (32, 32), (16, 32), (16, 16)
+    whose (BM, K) accumulator takes ≤ 64 KB and whose operand rows (BM + BN)·K ≤ 128 KB (Hopper) or
+    56 KB: shared memory came out ≈ 1.7x that, and larger accumulators spilled (sm_90 compile,
+    triton 3.8, 8 warps: bf16 K = 512 (32, 64) 222-230 registers, 160 KB; K = 1024 (16, 32) 212;
+    TF32 K = 512 (32, 32) 218-253, 196 KB; none spilled; (64, 32) at K = 512 spilled 400-560 B, and
+    fp64 at K = 512 spills 1.7 KB in (16, 16)). The LSE family's stripe backward through cuBLAS is
+    the faster design at large K; this one is unmeasured."""
     if interpreting():
         t = _tile(m)
         return Tiles(t, t, _whole_k(k), 4, 1)
     if _fused_bwd(dtype, ip, k):
         return _bwd_tiles(dtype, ip, k, m, fam)
-    return Tiles(32, 32, _whole_k(k), 4, 1)
+    kp, elt = _whole_k(k), torch.empty((), dtype=dtype).element_size()
+    acc = 8 if dtype == torch.float64 else 4
+    budget = (128 if fam == HOPPER else 56) << 10
+    for bm, bn in ((32, 64), (32, 32), (16, 32), (16, 16)):
+        if bm * kp * acc <= 64 << 10 and (bm + bn) * kp * elt <= budget:
+            break
+    return Tiles(bm, bn, kp, 8 if bm * bn >= 512 else 4, 1)
 
 
 def bwd_flags(a: Tensor, tile: bool, t: Tiles) -> dict:
