@@ -78,6 +78,17 @@ def _key_tile(a, a_ptr, b_ptr, rb_ptr, n0, r0, rows64, row_ok, ra, MB, K, s_am, 
 
 
 @triton.jit
+def _apply_coefs(acc, c, b, rb, hi, lo, TILE_SCALE: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr,
+                 RNA: tl.constexpr):
+    """acc + (s·C)·B_J for coefficients C per unit logit (the scale as the pair hi + lo; r_b on the
+    tile when the l2 scales are there), C rounded as the dot's operand (round_tf32)."""
+    c = _scaled(c, hi, lo)
+    if TILE_SCALE:
+        c = c * rb[None, :]
+    return tl.dot(round_tf32(c, RNA).to(b.dtype), b, acc, input_precision=IP, out_dtype=ACC)
+
+
+@triton.jit
 def _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am,
                 TILE_SCALE: tl.constexpr, STAGED: tl.constexpr, ACC: tl.constexpr, BK: tl.constexpr):
     """∂L/∂u_a from g_a = ∂L/∂â_a (the accumulator) through the l2 Jacobian, into out (as
@@ -149,10 +160,7 @@ def _clip_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, s_ptr, lsea_ptr, qa
                         gla, ma, gpa, glb, mb, gpb, False, _DIAG, 0, True, True, False, False, True, ACC, BM, BN)
         if DSCALE:
             dsr += tl.sum(c * s, axis=1)
-        c = _scaled(c, inv_t, inv_lo)
-        if TILE_SCALE:
-            c = c * rb[None, :]
-        acc = tl.dot(round_tf32(c, RNA).to(b.dtype), b, acc, input_precision=IP, out_dtype=ACC)
+        acc = _apply_coefs(acc, c, b, rb, inv_t, inv_lo, TILE_SCALE, ACC, IP, RNA)
     _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, STAGED,
                 ACC, BK)
     if DSCALE:

@@ -14,12 +14,12 @@ import torch
 
 from ... import registry
 from ..._direct import apply
-from .._common import acc_dtype, arch_family, device_guard, device_rule, input_precision, round_tf32, tl, triton
+from .._common import acc_dtype, arch_family, device_guard, device_rule, input_precision, tl, triton
 from .forward import _log1p
 from .plan import Tensor, _acc_tl, _op_buffer, _tile_scaled
 from .prep import _prep
 from .tiles import _scaled
-from .two_tower import (_key_tile, _row_block, _scale_value, _store_grad, bwd_flags, bwd_tiles, fwd_tiles,
+from .two_tower import (_apply_coefs, _key_tile, _row_block, _scale_value, _store_grad, bwd_flags, bwd_tiles, fwd_tiles,
                         grads_fake, scalar_grad, scalar_tensor)
 
 
@@ -86,10 +86,7 @@ def _siglip_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, s_ptr, t_ptr, g_p
         if DSCALE:
             dsr += tl.sum(c * s, axis=1)
             dtr += tl.sum(c, axis=1)
-        c = _scaled(c, s_hi, s_lo)
-        if TILE_SCALE:
-            c = c * rb[None, :]
-        acc = tl.dot(round_tf32(c, RNA).to(b.dtype), b, acc, input_precision=IP, out_dtype=ACC)
+        acc = _apply_coefs(acc, c, b, rb, s_hi, s_lo, TILE_SCALE, ACC, IP, RNA)
     _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, STAGED,
                 ACC, BK)
     if DSCALE:
