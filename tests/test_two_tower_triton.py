@@ -87,6 +87,33 @@ def test_accuracy_rule_at_extreme_scale_and_bias(dtype, n, d):
            lambda x, y: O.siglip_official(x, y, 100.0, -10.0), [a, b])
 
 
+def test_tf32_operands_are_rounded():
+    """Under "high" (TF32, docs/design.md convention 16) both losses match a float64 evaluation on the
+    TF32-rounded normalized rows (what the GPU's tensor cores compute) far closer than the exact loss."""
+    import torch.nn.functional as F
+
+    from duality_kernels.reference import l2n
+
+    from .test_triton_lse import _rna_tf32_bits
+
+    g = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(24, 20, generator=g) for _ in range(2))
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        ours = [dk.clip_loss(a, b, 14.3, backend="triton"), dk.siglip_loss(a, b, 14.3, -1.0, backend="triton")]
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    logits = 14.3 * _rna_tf32_bits(l2n(a)).double() @ _rna_tf32_bits(l2n(b)).double().T
+    labels = torch.arange(24)
+    y = 2 * torch.eye(24, dtype=torch.float64) - 1
+    tf32 = [(F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2,
+            -F.logsigmoid(y * (logits - 1.0)).sum() / 24]
+    exact = [O.clip_official(a.double(), b.double(), 14.3), O.siglip_official(a.double(), b.double(), 14.3, -1.0)]
+    for k, t, e in zip(ours, tf32, exact):
+        assert abs(k.item() - t.item()) < 2e-5 < abs(e.item() - t.item()), (k.item(), t.item(), e.item())
+
+
 def test_scale_gradients_keep_the_callers_shape_and_dtype_and_float_equals_tensor():
     a, b = _pair(9, 4)
     s, t = torch.full((1,), 20.0, requires_grad=True), torch.full((1, 1), -2.0, dtype=torch.float16,
