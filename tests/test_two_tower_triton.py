@@ -146,6 +146,10 @@ def test_custom_ops_opcheck():
     one = torch.tensor(1.0, dtype=a.dtype)
     torch.library.opcheck(T.clip_bwd, (a.detach(), b.detach(), s.detach(), *saved[1:], one),
                           test_utils=("test_schema", "test_faketensor"))
+    bb = torch.cat([b, b]).detach()
+    saved = TS.siglip_fwd(a.detach(), bb, s.detach(), t.detach(), 5)
+    torch.library.opcheck(TS.siglip_bwd, (a.detach(), bb, s.detach(), t.detach(), *saved[1:], one, 5),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compile_fullgraph():
@@ -161,11 +165,13 @@ def test_compile_fullgraph():
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
 
 
-def test_drop_in_functions():
+def test_drop_in_functions_and_modules():
     a, b = _pair(6, 4)
     s = torch.tensor(SCALE, dtype=torch.float64)
     assert torch.equal(T.ClipFunction.apply(a, b, s)[0], dk.clip_loss(a, b, s, backend="triton"))
     assert torch.equal(TS.SigLipFunction.apply(a, b, s, s, 0)[0], dk.siglip_loss(a, b, s, s, backend="triton"))
+    assert torch.equal(dk.ClipLoss(backend="triton")(a, b, s), dk.clip_loss(a, b, s, backend="triton"))
+    assert torch.equal(dk.SigLipLoss(backend="triton")(a, b, s, s), dk.siglip_loss(a, b, s, s, backend="triton"))
     with pytest.raises(ValueError, match="same number of rows"):
         T.ClipFunction.apply(a, b[:5], s)
     with pytest.raises(ValueError, match="offset must be an int with 0 <= offset <= 0"):
