@@ -29,7 +29,7 @@ from .plan import _reduce, _tile, _tile_scaled
 from .prep import _prep
 from .tiles import _key_range, _s_tile_o, _scaled
 
-_DIAG = tl.constexpr(_POS_DIAG)  # the positive of row i is column i (+ an offset for SigLIP's gathered rows)
+_DIAG = tl.constexpr(_POS_DIAG)  # the positive of row i is column i (tiles._partners)
 
 
 @triton.jit
