@@ -48,6 +48,8 @@ DEFAULTS = {
     "infonce_loss": {"temperature": 0.1, "reduction": "mean"},
     "vicreg_exp_loss": {"temperature": 0.1},
     "vicreg_ctr_loss": {"temperature": 0.1},
+    "clip_loss": {"logit_scale": 14.3},
+    "siglip_loss": {"logit_scale": 10.0, "logit_bias": -10.0},
 }
 
 
@@ -77,6 +79,10 @@ def call(name, params, backend):
         return lambda a, b: f(a, b, p["temperature"], p["similarity"], p["reduction"], backend=backend)
     if name == "infonce_loss":
         return lambda a, b: f(a, b, p["temperature"], p["reduction"], backend=backend)
+    if name == "clip_loss":
+        return lambda a, b: f(a, b, p["logit_scale"], backend=backend)
+    if name == "siglip_loss":
+        return lambda a, b: f(a, b, p["logit_scale"], p["logit_bias"], backend=backend)
     raise KeyError(name)
 
 

@@ -39,6 +39,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from duality_kernels.testing import csim  # noqa: E402
 from duality_kernels.testing import official as off  # noqa: E402
+from duality_kernels.testing import official_two_tower as off2  # noqa: E402
 from . import public_cases as P  # noqa: E402
 from .accuracy import _assert_rule, _check, _err, _flat, _run, _weights  # noqa: E402
 from .public_cases import Recipe  # noqa: E402
@@ -106,6 +107,8 @@ PARAMS = {
     "infonce_loss": st.fixed_dictionaries({"temperature": TEMPERATURES, "reduction": REDUCTIONS}),
     "vicreg_exp_loss": st.fixed_dictionaries({"temperature": TEMPERATURES}),
     "vicreg_ctr_loss": st.fixed_dictionaries({"temperature": TEMPERATURES}),
+    "clip_loss": st.fixed_dictionaries({"logit_scale": st.floats(1.0, 100.0)}),
+    "siglip_loss": st.fixed_dictionaries({"logit_scale": st.floats(1.0, 100.0), "logit_bias": st.floats(-10.0, 10.0)}),
 }
 
 # What these tests found (2026-11-30, this machine), each replayed by test_found_examples below.
@@ -265,6 +268,8 @@ def _official(name, params):
         "infonce_loss": lambda a, b: o.infonce_official(a, b, p["temperature"], p["reduction"]),
         "vicreg_exp_loss": lambda a, b: o.vicreg_exp_official(a, b, temperature=p["temperature"]),
         "vicreg_ctr_loss": lambda a, b: o.vicreg_ctr_official(a, b, temperature=p["temperature"]),
+        "clip_loss": lambda a, b: off2.clip_official(a, b, p["logit_scale"]),
+        "siglip_loss": lambda a, b: off2.siglip_official(a, b, p["logit_scale"], p["logit_bias"]),
     }
     return table[name]
 

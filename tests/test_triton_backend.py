@@ -38,6 +38,8 @@ TWO = [
     ("hard_negative_ntxent_loss", lambda a, b, be: dk.hard_negative_ntxent_loss(a, b, 0.4, 0.1, 0.5, backend=be)),
     ("supcon_loss", lambda a, b, be: dk.supcon_loss(torch.stack([a, b], 1), torch.arange(a.shape[0]) % 3, 0.3,
                                                     return_terms=True, backend=be)),
+    ("clip_loss", lambda a, b, be: dk.clip_loss(a, b, 14.3, backend=be)),
+    ("siglip_loss", lambda a, b, be: dk.siglip_loss(a, b, 10.0, -10.0, backend=be)),
 ]
 
 

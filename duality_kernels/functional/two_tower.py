@@ -15,61 +15,19 @@ its gradients.
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 
 from .. import _backend
 from .._policy import public
-from .. import _validation as V
 from .. import distributed as _dist
+from ..ops._checks import check_two_tower_features as check_features  # noqa: F401
+from ..ops._checks import check_two_tower_scalar as check_scalar  # noqa: F401
 from ..reference import two_tower as R
 
 Tensor = torch.Tensor
 
 __all__ = ["clip_loss", "siglip_loss"]
-
-_IMAGE, _TEXT = "image_features", "text_features"
-
-
-def check_features(image_features, text_features) -> None:
-    """Two (N, D) floating tensors of one shape, dtype and device (open_clip pairs row i with row i)."""
-    V.check_tensor(image_features, _IMAGE)
-    V.check_tensor(text_features, _TEXT)
-    a, b = image_features, text_features
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"{_IMAGE} and {_TEXT} must have the same number of rows (row i of one pairs with row i of the "
-            f"other), got {_IMAGE} {tuple(a.shape)} and {_TEXT} {tuple(b.shape)}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"{_IMAGE} and {_TEXT} must have the same feature dimension, got {_IMAGE} {tuple(a.shape)} "
-            f"and {_TEXT} {tuple(b.shape)}")
-    if a.dtype != b.dtype:
-        raise ValueError(f"{_IMAGE} and {_TEXT} must have the same dtype, got {a.dtype} and {b.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"{_IMAGE} and {_TEXT} must be on the same device, got {a.device} and {b.device}")
-
-
-def check_scalar(value, name: str, features: Tensor, positive: bool):
-    """A Python real (finite; > 0 when ``positive``) as a float, or a one-element floating tensor on
-    the features' device as given (its value is not read: see the module docstring)."""
-    if isinstance(value, Tensor):
-        if not value.is_floating_point():
-            raise TypeError(
-                f"{name} must be a floating-point tensor or a Python float, got a tensor of dtype {value.dtype}")
-        if value.numel() != 1:
-            raise ValueError(
-                f"{name} must be a Python float or a tensor with one element (0-dim), got a tensor of shape "
-                f"{tuple(value.shape)}")
-        if value.device != features.device:
-            raise ValueError(
-                f"{name} must be on the features' device {features.device}, got a tensor on {value.device}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a Python float or a one-element tensor, got {value!r} ({type(value).__name__})")
-    return V.check_positive(value, name) if positive else V.check_finite(value, name)
 
 
 @public
@@ -84,7 +42,12 @@ def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale, *, gat
     check_features(image_features, text_features)
     s = check_scalar(logit_scale, "logit_scale", image_features, positive=True)
     ctx = _dist.context(gather_distributed, image_features, "clip_loss")
-    _backend.resolve(backend, "clip_loss", image_features, ctx.active)  # only the reference implements it
+    if _backend.resolve(backend, "clip_loss", image_features, ctx.active) == "triton":
+        from ..ops.triton.lse import two_tower as T
+
+        if ctx.active:
+            return T.clip_gathered(ctx, image_features, text_features, s)
+        return T.clip(image_features, text_features, s)
     return R.clip(image_features, text_features, s, ctx=ctx)
 
 
@@ -101,5 +64,10 @@ def siglip_loss(image_features: Tensor, text_features: Tensor, logit_scale, logi
     s = check_scalar(logit_scale, "logit_scale", image_features, positive=True)
     t = 0.0 if logit_bias is None else check_scalar(logit_bias, "logit_bias", image_features, positive=False)
     ctx = _dist.context(gather_distributed, image_features, "siglip_loss")
-    _backend.resolve(backend, "siglip_loss", image_features, ctx.active)  # only the reference implements it
+    if _backend.resolve(backend, "siglip_loss", image_features, ctx.active) == "triton":
+        from ..ops.triton.lse import two_tower_siglip as T
+
+        if ctx.active:
+            return T.siglip_gathered(ctx, image_features, text_features, s, t)
+        return T.siglip(image_features, text_features, s, t)
     return R.siglip(image_features, text_features, s, t, ctx=ctx)

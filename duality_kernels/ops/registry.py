@@ -84,6 +84,12 @@ OPS: Dict[str, OpDef] = _defs(
     OpDef("supcon", ("supcon_loss",), "supervised", _C.supcon, 2, "SupConFunction",
           "SupCon (docs/spec.md §7): ``apply(features, labels_or_None, temperature, base_temperature, "
           "contrast_mode)`` -> (loss, anchors_without_positive)."),
+    OpDef("clip", ("clip_loss",), LSE, _C.clip, 1, "ClipFunction",
+          "CLIP (docs/spec.md §7.4): ``apply(image_features, text_features, logit_scale)`` -> (loss,); "
+          "logit_scale a one-element tensor."),
+    OpDef("siglip", ("siglip_loss",), LSE, _C.siglip, 1, "SigLipFunction",
+          "SigLIP (docs/spec.md §7.5): ``apply(image_features, text_features, logit_scale, logit_bias, offset)`` "
+          "-> (loss,); scale and bias one-element tensors, text rows offset..offset+N the positives."),
 )
 
 # public function -> its family (static: read without importing any backend)

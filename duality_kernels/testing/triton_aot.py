@@ -376,6 +376,9 @@ def lse_scenarios(everything: bool) -> List[Case]:
             lambda a, b: gathered.pair_terms_triton(_TwoRanks(a, b), a, b, 0.1, "dot", "l2", False).mean(), bf16)),
         Case("infonce gathered", fwd_bwd(
             lambda a, b: gathered.infonce_terms_triton(_TwoRanks(a, b), a, b, 0.1).mean(), bf16)),
+        Case("clip", fwd_bwd(lambda a, b: dk.clip_loss(a, b, 14.3, backend="triton"), bf16)),
+        Case("siglip 40x512", fwd_bwd(lambda a, b: dk.siglip_loss(a, b, 10.0, -10.0, backend="triton"), bf16,
+                                      (40, 512))),
     ]
     # fp32 under both precisions: IEEE dots, and TF32 with the operands rounded (round_tf32)
     fp32_losses = [("ntxent", lambda a, b: dk.ntxent_loss(a, b, backend="triton")),
@@ -383,7 +386,8 @@ def lse_scenarios(everything: bool) -> List[Case]:
                                                                          backend="triton")),
                    ("infonce", lambda a, b: dk.infonce_loss(a, b, backend="triton")),
                    ("vicreg_exp", lambda a, b: dk.vicreg_exp_loss(a, b, backend="triton")),
-                   ("vicreg_ctr", lambda a, b: dk.vicreg_ctr_loss(a, b, backend="triton"))]
+                   ("vicreg_ctr", lambda a, b: dk.vicreg_ctr_loss(a, b, backend="triton")),
+                   ("clip", lambda a, b: dk.clip_loss(a, b, 14.3, backend="triton"))]
     out += [Case(f"{name} fp32 {p}", fwd_bwd(fn, fp32), p) for name, fn in fp32_losses for p in ("highest", "high")]
     return out
 

@@ -19,6 +19,7 @@ from .ops import (_SPEC_ANCHOR_LSE, _SPEC_DCL, _SPEC_INFONCE, _SPEC_NTXENT, _SPE
                   vicreg_exp_bwd, vicreg_exp_fwd)
 from .plan import L2_EPS, TRANSFORMS
 from .supervised import HardNegativeNTXentFunction, MoCoFunction, SupConFunction  # noqa: F401 (registers)
+from . import two_tower, two_tower_siglip  # noqa: F401,E402 (registers clip and siglip)
 
 __all__ = ["DCLFunction", "InfoNCEFunction", "NTXentFunction", "VICRegCtrFunction", "VICRegExpFunction", "dcl",
            "infonce", "ntxent", "vicreg_ctr", "vicreg_exp"]
