@@ -162,10 +162,21 @@ LOSSES: Dict[str, Callable] = {
     "duality_terms": lambda a, b: _primitive_sum(*dk.duality_terms(a, backend="triton")),
     # gather_distributed=True (ops/gathered.py) as rank 1 of 2 (duality_kernels/testing/triton_aot.py's stand-in
     # collectives): the local moments and clamped-rows ops and their backward epilogues
+    # wave 3 (docs/spec.md §7); SupCon's B x 2 views from the (B, D) pair, 100 classes; MoCo's queue of 65536
+    "supcon": lambda a, b: dk.supcon_loss(torch.stack([a, b], 1), _labels(a, 100), backend="triton"),
+    "moco": lambda a, b: dk.moco_loss(a, b, torch.empty(65536, a.shape[1], device=a.device, dtype=a.dtype),
+                                      backend="triton"),
+    "hard_negative": lambda a, b: dk.hard_negative_ntxent_loss(a, b, backend="triton"),
+    "clip": lambda a, b: dk.clip_loss(a, b, 14.3, backend="triton"),
+    "siglip": lambda a, b: dk.siglip_loss(a, b, 10.0, -10.0, backend="triton"),
     "vicreg_gathered": lambda a, b: _gathered("vicreg", a, b),
     "barlow_gathered": lambda a, b: _gathered("barlow", a, b),
     "spectral_gathered": lambda a, b: _gathered("spectral", a, b),
 }
+
+
+def _labels(a, classes: int):
+    return torch.arange(a.shape[0], device=a.device) % classes
 
 
 def _gathered(loss: str, a, b):
@@ -189,6 +200,9 @@ HEADLINE = [
     ("vicreg_exp", 2048, 1024), ("vicreg_ctr", 4096, 1024),
     ("covariance", 2048, 8192), ("cross_correlation", 2048, 8192),
     ("normalized_gram", 2048, 8192), ("duality_terms", 2048, 8192),
+    # the wave-3 losses at their target shapes
+    ("supcon", 8192, 128), ("moco", 256, 128), ("hard_negative", 16384, 256),
+    ("clip", 65536, 512), ("clip", 4096, 512), ("siglip", 65536, 512), ("siglip", 4096, 512),
     # per-rank shapes of the gathered forms (the strategy the cost model picks at W = 8)
     ("vicreg_gathered", 2048, 8192), ("barlow_gathered", 2048, 8192), ("spectral_gathered", 16384, 256),
 ]

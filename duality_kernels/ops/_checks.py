@@ -228,8 +228,9 @@ def _check_labels(labels, features: Tensor) -> None:
     if labels.device != features.device:
         raise ValueError(f"labels must be on the features' device, got labels on {labels.device} and features "
                          f"on {features.device}")
-    # a value check reads the labels (a host sync); torch.compile's trace cannot, so it skips it
-    if labels.numel() and not torch.compiler.is_compiling() and bool((labels < 0).any()):
+    # a value check reads the labels (a host sync); torch.compile's trace and meta tensors cannot
+    if labels.numel() and labels.device.type != "meta" and not torch.compiler.is_compiling() \
+            and bool((labels < 0).any()):
         raise ValueError(f"labels must be >= 0, got a minimum of {int(labels.min())}")
 
 
