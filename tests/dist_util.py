@@ -38,14 +38,26 @@ def mlp(d_in, d_out, seed=0):
     return torch.nn.Sequential(torch.nn.Linear(d_in, 7), torch.nn.Tanh(), torch.nn.Linear(7, d_out)).double()
 
 
-def assert_matches_global(name, rank_losses, rank_grads, loss, model, rtol_grad=1e-10):
+def assert_matches_global(name, rank_losses, rank_grads, loss, model, rtol_grad=1e-10, atol=1e-10):
     """docs/spec.md §5: the mean over ranks of the returned losses equals the global batch's loss
     ``loss`` (already backpropagated into ``model``), and DDP leaves every rank the global batch's
     gradients. ``rank_grads``: per rank, the parameters' gradients in ``model.parameters()`` order."""
     import torch
 
     mean_loss = torch.stack(list(rank_losses)).mean()
-    torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=1e-10, msg=f"{name}: loss")
+    torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=atol, msg=f"{name}: loss")
     for p, *per_rank in zip(model.parameters(), *rank_grads):
         for g in per_rank:
-            torch.testing.assert_close(g, p.grad, rtol=rtol_grad, atol=1e-10, msg=f"{name}: gradient")
+            torch.testing.assert_close(g, p.grad, rtol=rtol_grad, atol=atol, msg=f"{name}: gradient")
+
+
+def save_rank(out_dir, rank, results):
+    """A worker's last step: its results to ``out_dir/rank<r>.pt`` (``rank_results`` loads them),
+    then the process group's end."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()

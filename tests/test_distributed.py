@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 import duality_kernels as dk
 
-from .dist_util import assert_matches_global, mlp, spawn
+from .dist_util import assert_matches_global, mlp, save_rank, spawn
 
 pytestmark = pytest.mark.distributed
 
@@ -97,8 +97,7 @@ def _worker_equivalence(rank, world, init_file, out_dir):
         # "none" returns this rank's own anchors' terms
     results["ntxent-none"] = (dk.ntxent_loss(_model()(x1[sl]), _model()(x2[sl]), 0.5, reduction="none",
                                              gather_distributed=True).detach(), [])
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    save_rank(out_dir, rank, results)
 
 
 def _worker_mismatch(rank, world, init_file, out_dir, kind):

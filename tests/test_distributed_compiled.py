@@ -31,7 +31,7 @@ import duality_kernels as dk
 
 from duality_kernels.testing import csim
 from .test_distributed import N_LOCAL, _data, _init, _model, _spawn
-from .dist_util import assert_matches_global
+from .dist_util import assert_matches_global, save_rank
 
 pytestmark = [
     pytest.mark.distributed,
@@ -102,8 +102,7 @@ def _worker_equivalence(rank, world, init_file, out_dir):
         loss.backward()
         results[name] = (loss.detach(), [p.grad.clone() for p in model.parameters()], calls[target] - before)
         os.environ.pop("DUALITY_KERNELS_DIST_STRATEGY", None)
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    save_rank(out_dir, rank, results)
     _end_worker()
 
 

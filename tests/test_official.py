@@ -342,13 +342,8 @@ def test_normalized_gram(shape):
 @pytest.mark.parametrize("correction", [1, 0])
 def test_covariance(shape, correction):
     (z,) = make_pair(*shape, "cov")[:1]
-    check(
-        dk.covariance,
-        off.covariance_official,
-        [z],
-        dict(correction=correction),
-        what=f"covariance{shape},c={correction}",
-    )
+    check(dk.covariance, off.covariance_official, [z], dict(correction=correction),
+          what=f"covariance{shape},c={correction}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -367,13 +362,8 @@ def test_cross_correlation_default_eps():
 @pytest.mark.parametrize("side", SIDES)
 def test_criteria(shape, side):
     (z,) = make_pair(*shape, "crit")[:1]
-    check(
-        dk.sample_contrastive_criterion,
-        off.sample_contrastive_official,
-        [z],
-        dict(side=side),
-        what=f"L_c{shape},{side}",
-    )
+    check(dk.sample_contrastive_criterion, off.sample_contrastive_official, [z], dict(side=side),
+          what=f"L_c{shape},{side}")
     check(
         dk.dimension_contrastive_criterion,
         off.dimension_contrastive_official,
@@ -426,14 +416,8 @@ def _vicreg_off_kwargs(kw):
 def test_vicreg(shape, side, kw_idx):
     kw = VICREG_KWARGS[kw_idx]
     z1, z2 = make_pair(*shape, "vicreg", kw_idx)
-    check(
-        dk.vicreg_loss,
-        off.vicreg_official,
-        [z1, z2],
-        dict(kw, side=side),
-        _vicreg_off_kwargs(kw),
-        what=f"vicreg{shape},{side},{kw}",
-    )
+    check(dk.vicreg_loss, off.vicreg_official, [z1, z2], dict(kw, side=side), _vicreg_off_kwargs(kw),
+          what=f"vicreg{shape},{side},{kw}")
 
 
 VICREG_TEMPERATURES = [None, 0.5, 2.0]  # paired with VICREG_KWARGS; None = the default 0.1
@@ -457,14 +441,8 @@ def test_vicreg_exp_ctr(shape, kw_idx, variant):
 @pytest.mark.parametrize("kw", [{}, dict(lambda_param=0.02, eps=1e-3), dict(lambda_param=0.0051, eps=0.0)])
 def test_barlow_twins(shape, side, kw):
     z1, z2 = make_pair(*shape, "barlow")
-    check(
-        dk.barlow_twins_loss,
-        off.barlow_twins_official,
-        [z1, z2],
-        dict(kw, side=side),
-        dict(kw),
-        what=f"barlow{shape},{side},{kw}",
-    )
+    check(dk.barlow_twins_loss, off.barlow_twins_official, [z1, z2], dict(kw, side=side), dict(kw),
+          what=f"barlow{shape},{side},{kw}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -523,14 +501,8 @@ def test_infonce(shape, reduction, temperature):
 def test_spectral(shape, side, mu):
     z1, z2 = make_spectral_pair(*shape, 1.0 if mu is None else mu)
     kw = {} if mu is None else dict(mu=mu)
-    check(
-        dk.spectral_contrastive_loss,
-        off.spectral_official,
-        [z1, z2],
-        dict(kw, side=side),
-        dict(kw),
-        what=f"spectral{shape},{side},{kw}",
-    )
+    check(dk.spectral_contrastive_loss, off.spectral_official, [z1, z2], dict(kw, side=side), dict(kw),
+          what=f"spectral{shape},{side},{kw}")
 
 
 def test_reduction_consistency():

@@ -18,7 +18,7 @@ from duality_kernels.reference import spectrum as RS
 from duality_kernels.testing import official_spectrum as O
 
 from . import accuracy as A
-from .dist_util import assert_matches_global, mlp, rank_results
+from .dist_util import assert_matches_global, mlp, rank_results, save_rank
 
 SIDES = ("sample", "dimension")
 SHAPES = [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1), (13, 4)]
@@ -398,8 +398,7 @@ def _worker(rank, world, init_file, out_dir):
     for step in range(3):
         mon.update(_model(6)(x1[sl] + step).detach())
     results["monitor"] = (mon.compute(), [])
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    save_rank(out_dir, rank, results)
 
 
 @pytest.mark.distributed

@@ -19,7 +19,7 @@ from duality_kernels.reference import supervised as RS
 from duality_kernels.testing import official_supervised as O
 
 from .accuracy import _check, _check_low_precision
-from .dist_util import spawn
+from .dist_util import assert_matches_global, rank_results, save_rank, spawn
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
@@ -552,8 +552,7 @@ def _worker(rank, world, init_file, out_dir):
         results[name] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
     _, terms = dk.supcon_loss(_apply(_model(), x[sl])[:, :1], labels[sl], gather_distributed=True, return_terms=True)
     results["no_positive"] = terms["anchors_without_positive"]
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    save_rank(out_dir, rank, results)
 
 
 def _worker_mismatch(rank, world, init_file, out_dir):
@@ -575,19 +574,14 @@ _spawn = spawn
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 def test_gathered_losses_and_ddp_gradients_equal_global_batch(world):
-    with tempfile.TemporaryDirectory() as tmp:
-        _spawn(_worker, world, (os.path.join(tmp, "init"), tmp))
-        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    ranks = rank_results(_worker, world)
     x, labels = _dist_data(world)
     for name, fn in _dist_cases(labels).items():
         model = _model()
         loss = fn(_apply(model, x), labels)
         loss.backward()
-        mean_loss = torch.stack([r[name][0] for r in ranks]).mean()
-        torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=1e-12, msg=f"{name}: loss")
-        for p, *per_rank in zip(model.parameters(), *[r[name][1] for r in ranks]):
-            for g in per_rank:
-                torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=f"{name}: gradient")
+        assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model,
+                              atol=1e-12)
     # the single-process value is the official one on the concatenated batch
     with torch.no_grad():
         f = _apply(_model(), x)

@@ -4,17 +4,15 @@ the accuracy rule in fp32/bf16, odd shapes, low temperatures, the custom ops (op
 cross-cutting rules of docs/spec.md §8, bad input, and docs/spec.md §5 with 2 and 3 gloo processes."""
 
 import os
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import duality_kernels as dk
 from duality_kernels.ops import registry
 from duality_kernels.testing import official_supervised as O
 
-from .dist_util import spawn
+from .dist_util import assert_matches_global, rank_results, save_rank
 from .test_supervised import (B_LOCAL, _accuracy, _apply, _dist_data, _init, _model, compare, features, gen,
                               labels_of, pair)
 
@@ -322,26 +320,20 @@ def _worker(rank, world, init_file, out_dir):
     _, terms = dk.supcon_loss(_apply(_model(), x[sl])[:, :1], labels[sl], gather_distributed=True, return_terms=True,
                               backend=T)
     results["no_positive"] = terms["anchors_without_positive"]
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    save_rank(out_dir, rank, results)
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 def test_gathered_triton_equals_global_batch(world):
-    with tempfile.TemporaryDirectory() as tmp:
-        spawn(_worker, world, (os.path.join(tmp, "init"), tmp))
-        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    ranks = rank_results(_worker, world)
     x, labels = _dist_data(world)
     for name, fn in _cases().items():
         model = _model()
         loss = fn(_apply(model, x), labels, "torch")
         loss.backward()
-        mean_loss = torch.stack([r[name][0] for r in ranks]).mean()
-        torch.testing.assert_close(mean_loss, loss.detach(), rtol=1e-10, atol=1e-12, msg=f"{name}: loss")
-        for p, *per_rank in zip(model.parameters(), *[r[name][1] for r in ranks]):
-            for g in per_rank:
-                torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=f"{name}: gradient")
+        assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model,
+                              atol=1e-12)
     with torch.no_grad():
         f = _apply(_model(), x)
     _, terms = dk.supcon_loss(f[:, :1], labels, return_terms=True)

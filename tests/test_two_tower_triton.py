@@ -8,7 +8,6 @@ Under the Triton interpreter on CPU tensors; bf16 (whose interpreted dot is not 
 """
 
 import datetime
-import os
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ import duality_kernels as dk
 from duality_kernels.testing import official_two_tower as O
 
 from .accuracy import _check, views
-from .dist_util import rank_results
+from .dist_util import rank_results, save_rank
 
 pytest.importorskip("triton")
 lse = pytest.importorskip("duality_kernels.ops.triton.lse")
@@ -232,8 +231,7 @@ def _dist_worker(rank, world, init_file, out_dir):
         loss = fn(*xs, True)
         loss.backward()
         results[name] = [loss.detach()] + [x.grad if x.grad is not None else torch.zeros(()) for x in xs]
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    save_rank(out_dir, rank, results)
 
 
 @pytest.mark.distributed

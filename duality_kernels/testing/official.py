@@ -165,15 +165,8 @@ def _vicreg_parts(z1: torch.Tensor, z2: torch.Tensor, gamma: float, eps: float):
     return repr_loss, std_loss, cov_x, cov_y
 
 
-def vicreg_official(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    inv_weight: float = 25.0,
-    var_weight: float = 25.0,
-    cov_weight: float = 1.0,
-    gamma: float = 1.0,
-    eps: float = 1e-4,
-) -> torch.Tensor:
+def vicreg_official(z1: torch.Tensor, z2: torch.Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
+                    cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
     """VICReg as in facebookresearch/vicreg ``VICReg.forward`` (one process, 2-D inputs)."""
     repr_loss, std_loss, cov_x, cov_y = _vicreg_parts(z1, z2, gamma, eps)
     d = z1.shape[1]
@@ -188,16 +181,9 @@ def _masked_row_logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.masked_fill(eye, float("-inf")), dim=1)
 
 
-def vicreg_exp_official(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    inv_weight: float = 25.0,
-    var_weight: float = 25.0,
-    cov_weight: float = 1.0,
-    gamma: float = 1.0,
-    eps: float = 1e-4,
-    temperature: float = 0.1,
-) -> torch.Tensor:
+def vicreg_exp_official(z1: torch.Tensor, z2: torch.Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
+                        cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
+                        temperature: float = 0.1) -> torch.Tensor:
     """VICReg-exp (paper eq. 11-12): the covariance term becomes a row log-sum-exp over C/tau."""
     repr_loss, std_loss, cov_x, cov_y = _vicreg_parts(z1, z2, gamma, eps)
     cov_loss = _masked_row_logsumexp(cov_x / temperature).mean() + _masked_row_logsumexp(
@@ -207,16 +193,9 @@ def vicreg_exp_official(
     return inv_weight * repr_loss + var_weight * std_loss + cov_weight * cov_loss
 
 
-def vicreg_ctr_official(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    inv_weight: float = 25.0,
-    var_weight: float = 25.0,
-    cov_weight: float = 1.0,
-    gamma: float = 1.0,
-    eps: float = 1e-4,
-    temperature: float = 0.1,
-) -> torch.Tensor:
+def vicreg_ctr_official(z1: torch.Tensor, z2: torch.Tensor, inv_weight: float = 25.0, var_weight: float = 25.0,
+                        cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
+                        temperature: float = 0.1) -> torch.Tensor:
     """VICReg-ctr (paper eq. 13): variance and exp-covariance terms on the transposed matrix.
 
     Per view: x = z centered over the rows (as VICReg), y = x with each row centered over its
@@ -303,27 +282,16 @@ def _pair_logits(z1, z2, temperature, similarity, normalization):
     return logits, self_mask, pos_mask, pos_idx
 
 
-def ntxent_official(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    temperature: float = 0.1,
-    similarity: str = "dot",
-    normalization: str = "l2",
-    reduction: str = "mean",
-) -> torch.Tensor:
+def ntxent_official(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, similarity: str = "dot",
+                    normalization: str = "l2", reduction: str = "mean") -> torch.Tensor:
     """NT-Xent / SimCLR: 2N x 2N logits, -inf on the self-similarity, cross-entropy on p(a)."""
     logits, self_mask, _, labels = _pair_logits(z1, z2, temperature, similarity, normalization)
     logits = logits.masked_fill(self_mask, float("-inf"))
     return F.cross_entropy(logits, labels, reduction=reduction)
 
 
-def dcl_official(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    temperature: float = 0.1,
-    similarity: str = "dot",
-    reduction: str = "mean",
-) -> torch.Tensor:
+def dcl_official(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, similarity: str = "dot",
+                 reduction: str = "mean") -> torch.Tensor:
     """Decoupled contrastive loss: NT-Xent with the positive removed from the denominator."""
     logits, self_mask, pos_mask, _ = _pair_logits(z1, z2, temperature, similarity, "l2")
     positive = logits[pos_mask]  # row-major: entry a is s_{a, p(a)}
