@@ -138,6 +138,7 @@ struct RowScaleArgs {
   int views, row_mode, fin_mode;
   double radius;
   double* fin;
+  int q64;
 };
 int row_blocks(int64_t n);
 cudaError_t row_scale(const RowScaleArgs& a, int dtype, cudaStream_t stream);
@@ -229,6 +230,9 @@ cudaError_t moments_bwd(const MomentsBwdArgs& a, int dtype, cudaStream_t stream)
 // and the difference is amplified by the cancellation: 43x eager's fp32 gradient error at
 // N = 2, D = 1, found by tests/test_properties.py, 2026-11-30). sq = null: P is made of a
 // Gram without its diagonal (the dimension side zeroes it) and the term is left out.
+// p64 (float32 inputs only): P is float64 (a float64 Gram times the views in float64) and the
+// epilogue runs in float64. With one column dominating, P - x ⊙ sq cancels on the sample side:
+// a float32 P keeps ~1e-7 of the dominating column's share (docs/spec.md §8.2).
 struct VICRegBwdArgs {
   const void* z[2];
   const void* x[2];
@@ -239,6 +243,7 @@ struct VICRegBwdArgs {
   void* dz[2];
   int64_t n, d;
   double inv_w, var_w, cov_w, gamma, eps;
+  int p64;
 };
 cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream);
 
@@ -249,16 +254,19 @@ cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream);
 // (c_k - q_i taken first: see gram_ops.cu).
 // With the full Gram the diagonal's share of P would cancel against a q (or c) term computed by
 // another reduction, and their rounding difference would remain (3.5x eager's fp32 gradient
-// error for two equal rows, found by tests/test_properties.py, 2026-11-30).
+// error for two equal rows, found by tests/test_properties.py, 2026-11-30). p64 (float32 inputs
+// only): P is float64 and so is the epilogue, as VICRegBwdArgs: with one row (column) dominating,
+// P cancels against the z ⊙ (c_k - q_i) term of the other side (docs/spec.md §8.2).
 struct DualityBwdArgs {
   const void* z;
   const void* p;
-  const void* q;     // (n)
+  const void* q;     // (n), acc (float64 with p64)
   const double* c;   // (d), float64
   const void* g[4];  // g_lc, g_lnc, g_r4, g_c4 (or null)
   void* dz;
   int64_t n, d;
   int sample;
+  int p64;
 };
 cudaError_t duality_bwd(const DualityBwdArgs& a, int dtype, cudaStream_t stream);
 
