@@ -295,7 +295,8 @@ cudaError_t bn_bwd(const BNBwdArgs& a, int dtype, double* workspace, cudaStream_
 // Row-wise backward through a per-row scaling (normalized_gram's l2n, spectral's norm clamp), one
 // warp per row: da_v = α P_v + β_i y_v (y_v = the other view's scaled rows, spectral only), then
 //   dz_i = s_i (da_i - [projected] u_i (u_i · da_i)),  u_i = z_i / ‖z_i‖.
-// kRowL2: α = 1, β = 0, s = 1/max(‖z‖, 1e-12), projected when ‖z‖ > 1e-12.
+// kRowL2: α = 1, β = 0, s = 1/max(‖z‖, 1e-12), projected when ‖z‖ > 1e-12 (a NaN norm: projected,
+// s = NaN). ‖z‖ = sqrt(q), or where q overflowed (inf) the norm again, scaled before squaring.
 // kRowClamp (spectral): α = 2 W_neg/(n(n-1)µ), β_i = -2 W_pos/(nµ) - 2 W_neg p_i/(n(n-1)µ) with
 // p_i = s1_i s2_i q12_i, W_pos = g_loss + g_pos, W_neg = g_loss + g_neg; s = r/‖z‖ and projected
 // when ‖z‖ >= r = sqrt(µ).
