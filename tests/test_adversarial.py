@@ -2,8 +2,8 @@
 
 Each class of probe once returned a silently wrong result somewhere: dynamic compile failed,
 autocast changed result dtypes and values, torch.func transforms returned zeros, double backward
-dropped terms, low temperatures gave −inf. Compiled backends run under the Triton interpreter and
-the CUDA simulator here.
+dropped terms, low temperatures gave −inf, a NaN gave finite gradients. Compiled backends run
+under the Triton interpreter and the CUDA simulator here.
 """
 
 import pytest
@@ -110,6 +110,30 @@ def test_compiled_double_backward_raises(name, be):
     with pytest.raises(RuntimeError, match="backend='torch'"):
         (g,) = torch.autograd.grad(f(a, z2), a, create_graph=True)
         torch.autograd.grad((g * g).sum(), a)
+
+
+def _nan_pattern(name, be, z1, z2):
+    """Which entries of every output and of both gradients (of _scalar's weighted sum) are NaN."""
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    outs = _flat(_fn(name, be)(a, b))
+    total = sum((o * (i + 1.5)).sum() for i, o in enumerate(outs))
+    ga, gb = torch.autograd.grad(total, (a, b), allow_unused=True)
+    return [o.detach().isnan() for o in outs] + [ga.isnan(), torch.zeros_like(b, dtype=torch.bool) if gb is None
+                                                  else gb.isnan()]
+
+
+@pytest.mark.parametrize("name,be", COMPILED)
+def test_nan_propagates_as_on_torch(name, be):
+    """docs/spec.md §8.3: one NaN entry makes the same outputs and gradient entries NaN as on the
+    torch backend (the cuda normalized_gram backward gave finite ~1e11 gradients in the NaN's row,
+    and the cuda VICReg variance term came out finite: its column moment clamp dropped the NaN)."""
+    z1, z2 = _views(torch.float32)
+    z1[2, 3] = float("nan")
+    want = _nan_pattern(name, "torch", z1, z2)
+    got = _nan_pattern(name, be, z1, z2)
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), f"item {i}: NaN at {g.nonzero().tolist()}, torch at {w.nonzero().tolist()}"
 
 
 @pytest.mark.parametrize("name", PUBLIC)

@@ -6,10 +6,10 @@ sm_100).
 
 The evidence is benchmarks/kernel_report.py (run once per architecture, in a subprocess without
 TRITON_INTERPRET): every Triton variant the cases launch, compiled ahead of time for sm_<arch> with
-Triton's own specialization and the launch tables of that architecture's family, and for sm_90 the
-csrc kernels compiled with nvcc -Xptxas -v. sm_90 runs the full headline report; the other five run
-a subset of it (ARCH_CASES: one shape per kernel family, every kernel launched, all five dtype
-settings) to keep the suite's time (a full report per architecture is several minutes cold on the
+Triton's own specialization and the launch tables of that architecture's family, and the csrc
+kernels compiled for it with nvcc -Xptxas -v. sm_90 runs the full headline report; the other five run
+a subset of its Triton part (ARCH_CASES: one shape per kernel family, every kernel launched, all five
+dtype settings) to keep the suite's time (a full report per architecture is several minutes cold on the
 2-core development machine; the full reports are run by hand, docs/triton_lse.md).
 
 Kernels are parametrized one by one (discovered from the source: every ``@triton.jit`` function
@@ -75,16 +75,11 @@ def _report(arch):
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
         cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"), "--json", "--arch", str(arch)]
         if arch != FULL_ARCH:
-            cmd += ["--no-csrc", "--cases", *ARCH_CASES]
+            cmd += ["--cases", *ARCH_CASES]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
         _REPORTS[arch] = json.loads(proc.stdout)
     return _REPORTS[arch]
-
-
-@pytest.fixture(scope="module")
-def report():
-    return _report(FULL_ARCH)
 
 
 def _variants(report, kernel, source):
@@ -168,8 +163,13 @@ def _csrc(report, kernel):
     return variants
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kernel", _params(_csrc_kernels(), CSRC_SPILLS))
-def test_csrc_no_spills(report, kernel):
-    spilling = [f"{v['kernel']}<{v['constexprs'].get('template', '')}>: {v['spill_stores']}+{v['spill_loads']} B, "
-                f"regs {v['registers']}" for v in _csrc(report, kernel) if v["spill_bytes"]]
+def test_csrc_no_spills(arch, kernel):
+    """Every instantiation of every csrc kernel, compiled for each architecture (nvcc's register
+    allocation differs per architecture: the float64 and 16-bit variants of row_bwd, row_scale,
+    moments_bwd and center spilled 8-48 bytes on sm_80-sm_120 but not on sm_90)."""
+    spilling = [f"sm_{arch} {v['kernel']}<{v['constexprs'].get('template', '')}>: {v['spill_stores']}+"
+                f"{v['spill_loads']} B, regs {v['registers']}"
+                for v in _csrc(_report(arch), kernel) if v["spill_bytes"]]
     assert not spilling, "\n".join(spilling)

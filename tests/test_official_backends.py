@@ -141,20 +141,15 @@ RULE = ["sample_contrastive_criterion", "dimension_contrastive_criterion", "vicr
         "spectral_contrastive_loss", "covariance", "cross_correlation"]
 RULE_CASES = [(name, be, side) for name in RULE for be in backends(name)
               for side in (("sample", "dimension") if CASES[name][2] else ("auto",))]
-# The CUDA extension's backward products on the side where the dominating diagonal cancels are
-# float32 (csrc): they fail the rule until they take float64 products or a Gram without its diagonal.
-_CUDA_GAPS = {("vicreg_loss", "sample", "col1e4"), ("dimension_contrastive_criterion", "sample", "col1e4"),
-              ("sample_contrastive_criterion", "dimension", "row1e4")}
 
 
-@pytest.mark.parametrize("name,be,side,kind", [
-    pytest.param(n, b, s, k, marks=pytest.mark.xfail(strict=True, reason="float32 backward products in csrc"))
-    if b == "cuda" and (n, s, k) in _CUDA_GAPS else (n, b, s, k)
-    for n, b, s in RULE_CASES for k in ("col1e4", "row1e4", "offset1e6")])
+@pytest.mark.parametrize("name,be,side,kind", [(n, b, s, k) for n, b, s in RULE_CASES
+                                               for k in ("col1e4", "row1e4", "offset1e6")])
 def test_float32_cancellation_rule(name, be, side, kind):
     """docs/spec.md §8.2: float32 error ≤ 3× the official float32 formula's (+ a few ulps), value and
     gradients, on both sides. The torch backend was 1.7–48% off for VICReg with one column 1e3–1e4×,
-    and every backend's N×N-side gradients up to 2e-3."""
+    and every backend's N×N-side gradients up to 2e-3 (the cuda backward's until it took float64
+    products on the cancelling side)."""
     failures = []
     for n, d in ((8, 16), (16, 8)):
         z1, z2 = (z.float() for z in _views(n, d, kind, name))
@@ -178,25 +173,14 @@ SCALE_INVARIANT = {
     "dcl_loss": lambda a, b, be: dk.dcl_loss(a, b, 0.13, "dot", "none", backend=be),
     "infonce_loss": lambda a, b, be: dk.infonce_loss(a, b, 0.13, "none", backend=be),
 }
-_LSE_SQUARE_FIRST = "the Triton log-sum-exp kernels square the row norm before scaling (docs/spec.md §8.2)"
 
 
-_CUDA_ROW_BWD = "the CUDA extension's l2n backward returns zero gradients there (csrc)"
-
-
-def _scale_case(n, b):
-    if b == "triton" and n != "normalized_gram":
-        return pytest.param(n, b, marks=pytest.mark.xfail(strict=True, reason=_LSE_SQUARE_FIRST))
-    if b == "cuda":
-        return pytest.param(n, b, marks=pytest.mark.xfail(strict=True, reason=_CUDA_ROW_BWD))
-    return (n, b)
-
-
-@pytest.mark.parametrize("name,be", [_scale_case(n, b) for n in SCALE_INVARIANT
+@pytest.mark.parametrize("name,be", [(n, b) for n in SCALE_INVARIANT
                                      for b in backends(n.replace("_center_l2", "_loss"))])
 def test_scale_invariant_past_squared_norm_overflow(name, be):
     """float32 rows with norms ~1e20 (squared: past float32's 3.4e38) give the unscaled result and
-    finite gradients: norms are scaled before squaring (the torch backend was 0.9–3.7 off)."""
+    finite gradients: norms are scaled before squaring (the torch backend was 0.9–3.7 off, the
+    Triton log-sum-exp kernels wrong too, and the cuda l2n backward returned zero gradients)."""
     z1, z2 = (z.float() for z in _views(6, 5, "plain", name))
     fn = SCALE_INVARIANT[name]
     want = _run(lambda a, b: fn(a, b, be), z1, z2)

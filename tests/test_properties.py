@@ -183,16 +183,7 @@ def _check_views(name, backend, params, views, dtype):
     if dtype == torch.float64:
         _check_float64(fn, ref, name, params, [z1, z2])
     else:
-        slack = 1e-6 if kind == "zero_rows" else 0.0
-        if backend == "cuda" and name in _CUDA_CANCELLING:
-            # csrc's duality-terms backward takes float32 products on the side where L_c or L_nc
-            # cancels, where the reference widens to float64 (docs/spec.md §8.2, status; pinned by the
-            # strict xfails of tests/test_official_backends.py): 1e-5 relative until csrc does too
-            slack = 1e-5
-        _check(fn, ref, [z1, z2], rel_slack=slack)
-
-
-_CUDA_CANCELLING = ("duality_terms", "sample_contrastive_criterion", "dimension_contrastive_criterion")
+        _check(fn, ref, [z1, z2], rel_slack=1e-6 if kind == "zero_rows" else 0.0)
 
 
 def _check_float64(fn, ref, name, params, inputs):

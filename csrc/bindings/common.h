@@ -277,9 +277,12 @@ inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b) {
 // ‖G‖² - Σ diag², docs/spec.md §2), which cancels most of it and amplifies the GEMM's rounding; with
 // fp32 Grams the simulator measured up to 30x eager's error on single fp32 outputs.
 // On Hopper a DGEMM runs on the FP64 tensor cores at about the FP32 (non-TF32) GEMM's rate.
+inline bool wide_sums(at::ScalarType t) {
+  return t == at::kFloat &&
+         at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST;
+}
 inline at::Tensor mm_sum(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() == at::kFloat &&
-      at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST) {
+  if (wide_sums(a.scalar_type())) {
     const at::Tensor a64 = a.to(at::kDouble), b64 = b.to(at::kDouble);
     return a.dim() == 3 ? at::bmm(a64, b64) : at::mm(a64, b64);
   }
@@ -291,6 +294,20 @@ inline at::Tensor mm_sum(const at::Tensor& a, const at::Tensor& b) {
 // re-reads the float32 Gram nor converts it); fp16 saves acc, which operand() scales first (below);
 // float32/float64 save acc.
 inline at::ScalarType saved_gram_dtype(at::ScalarType t) { return t == at::kBFloat16 ? t : acc_dtype(t); }
+
+// The backward's product of a Gram with rows on the side where it cancels against a dominating
+// diagonal, for float32 inputs under "highest" (wide_sums): the Gram formed again from the rows in
+// float64 (without its diagonal when zero_diag) and multiplied in float64: G y (gram_left) or y G,
+// G = y yᵀ (gram_left) or yᵀ y, batched for 3-D rows. The saved float32 Gram keeps ~1e-7·‖G‖ of the
+// dominating share, which the cancellation leaves in the gradient (docs/spec.md §8.2); a saved float64
+// Gram would change the forward's outputs (their dtypes) with the precision setting.
+inline at::Tensor wide_gram_product(const at::Tensor& rows, bool gram_left, bool zero_diag) {
+  const at::Tensor y = rows.to(at::kDouble);
+  const at::Tensor yt = y.transpose(-2, -1);
+  at::Tensor g = gram_left ? at::matmul(y, yt) : at::matmul(yt, y);
+  if (zero_diag) g.diagonal(0, -2, -1).zero_();
+  return gram_left ? at::matmul(g, y) : at::matmul(y, g);
+}
 
 // An acc-typed matrix (a Gram, or an upstream gradient) as a GEMM operand next to T-typed rows:
 // rounded to T for fp16/bf16, and for fp16 first scaled so that its largest magnitude is 2^14.

@@ -98,8 +98,15 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
   check_grads({{&g_loss, "g_loss"}, {&g_inv, "g_inv"}, {&g_var, "g_var"}, {&g_cov, "g_cov"}}, z1, fn);
   check_vicreg_weights(inv_w, var_w, cov_w, gamma, eps, fn);
   DK_DEVICE_GUARD(z1);
-  const Operand g = operand(gram, z1.scalar_type());
-  const at::Tensor p = sample ? mm_op(g.m, x, g) : mm_op(x, g.m, g);  // both symmetric Grams
+  // p64: the sample side's G x cancels against x ⊙ sq when one column dominates (VICRegBwdArgs)
+  const bool p64 = sample && wide_sums(z1.scalar_type());
+  at::Tensor p;
+  if (p64) {
+    p = wide_gram_product(x, true, false);
+  } else {
+    const Operand g = operand(gram, z1.scalar_type());
+    p = sample ? mm_op(g.m, x, g) : mm_op(x, g.m, g);  // both symmetric Grams
+  }
   at::Tensor dz1 = at::empty({n, d}, z1.options()), dz2 = at::empty({n, d}, z1.options());
   // sq, sample side: the Gram's diagonal is in P; the forward's column sums of squares of the same
   // x remove it
@@ -108,7 +115,7 @@ std::vector<at::Tensor> vicreg_bwd(const at::Tensor& z1, const at::Tensor& z2, c
                             .sq = sample ? stats.data_ptr<double>() + 2 * d : nullptr,
                             .g = {opt_ptr(g_loss), opt_ptr(g_inv), opt_ptr(g_var), opt_ptr(g_cov)},
                             .dz = {ptr(dz1), ptr(dz2)}, .n = n, .d = d, .inv_w = inv_w, .var_w = var_w,
-                            .cov_w = cov_w, .gamma = gamma, .eps = eps};
+                            .cov_w = cov_w, .gamma = gamma, .eps = eps, .p64 = p64};
   check_cuda(dk::vicreg_bwd(a, dtype_code(z1.scalar_type()), stream_of(z1)), fn);
   return {dz1, dz2};
 }
@@ -437,12 +444,24 @@ at::Tensor duality_terms_bwd(const at::Tensor& z, const at::Tensor& gram, const 
             z, fn);
   check_grads({{&g_lc, "g_lc"}, {&g_lnc, "g_lnc"}, {&g_r4, "g_r4"}, {&g_c4, "g_c4"}}, z, fn);
   DK_DEVICE_GUARD(z);
-  const Operand g = operand(gram, z.scalar_type());
-  const at::Tensor p = sample ? mm_op(g.m, z, g) : mm_op(z, g.m, g);
+  // p64: G° z (z G°) cancels against z ⊙ (c_k - q_i) when one row (column) dominates, so q is
+  // needed in float64 too (DualityBwdArgs)
+  const bool p64 = wide_sums(z.scalar_type());
+  at::Tensor p, q64;
+  if (p64) {
+    p = wide_gram_product(z, sample, true);
+    q64 = at::empty({n}, z.options().dtype(at::kDouble));
+    const dk::RowScaleArgs r{.z = {ptr(z), nullptr}, .q = ptr(q64), .n = n, .d = d, .views = 1,
+                             .row_mode = dk::kRowNone, .fin_mode = dk::kRowFinNone, .q64 = 1};
+    check_cuda(dk::row_scale(r, dtype_code(z.scalar_type()), stream_of(z)), fn);
+  } else {
+    const Operand g = operand(gram, z.scalar_type());
+    p = sample ? mm_op(g.m, z, g) : mm_op(z, g.m, g);
+  }
   at::Tensor dz = at::empty({n, d}, z.options());
-  const dk::DualityBwdArgs a{.z = ptr(z), .p = ptr(p), .q = ptr(q), .c = c.data_ptr<double>(),
+  const dk::DualityBwdArgs a{.z = ptr(z), .p = ptr(p), .q = ptr(p64 ? q64 : q), .c = c.data_ptr<double>(),
                              .g = {opt_ptr(g_lc), opt_ptr(g_lnc), opt_ptr(g_r4), opt_ptr(g_c4)}, .dz = ptr(dz),
-                             .n = n, .d = d, .sample = sample};
+                             .n = n, .d = d, .sample = sample, .p64 = p64};
   check_cuda(dk::duality_bwd(a, dtype_code(z.scalar_type()), stream_of(z)), fn);
   return dz;
 }

@@ -66,6 +66,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 namespace duality_kernels {
 namespace {
@@ -234,16 +235,23 @@ __device__ __forceinline__ TileRows tile_rows(const ColPlan& p, int64_t n) {
   return t;
 }
 
+// max(nrm, 1e-12) that keeps a NaN norm (a row with a NaN): the row's scale and gradients are
+// then NaN, as the reference's (docs/spec.md §8.3); `nrm > 1e-12 ? nrm : 1e-12` made it 1e12.
+template <typename acc_t>
+__device__ __forceinline__ acc_t clamp_norm(acc_t nrm) {
+  return nrm <= acc_t(1e-12) ? acc_t(1e-12) : nrm;
+}
+
 template <typename acc_t>
 __device__ __forceinline__ acc_t row_scale(int mode, acc_t q, acc_t radius) {
   if (mode == kRowL2) {
     const acc_t nrm = sqrt(q);
-    return acc_t(1) / (nrm > acc_t(1e-12) ? nrm : acc_t(1e-12));
+    return acc_t(1) / clamp_norm(nrm);
   }
   if (mode == kRowClamp) {
     const acc_t nrm = sqrt(q);
     if (nrm < radius) return acc_t(1);
-    return radius / (nrm > acc_t(1e-12) ? nrm : acc_t(1e-12));
+    return radius / clamp_norm(nrm);
   }
   return acc_t(1);
 }
@@ -340,13 +348,14 @@ __global__ void __launch_bounds__(kThreads) col_merge_kernel(ColMergeArgs a) {
         const double S = total(2 * v), Q = total(2 * v + 1);
         const double shift = static_cast<double>(to_acc(static_cast<const T*>(a.z[v])[k]));
         const double m2 = Q - S * S / n;
-        const double m2c = m2 > 0 ? m2 : 0.0;
+        // NaN (a NaN in the column) stays NaN, as the reference's moments and hinge (docs/spec.md §8.3)
+        const double m2c = m2 > 0 || m2 != m2 ? m2 : 0.0;
         a.mean[v * a.d + k] = shift + S / n;
         a.m2[v * a.d + k] = m2c;
         if (a.zero != nullptr) a.zero[v * a.d + k] = 0.0;
         if (a.hinge) {
           const double s = sqrt(m2c / (n - 1) + a.eps);
-          f1 += a.gamma - s > 0 ? a.gamma - s : 0.0;
+          f1 += a.gamma - s > 0 || s != s ? a.gamma - s : 0.0;
         }
       }
       if (a.sqdiff) f0 = total(2 * a.views);
@@ -412,7 +421,10 @@ __global__ void __launch_bounds__(kThreads) center_kernel(CenterArgs a, ColPlan 
   I acc0[V], acc1[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) acc0[j] = acc1[j] = I(0);
-#pragma unroll 2
+  // two rows per iteration, but one for the 16-bit scalar-access variants: their 2 x 8 columns' values
+  // and addresses twice took 128 registers and spilled 32 bytes on sm_100
+  constexpr int kRowUnroll = sizeof(T) == 2 && !A ? 1 : 2;
+#pragma unroll kRowUnroll
   for (int64_t r = t.r0 + warp; r < t.r1; r += kWarps) {
     T o[2][V];
     for (int v = 0; v < 2; ++v) {
@@ -500,8 +512,13 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
       s2 = warp_sum(s2);
       s12 = warp_sum(s12);
     }
+    // the scales before the lane-0 stores: computed after them, with the finalize sums live across
+    // their sqrt/division slow-path calls, the fp16/bf16 scalar-access variants spilled 16 bytes (sm_86/89)
+    const I sc0 = row_scale<I>(a.row_mode, s1, radius);
+    const I sc1 = zr1 != nullptr ? row_scale<I>(a.row_mode, s2, radius) : I(0);
     if (lane == 0) {
-      q[r] = static_cast<acc_t>(s1);
+      if (a.q64) static_cast<double*>(a.q)[r] = static_cast<double>(s1);
+      else q[r] = static_cast<acc_t>(s1);
       if (zr1 != nullptr) {
         q[n + r] = static_cast<acc_t>(s2);
         q[2 * n + r] = static_cast<acc_t>(s12);
@@ -521,8 +538,6 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
       }
     }
     if (o0 != nullptr) {
-      const I sc0 = row_scale<I>(a.row_mode, s1, radius);
-      const I sc1 = zr1 != nullptr ? row_scale<I>(a.row_mode, s2, radius) : I(0);
 #pragma unroll 1
     for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
         acc_t u[V];
@@ -698,22 +713,23 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(FinalizeArgs a) {
 // VICReg: reads z1, z2, x (2 views) and P (acc, 2 views), writes dz1, dz2: N D (6 sizeof(T) +
 // 2 sizeof(acc)) bytes = 320 / 640 / 10 / 512 MiB at VICReg 2048x8192, 16384x2048, 2048x256 bf16
 // and 2048x8192 fp32. Grid col_tiles x chunks as col_stats.
-template <typename T, bool A>
+// C: the arithmetic and P's type, acc or (p64: float32 inputs whose Grams are float64) float64.
+template <typename T, bool A, typename C = typename AccType<T>::type>
 __global__ void __launch_bounds__(kThreads) vicreg_bwd_kernel(VICRegBwdArgs a, ColPlan p) {
   using acc_t = typename AccType<T>::type;
   constexpr int V = kVec<T>;
   const int lane = lane_id(), warp = warp_id();
   const TileRows t = tile_rows(p, a.n);
   const int64_t d = a.d;
-  const acc_t gl = grad_or_zero<acc_t>(a.g[0]);
-  const acc_t w_inv = gl * static_cast<acc_t>(a.inv_w) + grad_or_zero<acc_t>(a.g[1]);
-  const acc_t w_var = gl * static_cast<acc_t>(a.var_w) + grad_or_zero<acc_t>(a.g[2]);
-  const acc_t w_cov = gl * static_cast<acc_t>(a.cov_w) + grad_or_zero<acc_t>(a.g[3]);
-  const acc_t n = static_cast<acc_t>(a.n), df = static_cast<acc_t>(a.d);
-  const acc_t kappa = acc_t(1) / ((n - 1) * (n - 1) * df);
-  const acc_t cp = 4 * w_cov * kappa;
-  const acc_t ci = 2 * w_inv / (n * df);
-  acc_t cx[2][V], sq[2][V];
+  const C gl = static_cast<C>(grad_or_zero<acc_t>(a.g[0]));
+  const C w_inv = gl * static_cast<C>(a.inv_w) + static_cast<C>(grad_or_zero<acc_t>(a.g[1]));
+  const C w_var = gl * static_cast<C>(a.var_w) + static_cast<C>(grad_or_zero<acc_t>(a.g[2]));
+  const C w_cov = gl * static_cast<C>(a.cov_w) + static_cast<C>(grad_or_zero<acc_t>(a.g[3]));
+  const C n = static_cast<C>(a.n), df = static_cast<C>(a.d);
+  const C kappa = C(1) / ((n - 1) * (n - 1) * df);
+  const C cp = 4 * w_cov * kappa;
+  const C ci = 2 * w_inv / (n * df);
+  C cx[2][V], sq[2][V];
   for (int v = 0; v < 2; ++v) {
     double m2[V], s2[V];
     load_row<V, A>(a.m2 + v * d, t.c0, lane, d, m2);
@@ -725,10 +741,10 @@ __global__ void __launch_bounds__(kThreads) vicreg_bwd_kernel(VICRegBwdArgs a, C
     }
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const acc_t s = sqrt(static_cast<acc_t>(m2[j]) / (n - 1) + static_cast<acc_t>(a.eps));
-      const acc_t h = static_cast<acc_t>(a.gamma) - s > 0 ? acc_t(1) : acc_t(0);
+      const C s = sqrt(static_cast<C>(m2[j]) / (n - 1) + static_cast<C>(a.eps));
+      const C h = static_cast<C>(a.gamma) - s > 0 ? C(1) : C(0);
       cx[v][j] = -w_var * h / (2 * df * (n - 1) * s);
-      sq[v][j] = static_cast<acc_t>(s2[j]);
+      sq[v][j] = static_cast<C>(s2[j]);
     }
   }
   const T* z1 = static_cast<const T*>(a.z[0]);
@@ -736,24 +752,24 @@ __global__ void __launch_bounds__(kThreads) vicreg_bwd_kernel(VICRegBwdArgs a, C
 #pragma unroll 1
   for (int64_t r = t.r0 + warp; r < t.r1; r += kWarps) {
     const int64_t o = r * d;
-    acc_t df0[V];
+    C df0[V];
     {
-      acc_t u[V], w[V];
+      C u[V], w[V];
       load_row<V, A>(z1 + o, t.c0, lane, d, u);
       load_row<V, A>(z2 + o, t.c0, lane, d, w);
 #pragma unroll
       for (int j = 0; j < V; ++j) df0[j] = ci * (u[j] - w[j]);
     }
     for (int v = 0; v < 2; ++v) {
-      acc_t x[V], pv[V], out[V];
+      C x[V], pv[V], out[V];
       load_row<V, A>(static_cast<const T*>(a.x[v]) + o, t.c0, lane, d, x);
-      load_row<V, A>(static_cast<const acc_t*>(a.p[v]) + o, t.c0, lane, d, pv);
+      load_row<V, A>(static_cast<const C*>(a.p[v]) + o, t.c0, lane, d, pv);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         // P's diagonal part cancels against sq x first, at P's magnitude: scaled and added to the
         // other terms, its two halves would leave their rounding behind (26x eager's fp32 error
         // at N = 2, D = 1, tests/test_properties.py, 2026-11-30)
-        const acc_t inv = v == 0 ? df0[j] : -df0[j];
+        const C inv = v == 0 ? df0[j] : -df0[j];
         out[j] = inv + cx[v][j] * x[j] + cp * (pv[j] - sq[v][j] * x[j]);
       }
       store_row<V, A>(static_cast<T*>(a.dz[v]) + o, t.c0, lane, d, out);
@@ -761,42 +777,42 @@ __global__ void __launch_bounds__(kThreads) vicreg_bwd_kernel(VICRegBwdArgs a, C
   }
 }
 
-template <typename T, bool A>
+template <typename T, bool A, typename C = typename AccType<T>::type>
 __global__ void __launch_bounds__(kThreads) duality_bwd_kernel(DualityBwdArgs a, ColPlan p) {
   using acc_t = typename AccType<T>::type;
   constexpr int V = kVec<T>;
   const int lane = lane_id(), warp = warp_id();
   const TileRows t = tile_rows(p, a.n);
   const int64_t d = a.d;
-  const acc_t g_lc = grad_or_zero<acc_t>(a.g[0]);
-  const acc_t g_lnc = grad_or_zero<acc_t>(a.g[1]);
-  const acc_t g_r4 = grad_or_zero<acc_t>(a.g[2]);
-  const acc_t g_c4 = grad_or_zero<acc_t>(a.g[3]);
-  const acc_t cp = 4 * (g_lc + g_lnc);
+  const C g_lc = static_cast<C>(grad_or_zero<acc_t>(a.g[0]));
+  const C g_lnc = static_cast<C>(grad_or_zero<acc_t>(a.g[1]));
+  const C g_r4 = static_cast<C>(grad_or_zero<acc_t>(a.g[2]));
+  const C g_c4 = static_cast<C>(grad_or_zero<acc_t>(a.g[3]));
+  const C cp = 4 * (g_lc + g_lnc);
   // The side's own criterion and the identity's other one enter as g (c_k - q_i) (dimension side:
   // g_lc, sample side: -g_lnc), the difference taken first, in float64 from c's float64: scaled
   // separately into a q term and a c term, they cancel and leave their roundings (12x eager's fp32
   // gradient error at N = 2, D = 1, where c - q is the other row's square; tests/test_properties.py
   // long profile, 2026-12-01).
-  const acc_t gx = 4 * (a.sample ? -g_lnc : g_lc);
-  const acc_t cq = 4 * g_r4, ccf = 4 * g_c4;
+  const C gx = 4 * (a.sample ? -g_lnc : g_lc);
+  const C cq = 4 * g_r4, ccf = 4 * g_c4;
   double c[V];
-  acc_t cc[V];
+  C cc[V];
   load_row<V, A>(a.c, t.c0, lane, d, c);
 #pragma unroll
-  for (int j = 0; j < V; ++j) cc[j] = ccf * static_cast<acc_t>(c[j]);
-  const acc_t* q = static_cast<const acc_t*>(a.q);
+  for (int j = 0; j < V; ++j) cc[j] = ccf * static_cast<C>(c[j]);
+  const C* q = static_cast<const C*>(a.q);  // float64 with p64
   for (int64_t r = t.r0 + warp; r < t.r1; r += kWarps) {
     const int64_t o = r * d;
-    const acc_t qv = q[r];
+    const C qv = q[r];
     const double q64 = static_cast<double>(qv);
-    const acc_t qr = cq * qv;
-    acc_t z[V], pv[V];
+    const C qr = cq * qv;
+    C z[V], pv[V];
     load_row<V, A>(static_cast<const T*>(a.z) + o, t.c0, lane, d, z);
-    load_row<V, A>(static_cast<const acc_t*>(a.p) + o, t.c0, lane, d, pv);
+    load_row<V, A>(static_cast<const C*>(a.p) + o, t.c0, lane, d, pv);
 #pragma unroll
     for (int j = 0; j < V; ++j)
-      z[j] = cp * pv[j] + z[j] * (qr + cc[j] + gx * static_cast<acc_t>(c[j] - q64));
+      z[j] = cp * pv[j] + z[j] * (qr + cc[j] + gx * static_cast<C>(c[j] - q64));
     store_row<V, A>(static_cast<T*>(a.dz) + o, t.c0, lane, d, z);
   }
 }
@@ -828,14 +844,18 @@ __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a,
   I mh[2][V];
   acc_t c0[2][V], c1[2][V];
   for (int v = 0; v < 2; ++v) {
+    // g_mean / n first, before the other vectors are loaded: float64's division has slow-path
+    // calls, and the values live across them are saved (8 bytes spilled on sm_86/89 otherwise)
     double mu[V], gm[V], g2[V];
-    load_row<V, A>(a.mean + v * d, t.c0, lane, d, mu);
     if (a.g_mean != nullptr) {
       load_row<V, A>(a.g_mean + v * d, t.c0, lane, d, gm);
+#pragma unroll
+      for (int j = 0; j < V; ++j) gm[j] = gm[j] / static_cast<double>(a.n);
     } else {
 #pragma unroll
       for (int j = 0; j < V; ++j) gm[j] = 0.0;
     }
+    load_row<V, A>(a.mean + v * d, t.c0, lane, d, mu);
     if (a.g_m2 != nullptr) {
       load_row<V, A>(a.g_m2 + v * d, t.c0, lane, d, g2);
     } else {
@@ -846,7 +866,7 @@ __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a,
     for (int j = 0; j < V; ++j) {
       mh[v][j] = static_cast<I>(mu[j]);
       const double ml = mu[j] - static_cast<double>(mh[v][j]);
-      c0[v][j] = static_cast<acc_t>(gm[j] / static_cast<double>(a.n) - 2 * g2[j] * ml);
+      c0[v][j] = static_cast<acc_t>(gm[j] - 2 * g2[j] * ml);
       c1[v][j] = static_cast<acc_t>(2 * g2[j]);
     }
   }
@@ -1010,6 +1030,73 @@ __global__ void __launch_bounds__(kThreads) bn_bwd_apply_kernel(BNBwdArgs a, Col
   }
 }
 
+// The norm of a row whose sum of squares overflowed: every entry scaled by the power of two 2^-e
+// of the largest |entry| first (exact), as torch.linalg.vector_norm scales before squaring
+// (docs/spec.md §8.2); Inner arithmetic (float64 for float32). An infinite entry gives inf. Every
+// lane of the warp must call it; all get the same value.
+template <int V, bool A, typename T>
+__device__ __forceinline__ typename Inner<T>::type scaled_row_norm(const T* zr, int64_t d, int lane) {
+  using I = typename Inner<T>::type;
+  I m = 0;
+#pragma unroll 1
+  for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
+    I u[V];
+    load_row<V, A>(zr, c0, lane, d, u);
+#pragma unroll
+    for (int j = 0; j < V; ++j) m = fabs(u[j]) > m ? fabs(u[j]) : m;
+  }
+#pragma unroll
+  for (int k = 16; k > 0; k >>= 1) {
+    const I o = __shfl_xor_sync(0xffffffffu, m, k);
+    m = o > m ? o : m;
+  }
+  if (!(m < I(INFINITY)) || m == I(0)) return m;
+  int e;
+  frexp(m, &e);
+  const I down = ldexp(I(1), -e);
+  I s = 0;
+#pragma unroll 1
+  for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
+    I u[V];
+    load_row<V, A>(zr, c0, lane, d, u);
+#pragma unroll
+    for (int j = 0; j < V; ++j) s += (u[j] * down) * (u[j] * down);
+  }
+  return ldexp(sqrt(warp_sum(s)), e);
+}
+
+// row_bwd's operands of this lane's columns: z (float64: u = z / ‖z‖ already, 0 where it does
+// not project), P and y (0 without y); row_dir gives u. float64's division has slow-path calls, and
+// every value live across them is saved: in float64 the divisions come right after z's load,
+// before P and y are loaded (the <double> variants spilled 32-48 bytes otherwise, ptxas
+// sm_80-sm_90); float32's stay next to their use (the fp16/bf16/fp32 variants spilled 12-24 bytes
+// with them hoisted).
+template <typename W>
+constexpr bool kDivideFirst = sizeof(W) == 8;
+
+template <int V, bool A, typename T, typename U, typename W>
+__device__ __forceinline__ void row_operands(const T* zr, const U* pr, const T* yr, int64_t c0, int lane, int64_t d,
+                                             W nrm, bool project, W (&u)[V], W (&pp)[V], W (&yy)[V]) {
+  load_row<V, A>(zr, c0, lane, d, u);
+  if (kDivideFirst<W>) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) u[j] = project ? u[j] / nrm : W(0);
+  }
+  load_row<V, A>(pr, c0, lane, d, pp);
+  if (yr != nullptr) {
+    load_row<V, A>(yr, c0, lane, d, yy);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) yy[j] = 0;
+  }
+}
+
+template <typename W>
+__device__ __forceinline__ W row_dir(W u, W nrm, bool project) {
+  if (kDivideFirst<W>) return u;
+  return project ? u / nrm : W(0);
+}
+
 // Row-wise backward: reads z, P (acc) and, for spectral, y per view and writes dz: 2 N D
 // (3 sizeof(T) + sizeof(acc)) = 80 MiB at spectral 16384x256 bf16 (the second pass over each row
 // comes from L1). One warp per row; grid (min(ceil(N / 8), 2048), views) = 2048 x 2.
@@ -1050,7 +1137,9 @@ __global__ void __launch_bounds__(kThreads) row_bwd_kernel(RowBwdArgs a) {
   T* dz = static_cast<T*>(a.dz[v]);
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp; r < n;
        r += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const acc_t nrm = sqrt(qv[r]);
+    acc_t nrm = sqrt(qv[r]);
+    // q overflowed (float32 norms past ~1.8e19): the norm again, scaled before squaring
+    if (nrm == acc_t(INFINITY)) nrm = static_cast<acc_t>(scaled_row_norm<V, A>(z + r * d, d, lane));
     acc_t beta = 0, s, project;
     if (clamp) {
       const acc_t pi = row_scale<acc_t>(kRowClamp, q1[r], r_mu) *
@@ -1060,8 +1149,9 @@ __global__ void __launch_bounds__(kThreads) row_bwd_kernel(RowBwdArgs a) {
       project = nrm < r_mu ? acc_t(0) : acc_t(1);
       s = nrm < r_mu ? acc_t(1) : r_mu / nrm;
     } else {
-      project = nrm > acc_t(1e-12) ? acc_t(1) : acc_t(0);
-      s = acc_t(1) / (nrm > acc_t(1e-12) ? nrm : acc_t(1e-12));
+      // a NaN norm projects and scales by NaN (clamp_norm)
+      project = nrm <= acc_t(1e-12) ? acc_t(0) : acc_t(1);
+      s = acc_t(1) / clamp_norm(nrm);
     }
     const T* zr = z + r * d;
     const acc_t* pr = p + r * d;
@@ -1073,39 +1163,24 @@ __global__ void __launch_bounds__(kThreads) row_bwd_kernel(RowBwdArgs a) {
     acc_t dot = 0;
     if (project != 0) {  // the same in the whole warp
 #pragma unroll 1
-    for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
-        acc_t zz[V], pp[V], yy[V];
-        load_row<V, A>(zr, c0, lane, d, zz);
-        load_row<V, A>(pr, c0, lane, d, pp);
-        if (yr != nullptr) {
-          load_row<V, A>(yr, c0, lane, d, yy);
-        } else {
-#pragma unroll
-          for (int j = 0; j < V; ++j) yy[j] = 0;
-        }
+      for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
+        acc_t u[V], pp[V], yy[V];
+        row_operands<V, A>(zr, pr, yr, c0, lane, d, nrm, true, u, pp, yy);
 #pragma unroll kUnroll
-        for (int j = 0; j < V; ++j) dot += zz[j] / nrm * (alpha * pp[j] + beta * yy[j]);
+        for (int j = 0; j < V; ++j) dot += row_dir(u[j], nrm, true) * (alpha * pp[j] + beta * yy[j]);
       }
       dot = warp_sum(dot);
     }
 #pragma unroll 1
     for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
-      acc_t zz[V], pp[V], yy[V];
-      load_row<V, A>(zr, c0, lane, d, zz);
-      load_row<V, A>(pr, c0, lane, d, pp);
-      if (yr != nullptr) {
-        load_row<V, A>(yr, c0, lane, d, yy);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) yy[j] = 0;
-      }
+      acc_t u[V], pp[V], yy[V];
+      row_operands<V, A>(zr, pr, yr, c0, lane, d, nrm, project != 0, u, pp, yy);
 #pragma unroll kUnroll
       for (int j = 0; j < V; ++j) {
         const acc_t da = alpha * pp[j] + beta * yy[j];
-        const acc_t u = project != 0 ? zz[j] / nrm : acc_t(0);
-        zz[j] = s * (da - u * dot);
+        u[j] = s * (da - row_dir(u[j], nrm, project != 0) * dot);
       }
-      store_row<V, A>(dz + r * d, c0, lane, d, zz);
+      store_row<V, A>(dz + r * d, c0, lane, d, u);
     }
   }
 }
@@ -1179,6 +1254,20 @@ constexpr int dtype_of() {
     else DK_LAUNCH((KERNEL<T, false>), grid, block, stream, __VA_ARGS__);    \
   } while (false)
 
+// The same with float64 arithmetic (kernel<T, A, double>) for float32 inputs when `wide` (p64:
+// float64 products of the cancelling side); other dtypes ignore it.
+#define DK_LAUNCH_AW(wide, vec, KERNEL, grid, block, stream, ...)                      \
+  do {                                                                                 \
+    if constexpr (std::is_same<T, float>::value) {                                     \
+      if (wide) {                                                                      \
+        if (vec) DK_LAUNCH((KERNEL<T, true, double>), grid, block, stream, __VA_ARGS__); \
+        else DK_LAUNCH((KERNEL<T, false, double>), grid, block, stream, __VA_ARGS__);    \
+        break;                                                                         \
+      }                                                                                \
+    }                                                                                  \
+    DK_LAUNCH_A(vec, KERNEL, grid, block, stream, __VA_ARGS__);                        \
+  } while (false)
+
 template <typename T>
 cudaError_t launch_col_stats(const ColStatsArgs& a, cudaStream_t stream) {
   const ColPlan p = col_plan(a.n, a.d, dtype_of<T>());
@@ -1242,7 +1331,7 @@ cudaError_t launch_vicreg_bwd(const VICRegBwdArgs& a, cudaStream_t stream) {
   if (!grid_ok(plan_blocks(p))) return cudaErrorInvalidConfiguration;
   const bool vec = vectorizable<T>(a.d, a.z[0], a.z[1], a.x[0], a.x[1], a.p[0], a.p[1], a.m2,
                                    a.sq, a.dz[0], a.dz[1]);
-  DK_LAUNCH_A(vec, vicreg_bwd_kernel, dim3(static_cast<unsigned>(plan_blocks(p))), dim3(kThreads),
+  DK_LAUNCH_AW(a.p64, vec, vicreg_bwd_kernel, dim3(static_cast<unsigned>(plan_blocks(p))), dim3(kThreads),
               stream, a, p);
   return cudaGetLastError();
 }
@@ -1265,7 +1354,7 @@ cudaError_t launch_duality_bwd(const DualityBwdArgs& a, cudaStream_t stream) {
   const ColPlan p = col_plan(a.n, a.d, dtype_of<T>());
   if (!grid_ok(plan_blocks(p))) return cudaErrorInvalidConfiguration;
   const bool vec = vectorizable<T>(a.d, a.z, a.p, a.c, a.dz);
-  DK_LAUNCH_A(vec, duality_bwd_kernel, dim3(static_cast<unsigned>(plan_blocks(p))), dim3(kThreads),
+  DK_LAUNCH_AW(a.p64, vec, duality_bwd_kernel, dim3(static_cast<unsigned>(plan_blocks(p))), dim3(kThreads),
               stream, a, p);
   return cudaGetLastError();
 }

@@ -138,6 +138,7 @@ struct RowScaleArgs {
   int views, row_mode, fin_mode;
   double radius;
   double* fin;
+  int q64;
 };
 int row_blocks(int64_t n);
 cudaError_t row_scale(const RowScaleArgs& a, int dtype, cudaStream_t stream);
@@ -229,6 +230,9 @@ cudaError_t moments_bwd(const MomentsBwdArgs& a, int dtype, cudaStream_t stream)
 // and the difference is amplified by the cancellation: 43x eager's fp32 gradient error at
 // N = 2, D = 1, found by tests/test_properties.py, 2026-11-30). sq = null: P is made of a
 // Gram without its diagonal (the dimension side zeroes it) and the term is left out.
+// p64 (float32 inputs only): P is float64 (a float64 Gram times the views in float64) and the
+// epilogue runs in float64. With one column dominating, P - x ⊙ sq cancels on the sample side:
+// a float32 P keeps ~1e-7 of the dominating column's share (docs/spec.md §8.2).
 struct VICRegBwdArgs {
   const void* z[2];
   const void* x[2];
@@ -239,6 +243,7 @@ struct VICRegBwdArgs {
   void* dz[2];
   int64_t n, d;
   double inv_w, var_w, cov_w, gamma, eps;
+  int p64;
 };
 cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream);
 
@@ -249,16 +254,19 @@ cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream);
 // (c_k - q_i taken first: see gram_ops.cu).
 // With the full Gram the diagonal's share of P would cancel against a q (or c) term computed by
 // another reduction, and their rounding difference would remain (3.5x eager's fp32 gradient
-// error for two equal rows, found by tests/test_properties.py, 2026-11-30).
+// error for two equal rows, found by tests/test_properties.py, 2026-11-30). p64 (float32 inputs
+// only): P is float64 and so is the epilogue, as VICRegBwdArgs: with one row (column) dominating,
+// P cancels against the z ⊙ (c_k - q_i) term of the other side (docs/spec.md §8.2).
 struct DualityBwdArgs {
   const void* z;
   const void* p;
-  const void* q;     // (n)
+  const void* q;     // (n), acc (float64 with p64)
   const double* c;   // (d), float64
   const void* g[4];  // g_lc, g_lnc, g_r4, g_c4 (or null)
   void* dz;
   int64_t n, d;
   int sample;
+  int p64;
 };
 cudaError_t duality_bwd(const DualityBwdArgs& a, int dtype, cudaStream_t stream);
 
@@ -287,7 +295,8 @@ cudaError_t bn_bwd(const BNBwdArgs& a, int dtype, double* workspace, cudaStream_
 // Row-wise backward through a per-row scaling (normalized_gram's l2n, spectral's norm clamp), one
 // warp per row: da_v = α P_v + β_i y_v (y_v = the other view's scaled rows, spectral only), then
 //   dz_i = s_i (da_i - [projected] u_i (u_i · da_i)),  u_i = z_i / ‖z_i‖.
-// kRowL2: α = 1, β = 0, s = 1/max(‖z‖, 1e-12), projected when ‖z‖ > 1e-12.
+// kRowL2: α = 1, β = 0, s = 1/max(‖z‖, 1e-12), projected when ‖z‖ > 1e-12 (a NaN norm: projected,
+// s = NaN). ‖z‖ = sqrt(q), or where q overflowed (inf) the norm again, scaled before squaring.
 // kRowClamp (spectral): α = 2 W_neg/(n(n-1)µ), β_i = -2 W_pos/(nµ) - 2 W_neg p_i/(n(n-1)µ) with
 // p_i = s1_i s2_i q12_i, W_pos = g_loss + g_pos, W_neg = g_loss + g_neg; s = r/‖z‖ and projected
 // when ‖z‖ >= r = sqrt(µ).

@@ -90,6 +90,30 @@ def _load_x(z1_ptr, z2_ptr, mean_ptr, m2_ptr, first, i64, r_ok, ds, D, s_1n, s_1
 
 
 @triton.jit
+def _unsquared_norm(norm, z1_ptr, z2_ptr, mean_ptr, m2_ptr, first, i64, r_ok, dd, D, s_1n, s_1d, s_2n, s_2d,
+                    cs_num, CENTER: tl.constexpr, COLSCALE: tl.constexpr, ACC: tl.constexpr, BD: tl.constexpr):
+    """``norm`` = sqrt(Σ x²) per row, again where the sum overflowed to inf (float32 norms past
+    ~1.8e19): each such row divided by its largest |entry| before squaring, as
+    torch.linalg.vector_norm scales (docs/spec.md §8.2); other rows keep their bits."""
+    big = norm == float("inf")
+    if tl.max(big.to(tl.int32), axis=0) > 0:
+        m = tl.zeros_like(norm)
+        for d0 in range(0, D, BD):
+            x = _load_x(z1_ptr, z2_ptr, mean_ptr, m2_ptr, first, i64, r_ok, d0 + dd, D, s_1n, s_1d, s_2n, s_2d,
+                        cs_num, CENTER, COLSCALE, ACC)
+            m = tl.maximum(m, tl.max(tl.abs(x), axis=1))
+        den = tl.where(m > 0, m, 1.0)  # padding and zero rows: not selected below
+        scaled = tl.zeros_like(norm)
+        for d0 in range(0, D, BD):
+            x = _load_x(z1_ptr, z2_ptr, mean_ptr, m2_ptr, first, i64, r_ok, d0 + dd, D, s_1n, s_1d, s_2n, s_2d,
+                        cs_num, CENTER, COLSCALE, ACC) / den[:, None]
+            scaled += tl.sum(x * x, axis=1)
+        # an infinite entry keeps the norm inf (m = inf would make it NaN here)
+        norm = tl.where(big & (m < float("inf")), m * tl.sqrt(scaled), norm)
+    return norm
+
+
+@triton.jit
 def _lse_prep_kernel(z1_ptr, z2_ptr, mean_ptr, m2_ptr, op_ptr, r_ptr, keep_ptr, rmean_ptr, rstd_ptr,
                  N, D, s_1n, s_1d, s_2n, s_2d, s_op, s_opv, cs_num: tl.float64, var_eps: tl.float64,
                  VIEWS: tl.constexpr, CENTER: tl.constexpr, COLSCALE: tl.constexpr,
@@ -127,7 +151,8 @@ def _lse_prep_kernel(z1_ptr, z2_ptr, mean_ptr, m2_ptr, op_ptr, r_ptr, keep_ptr, 
             mu = acc1 / D
             den = tl.full((BR,), 1.0, ACC)
         else:
-            norm = tl.sqrt(acc1)
+            norm = _unsquared_norm(tl.sqrt(acc1), z1_ptr, z2_ptr, mean_ptr, m2_ptr, first, i64, r_ok, dd, D,
+                                   s_1n, s_1d, s_2n, s_2d, cs_num, CENTER, COLSCALE, ACC, BD)
             mu = tl.zeros((BR,), ACC)
             den = tl.maximum(norm, _eps(ACC))
     else:
@@ -155,7 +180,8 @@ def _lse_prep_kernel(z1_ptr, z2_ptr, mean_ptr, m2_ptr, op_ptr, r_ptr, keep_ptr, 
         if NORM_OP:
             nrm = norm
         else:
-            nrm = tl.sqrt(acc2)
+            nrm = _unsquared_norm(tl.sqrt(acc2), z1_ptr, z2_ptr, mean_ptr, m2_ptr, first, i64, r_ok, dd, D,
+                                  s_1n, s_1d, s_2n, s_2d, cs_num, CENTER, COLSCALE, ACC, BD)
         tl.store(r_ptr + rr, 1.0 / tl.maximum(nrm, _eps(ACC)), mask=r_ok)
         tl.store(keep_ptr + rr, (nrm > _eps(ACC)).to(ACC), mask=r_ok)
     if ROWCENTER:
