@@ -35,18 +35,7 @@ from ._cuda_ext import (  # noqa: F401 (the loader's names, re-exported for call
 from ._cuda_ext import ext as _ext
 from ._direct import apply, refuse_transforms
 
-__all__ = [
-    "BarlowTwinsFunction",
-    "CovarianceFunction",
-    "CrossCorrelationFunction",
-    "DualityTermsFunction",
-    "NormalizedGramFunction",
-    "REBUILD_COMMAND",
-    "SpectralContrastiveFunction",
-    "VICRegFunction",
-    "is_available",
-    "unavailable_reason",
-]
+__all__ = [*registry.GRAM_FUNCTIONS, "REBUILD_COMMAND", "is_available", "unavailable_reason"]
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 

@@ -92,6 +92,8 @@ OPS: Dict[str, OpDef] = _defs(
           "-> (loss,); scale and bias one-element tensors, text rows offset..offset+N the positives."),
 )
 
+# the drop-in Functions of the covariance family, which both compiled backends export
+GRAM_FUNCTIONS = tuple(sorted(d.function for d in OPS.values() if d.family == GRAM and d.function))
 # public function -> its family (static: read without importing any backend)
 FAMILY: Dict[str, str] = {p: d.family for d in OPS.values() for p in d.provides}
 

@@ -11,6 +11,7 @@ drop-in Functions. The plan, its numerics and the expected performance: docs/tri
 """
 from __future__ import annotations
 
+from ... import registry
 from .._common import triton, unavailable_reason
 
 if triton is None:  # pragma: no cover - import guard; functional.py checks availability first
@@ -29,13 +30,7 @@ from .dropin import (BarlowTwinsFunction, CovarianceFunction, CrossCorrelationFu
 from .plan import _OVERRIDES, L2_EPS  # noqa: E402  (_OVERRIDES: the test hooks of tests/test_triton_gram.py)
 
 __all__ = [
-    "BarlowTwinsFunction",
-    "CovarianceFunction",
-    "CrossCorrelationFunction",
-    "DualityTermsFunction",
-    "NormalizedGramFunction",
-    "SpectralContrastiveFunction",
-    "VICRegFunction",
+    *registry.GRAM_FUNCTIONS,
     "barlow_twins",
     "covariance",
     "cross_correlation",
