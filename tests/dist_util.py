@@ -61,3 +61,17 @@ def save_rank(out_dir, rank, results):
 
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+
+
+def ddp_results(cases, make_model, forward):
+    """Per case ``name -> fn``: the loss ``fn(forward(ddp_model))`` of a DistributedDataParallel copy
+    of ``make_model()`` and, after its backward, the parameters' gradients: ``name -> (loss, grads)``."""
+    import torch
+
+    results = {}
+    for name, fn in cases.items():
+        model = torch.nn.parallel.DistributedDataParallel(make_model())
+        loss = fn(*forward(model))
+        loss.backward()
+        results[name] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    return results

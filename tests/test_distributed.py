@@ -156,11 +156,15 @@ def test_ddp_gradients_equal_global_batch(world):
         torch.testing.assert_close(ranks[r]["ntxent-none"][0], own, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kind,pattern", [
-    ("dtype", r"ValueError: .*same input shape, dtype and device type on every rank.*float64.*float32"),
-    ("shape", r"ValueError: .*same input shape.*\(4, 6\).*\(5, 6\)"),
-    ("one-rank", r"RuntimeError: vicreg_loss\(gather_distributed=True\): the input check across 2 ranks failed"),
-])
+# what each bad use raises on every rank (tests/test_distributed_compiled.py reuses them)
+MISMATCH = {
+    "dtype": r"ValueError: .*same input shape, dtype and device type on every rank.*float64.*float32",
+    "shape": r"ValueError: .*same input shape.*\(4, 6\).*\(5, 6\)",
+    "one-rank": r"RuntimeError: vicreg_loss\(gather_distributed=True\): the input check across 2 ranks failed",
+}
+
+
+@pytest.mark.parametrize("kind,pattern", list(MISMATCH.items()))
 def test_mismatch_raises_instead_of_hanging(kind, pattern):
     import re
 

@@ -19,7 +19,7 @@ from duality_kernels.reference import supervised as RS
 from duality_kernels.testing import official_supervised as O
 
 from .accuracy import _check, _check_low_precision
-from .dist_util import assert_matches_global, rank_results, save_rank, spawn
+from .dist_util import assert_matches_global, ddp_results, rank_results, save_rank, spawn
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
@@ -544,12 +544,7 @@ def _worker(rank, world, init_file, out_dir):
     _init(rank, world, init_file, 60)
     x, labels = _dist_data(world)
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-    results = {}
-    for name, fn in _dist_cases(labels).items():
-        model = torch.nn.parallel.DistributedDataParallel(_model())
-        loss = fn(_apply(model, x[sl]), labels[sl])
-        loss.backward()
-        results[name] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    results = ddp_results(_dist_cases(labels), _model, lambda m: (_apply(m, x[sl]), labels[sl]))
     _, terms = dk.supcon_loss(_apply(_model(), x[sl])[:, :1], labels[sl], gather_distributed=True, return_terms=True)
     results["no_positive"] = terms["anchors_without_positive"]
     save_rank(out_dir, rank, results)

@@ -12,7 +12,7 @@ import duality_kernels as dk
 from duality_kernels.ops import registry
 from duality_kernels.testing import official_supervised as O
 
-from .dist_util import assert_matches_global, rank_results, save_rank
+from .dist_util import assert_matches_global, ddp_results, rank_results, save_rank
 from .test_supervised import (B_LOCAL, _accuracy, _apply, _dist_data, _init, _model, compare, features, gen,
                               labels_of, pair)
 
@@ -311,12 +311,7 @@ def _worker(rank, world, init_file, out_dir):
     _init(rank, world, init_file, 120)
     x, labels = _dist_data(world)
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-    results = {}
-    for name, fn in _cases().items():
-        model = torch.nn.parallel.DistributedDataParallel(_model())
-        loss = fn(_apply(model, x[sl]), labels[sl], T)
-        loss.backward()
-        results[name] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    results = ddp_results(_cases(), _model, lambda m: (_apply(m, x[sl]), labels[sl], T))
     _, terms = dk.supcon_loss(_apply(_model(), x[sl])[:, :1], labels[sl], gather_distributed=True, return_terms=True,
                               backend=T)
     results["no_positive"] = terms["anchors_without_positive"]
