@@ -65,7 +65,8 @@ ARCHS = (80, 86, 89, 90, 100, 120)
 FULL_ARCH = 90
 # Every kernel of both families, at the headline shapes whose tiles are the largest per family
 ARCH_CASES = ["ntxent:2048x256", "ntxent:16384x256", "infonce:32768x256", "vicreg_exp:2048x1024",
-              "vicreg:2048x8192", "barlow:2048x8192", "spectral:16384x256"]
+              "vicreg:2048x8192", "barlow:2048x8192", "spectral:16384x256", "supcon:8192x128", "moco:256x128",
+              "hard_negative:16384x256", "clip:65536x512", "siglip:65536x512"]
 _REPORTS: dict = {}
 
 
