@@ -1,14 +1,16 @@
 """CLIP (docs/spec.md §7.4) on the log-sum-exp passes: one forward sweep over the tiles of
 s·ÂB̂ᵀ gives every row's log-sum-exp and, as per-row-block column partials merged by
 forward._lse_cols_merge_kernel, every column's; the backward recomputes each tile once per side
-(rows of A, then rows of B) with both directions' softmax in its coefficients, and the scale's
-gradient Σ_ab (∂L/∂x_ab)·â_a·b̂_b as a per-row tile reduction of the first pass. No N×N matrix.
+(rows of A, then rows of B) and gradient-column chunk (bwd_plan) with both directions' softmax
+in its coefficients, and the scale's gradient Σ_ab (∂L/∂x_ab)·â_a·b̂_b as a per-row tile
+reduction of the first pass. No N×N matrix.
 
 The scale is read on the device (a one-element tensor; a Python float becomes one), never on the
 host (docs/design.md convention 3). The shared pieces of both two-tower modules live here: the
-scale's (hi, lo) pair, the whole-K row block, the key tile, the l2 Jacobian epilogue, the tiles.
-gather_distributed (docs/spec.md §5, open_clip's local loss): anchor_lse per direction, the scale
-on the anchors' rows. Untested on GPU; bytes and flops in docs/triton_lse.md.
+scale's (hi, lo) pair, the row block, the key tile, the column chunks, the l2 Jacobian epilogue
+and pass, the tiles. gather_distributed (docs/spec.md §5, open_clip's local loss): anchor_lse
+per direction, the scale on the anchors' rows. Untested on GPU; bytes and flops in
+docs/triton_lse.md.
 """
 
 from __future__ import annotations
