@@ -1,14 +1,16 @@
 """CLIP (docs/spec.md §7.4) on the log-sum-exp passes: one forward sweep over the tiles of
 s·ÂB̂ᵀ gives every row's log-sum-exp and, as per-row-block column partials merged by
 forward._lse_cols_merge_kernel, every column's; the backward recomputes each tile once per side
-(rows of A, then rows of B) with both directions' softmax in its coefficients, and the scale's
-gradient Σ_ab (∂L/∂x_ab)·â_a·b̂_b as a per-row tile reduction of the first pass. No N×N matrix.
+(rows of A, then rows of B) and gradient-column chunk (bwd_plan) with both directions' softmax
+in its coefficients, and the scale's gradient Σ_ab (∂L/∂x_ab)·â_a·b̂_b as a per-row tile
+reduction of the first pass. No N×N matrix.
 
 The scale is read on the device (a one-element tensor; a Python float becomes one), never on the
 host (docs/design.md convention 3). The shared pieces of both two-tower modules live here: the
-scale's (hi, lo) pair, the whole-K row block, the key tile, the l2 Jacobian epilogue, the tiles.
-gather_distributed (docs/spec.md §5, open_clip's local loss): anchor_lse per direction, the scale
-on the anchors' rows. Untested on GPU; bytes and flops in docs/triton_lse.md.
+scale's (hi, lo) pair, the row block, the key tile, the column chunks, the l2 Jacobian epilogue
+and pass, the tiles. gather_distributed (docs/spec.md §5, open_clip's local loss): anchor_lse
+per direction, the scale on the anchors' rows. Untested on GPU; bytes and flops in
+docs/triton_lse.md.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .._common import (HOPPER, Tiles, acc_dtype, arch_family, device_guard, devi
 from .backward import _l2_jacobian, _l2_jacobian_staged, _side_vectors, _staged_jacobian, _tile_coefs
 from .forward import _finish_lse, _fwd_step, _lse_cols_merge_kernel
 from .plan import _POS_DIAG, Tensor, _acc_tl, _bwd_tiles, _fused_bwd, _fwd_tiles, _grad_vector, _op_buffer, _orient
-from .plan import _reduce, _tile, _tile_scaled
+from .plan import _kmax, _reduce, _tile, _tile_scaled
 from .prep import _prep
 from .tiles import _key_range, _s_tile_o, _scaled
 
@@ -105,6 +107,51 @@ def _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok
 
 
 @triton.jit
+def _out_keys(b, b_ptr, cols, col_ok, K, s_bm, SPLIT: tl.constexpr, BD: tl.constexpr):
+    """The key rows' columns this program's gradient columns take: B_J as the S tile loaded it, or
+    (SPLIT) its BD columns from BD·program_id(1) on."""
+    if SPLIT:
+        dk = tl.program_id(1) * BD + tl.arange(0, BD)
+        b = tl.load(b_ptr + cols.to(tl.int64)[:, None] * s_bm + dk[None, :], mask=col_ok[:, None] & (dk[None, :] < K),
+                    other=0.0)
+    return b
+
+
+@triton.jit
+def _store_part(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am,
+                TILE_SCALE: tl.constexpr, STAGED: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
+                BK: tl.constexpr, BD: tl.constexpr):
+    """_store_grad of a whole row block, or (SPLIT) g_a's BD columns into out (an ACC buffer) for
+    _jacobian_kernel: the l2 Jacobian needs n_a·g_a over the whole row."""
+    if SPLIT:
+        dk = tl.program_id(1) * BD + tl.arange(0, BD)
+        tl.store(out_ptr + rows64[:, None] * s_o + dk[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (dk[None, :] < K))
+    else:
+        _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, STAGED,
+                    ACC, BK)
+
+
+@triton.jit
+def _jacobian_kernel(g_ptr, s_g, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, M, K, s_am, TILE_SCALE: tl.constexpr,
+                     STAGED: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
+    """The l2 Jacobian of the rows g_a = ∂L/∂n_a that the column-split backward left in g (ACC;
+    out itself when STAGED): a memory-bound pass over BR rows per program."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)
+    if STAGED:
+        _l2_jacobian_staged(out_ptr, rows64, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64 * s_am, row_ok, K,
+                            TILE_SCALE, ACC, BK, 64 if BK > 64 else BK)
+    else:
+        ks = tl.arange(0, BK)
+        acc = tl.load(g_ptr + rows64[:, None] * s_g + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K),
+                      other=0.0)
+        _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, False,
+                    ACC, BK)
+
+
+@triton.jit
 def _clip_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, s_ptr, lse_ptr, q_ptr, term_ptr, cm_ptr, cl_ptr, M, K, s_lam,
                      s_am, s_bm, TILE_SCALE: tl.constexpr, ORIENT: tl.constexpr, ONE_K: tl.constexpr,
                      ACC: tl.constexpr, IP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -136,17 +183,19 @@ def _clip_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, s_ptr, lse_ptr, q_ptr, term_p
 def _clip_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, s_ptr, lsea_ptr, qa_ptr, lseb_ptr, qb_ptr, g_ptr,
                      out_ptr, ds_ptr, M, K, s_la, s_lb, s_g, s_am, s_bm, s_o,
                      TILE_SCALE: tl.constexpr, ORIENT: tl.constexpr, STAGED: tl.constexpr, DSCALE: tl.constexpr,
-                     ACC: tl.constexpr, IP: tl.constexpr, RNA: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr):
-    """∂L/∂(rows of A) of CLIP, K whole: each tile recomputed once, its coefficients per unit logit
+                     ONE_K: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr, RNA: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    """∂L/∂(rows of A) of CLIP: each tile recomputed once per program, its coefficients per unit logit
     C_ab = g_a P^row_ab + g_b P^col_ab (the positive −g_a q_a − g_b q_b, tiles with it last as in
     _lse_bwd_kernel), dA += s·C·B̂_J, the l2 Jacobian after the loop. DSCALE: Σ_b C_ab·â_a·b̂_b
-    per row too (the scale's gradient; only the A pass: C holds both directions)."""
+    per row too (the scale's gradient; only the A pass: C holds both directions). SPLIT: this
+    program's BD gradient columns only (program_id(1)), S in the forward's K chunks unless ONE_K,
+    g_a left in out for _jacobian_kernel (see bwd_plan)."""
     inv_t, inv_lo = _scale_value(s_ptr, ACC)
-    r0, rows, row_ok, rows64, ks, a, ra = _row_block(a_ptr, ra_ptr, M, K, s_am, TILE_SCALE, True, BM, BK)
+    r0, rows, row_ok, rows64, ks, a, ra = _row_block(a_ptr, ra_ptr, M, K, s_am, TILE_SCALE, ONE_K, BM, BK)
     ma, gla, gpa = _side_vectors(lsea_ptr, s_la, qa_ptr, g_ptr, rows, row_ok, s_g, _DIAG, False, ACC)
     lo_s, hi_s, lo_p, hi_p = _key_range(rows, row_ok, 0, 0, 0, _DIAG)
-    acc = tl.zeros((BM, BK), ACC)
+    acc = tl.zeros((BM, BD), ACC)
     dsr = tl.zeros((BM,), ACC)
     nt = tl.cdiv(M, BN)
     j0 = hi_p // BN + 1
@@ -154,17 +203,18 @@ def _clip_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, s_ptr, lsea_ptr, qa
         j = j0 + t
         n0 = tl.where(j >= nt, j - nt, j) * BN
         cols, col_ok, rb, s, b = _key_tile(a, a_ptr, b_ptr, rb_ptr, n0, r0, rows64, row_ok, ra, M, K, s_am, s_bm,
-                                           ORIENT, True, TILE_SCALE, ACC, IP, BM, BN, BK)
+                                           ORIENT, ONE_K, TILE_SCALE, ACC, IP, BM, BN, BK)
+        b = _out_keys(b, b_ptr, cols, col_ok, K, s_bm, SPLIT, BD)
         mb, glb, gpb = _side_vectors(lseb_ptr, s_lb, qb_ptr, g_ptr, cols, col_ok, s_g, _DIAG, False, ACC)
         c = _tile_coefs(s, n0, r0, rows, cols, row_ok, col_ok, M, M, 0, 0, 0, inv_t, inv_lo, lo_s, hi_s, lo_p, hi_p,
                         gla, ma, gpa, glb, mb, gpb, False, _DIAG, 0, True, True, False, False, True, ACC, BM, BN)
         if DSCALE:
             dsr += tl.sum(c * s, axis=1)
         acc = _apply_coefs(acc, c, b, rb, inv_t, inv_lo, TILE_SCALE, ACC, IP, RNA)
-    _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, STAGED,
-                ACC, BK)
+    _store_part(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, STAGED,
+                SPLIT, ACC, BK, BD)
     if DSCALE:
-        tl.store(ds_ptr + rows, dsr, mask=row_ok)
+        tl.store(ds_ptr + rows, dsr, mask=row_ok & (tl.program_id(1) == 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,39 +228,99 @@ def _whole_k(k: int) -> int:
 def fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str, whole_k: bool) -> Tuple[Tiles, bool]:
     """(tiles, one_k) of a forward sweep. ``whole_k`` (CLIP under the interpreter): K in one block
     with the backward's square tiles, so both compute each S entry with one call (plan._orient)."""
-    if interpreting() and whole_k:
-        t = _tile(m)
-        return Tiles(t, t, _whole_k(k), 4, 1), True
-    return _fwd_tiles(dtype, ip, k, m, fam)
+    if interpreting():
+        if whole_k:
+            t = _tile(m)
+            return Tiles(t, t, _whole_k(k), 4, 1), True
+        return _fwd_tiles(dtype, ip, k, m, fam)
+    t, one_k = _fwd_tiles(dtype, ip, k, m, fam)  # the K chunks stay the table's (split_tiles reads them)
+    if ip == "ieee" and dtype == torch.float32 and not whole_k:
+        t = t._replace(BN=32)  # SigLIP's softplus: (64, 64) spilled 92 B (sm_90)
+    elif fam != HOPPER and ip != "ieee" and dtype != torch.float64:
+        # the column partials (CLIP) and the softplus (SigLIP) on top of the LSE forward's tile:
+        # (64, 64) spilled 20-24 B at K = 512 (sm_120, bf16 and TF32); 32-key tiles do not
+        t = t._replace(BN=min(t.BN, 32))
+    return t, one_k
 
 
-def bwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str) -> Tiles:
-    """Tiles of the whole-K backward kernels: the fused LSE backward's table (K ≤ 256, tensor-core
-    dots); otherwise (IEEE fp32, fp64, K > 256) the largest of (32, 64), (32, 32), (16, 32), (16, 16)
-    whose (BM, K) accumulator takes ≤ 64 KB and whose operand rows (BM + BN)·K ≤ 128 KB (Hopper) or
-    56 KB: shared memory came out ≈ 1.7x that, and larger accumulators spilled (sm_90 compile,
-    triton 3.8, 8 warps: bf16 K = 512 (32, 64) 222-230 registers, 160 KB; K = 1024 (16, 32) 212;
-    TF32 K = 512 (32, 32) 218-253, 196 KB; none spilled; (64, 32) at K = 512 spilled 400-560 B, and
-    fp64 at K = 512 spills 1.7 KB in (16, 16)). The LSE family's stripe backward through cuBLAS is
-    the faster design at large K; this one is unmeasured."""
+def bwd_plan(dtype: torch.dtype, ip: str, k: int, m: int, fam: str) -> Tuple[Tiles, int, bool]:
+    """(tiles, BD, one_k) of the backward kernels: BD gradient columns per program (a second grid
+    axis when BD < the padded K: SPLIT), S by one whole-K dot of the held row block when one_k,
+    else in K chunks of tiles.BK. K ≤ 256 (or the interpreter's _kmax()): one program per row
+    block, whole K (split_tiles for K > 256). The interpreter splits K > 32 into 32 columns with S
+    still one whole-K call (plan._orient: the forward's bits)."""
+    kp = _whole_k(k)
     if interpreting():
         t = _tile(m)
-        return Tiles(t, t, _whole_k(k), 4, 1)
+        return Tiles(t, t, kp, 4, 1), min(kp, _kmax()), True
+    if k > 256:
+        return split_tiles(dtype, ip, k, m, fam)
     if _fused_bwd(dtype, ip, k):
-        return _bwd_tiles(dtype, ip, k, m, fam)
-    kp, elt = _whole_k(k), torch.empty((), dtype=dtype).element_size()
+        return _bwd_tiles(dtype, ip, k, m, fam), kp, True
+    # IEEE fp32 and fp64: the largest of (32, 64), (32, 32), (16, 32), (16, 16) whose (BM, K)
+    # accumulator takes ≤ 64 KB and whose operand rows (BM + BN)·K ≤ 128 KB (Hopper) or 56 KB
+    elt = torch.empty((), dtype=dtype).element_size()
     acc = 8 if dtype == torch.float64 else 4
     budget = (128 if fam == HOPPER else 56) << 10
     for bm, bn in ((32, 64), (32, 32), (16, 32), (16, 16)):
         if bm * kp * acc <= 64 << 10 and (bm + bn) * kp * elt <= budget:
             break
-    return Tiles(bm, bn, kp, 8 if bm * bn >= 512 else 4, 1)
+    return Tiles(bm, bn, kp, 8 if bm * bn >= 512 else 4, 1), kp, True
 
 
-def bwd_flags(a: Tensor, tile: bool, t: Tiles) -> dict:
+def split_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str) -> Tuple[Tiles, int, bool]:
+    """K > 256: the gradient's columns split over programs (BD per program), each recomputing its S
+    tiles in the forward's K chunks (the forward's accumulation order): ⌈K/BD⌉ units of S and one
+    of C·B per pass instead of one each, for a (BM, BD) accumulator. Whole-K row blocks (the
+    earlier design) held (BM, K) operands and accumulator: at K = 512, 32-row blocks (mma.sync,
+    no wgmma on sm_90), over the 99/163 KB of shared memory on sm_8x/sm_120, fp64 (16, 16) spilled
+    2.9 KB. Tensor-core dtypes: BD = 256, the accumulator of the fused backward at K = 256; on
+    Hopper its 64-row tiles (wgmma). IEEE fp32 (FMA dots) and fp64: BD = 128. Chosen from the
+    kernel report (sm_80/86/89/90/100/120, triton 3.8): none spills, ≤ 74 KB of shared memory."""
+    chunk = fwd_tiles(dtype, ip, k, m, fam, False)[0].BK
+    if ip != "ieee":
+        if fam == HOPPER:
+            t = _bwd_tiles(dtype, ip, 256, m, fam)
+            return Tiles(t.BM, t.BN, chunk, t.warps, t.stages), 256, False
+        return Tiles(64, 16, chunk, 8, 2), 256, False  # (64, 32) spilled 8 B at 255 registers (sm_120)
+    if dtype == torch.float64:  # (32, 32) spilled 8 B (sm_90); BD = 64: twice the S recomputation
+        return Tiles(32, 16, chunk, 8, 1), 128, False
+    return Tiles(16, 32, chunk, 4, 1), 128, False  # (32, 16) spilled 12 B at 128 registers (sm_86)
+
+
+def bwd_flags(a: Tensor, tile: bool, plan: Tuple[Tiles, int, bool]) -> dict:
     """The constexprs and launch options every two-tower backward launch shares."""
-    return dict(TILE_SCALE=tile, STAGED=_staged_jacobian(a.dtype), ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype),
-                RNA=tf32_rounding(a.dtype), BM=t.BM, BN=t.BN, BK=t.BK, num_warps=t.warps, num_stages=t.stages)
+    t, bd, one_k = plan
+    return dict(TILE_SCALE=tile, STAGED=_staged_jacobian(a.dtype), ONE_K=one_k, SPLIT=bd < _whole_k(a.shape[1]),
+                ACC=_acc_tl(a.dtype), IP=input_precision(a.dtype), RNA=tf32_rounding(a.dtype), BM=t.BM, BN=t.BN,
+                BK=t.BK, BD=bd, num_warps=t.warps, num_stages=t.stages)
+
+
+def bwd_grid(flags: dict, rows: int, k: int) -> Tuple[int, int]:
+    """Row blocks × column chunks (one chunk unless SPLIT)."""
+    return triton.cdiv(rows, flags["BM"]), triton.cdiv(k, flags["BD"]) if flags["SPLIT"] else 1
+
+
+def grad_buffers(outs: Tuple[Tensor, Tensor], flags: dict) -> Tuple[Tensor, Tensor]:
+    """Where the two passes write: the outs, or (SPLIT into bf16/fp16 outs) g_a in rows of one fp32
+    buffer that both passes use in turn (each pass's Jacobian pass reads it before the next)."""
+    if flags["SPLIT"] and not flags["STAGED"]:
+        buf = torch.empty(max(o.shape[0] for o in outs), outs[0].shape[1], dtype=torch.float32,
+                          device=outs[0].device)
+        return tuple(buf[:o.shape[0]] for o in outs)
+    return outs
+
+
+def finish_grad(g: Tensor, out: Tensor, x: Tensor, rx: Tensor, kx: Tensor, flags: dict) -> None:
+    """The l2 Jacobian pass after a SPLIT backward (g: from grad_buffers); nothing otherwise."""
+    if not flags["SPLIT"]:
+        return
+    n, k = out.shape
+    kp = _whole_k(k)
+    br = 16 if flags["STAGED"] else max(1, min(32, 4096 // kp))  # registers: ≤ 32 fp32 of g per thread
+    _jacobian_kernel[(triton.cdiv(n, br),)](g, g.stride(0), out, out.stride(0), x, rx, kx, n, k, x.stride(0),
+                                            TILE_SCALE=flags["TILE_SCALE"], STAGED=flags["STAGED"], ACC=flags["ACC"],
+                                            BR=br, BK=kp, num_warps=4)
 
 
 def scalar_grad(parts: Tensor, like: Tensor) -> Tensor:
@@ -260,8 +370,7 @@ def _clip_bwd_impl(image_features: Tensor, text_features: Tensor, logit_scale: T
     n, k = a.shape
     g = _grad_vector(g_loss, q, "mean")  # ∂L/∂term: g/(2N), stride 0
     tile = _tile_scaled(a.dtype)
-    t = bwd_tiles(a.dtype, input_precision(a.dtype), k, n, arch_family(a))
-    flags = bwd_flags(a, tile, t)
+    flags = bwd_flags(a, tile, bwd_plan(a.dtype, input_precision(a.dtype), k, n, arch_family(a)))
     da = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     db = torch.empty(text_features.shape, dtype=a.dtype, device=a.device)
     ds = torch.empty(n, dtype=q.dtype, device=a.device)
@@ -272,11 +381,14 @@ def _clip_bwd_impl(image_features: Tensor, text_features: Tensor, logit_scale: T
     sides = ((op[:n], r[:n], keep[:n], lse[:, :n], q[:n]), (op[n:], r[n:], keep[n:], lse[:, n:], q[n:]))
     with device_guard(a):
         # rows of A against B, then rows of B against A with S's tiles in the forward's operand order
-        for (x, rx, kx, lx, qx), (y, ry, _, ly, qy), out, orient in ((*sides, da, 0), (*sides[::-1], db, 2)):
-            _clip_bwd_kernel[(triton.cdiv(n, t.BM),)](
-                x, y, rx, ry, kx, logit_scale, lx, qx, ly, qy, g, out, ds, n, k, lx.stride(0), ly.stride(0),
-                g.stride(0), x.stride(0), y.stride(0), out.stride(0), ORIENT=_orient(orient), DSCALE=orient == 0,
+        gs = grad_buffers((da, db), flags)
+        for (x, rx, kx, lx, qx), (y, ry, _, ly, qy), out, gx, orient in ((*sides, da, gs[0], 0),
+                                                                          (*sides[::-1], db, gs[1], 2)):
+            _clip_bwd_kernel[bwd_grid(flags, n, k)](
+                x, y, rx, ry, kx, logit_scale, lx, qx, ly, qy, g, gx, ds, n, k, lx.stride(0), ly.stride(0),
+                g.stride(0), x.stride(0), y.stride(0), gx.stride(0), ORIENT=_orient(orient), DSCALE=orient == 0,
                 **flags)
+            finish_grad(gx, out, x, rx, kx, flags)
     return da, db, scalar_grad(ds, logit_scale)
 
 

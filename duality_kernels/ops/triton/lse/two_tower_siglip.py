@@ -19,8 +19,8 @@ from .forward import _log1p
 from .plan import Tensor, _acc_tl, _op_buffer, _tile_scaled
 from .prep import _prep
 from .tiles import _scaled
-from .two_tower import (_apply_coefs, _key_tile, _row_block, _scale_value, _store_grad, bwd_flags, bwd_tiles, fwd_tiles,
-                        grads_fake, scalar_grad, scalar_tensor)
+from .two_tower import (_apply_coefs, _key_tile, _out_keys, _row_block, _scale_value, _store_part, bwd_flags, bwd_grid,
+                        bwd_plan, finish_grad, fwd_tiles, grad_buffers, grads_fake, scalar_grad, scalar_tensor)
 
 
 @triton.jit
@@ -65,21 +65,24 @@ def _siglip_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, s_ptr, t_ptr, term_ptr, M, 
 def _siglip_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, s_ptr, t_ptr, g_ptr, out_ptr, dst_ptr,
                        M, MB, K, OFF, s_am, s_bm, s_o, s_dst,
                        TILE_SCALE: tl.constexpr, STAGED: tl.constexpr, DSCALE: tl.constexpr, ACC: tl.constexpr,
-                       IP: tl.constexpr, RNA: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """∂L/∂(rows of A), K whole: per tile C = ∂L/∂x = ∓σ(z)·g (− on the positives), dA += s·C·B̂_J,
-    the l2 Jacobian after the loop. DSCALE: per row Σ_j C_ij·â_i·b̂_j and Σ_j C_ij (the scale's and
-    bias's gradients) into dst's two rows. The text rows' pass is this kernel with the roles
-    swapped and OFF negated (the loss is symmetric in the two towers)."""
+                       ONE_K: tl.constexpr, SPLIT: tl.constexpr, IP: tl.constexpr, RNA: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    """∂L/∂(rows of A) (SPLIT: BD columns of it, as two_tower._clip_bwd_kernel): per tile
+    C = ∂L/∂x = ∓σ(z)·g (− on the positives), dA += s·C·B̂_J, the l2 Jacobian after the loop.
+    DSCALE: per row Σ_j C_ij·â_i·b̂_j and Σ_j C_ij (the scale's and bias's gradients) into dst's
+    two rows. The text rows' pass is this kernel with the roles swapped and OFF negated (the loss
+    is symmetric in the two towers)."""
     s_hi, s_lo = _scale_value(s_ptr, ACC)
     t_hi, t_lo = _scale_value(t_ptr, ACC)
     g = tl.load(g_ptr).to(ACC)
-    r0, rows, row_ok, rows64, ks, a, ra = _row_block(a_ptr, ra_ptr, M, K, s_am, TILE_SCALE, True, BM, BK)
-    acc = tl.zeros((BM, BK), ACC)
+    r0, rows, row_ok, rows64, ks, a, ra = _row_block(a_ptr, ra_ptr, M, K, s_am, TILE_SCALE, ONE_K, BM, BK)
+    acc = tl.zeros((BM, BD), ACC)
     dsr = tl.zeros((BM,), ACC)
     dtr = tl.zeros((BM,), ACC)
     for n0 in range(0, MB, BN):
         cols, col_ok, rb, s, b = _key_tile(a, a_ptr, b_ptr, rb_ptr, n0, r0, rows64, row_ok, ra, MB, K, s_am, s_bm,
-                                           0, True, TILE_SCALE, ACC, IP, BM, BN, BK)
+                                           0, ONE_K, TILE_SCALE, ACC, IP, BM, BN, BK)
+        b = _out_keys(b, b_ptr, cols, col_ok, K, s_bm, SPLIT, BD)
         z, pos, live = _signed_logits(s, rows, cols, row_ok, col_ok, OFF, s_hi, s_lo, t_hi, t_lo)
         c = tl.where(live, _sigmoid(z), 0.0) * g
         c = tl.where(pos, -c, c)
@@ -87,11 +90,12 @@ def _siglip_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, s_ptr, t_ptr, g_p
             dsr += tl.sum(c * s, axis=1)
             dtr += tl.sum(c, axis=1)
         acc = _apply_coefs(acc, c, b, rb, s_hi, s_lo, TILE_SCALE, ACC, IP, RNA)
-    _store_grad(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, STAGED,
-                ACC, BK)
+    _store_part(acc, out_ptr, s_o, a_ptr, ra_ptr, keep_ptr, rows, rows64, row_ok, ks, K, s_am, TILE_SCALE, STAGED,
+                SPLIT, ACC, BK, BD)
     if DSCALE:
-        tl.store(dst_ptr + rows, dsr, mask=row_ok)
-        tl.store(dst_ptr + s_dst + rows, dtr, mask=row_ok)
+        first = row_ok & (tl.program_id(1) == 0)
+        tl.store(dst_ptr + rows, dsr, mask=first)
+        tl.store(dst_ptr + s_dst + rows, dtr, mask=first)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,17 +129,19 @@ def _siglip_bwd_impl(image_features: Tensor, text_features: Tensor, logit_scale:
     a, b = image_features, text_features
     (m, k), mb = a.shape, b.shape[0]
     g = (g_loss.to(ra.dtype) / m).reshape(())  # ∂L/∂(Σ softplus)
-    t = bwd_tiles(a.dtype, input_precision(a.dtype), k, max(m, mb), arch_family(a))
-    flags = bwd_flags(a, _tile_scaled(a.dtype), t)
+    flags = bwd_flags(a, _tile_scaled(a.dtype), bwd_plan(a.dtype, input_precision(a.dtype), k, max(m, mb),
+                                                         arch_family(a)))
     da = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     db = torch.empty(b.shape, dtype=b.dtype, device=b.device)
     dst = torch.empty(2, m, dtype=ra.dtype, device=a.device)
     with device_guard(a):
-        for x, y, rx, ry, kx, out, rows, cols, off in ((op_a, op_b, ra, rb, ka, da, m, mb, offset),
-                                                       (op_b, op_a, rb, ra, kb, db, mb, m, -offset)):
-            _siglip_bwd_kernel[(triton.cdiv(rows, t.BM),)](
-                x, y, rx, ry, kx, logit_scale, logit_bias, g, out, dst, rows, cols, k, off, x.stride(0), y.stride(0),
-                out.stride(0), dst.stride(0), DSCALE=out is da, **flags)
+        gs = grad_buffers((da, db), flags)
+        for x, y, rx, ry, kx, out, gx, rows, cols, off in ((op_a, op_b, ra, rb, ka, da, gs[0], m, mb, offset),
+                                                           (op_b, op_a, rb, ra, kb, db, gs[1], mb, m, -offset)):
+            _siglip_bwd_kernel[bwd_grid(flags, rows, k)](
+                x, y, rx, ry, kx, logit_scale, logit_bias, g, gx, dst, rows, cols, k, off, x.stride(0), y.stride(0),
+                gx.stride(0), dst.stride(0), DSCALE=out is da, **flags)
+            finish_grad(gx, out, x, rx, kx, flags)
     return da, db, scalar_grad(dst[0], logit_scale), scalar_grad(dst[1], logit_bias)
 
 
