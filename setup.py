@@ -239,7 +239,8 @@ def _extensions_and_cmdclass():
         sources=[
             *[rel("csrc", "bindings", f) for f in sorted(os.listdir(os.path.join(ROOT, "csrc", "bindings")))
               if f.endswith(".cpp")],
-            rel("csrc", "kernels", "gram_ops.cu"),
+            *[rel("csrc", "kernels", f) for f in sorted(os.listdir(os.path.join(ROOT, "csrc", "kernels")))
+              if f.endswith(".cu")],
         ],
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={

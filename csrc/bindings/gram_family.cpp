@@ -1,7 +1,7 @@
 // The entry points of the covariance family (docs/spec.md §1–3) and the spectral contrastive loss
 // (docs/spec.md §4): one call per forward and one per backward. The GEMMs go through ATen (cuBLAS)
 // on the side the caller picked (`sample`: the N×N side, else D×D); every other step is a kernel
-// of csrc/kernels/gram_ops.cu on the current stream (gram_ops.cu's header lists them per op with
+// of csrc/kernels/*.cu on the current stream (gram_ops.cu's header lists them per op with
 // their bytes). Forward outputs past the documented results are what the backward needs.
 #include "bindings/ops.h"
 #include "bindings/steps.h"

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #ifdef DK_HOST_SIM
 #include "../sim/cuda_sim.h"
@@ -22,11 +23,7 @@ namespace detail {
 // float32 accumulation for float32/float16/bfloat16 inputs, float64 for float64 (docs/spec.md "Notation").
 template <typename T>
 struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
+  using type = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
 };
 
 __device__ __forceinline__ float to_acc(float x) { return x; }
@@ -57,15 +54,7 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
 // and whose accuracy is checked relative to their own rounding (gram_ops.h ColStatsArgs).
 template <typename T>
 struct Inner {
-  using type = double;
-};
-template <>
-struct Inner<__half> {
-  using type = float;
-};
-template <>
-struct Inner<__nv_bfloat16> {
-  using type = float;
+  using type = typename std::conditional<sizeof(T) == 2, float, double>::type;  // fp16/bf16: float
 };
 
 // Elements of T per 16-byte vector access.

@@ -3,8 +3,8 @@
 // that the cost model picks, and these kernels do the rest: column moments, centering / BatchNorm
 // / row scaling into a GEMM operand, the deterministic reduction of a Gram to its sums of squares
 // (with the copy of it that the backward multiplies), the per-loss finalization on device, and the
-// backward epilogues. gram_ops.cu's header has the bytes each kernel moves and the time budget per
-// headline shape.
+// backward epilogues, in csrc/kernels/*.cu. gram_ops.cu's header has the bytes each kernel moves and
+// the time budget per headline shape.
 //
 // Conventions (docs/design.md convention 6–8): torch-free; all matrices row-major contiguous; "T" arrays have the
 // input dtype (kFloat32/kFloat64/kFloat16/kBFloat16 codes of api.h), "acc" arrays are float32
@@ -251,7 +251,7 @@ cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream);
 // without its diagonal (the forward saves it so; q_i = ‖z_i‖², c_k = ‖z_:k‖²):
 //   sample:    dz = 4 (g_lc + g_lnc) P + 4 z ⊙ (g_r4 q_i + g_c4 c_k - g_lnc (c_k - q_i))
 //   dimension: dz = 4 (g_lc + g_lnc) P + 4 z ⊙ (g_r4 q_i + g_c4 c_k + g_lc (c_k - q_i))
-// (c_k - q_i taken first: see gram_ops.cu).
+// (c_k - q_i taken first: see col_bwd.cu).
 // With the full Gram the diagonal's share of P would cancel against a q (or c) term computed by
 // another reduction, and their rounding difference would remain (3.5x eager's fp32 gradient
 // error for two equal rows, found by tests/test_properties.py, 2026-11-30). p64 (float32 inputs
@@ -273,7 +273,7 @@ cudaError_t duality_bwd(const DualityBwdArgs& a, int dtype, cudaStream_t stream)
 // BatchNorm backward of cross_correlation and Barlow Twins for both views, with a_v = x_v the
 // saved standardized views (T), c_k = 1/sqrt(m2_k/n + eps):
 //   da_v = α P_v + β_k x_{1-v},  dz_v = c_k (da_v - mean_i da_v - (x_v - mean_i x_v) mean_i(da_v x_v))
-// (mean_i x_v = 0 up to rounding; see gram_ops.cu for why it is kept).
+// (mean_i x_v = 0 up to rounding; see col_bwd.cu for why it is kept).
 // cross_correlation: α = 1/n, β = 0 (P_0 = b Gᵀ, P_1 = a G). Barlow (barlow = 1):
 // α = 2 (λ g_loss + g_off)/n², β_k = (-2 (g_loss + g_on)(1 - C_kk) - 2 (λ g_loss + g_off) C_kk)/n
 // with C_kk = cdiag[k] (P_0 = b (aᵀb)ᵀ or (b bᵀ) a, P_1 = a (aᵀb) or (a aᵀ) b).

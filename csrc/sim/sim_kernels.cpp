@@ -167,4 +167,9 @@ extern "C" __attribute__((visibility("default"))) long long dk_sim_launches() {
   return dk_sim::launches;
 }
 
+// Every kernel file, in one translation unit here (in the extension each is its own): the names in
+// their anonymous namespaces must differ from file to file.
+#include "../kernels/col_bwd.cu"
+#include "../kernels/col_stats.cu"
 #include "../kernels/gram_ops.cu"
+#include "../kernels/row_ops.cu"
