@@ -1,5 +1,5 @@
 """What only the CUDA C++ backend of the covariance family (duality_kernels/ops/cuda.py over
-csrc/bindings/ and csrc/kernels/gram_ops.cu) has: the bindings' own checks, launch counts, the C++
+csrc/bindings/ and csrc/kernels/*.cu) has: the bindings' own checks, launch counts, the C++
 autograd path, layouts past the small shapes, reduced precision. The tests both compiled backends
 share are tests/test_gram_backends.py.
 

@@ -52,7 +52,7 @@ def _plain_eager(tensors) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# The covariance family as single-call ops (csrc/bindings/ + csrc/kernels/gram_ops.cu): each
+# The covariance family as single-call ops (csrc/bindings/ + csrc/kernels/*.cu): each
 # forward and each backward is ONE call into _C: GEMMs through ATen/cuBLAS on the side of the
 # duality the caller picked, everything else in our kernels. Forward ops return, after the
 # documented results, the tensors their backward needs; autograd saves them.
