@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._common import acc_dtype, arch_family, input_precision, interpreting, scalar, tl, triton
-from .plan import HOPPER, Masks, Tensor, _acc_tl, _fwd_tiles, _orient, _scale_pair
+from .plan import Masks, Tensor, _acc_tl, _fwd_tiles, _orient, _scale_pair
 from .tiles import _key_range, _neg_logits, _s_tile_o, _scaled, _special_tile, _tile_masks
 
 # The online max starts at −inf: a finite start (it was −1e30) made every row whose logits all lie
@@ -227,10 +227,7 @@ def _forward(a: Tensor, b: Tensor, ra: Optional[Tensor], rb: Optional[Tensor], i
     mb = b.shape[0] // batch
     k = a.shape[1]
     ip = input_precision(a.dtype)
-    fam = arch_family(a)
-    t, one_k = _fwd_tiles(a.dtype, ip, k, max(m, mb), fam)
-    if ip == "ieee" and a.dtype == torch.float32 and fam != HOPPER and (not self_mask or dual is not None):
-        t = t._replace(BN=32)  # 64-column key tiles spilled 24-40 B here (MoCo on sm_80, two scales on sm_100)
+    t, one_k = _fwd_tiles(a.dtype, ip, k, max(m, mb), arch_family(a), narrow=not self_mask or dual is not None)
     nrb = triton.cdiv(m, t.BM)
     acc = acc_dtype(a.dtype)
     dummy = q

@@ -85,16 +85,19 @@ def _tile(m: int) -> int:
     return 16 if m <= 16 else 32
 
 
-def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER) -> Tuple[Tiles, bool]:
+def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER,
+               narrow: bool = False) -> Tuple[Tiles, bool]:
     """(tiles, one_k) of _lse_fwd_kernel. one_k: the padded K is one block (row block loaded once,
     each key tile once per step; the same K order as the fused backward's S). ``fam``: the launch
-    table family (_common.arch_family); the Hopper table is the one the rest were derived from."""
+    table family (_common.arch_family); the Hopper table is the one the rest were derived from.
+    ``narrow``: the modes without the self mask (MoCo) or with two scales, whose IEEE float32 tiles
+    outside Hopper need narrower key tiles."""
     one_k = _fused_bwd(dtype, ip, k)
     if interpreting():
         t = _tile(m)
         return Tiles(t, t, dot_block(k, _kmax()) if one_k else 32, 4, 1), one_k
     if fam != HOPPER:
-        return _fwd_tiles_small(dtype, ip, k, one_k), one_k
+        return _fwd_tiles_small(dtype, ip, k, one_k, narrow), one_k
     if dtype == torch.float64:
         return Tiles(32, 32, 16, 4, 1), False
     if ip == "ieee":  # FMA dot: operands in registers, K in small chunks (BK = 16 spilled 4 B)
@@ -110,14 +113,14 @@ def _fwd_tiles(dtype: torch.dtype, ip: str, k: int, m: int, fam: str = HOPPER) -
     return Tiles(128, 64, 64, 8, 3), False
 
 
-def _fwd_tiles_small(dtype: torch.dtype, ip: str, k: int, one_k: bool) -> Tiles:
+def _fwd_tiles_small(dtype: torch.dtype, ip: str, k: int, one_k: bool, narrow: bool = False) -> Tiles:
     """_lse_fwd_kernel's tiles on sm_8x (mma.sync) and sm_100/120, within 99 KB of shared memory
     per block (sm_86/89/120; sm_80 and sm_100 could hold deeper pipelines, unmeasured): 64-row
     blocks whatever M (a 128-row block of K = 256 held whole took 129 KB on sm_89)."""
     if dtype == torch.float64:
         return Tiles(32, 32, 16, 4, 1)
-    if ip == "ieee":
-        return Tiles(64, 64, 32, 8, 1)
+    if ip == "ieee":  # narrow: 64-column key tiles spilled 40 B (MoCo, sm_80) and 24 B (two scales, sm_100)
+        return Tiles(64, 32 if narrow and dtype == torch.float32 else 64, 32, 8, 1)
     kp = dot_block(k, 256)
     if dtype == torch.float32:  # TF32: 4-byte operands
         if one_k:
