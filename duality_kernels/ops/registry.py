@@ -94,8 +94,18 @@ OPS: Dict[str, OpDef] = _defs(
 
 # the drop-in Functions of the covariance family, which both compiled backends export
 GRAM_FUNCTIONS = tuple(sorted(d.function for d in OPS.values() if d.family == GRAM and d.function))
-# public function -> its family (static: read without importing any backend)
+# public function -> its family (read without importing any backend)
 FAMILY: Dict[str, str] = {p: d.family for d in OPS.values() for p in d.provides}
+
+
+def describe(*defs: OpDef) -> None:
+    """Adds op descriptions to ``OPS`` (a name is described once); the module that defines an op's public
+    function and contract calls it at import, before any backend registers the op."""
+    for d in defs:
+        if d.name in OPS:
+            raise ValueError(f"op {d.name!r} is already described")
+        OPS[d.name] = d
+        FAMILY.update({p: d.family for p in d.provides})
 
 
 class Backend(NamedTuple):
