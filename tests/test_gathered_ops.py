@@ -152,7 +152,7 @@ def test_eager_path_matches_the_custom_ops(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_custom_ops_check_their_arguments(backend):
     """The forward custom ops raise the public functions' kind of errors (ValueError/TypeError
-    naming the argument and its value) before any kernel runs (ops/_checks.py)."""
+    naming the argument and its value) before any kernel runs (the ops' contracts)."""
     tops = torch.ops.duality_kernels
     p = _prefix(backend)
     moments, rows = getattr(tops, f"{p}moments_fwd"), getattr(tops, f"{p}spectral_rows_fwd")

@@ -554,7 +554,7 @@ ENTRY_CASES = [
 
 def test_functions_and_custom_ops_raise_the_public_errors():
     """The drop-in Functions and the forward custom ops raise the public function's exception and
-    message for every bad argument, before any kernel runs (ops/_checks.py; the same bad calls
+    message for every bad argument, before any kernel runs (the ops' contracts; the same bad calls
     as tests/entry_points.py's for the Gram family, plus one column for VICReg-exp/-ctr)."""
     from duality_kernels.ops.triton import lse
 

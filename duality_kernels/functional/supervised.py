@@ -18,14 +18,124 @@ from .. import _backend
 from .._policy import public
 from .. import _validation as V
 from .. import distributed as _dist
-from ..ops._checks import (CONTRAST_MODES, _check_features, _check_labels, _check_moco,  # noqa: F401
-                           check_tau_plus)
+from ..ops import registry
 from ..reference import supervised as RS
 from . import _out, dcl_loss, vicreg_loss
 
 Tensor = torch.Tensor
 
 __all__ = ["supcon_loss", "moco_loss", "hard_negative_ntxent_loss"]
+
+
+# --------------------------------------------------------------------------------------------
+# the ops: each one's contract (docs/spec.md §6, run by the public function and by the compiled
+# entry points) and its description (ops/registry.py); docs/adding_an_op.md
+
+_SUPERVISED = "supervised"  # not an "auto" row (_cost.auto_order): "auto" keeps torch
+CONTRAST_MODES = ("all", "one")
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_features(features) -> None:
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError("features must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                        f"got dtype {features.dtype}")
+    if features.dim() != 3:
+        raise ValueError(f"features must be 3-D [batch, views, dim] (as SupContrast's), got shape "
+                         f"{tuple(features.shape)} ({features.dim()}-D)")
+    b, v, d = features.shape
+    if b < 1 or v < 1 or d < 1:
+        raise ValueError(f"features needs at least one sample, view and feature, got shape {tuple(features.shape)}")
+    if b * v < 2:
+        raise ValueError(f"features needs at least 2 rows (batch·views) so that every anchor has a row to "
+                         f"contrast with, got shape {tuple(features.shape)}")
+
+
+def _check_labels(labels, features: Tensor) -> None:
+    """Integer [B] labels on the features' device, none negative. The sign check reads the values:
+    one host-device synchronization for CUDA labels (the reference's class count needs one anyway)."""
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of integer class ids or None, got {type(labels).__name__}")
+    if labels.dtype not in _INT_DTYPES:
+        raise TypeError(f"labels must be an integer tensor of class ids, got dtype {labels.dtype}")
+    b = features.shape[0]
+    if labels.dim() != 1 or labels.shape[0] != b:
+        raise ValueError(f"labels must have shape ({b},) (one class id per sample of features "
+                         f"{tuple(features.shape)}), got shape {tuple(labels.shape)}")
+    if labels.device != features.device:
+        raise ValueError(f"labels must be on the features' device, got labels on {labels.device} and features "
+                         f"on {features.device}")
+    # a value check reads the labels (a host sync); torch.compile's trace and meta tensors cannot
+    if labels.numel() and labels.device.type != "meta" and not torch.compiler.is_compiling() \
+            and bool((labels < 0).any()):
+        raise ValueError(f"labels must be >= 0, got a minimum of {int(labels.min())}")
+
+
+def _check_rows(x, name: str, min_rows: int = 1) -> None:
+    V.check_tensor(x, name, min_rows=min_rows)
+
+
+def _check_same(a: Tensor, b: Tensor, na: str, nb: str, what: str = "shape") -> None:
+    if what == "shape" and a.shape != b.shape:
+        raise ValueError(f"{na} and {nb} must have the same shape, got {na} {tuple(a.shape)} and {nb} {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"{na} and {nb} must have the same dtype, got {na} {a.dtype} and {nb} {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{na} and {nb} must be on the same device, got {na} on {a.device} and {nb} on {b.device}")
+
+
+def _check_moco(query, key, queue) -> None:
+    _check_rows(query, "query")
+    _check_rows(key, "key")
+    _check_same(query, key, "query", "key")
+    _check_rows(queue, "queue")
+    if queue.shape[1] != query.shape[1]:
+        raise ValueError(f"queue must have the queries' dimension D={query.shape[1]} (one key per row, [K, D]), "
+                         f"got queue of shape {tuple(queue.shape)}")
+    _check_same(query, queue, "query", "queue", what="dtype")
+
+
+def check_tau_plus(tau_plus) -> float:
+    t = V.check_finite(tau_plus, "tau_plus")
+    if not 0.0 <= t < 1.0:
+        raise ValueError(f"tau_plus must be in [0, 1) (a class prior), got {tau_plus!r}")
+    return t
+
+
+@registry.op("supcon", ("supcon_loss",), _SUPERVISED, 2, "SupConFunction",
+             "SupCon (docs/spec.md §7): ``apply(features, labels_or_None, temperature, base_temperature, "
+             "contrast_mode)`` -> (loss, anchors_without_positive).")
+def check_supcon(features, labels, temperature, base_temperature, contrast_mode) -> None:
+    _check_features(features)
+    _check_labels(labels, features)
+    V.check_positive(temperature, "temperature")
+    V.check_positive(base_temperature, "base_temperature")
+    V.check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
+
+
+@registry.op("moco", ("moco_loss",), _SUPERVISED, 1, "MoCoFunction",
+             "MoCo with a queue (docs/spec.md §7): ``apply(query, key, queue, temperature, reduction, "
+             "normalize_queue)`` -> (loss,).")
+def check_moco(query, key, queue, temperature, reduction, normalize_queue) -> None:
+    _check_moco(query, key, queue)
+    V.check_positive(temperature, "temperature")
+    V.check_choice(reduction, "reduction", V.REDUCTIONS)
+    V.check_flag(normalize_queue, "normalize_queue")
+
+
+@registry.op("hard_negative_ntxent", ("hard_negative_ntxent_loss",), _SUPERVISED, 1, "HardNegativeNTXentFunction",
+             "Hard-negative NT-Xent (docs/spec.md §7): ``apply(z1, z2, temperature, tau_plus, beta)`` -> (loss,).")
+def check_hard_negative_ntxent(z1, z2, temperature, tau_plus, beta) -> None:
+    V.check_pair(z1, z2, min_rows=2, what="every anchor needs a negative: M = 2N - 2 > 0")
+    V.check_positive(temperature, "temperature")
+    check_tau_plus(tau_plus)
+    V.check_finite(beta, "beta")
+
+
 
 def _supcon_context(gather_distributed, features: Tensor, labels: Optional[Tensor]) -> _dist.Context:
     """distributed.context for 3-D features: B, V, D, dtype, device type and whether labels were given

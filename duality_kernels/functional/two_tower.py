@@ -15,19 +15,96 @@ its gradients.
 
 from __future__ import annotations
 
+import numbers
 
 import torch
 
 from .. import _backend
 from .._policy import public
 from .. import distributed as _dist
-from ..ops._checks import check_two_tower_features as check_features  # noqa: F401
-from ..ops._checks import check_two_tower_scalar as check_scalar  # noqa: F401
+from .. import _validation as V
+from ..ops import registry
+from ..ops.registry import LSE
 from ..reference import two_tower as R
 
 Tensor = torch.Tensor
 
 __all__ = ["clip_loss", "siglip_loss"]
+
+# --------------------------------------------------------------------------------------------
+# the ops: each one's contract (docs/spec.md §6, run by the public function and by the compiled
+# entry points) and its description (ops/registry.py); docs/adding_an_op.md
+
+
+_IMAGE, _TEXT = "image_features", "text_features"
+
+
+def check_features(image_features, text_features) -> None:
+    """Two (N, D) floating tensors of one shape, dtype and device (open_clip pairs row i with row i)."""
+    V.check_tensor(image_features, _IMAGE)
+    V.check_tensor(text_features, _TEXT)
+    a, b = image_features, text_features
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{_IMAGE} and {_TEXT} must have the same number of rows (row i of one pairs with row i of the "
+            f"other), got {_IMAGE} {tuple(a.shape)} and {_TEXT} {tuple(b.shape)}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{_IMAGE} and {_TEXT} must have the same feature dimension, got {_IMAGE} {tuple(a.shape)} "
+            f"and {_TEXT} {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"{_IMAGE} and {_TEXT} must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{_IMAGE} and {_TEXT} must be on the same device, got {a.device} and {b.device}")
+
+
+def check_scalar(value, name: str, features: Tensor, positive: bool):
+    """A Python real (finite; > 0 when ``positive``) as a float, or a one-element floating tensor on
+    the features' device as given (its value is not read: see the module docstring)."""
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(
+                f"{name} must be a floating-point tensor or a Python float, got a tensor of dtype {value.dtype}")
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be a Python float or a tensor with one element (0-dim), got a tensor of shape "
+                f"{tuple(value.shape)}")
+        if value.device != features.device:
+            raise ValueError(
+                f"{name} must be on the features' device {features.device}, got a tensor on {value.device}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a Python float or a one-element tensor, got {value!r} ({type(value).__name__})")
+    return V.check_positive(value, name) if positive else V.check_finite(value, name)
+
+
+@registry.op("clip", ("clip_loss",), LSE, 1, "ClipFunction",
+             "CLIP (docs/spec.md §7.4): ``apply(image_features, text_features, logit_scale)`` -> (loss,); "
+             "logit_scale a one-element tensor.")
+def check_clip(image_features, text_features, logit_scale) -> None:
+    check_features(image_features, text_features)
+    check_scalar(logit_scale, "logit_scale", image_features, positive=True)
+
+
+@registry.op("siglip", ("siglip_loss",), LSE, 1, "SigLipFunction",
+             "SigLIP (docs/spec.md §7.5): ``apply(image_features, text_features, logit_scale, logit_bias, "
+             "offset)`` -> (loss,); scale and bias one-element tensors, text rows offset..offset+N the positives.")
+def check_siglip(image_features, text_features, logit_scale, logit_bias, offset) -> None:
+    """``text_features`` may hold more rows than ``image_features`` (the gathered form: this rank's
+    images against every rank's texts); image row i's positive is text row offset + i."""
+    V.check_tensor(image_features, "image_features")
+    V.check_tensor(text_features, "text_features")
+    n, m = image_features.shape[0], text_features.shape[0]
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + n > m:
+        raise ValueError(f"offset must be an int with 0 <= offset <= {m - n} (text rows {m}, image rows {n}), "
+                         f"got {offset!r}")
+    check_features(image_features, text_features[offset:offset + n])
+    check_scalar(logit_scale, "logit_scale", image_features, positive=True)
+    check_scalar(logit_bias, "logit_bias", image_features, positive=False)
+
+
+
 
 
 @public

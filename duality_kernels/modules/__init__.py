@@ -21,6 +21,9 @@ from .. import _validation as V
 from .. import distributed as _dist
 from ._base import _Loss
 
+__all__ = ["VICRegLoss", "VICRegExpLoss", "VICRegCtrLoss", "BarlowTwinsLoss", "NTXentLoss", "DCLLoss", "DCLWLoss",
+           "InfoNCELoss", "SpectralContrastiveLoss"]
+
 
 
 

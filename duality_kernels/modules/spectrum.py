@@ -16,6 +16,8 @@ from .. import distributed as _dist
 from ..functional import spectrum as F
 from ._base import _Loss
 
+__all__ = ["CodingRateLoss", "MCR2Loss", "MECLoss", "RankMeMonitor"]
+
 
 class _SpectralLoss(_Loss):
     def __init__(self, side: str, gather_distributed: bool, backend: str):

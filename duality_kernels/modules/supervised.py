@@ -10,6 +10,8 @@ from ..functional import supervised as _S
 from .. import _validation as V
 from . import _Loss
 
+__all__ = ["SupConLoss", "MoCoLoss", "HardNegativeNTXentLoss"]
+
 
 class SupConLoss(_Loss):
     """Supervised contrastive loss; ``forward(features [B, V, D], labels [B] or None)`` as SupContrast's.

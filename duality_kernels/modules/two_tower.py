@@ -15,6 +15,8 @@ from __future__ import annotations
 from ..functional import two_tower as F
 from ._base import _Loss
 
+__all__ = ["ClipLoss", "SigLipLoss"]
+
 
 class _TwoTowerLoss(_Loss):
     @staticmethod

@@ -13,7 +13,7 @@ here; on plain eager tensors the functions below (``vicreg`` & co.) then call th
 autograd Functions (``_C.vicreg_autograd`` & co., csrc/bindings/autograd.cpp), which run the same forward
 and backward entry points as the custom ops without Python in the autograd graph, and while
 tracing or compiling they call the custom ops. The forward custom ops and the drop-in Functions
-below check their own arguments first (ops/_checks.py, the public functions' errors), and the C++
+below check their own arguments first (the ops' contracts: the public functions' errors), and the C++
 entry points check every tensor again (RuntimeError naming the argument).
 """
 
@@ -35,7 +35,7 @@ from ._cuda_ext import (  # noqa: F401 (the loader's names, re-exported for call
 from ._cuda_ext import ext as _ext
 from ._direct import apply, refuse_transforms
 
-__all__ = [*registry.GRAM_FUNCTIONS, "REBUILD_COMMAND", "is_available", "unavailable_reason"]
+__all__ = [*registry.gram_functions(), "REBUILD_COMMAND", "is_available", "unavailable_reason"]
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 

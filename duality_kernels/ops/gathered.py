@@ -19,11 +19,35 @@ import torch
 from .. import reference as R
 from .._numerics import L2_EPS
 from ..distributed import Context
+from .. import _validation as V
+from . import registry
 from ._checks import MOMENTS_CROSS as CROSS
+from ._checks import MOMENTS_MODES
 from ._checks import MOMENTS_NONE as NONE
 from ._checks import MOMENTS_SELF as SELF
 
 Tensor = torch.Tensor
+
+
+# the backends' local pieces of these forms: their contracts and descriptions (ops/registry.py)
+
+
+@registry.op("moments", (), registry.INTERNAL, 4)
+def check_moments(z1, z2, mode) -> None:
+    V.check_pair(z1, z2)
+    if type(mode) is not int:
+        raise TypeError(f"mode must be an int, got {mode!r} ({type(mode).__name__})")
+    if mode not in MOMENTS_MODES:
+        raise ValueError(f"mode must be one of 0, 1, 2; got {mode!r}")
+
+
+@registry.op("spectral_rows", (), registry.INTERNAL, 2)
+def check_spectral_rows(z1, z2, mu) -> None:
+    V.check_pair(z1, z2)
+    V.check_positive(mu, "mu")
+
+
+registry.describe(registry.OpDef("anchor_lse", (), registry.INTERNAL, None, 1))
 
 _F64 = torch.float64
 

@@ -1,9 +1,10 @@
 """The op registry: every compiled op described once, every backend registered into it.
 
 An :class:`OpDef` states what an op is for all backends: its name, the public functions it serves,
-its family (the "auto" table's key, ``_cost.auto_order``), its argument contract
-(``ops/_checks.py``), how many leading outputs callers receive (the rest is saved for the
-backward), and its drop-in ``torch.autograd.Function``. A backend calls :func:`register` with its
+its family (the "auto" table's key, ``_cost.auto_order``), its argument contract, how many leading
+outputs callers receive (the rest is saved for the backward), and its drop-in
+``torch.autograd.Function``; it is written beside the op's public function (:func:`describe`). A
+backend calls :func:`register` with its
 forward and backward implementations, their fakes and its autograd glue; that one call makes the
 custom ops ``duality_kernels::<prefix><name>_fwd`` / ``_bwd`` with their fakes and registered
 autograd, the eager fast path (``_direct.Spec``), the drop-in Function, and the capability entry
@@ -14,6 +15,7 @@ How to add an op: docs/adding_an_op.md.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -29,78 +31,28 @@ class OpDef(NamedTuple):
     name: str                   # custom ops duality_kernels::<backend prefix><name>_fwd / _bwd
     provides: Tuple[str, ...]   # the public functions it implements
     family: str                 # GRAM, LSE (the auto table's rows) or INTERNAL (a piece of another op)
-    check: Optional[Callable]   # argument contract of the forward op (ops/_checks.py), None: unchecked
+    check: Optional[Callable]   # argument contract of the forward op (beside its public function), None: unchecked
     results: int                # leading outputs returned to callers; the rest is saved for backward
     function: str = ""          # the drop-in torch.autograd.Function's class name ("" for none)
     doc: str = ""               # its docstring: the apply() signature and results
 
 
-def _defs(*defs: OpDef) -> Dict[str, OpDef]:
-    return {d.name: d for d in defs}
-
-
-_C = _checks
-OPS: Dict[str, OpDef] = _defs(
-    OpDef("vicreg", ("vicreg_loss",), GRAM, _C.vicreg, 4, "VICRegFunction",
-          "VICReg (docs/spec.md §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, side)`` -> "
-          "(loss, invariance, variance, covariance)."),
-    OpDef("barlow_twins", ("barlow_twins_loss",), GRAM, _C.barlow_twins, 3, "BarlowTwinsFunction",
-          "Barlow Twins (docs/spec.md §3): ``apply(z1, z2, lambda_param, eps, side)`` -> "
-          "(loss, on_diagonal, off_diagonal)."),
-    OpDef("spectral", ("spectral_contrastive_loss",), GRAM, _C.spectral, 3, "SpectralContrastiveFunction",
-          "Spectral contrastive loss (docs/spec.md §4): ``apply(z1, z2, mu, side)`` -> (loss, positive, negative)."),
-    OpDef("covariance", ("covariance",), GRAM, _C.covariance, 1, "CovarianceFunction",
-          "covariance (docs/spec.md §1): ``apply(z, correction)`` -> (C,)."),
-    OpDef("cross_correlation", ("cross_correlation",), GRAM, _C.cross_correlation, 1, "CrossCorrelationFunction",
-          "cross_correlation (docs/spec.md §1): ``apply(z1, z2, eps)`` -> (C,)."),
-    OpDef("normalized_gram", ("normalized_gram",), GRAM, _C.normalized_gram, 1, "NormalizedGramFunction",
-          "normalized_gram (docs/spec.md §1): ``apply(z1, z2_or_None)`` -> (K,)."),
-    OpDef("duality_terms", ("duality_terms", "sample_contrastive_criterion", "dimension_contrastive_criterion"),
-          GRAM, _C.duality_terms, 4, "DualityTermsFunction",
-          "duality_terms (docs/spec.md §2): ``apply(z, side)`` -> (L_c, L_nc, Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴)."),
-    OpDef("moments", (), INTERNAL, _C.moments, 4),
-    OpDef("spectral_rows", (), INTERNAL, _C.spectral_rows, 2),
-    OpDef("ntxent", ("ntxent_loss",), LSE, _C.ntxent, 1, "NTXentFunction",
-          "NT-Xent (docs/spec.md §4): ``apply(z1, z2, temperature, similarity, normalization, reduction)`` -> "
-          "(loss,)."),
-    OpDef("dcl", ("dcl_loss",), LSE, _C.dcl, 1, "DCLFunction",
-          "DCL (docs/spec.md §4): ``apply(z1, z2, temperature, similarity, reduction)`` -> (loss,)."),
-    OpDef("infonce", ("infonce_loss",), LSE, _C.infonce, 1, "InfoNCEFunction",
-          "InfoNCE, CLIP form (docs/spec.md §4): ``apply(z1, z2, temperature, reduction)`` -> (loss,)."),
-    OpDef("vicreg_exp", ("vicreg_exp_loss",), LSE, _C.vicreg_exp, 4, "VICRegExpFunction",
-          "VICReg-exp (docs/spec.md §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, "
-          "temperature)`` -> (loss, invariance, variance, covariance)."),
-    OpDef("vicreg_ctr", ("vicreg_ctr_loss",), LSE, _C.vicreg_ctr, 4, "VICRegCtrFunction",
-          "VICReg-ctr (docs/spec.md §3): ``apply(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, "
-          "temperature)`` -> (loss, invariance, variance, covariance)."),
-    OpDef("anchor_lse", (), INTERNAL, None, 1),
-    # the supervised family (docs/spec.md §7): not an "auto" row (_cost.auto_order), auto keeps torch
-    OpDef("moco", ("moco_loss",), "supervised", _C.moco, 1, "MoCoFunction",
-          "MoCo with a queue (docs/spec.md §7): ``apply(query, key, queue, temperature, reduction, "
-          "normalize_queue)`` -> (loss,)."),
-    OpDef("hard_negative_ntxent", ("hard_negative_ntxent_loss",), "supervised", _C.hard_negative_ntxent, 1,
-          "HardNegativeNTXentFunction",
-          "Hard-negative NT-Xent (docs/spec.md §7): ``apply(z1, z2, temperature, tau_plus, beta)`` -> (loss,)."),
-    OpDef("supcon", ("supcon_loss",), "supervised", _C.supcon, 2, "SupConFunction",
-          "SupCon (docs/spec.md §7): ``apply(features, labels_or_None, temperature, base_temperature, "
-          "contrast_mode)`` -> (loss, anchors_without_positive)."),
-    OpDef("clip", ("clip_loss",), LSE, _C.clip, 1, "ClipFunction",
-          "CLIP (docs/spec.md §7.4): ``apply(image_features, text_features, logit_scale)`` -> (loss,); "
-          "logit_scale a one-element tensor."),
-    OpDef("siglip", ("siglip_loss",), LSE, _C.siglip, 1, "SigLipFunction",
-          "SigLIP (docs/spec.md §7.5): ``apply(image_features, text_features, logit_scale, logit_bias, offset)`` "
-          "-> (loss,); scale and bias one-element tensors, text rows offset..offset+N the positives."),
-)
-
-# the drop-in Functions of the covariance family, which both compiled backends export
-GRAM_FUNCTIONS = tuple(sorted(d.function for d in OPS.values() if d.family == GRAM and d.function))
+# op name -> its description, filled by ``describe`` where each op's public function and contract are
+# defined (functional/<family>.py; the backends' internal pieces in ops/gathered.py)
+OPS: Dict[str, OpDef] = {}
 # public function -> its family (read without importing any backend)
-FAMILY: Dict[str, str] = {p: d.family for d in OPS.values() for p in d.provides}
+FAMILY: Dict[str, str] = {}
+
+
+def gram_functions() -> Tuple[str, ...]:
+    """The drop-in Functions of the covariance family, which both compiled backends export."""
+    return tuple(sorted(d.function for d in OPS.values() if d.family == GRAM and d.function))
 
 
 def describe(*defs: OpDef) -> None:
-    """Adds op descriptions to ``OPS`` (a name is described once); the module that defines an op's public
-    function and contract calls it at import, before any backend registers the op."""
+    """Adds op descriptions to ``OPS`` (a name is described once). The module that defines an op's public
+    function and contract calls it at import; ``import duality_kernels`` imports every such module before
+    any backend module can register an op."""
     for d in defs:
         if d.name in OPS:
             raise ValueError(f"op {d.name!r} is already described")
@@ -108,13 +60,22 @@ def describe(*defs: OpDef) -> None:
         FAMILY.update({p: d.family for p in d.provides})
 
 
+def op(name: str, provides: Tuple[str, ...], family: str, results: int, function: str = "", doc: str = ""):
+    """Decorates an op's contract with the op's description: ``describe(OpDef(name, provides, family,
+    contract, results, function, doc))``; the contract is returned unchanged."""
+    def deco(check: Callable) -> Callable:
+        describe(OpDef(name, provides, family, check, results, function, doc))
+        return check
+    return deco
+
+
 class Backend(NamedTuple):
     prefix: str                 # custom op name prefix
-    modules: Tuple[str, ...]    # importing these registers the backend's ops
+    modules: Tuple[str, ...]    # importing these, and every module of these packages, registers the ops
 
 
 BACKENDS: Dict[str, Backend] = {
-    "triton": Backend("", ("duality_kernels.ops.triton.gram", "duality_kernels.ops.triton.lse")),
+    "triton": Backend("", ("duality_kernels.ops.triton",)),
     "cuda": Backend("cuda_", ("duality_kernels.ops.cuda",)),
 }
 
@@ -197,13 +158,21 @@ def load(backend: str) -> bool:
     ok = _LOADED.get(backend)
     if ok is None:
         try:
-            for mod in BACKENDS[backend].modules:
-                importlib.import_module(mod)
+            for name in BACKENDS[backend].modules:
+                _import_all(name)
             ok = True
         except ImportError:
             ok = False
         _LOADED[backend] = ok
     return ok
+
+
+def _import_all(name: str) -> None:
+    """Imports module ``name`` and, for a package, every module below it: an op's module registers
+    its ops at import, so a new one needs no import line elsewhere."""
+    mod = importlib.import_module(name)
+    for info in pkgutil.walk_packages(getattr(mod, "__path__", ()), prefix=f"{name}."):
+        importlib.import_module(info.name)
 
 
 def capability(backend: str, public: str) -> Optional[Capability]:

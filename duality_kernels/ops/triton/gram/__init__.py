@@ -30,7 +30,7 @@ from .dropin import (BarlowTwinsFunction, CovarianceFunction, CrossCorrelationFu
 from .plan import _OVERRIDES, L2_EPS  # noqa: E402  (_OVERRIDES: the test hooks of tests/test_triton_gram.py)
 
 __all__ = [
-    *registry.GRAM_FUNCTIONS,
+    *registry.gram_functions(),
     "barlow_twins",
     "covariance",
     "cross_correlation",

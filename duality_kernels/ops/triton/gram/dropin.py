@@ -1,6 +1,7 @@
 """The drop-in ``torch.autograd.Function`` subclasses of the covariance family on Triton, made by the op
-registry (docs/design.md §2): contiguous inputs, side already "sample" or "dimension"; their forward checks
-the arguments (ops/_checks.py) before the custom op, as the public functions do."""
+registry (docs/design.md §2): contiguous inputs, side already "sample" or "dimension"; their forward
+checks the arguments (the op's contract, defined beside its public function) before the custom op, as
+the public functions do."""
 from __future__ import annotations
 
 from ... import registry

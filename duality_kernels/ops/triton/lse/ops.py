@@ -207,7 +207,7 @@ anchor_lse_fwd, anchor_lse_bwd, _SPEC_ANCHOR_LSE = _ANCHOR_LSE.fwd, _ANCHOR_LSE.
 
 
 # drop-in torch.autograd.Function subclasses (docs/design.md convention 2), made by the registry: forward and
-# backward call only the custom ops, and the forward checks the arguments first (ops/_checks.py)
+# backward call only the custom ops, and the forward checks the arguments first (the op's contract)
 NTXentFunction = _NTXENT.function
 DCLFunction = _DCL.function
 InfoNCEFunction = _INFONCE.function
