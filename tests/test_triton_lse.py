@@ -179,6 +179,18 @@ def test_zero_row_and_nan_propagate_like_the_reference():
         assert torch.equal(torch.isnan(ours), torch.isnan(ref)), (ours, ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infonce_single_pair_gradient(dtype):
+    """N = 1: S is one positive and no negative in either direction, so the loss and its gradients are
+    0. The column pass has no negative to take a max over; it once left the max at −inf (NaN dz2)."""
+    gen = torch.Generator().manual_seed(71)
+    z = [torch.randn(1, 7, generator=gen, dtype=dtype).requires_grad_() for _ in range(2)]
+    for be in ("triton", "torch"):
+        loss = dk.infonce_loss(*z, 0.2, backend=be)
+        grads = torch.autograd.grad(loss, z)
+        assert loss.item() == 0.0 and all(torch.equal(g, torch.zeros_like(g)) for g in grads), (be, loss, grads)
+
+
 def test_scales_on_the_dot_tile(monkeypatch):
     """The bf16/fp16 placement of the l2 scales (on the fp32 dot tile, SCALE_ROWS=2), run here in
     float32/float64 because the interpreter cannot run bf16."""

@@ -194,13 +194,18 @@ def _lse_cols_merge_kernel(cm_ptr, cl_ptr, p_ptr, lse_ptr, lam_ptr, q_ptr, term_
     m = tl.full((BN,), _NEG_INF, ACC)
     for r in range(0, NRB):
         m = tl.maximum(m, tl.load(cm_ptr + tl.cast(r, tl.int64) * MB + cols, mask=ok, other=_NEG_INF))
+    p = tl.load(p_ptr + cols, mask=ok, other=0.0)
+    if POS != 0:
+        if not DROP_POS:
+            # a column without negatives (one row): the positive is the max, as in the row pass;
+            # left at −inf, λ = log(exp(p − m)) would be inf and the backward's softmax NaN
+            m = tl.where(m == _NEG_INF, p, m)
     sh = _shift(m)
     l = tl.zeros((BN,), ACC)
     for r in range(0, NRB):
         off = tl.cast(r, tl.int64) * MB + cols
         cm = tl.load(cm_ptr + off, mask=ok, other=_NEG_INF)
         l += tl.load(cl_ptr + off, mask=ok, other=0.0) * tl.exp(cm - sh)
-    p = tl.load(p_ptr + cols, mask=ok, other=0.0)
     m_o, lam, q, term = _finish_lse(m, l, p, POS, DROP_POS)
     tl.store(lse_ptr + cols, m_o, mask=ok)
     tl.store(lam_ptr + cols, lam, mask=ok)
