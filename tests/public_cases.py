@@ -15,10 +15,11 @@ import duality_kernels as dk
 from duality_kernels.ops import registry
 
 # the families as the op registry states them (the covariance family and the primitives; the
-# log-sum-exp family)
+# log-sum-exp family; the supervised family: SupCon, MoCo and the hard-negative NT-Xent)
 GRAM_FAMILY = tuple(p for p, f in registry.FAMILY.items() if f == registry.GRAM)
 LSE_FAMILY = tuple(p for p, f in registry.FAMILY.items() if f == registry.LSE)
-PUBLIC = GRAM_FAMILY + LSE_FAMILY
+SUPERVISED_FAMILY = tuple(p for p, f in registry.FAMILY.items() if f == "supervised")
+PUBLIC = GRAM_FAMILY + LSE_FAMILY + SUPERVISED_FAMILY
 
 
 def backends(name):
@@ -50,7 +51,26 @@ DEFAULTS = {
     "vicreg_ctr_loss": {"temperature": 0.1},
     "clip_loss": {"logit_scale": 14.3},
     "siglip_loss": {"logit_scale": 10.0, "logit_bias": -10.0},
+    "supcon_loss": {"temperature": 0.07, "base_temperature": 0.07, "contrast_mode": "all", "classes": 3},
+    "moco_loss": {"temperature": 0.2},
+    "hard_negative_ntxent_loss": {"temperature": 0.5, "tau_plus": 0.1, "beta": 1.0},
 }
+
+
+def supcon_inputs(z1, z2, classes):
+    """SupCon's [B, 2, D] features from the two views (gradients reach both) and B labels in
+    ``classes`` classes (0: None, SimCLR's positives)."""
+    labels = None if classes == 0 else torch.arange(z1.shape[0], device=z1.device) % classes
+    return torch.stack([z1, z2], dim=1), labels
+
+
+def moco_queue(z1, z2):
+    """A queue of 2N + 3 keys that depends on the views' shape alone (a fixed formula, traceable by
+    torch.compile): not on their values, which MoCo treats as constants (no gradient flows into its
+    queue) and numerical gradients would not."""
+    n, d = z1.shape
+    k = torch.arange((2 * n + 3) * d, device=z1.device, dtype=z1.dtype).reshape(2 * n + 3, d)
+    return torch.sin(0.7 * k + 0.3)
 
 
 def call(name, params, backend):
@@ -83,6 +103,13 @@ def call(name, params, backend):
         return lambda a, b: f(a, b, p["logit_scale"], backend=backend)
     if name == "siglip_loss":
         return lambda a, b: f(a, b, p["logit_scale"], p["logit_bias"], backend=backend)
+    if name == "supcon_loss":
+        return lambda a, b: f(*supcon_inputs(a, b, p["classes"]), p["temperature"], p["base_temperature"],
+                              p["contrast_mode"], backend=backend)
+    if name == "moco_loss":
+        return lambda a, b: f(a, b, moco_queue(a, b), p["temperature"], backend=backend)
+    if name == "hard_negative_ntxent_loss":
+        return lambda a, b: f(a, b, p["temperature"], p["tau_plus"], p["beta"], backend=backend)
     raise KeyError(name)
 
 

@@ -40,6 +40,7 @@ from hypothesis import strategies as st  # noqa: E402
 from duality_kernels.testing import csim  # noqa: E402
 from duality_kernels.testing import official as off  # noqa: E402
 from duality_kernels.testing import official_two_tower as off2  # noqa: E402
+from duality_kernels.testing import official_supervised as offs  # noqa: E402
 from . import public_cases as P  # noqa: E402
 from .accuracy import _assert_rule, _check, _err, _flat, _run, _weights  # noqa: E402
 from .public_cases import Recipe  # noqa: E402
@@ -109,6 +110,12 @@ PARAMS = {
     "vicreg_ctr_loss": st.fixed_dictionaries({"temperature": TEMPERATURES}),
     "clip_loss": st.fixed_dictionaries({"logit_scale": st.floats(1.0, 100.0)}),
     "siglip_loss": st.fixed_dictionaries({"logit_scale": st.floats(1.0, 100.0), "logit_bias": st.floats(-10.0, 10.0)}),
+    "supcon_loss": st.fixed_dictionaries({"temperature": TEMPERATURES, "base_temperature": TEMPERATURES,
+                                          "contrast_mode": st.sampled_from(["all", "one"]),
+                                          "classes": st.integers(0, 5)}),
+    "moco_loss": st.fixed_dictionaries({"temperature": TEMPERATURES}),
+    "hard_negative_ntxent_loss": st.fixed_dictionaries({"temperature": TEMPERATURES, "tau_plus": st.floats(0.0, 0.5),
+                                                        "beta": st.floats(0.0, 2.0)}),
 }
 
 # What these tests found (2026-11-30, this machine), each replayed by test_found_examples below.
@@ -261,6 +268,10 @@ def _official(name, params):
         "vicreg_ctr_loss": lambda a, b: o.vicreg_ctr_official(a, b, temperature=p["temperature"]),
         "clip_loss": lambda a, b: off2.clip_official(a, b, p["logit_scale"]),
         "siglip_loss": lambda a, b: off2.siglip_official(a, b, p["logit_scale"], p["logit_bias"]),
+        "supcon_loss": lambda a, b: offs.supcon(*P.supcon_inputs(a, b, p["classes"]), p["temperature"],
+                                                p["base_temperature"], p["contrast_mode"]),
+        "moco_loss": lambda a, b: offs.moco(a, b, P.moco_queue(a, b), p["temperature"]),
+        "hard_negative_ntxent_loss": lambda a, b: offs.hcl(a, b, p["temperature"], p["tau_plus"], p["beta"]),
     }
     return table[name]
 
