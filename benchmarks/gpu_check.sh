@@ -15,7 +15,7 @@
 # GPU_CHECK_SANITIZER_S (each compute-sanitizer run's limit, default 180; 0 leaves them out),
 # DK_GIT_SHA (recorded in the CSV when the copy has no .git), MAX_JOBS, TORCH_CUDA_ARCH_LIST.
 # Third-party providers: wheels in .wheels/ (lightly 1.6.0 + hydra-core, omegaconf,
-# antlr4-python3-runtime; inf-cl 1.2.1) are installed with --no-deps when present. The folder is
+# antlr4-python3-runtime; inf-cl 1.2.1; siglip-kernel) are installed with --no-deps when present. The folder is
 # git-ignored: name it in the device tool's `carry`.
 set -euo pipefail
 

@@ -9,7 +9,7 @@
 
 Providers (those that cannot run here are skipped with a note): eager (the official formula from
 duality_kernels/testing, the baseline), compile (torch.compile of it; on CPU only when asked for),
-torch / triton / cuda (duality_kernels with that backend=), lightly, infcl. Each provider is checked
+torch / triton / cuda (duality_kernels with that backend=), lightly, infcl, siglip_kernel. Each provider is checked
 against eager, its peak extra memory measured, then timed; rows go to the CSV as each grid point
 finishes and the table is printed at the end (also on Ctrl-C / SIGTERM). The modules beside this one:
 sweep_cases (losses, inputs, providers), sweep_measure, sweep_profile, sweep_report;
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 import _bench as B  # noqa: E402
 from sweep_cases import (  # noqa: E402
-    ALL_PROVIDERS, DEFAULT_GRID, DEFAULT_QUEUE, DTYPES, LOSSES, OURS, loss_label,
+    ALL_PROVIDERS, DEFAULT_GRID, DEFAULT_QUEUE, DTYPES, LOSSES, OURS, THIRD_PARTY, loss_label,
 )
 from sweep_measure import run_point, tolerance  # noqa: E402
 from sweep_profile import PROFILE_COLUMNS, print_profile, profile_rows  # noqa: E402
@@ -185,8 +185,8 @@ def main(argv=None):
                     import lightly.loss  # noqa: F401
                 except Exception as e:  # noqa: BLE001
                     why = f"lightly not importable ({type(e).__name__})"
-        elif p == "infcl" and (args.loss not in ("infonce", "clip") or device.type != "cuda"):
-            why = "inf-cl: InfoNCE and CLIP on CUDA only"
+        elif p in THIRD_PARTY and (args.loss not in THIRD_PARTY[p][0] or device.type != "cuda"):
+            why = f"{p}: {' and '.join(THIRD_PARTY[p][0])} on CUDA only"
         if why is None:
             keep.append(p)
         elif args.providers and p in args.providers:

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 OURS = ("torch", "triton", "cuda")
-ALL_PROVIDERS = ("eager", "compile", "torch", "triton", "cuda", "lightly", "infcl")
+ALL_PROVIDERS = ("eager", "compile", "torch", "triton", "cuda", "lightly", "infcl", "siglip_kernel")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 DEFAULT_QUEUE = 65536  # MoCo's K: the queue of the MoCo v2 paper (and docs/spec.md's MoCo target)
@@ -267,20 +267,44 @@ def make_provider(name: str, loss: str, device: torch.device, N: int, D: int) ->
         return module
     if name == "infcl":
         return _infcl(loss, device, D)
+    if name == "siglip_kernel":
+        return _siglip_kernel(loss, device)
     raise ValueError(f"unknown provider {name!r}")
 
 
-def _infcl(loss, device, D):
-    if loss not in ("infonce", "clip"):
-        raise Unavailable("inf-cl computes InfoNCE / CLIP only")
+# the third-party fused kernels: which losses each computes, and the function it is called through
+THIRD_PARTY = {"infcl": (("infonce", "clip"), "inf_cl", "cal_inf_loss"),
+               "siglip_kernel": (("siglip",), "siglip_kernel", "fused_siglip_loss")}
+
+
+def _third_party(name: str, loss: str, device) -> Callable:
+    """The third-party provider's function, or Unavailable: another loss, no GPU, or not installed."""
+    losses, module, fn = THIRD_PARTY[name]
+    if loss not in losses:
+        raise Unavailable(f"{name} computes {' / '.join(losses)} only")
     if device.type != "cuda":
-        raise Unavailable("inf-cl needs a CUDA device")
+        raise Unavailable(f"{name} needs a CUDA device")
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except Exception as e:  # noqa: BLE001 - any import failure means "not here"
+        raise Unavailable(f"{module} not importable ({type(e).__name__}: {e})") from None
+
+
+def _siglip_kernel(loss, device):
+    fused_siglip_loss = _third_party("siglip_kernel", loss, device)
+    F = torch.nn.functional
+
+    # siglip-kernel takes L2-normalized rows and the log of the scale (its log_temp): the scale
+    # tensor gets its gradient through the log, the bias directly, as open_clip's parameters do
+    def siglip_kernel(a, b, scale, bias):
+        return fused_siglip_loss(F.normalize(a, dim=1), F.normalize(b, dim=1), scale.log(), bias)
+    return siglip_kernel
+
+
+def _infcl(loss, device, D):
+    cal_inf_loss = _third_party("infcl", loss, device)
     if D % 256:
         raise Unavailable(f"inf-cl needs D a multiple of 256 (head_dim), got D={D}")
-    try:
-        from inf_cl import cal_inf_loss
-    except Exception as e:  # noqa: BLE001 - any import failure means "not here"
-        raise Unavailable(f"inf_cl not importable ({type(e).__name__}: {e})") from None
     F = torch.nn.functional
 
     # Both directions, rows L2-normalized first (inf-cl expects it), the scale folded into the
