@@ -29,9 +29,19 @@ except Exception as _exc:  # ImportError, or a broken install
     _IMPORT_ERROR = _exc
 
 
+def _interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# triton.jit makes an interpreted function when TRITON_INTERPRET=1 at decoration, i.e. when this
+# package's kernel modules are imported: read once then (the launch plans ask on every call, and an
+# environment read costs ~1 µs of host time each)
+_INTERPRETING = _interpret_env()
+
+
 def interpreting() -> bool:
     """True under the Triton interpreter (kernels then run on CPU tensors)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRETING
 
 
 def is_available() -> bool:
@@ -49,7 +59,7 @@ def device_problem(z: torch.Tensor) -> str:
     """Why the Triton kernels cannot run on ``z``'s device ("" when they can)."""
     if z.device.type == "cuda":
         return ""
-    if interpreting() and z.device.type == "cpu":
+    if z.device.type == "cpu" and _interpret_env():  # read now: a caller may have changed it since import
         return ""
     return (f"backend='triton' needs CUDA tensors, got tensors on {z.device} "
             "(CPU tensors run only under the Triton interpreter, TRITON_INTERPRET=1)")
