@@ -160,30 +160,44 @@ class Context:
 LOCAL = Context()
 
 
-def _check_consistent(z: torch.Tensor, op: str) -> None:
-    """Shapes, dtype and device type equal on every rank; one small all-gather of metadata."""
+def check_consistent(op: str, z: torch.Tensor, meta, describe, what: str) -> None:
+    """``meta`` (a list of ints describing this rank's call, ``z`` its first input) equal on every
+    rank, by one small all-gather; otherwise a ValueError listing ``describe(row)`` per rank: "{op}
+    (gather_distributed=True) needs {what} on every rank (equal per-rank batch sizes)"."""
     dist = torch.distributed
     w = dist.get_world_size()
     dev = z.device if _backend_name() == "nccl" else torch.device("cpu")
-    meta = torch.tensor([z.shape[0], z.shape[1], _DTYPE_CODES[z.dtype], 1 if z.device.type == "cuda" else 0],
-                        dtype=torch.int64, device=dev)
-    parts = [torch.empty_like(meta) for _ in range(w)]
+    mine = torch.tensor(meta, dtype=torch.int64, device=dev)
+    parts = [torch.empty_like(mine) for _ in range(w)]
     try:
-        dist.all_gather(parts, meta)
+        dist.all_gather(parts, mine)
     except RuntimeError as err:  # a timeout (the group's) or a peer that left
         raise RuntimeError(
             f"{op}(gather_distributed=True): the input check across {w} ranks failed; every rank must "
             f"call the loss with gather_distributed=True at the same point. Cause: {err}"
         ) from err
     everyone = torch.stack(parts).cpu()
-    if not bool((everyone == meta.cpu()).all()):
-        names = {v: k for k, v in _DTYPE_CODES.items()}
-        rows = [f"rank {r}: shape ({a}, {b}), {names[int(c)]}, {'cuda' if d else 'cpu'}"
-                for r, (a, b, c, d) in enumerate(everyone.tolist())]
-        raise ValueError(
-            f"{op}(gather_distributed=True) needs the same input shape, dtype and device type on every "
-            f"rank (equal per-rank batch sizes); got " + "; ".join(rows)
-        )
+    if not bool((everyone == mine.cpu()).all()):
+        rows = [f"rank {r}: {describe(row)}" for r, row in enumerate(everyone.tolist())]
+        raise ValueError(f"{op}(gather_distributed=True) needs {what} on every rank (equal per-rank batch sizes); "
+                         "got " + "; ".join(rows))
+
+
+def tensor_meta(z: torch.Tensor) -> list:
+    """z's shape, dtype code and whether it is on CUDA, for ``check_consistent``."""
+    return [*z.shape, _DTYPE_CODES[z.dtype], int(z.device.type == "cuda")]
+
+
+def meta_text(shape, code: int, on_cuda: int) -> str:
+    """A ``tensor_meta`` row as text: "(N, D), dtype, device type"."""
+    names = {v: k for k, v in _DTYPE_CODES.items()}
+    return f"({', '.join(map(str, shape))}), {names[int(code)]}, {'cuda' if on_cuda else 'cpu'}"
+
+
+def _check_consistent(z: torch.Tensor, op: str) -> None:
+    """Shapes, dtype and device type equal on every rank."""
+    check_consistent(op, z, tensor_meta(z), lambda row: f"shape {meta_text(row[:2], *row[2:])}",
+                     "the same input shape, dtype and device type")
 
 
 def context(gather_distributed: bool, z: torch.Tensor, op: str) -> Context:

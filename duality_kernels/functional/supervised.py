@@ -142,26 +142,12 @@ def _supcon_context(gather_distributed, features: Tensor, labels: Optional[Tenso
     must agree on every rank (one small all-gather), so a mismatch raises instead of hanging."""
     if not _dist.check_gather(gather_distributed) or _dist.world_size() == 1:
         return _dist.LOCAL
+    _dist.check_consistent(
+        "supcon_loss", features, _dist.tensor_meta(features) + [int(labels is not None)],
+        lambda row: f"features {_dist.meta_text(row[:3], *row[3:5])}, labels {'given' if row[5] else 'None'}",
+        "the same features shape, dtype, device type and labels-or-None")
     dist = torch.distributed
     w = dist.get_world_size()
-    dev = features.device if _dist._backend_name() == "nccl" else torch.device("cpu")
-    codes = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
-    meta = torch.tensor([*features.shape, codes[features.dtype], int(features.device.type == "cuda"),
-                         int(labels is not None)], dtype=torch.int64, device=dev)
-    parts = [torch.empty_like(meta) for _ in range(w)]
-    try:
-        dist.all_gather(parts, meta)
-    except RuntimeError as err:
-        raise RuntimeError(f"supcon_loss(gather_distributed=True): the input check across {w} ranks failed; every "
-                           f"rank must call the loss with gather_distributed=True at the same point. Cause: {err}"
-                           ) from err
-    everyone = torch.stack(parts).cpu()
-    if not bool((everyone == meta.cpu()).all()):
-        names = {v: k for k, v in codes.items()}
-        rows = [f"rank {r}: features ({b}, {v}, {d}), {names[int(c)]}, {'cuda' if g else 'cpu'}, "
-                f"labels {'given' if lab else 'None'}" for r, (b, v, d, c, g, lab) in enumerate(everyone.tolist())]
-        raise ValueError("supcon_loss(gather_distributed=True) needs the same features shape, dtype, device type "
-                         "and labels-or-None on every rank (equal per-rank batch sizes); got " + "; ".join(rows))
     return _dist.Context(rank=dist.get_rank(), world=w)
 
 
