@@ -114,7 +114,8 @@ class Backend(NamedTuple):
 
 
 BACKENDS: Dict[str, Backend] = {
-    "triton": Backend("", ("duality_kernels.ops.triton.gram", "duality_kernels.ops.triton.lse")),
+    "triton": Backend("", ("duality_kernels.ops.triton.gram", "duality_kernels.ops.triton.lse",
+                           "duality_kernels.ops.triton.spectral")),
     "cuda": Backend("cuda_", ("duality_kernels.ops.cuda",)),
 }
 
