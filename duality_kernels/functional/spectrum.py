@@ -57,20 +57,23 @@ def _check_int_list(values, name: str, length: int, lo: int, his) -> None:
             raise ValueError(f"{name} must hold ints in [{lo}, {hi}], got {v!r}")
 
 
-def check_mcr2(z, index, counts, dims, eps, gamma, side) -> None:
-    """The mcr2 op: ``index`` a list of int64 (classes, m) row tensors on z's device (padding rows N,
-    values not read: ops/triton/spectral.py class_plan builds them), ``counts`` each class's rows
-    (1..m), ``dims`` per batch whether its classes use the dimension side; eps > 0, gamma finite."""
+def check_mcr2(z, index, shapes, counts, dims, eps, gamma, side) -> None:
+    """The mcr2 op (ops/triton/spectral.py class_plan builds its arguments): ``index`` 1-D int64 on
+    z's device, the batches' (classes, m) row indices (padding N; values not read), ``shapes`` their
+    (classes, m) pairs, ``counts`` each class's rows (1..m), ``dims`` per batch whether its classes
+    use the dimension side; eps > 0, gamma finite."""
     V.check_tensor(z, "z")
-    if not isinstance(index, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in index):
-        raise TypeError(f"index must be a list of tensors, got {type(index).__name__}")
-    for t in index:
-        if t.dtype != torch.int64 or t.dim() != 2 or t.device != z.device:
-            raise ValueError(f"index must hold 2-D int64 tensors on {z.device}, got {t.dtype} {tuple(t.shape)} "
-                             f"on {t.device}")
-    _check_int_list(counts, "counts", sum(t.shape[0] for t in index), 1,
-                    [t.shape[1] for t in index for _ in range(t.shape[0])])
-    _check_int_list(dims, "dims", len(index), 0, [1] * len(index))
+    if not isinstance(shapes, (list, tuple)) or len(shapes) % 2:
+        raise TypeError(f"shapes must be a list of (classes, rows) pairs, flattened; got {shapes!r}")
+    _check_int_list(shapes, "shapes", len(shapes), 1, [z.shape[0]] * len(shapes))
+    pairs = list(zip(shapes[::2], shapes[1::2]))
+    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.dim() != 1 \
+            or index.numel() != sum(k * m for k, m in pairs) or index.device != z.device:
+        raise ValueError(f"index must be a 1-D int64 tensor of {sum(k * m for k, m in pairs)} row indices on "
+                         f"{z.device}, got {index!r:.80}")
+    _check_int_list(counts, "counts", sum(k for k, _ in pairs), 1, [m for k, m in pairs for _ in range(k)])
+    if not isinstance(dims, (list, tuple)) or len(dims) != len(pairs) or not all(isinstance(v, bool) for v in dims):
+        raise TypeError(f"dims must be a list of {len(pairs)} bools (one per batch), got {dims!r}")
     V.check_positive(eps, "eps")
     V.check_finite(gamma, "gamma")
     V.check_choice(side, "side", OP_SIDES)
@@ -80,8 +83,9 @@ registry.describe(
     registry.OpDef("coding_rate", ("coding_rate_loss",), "spectral", check_coding_rate, 1, "CodingRateFunction",
                    "TCR (docs/spec.md §7.7): ``apply(z, eps, side)`` -> (loss,); side \"sample\" or \"dimension\"."),
     registry.OpDef("mcr2", ("mcr2_loss",), "spectral", check_mcr2, 3, "MCR2Function",
-                   "MCR² (docs/spec.md §7.7): ``apply(z, index, counts, dims, eps, gamma, side)`` -> (loss, R, Rc); "
-                   "(index, counts, dims) from ``class_plan(labels, num_classes, D, class_side, device)``."),
+                   "MCR² (docs/spec.md §7.7): ``apply(z, index, shapes, counts, dims, eps, gamma, side)`` -> "
+                   "(loss, R, Rc); (index, shapes, counts, dims) from "
+                   "``class_plan(labels, num_classes, D, class_side, device)``."),
 )
 
 

@@ -143,7 +143,8 @@ def _tcr_fwd_impl(z: Tensor, eps: float, side: str) -> Tuple[Tensor, Tensor]:
 def _tcr_fwd_fake(z, eps, side):
     n, d = z.shape
     m = _size(n, d, side)
-    return _out(z), z.new_empty((m, m), dtype=S.accumulation_dtype(z))
+    # cholesky_ex returns its factor column-major (LAPACK's and cuSOLVER's layout, torch's meta too)
+    return _out(z), z.new_empty_strided((m, m), (1, m), dtype=S.accumulation_dtype(z))
 
 
 def _tcr_bwd_impl(z: Tensor, chol: Tensor, g: Tensor, eps: float, side: str) -> Tensor:
@@ -151,8 +152,9 @@ def _tcr_bwd_impl(z: Tensor, chol: Tensor, g: Tensor, eps: float, side: str) -> 
     n, d = z.shape
     alpha = d / (n * eps)
     with device_guard(z):
-        dz = _solve(z.to(chol.dtype), chol, side) * (g.to(chol.dtype) * -alpha)
-    return dz.to(z.dtype)
+        # the scaling writes the row-major result in z's dtype (a sample-side solve is column-major)
+        dz = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+        return torch.mul(_solve(z.to(chol.dtype), chol, side), g.to(chol.dtype) * -alpha, out=dz)
 
 
 def _tcr_setup(ctx, inputs, output):
@@ -185,25 +187,29 @@ def _class_weights(counts: Sequence[int], n: int, d: int, eps: float):
     return [d / (t * eps) for t in tr], [t / (2 * n) for t in tr]
 
 
-def _layout(n: int, d: int, index: Sequence[Tensor], dims: Sequence[bool], side: str):
+def _layout(n: int, d: int, shapes: Sequence[int], dims: Sequence[bool], side: str):
     """(sizes of the factors: R's, then each batch's; offsets of each batch's factors in the flat buffer;
-    total elements)."""
-    sizes = [_size(n, d, side)] + [d if dim else idx.shape[1] for idx, dim in zip(index, dims)]
+    total elements) for the batches (classes, padded rows) = shapes[2k], shapes[2k + 1]."""
+    pairs = list(zip(shapes[::2], shapes[1::2]))
+    sizes = [_size(n, d, side)] + [d if dim else m for (_, m), dim in zip(pairs, dims)]
     offs, total = [], sizes[0] ** 2
-    for idx, m in zip(index, sizes[1:]):
+    for (k, _), m in zip(pairs, sizes[1:]):
         offs.append(total)
-        total += idx.shape[0] * m * m
+        total += k * m * m
     return sizes, offs, total
 
 
-def _batches(z: Tensor, index: Sequence[Tensor], dims: Sequence[bool]):
-    """(rows (classes, m, D) with zero padding rows, side) of every batch of classes."""
+def _batches(z: Tensor, index: Tensor, shapes: Sequence[int], dims: Sequence[bool]):
+    """(index (classes, m), rows (classes, m, D) with zero padding rows, side) of every batch of classes."""
     padded = torch.cat([z, z.new_zeros(1, z.shape[1])])
-    return [(padded[idx], "dimension" if dim else "sample") for idx, dim in zip(index, dims)]
+    pairs = list(zip(shapes[::2], shapes[1::2]))
+    parts = index.split([k * m for k, m in pairs])
+    return [(idx.view(k, m), padded[idx.view(k, m)], "dimension" if dim else "sample")
+            for idx, (k, m), dim in zip(parts, pairs, dims)]
 
 
-def _mcr2_fwd_impl(z: Tensor, index: List[Tensor], counts: List[int], dims: List[bool], eps: float, gamma: float,
-                   side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mcr2_fwd_impl(z: Tensor, index: Tensor, shapes: List[int], counts: List[int], dims: List[bool], eps: float,
+                   gamma: float, side: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, R, Rc, every factor in one flat buffer: R's, then each batch's).
 
     R's matrix is I + αG (addmm, alpha=α). A batch's classes have different α_c, which one baddbmm
@@ -212,7 +218,7 @@ def _mcr2_fwd_impl(z: Tensor, index: List[Tensor], counts: List[int], dims: List
     2α_c(I + α_c G_c)⁻¹ x = 2 A_c⁻¹ x needs no α_c at all."""
     n, d = z.shape
     acc = S.accumulation_dtype(z)
-    sizes, offs, total = _layout(n, d, index, dims, side)
+    sizes, offs, total = _layout(n, d, shapes, dims, side)
     alphas, weights = _class_weights(counts, n, d, eps)
     with device_guard(z):
         flat = torch.empty(total, dtype=acc, device=z.device)
@@ -222,7 +228,7 @@ def _mcr2_fwd_impl(z: Tensor, index: List[Tensor], counts: List[int], dims: List
         torch.linalg.cholesky_ex(_shifted_gram(eye, z, side, d / (n * eps)), out=(flat[:m * m].view(m, m), info[0]))
         offsets, ms, terms, ws, shifts = [0], [m], [_TERM_R], [0.5], [0.0]
         c = 0
-        for (x, s), off, m in zip(_batches(z, index, dims), offs, sizes[1:]):
+        for (_, x, s), off, m in zip(_batches(z, index, shapes, dims), offs, sizes[1:]):
             k = x.shape[0]
             inv = torch.tensor([1 / a for a in alphas[c:c + k]], dtype=torch.float64).to(z.device, acc)
             shift = torch.diag_embed(inv[:, None].expand(k, m))
@@ -242,19 +248,20 @@ def _mcr2_fwd_impl(z: Tensor, index: List[Tensor], counts: List[int], dims: List
     return loss, r, rc, flat
 
 
-def _mcr2_fwd_fake(z, index, counts, dims, eps, gamma, side):
+def _mcr2_fwd_fake(z, index, shapes, counts, dims, eps, gamma, side):
     n, d = z.shape
-    total = _layout(n, d, index, dims, side)[2]
+    total = _layout(n, d, shapes, dims, side)[2]
     return _out(z), _out(z), _out(z), z.new_empty((total,), dtype=S.accumulation_dtype(z))
 
 
-def _mcr2_bwd_impl(z: Tensor, index: List[Tensor], flat: Tensor, g_loss: Tensor, g_r: Tensor, g_rc: Tensor,
-                   counts: List[int], dims: List[bool], eps: float, gamma: float, side: str) -> Tensor:
+def _mcr2_bwd_impl(z: Tensor, index: Tensor, flat: Tensor, g_loss: Tensor, g_r: Tensor, g_rc: Tensor,
+                   shapes: List[int], counts: List[int], dims: List[bool], eps: float, gamma: float,
+                   side: str) -> Tensor:
     """∂/∂z: R's ½·2α(−g_loss + g_R)·A⁻¹z plus each class's 2·w_c·(γ·g_loss + g_Rc)·A_c⁻¹z_c in its
     rows (every row is in exactly one class; padding rows land in row N, dropped)."""
     n, d = z.shape
     acc = flat.dtype
-    sizes, offs, _ = _layout(n, d, index, dims, side)
+    sizes, offs, _ = _layout(n, d, shapes, dims, side)
     _, weights = _class_weights(counts, n, d, eps)
     g_loss, g_r, g_rc = (g.to(acc) for g in (g_loss, g_r, g_rc))
     with device_guard(z):
@@ -264,7 +271,7 @@ def _mcr2_bwd_impl(z: Tensor, index: List[Tensor], flat: Tensor, g_loss: Tensor,
         dz[n] = 0
         g_class = gamma * g_loss + g_rc
         c = 0
-        for (x, s), off, m, idx in zip(_batches(z, index, dims), offs, sizes[1:], index):
+        for (idx, x, s), off, m in zip(_batches(z, index, shapes, dims), offs, sizes[1:]):
             k = x.shape[0]
             w = torch.tensor([2 * v for v in weights[c:c + k]], dtype=torch.float64).to(z.device, acc) * g_class
             gx = _solve(x.to(acc), flat[off:off + k * m * m].view(k, m, m), s) * w[:, None, None]
@@ -275,16 +282,16 @@ def _mcr2_bwd_impl(z: Tensor, index: List[Tensor], flat: Tensor, g_loss: Tensor,
 
 def _mcr2_setup(ctx, inputs, output):
     z, index, *args = inputs
-    ctx.save_for_backward(z, *index, output[3])
+    ctx.save_for_backward(z, index, output[3])
     ctx.args = tuple(args)
     ctx.mark_non_differentiable(output[3])
 
 
 def _mcr2_backward(ctx, run_bwd, g_loss, g_r, g_rc, *unused):
-    z, *index, flat = ctx.saved_tensors
+    z, index, flat = ctx.saved_tensors
     zero = z.new_zeros((), dtype=acc_dtype(z.dtype))
     g = [zero if t is None else t for t in (g_loss, g_r, g_rc)]
-    return run_bwd(z, index, flat, *g, *ctx.args), None, None, None, None, None, None
+    return run_bwd(z, index, flat, *g, *ctx.args), None, None, None, None, None, None, None
 
 
 _MCR2 = registry.register("mcr2", "triton", fwd=_mcr2_fwd_impl, fwd_fake=_mcr2_fwd_fake, bwd=_mcr2_bwd_impl,
@@ -298,16 +305,19 @@ mcr2_fwd, mcr2_bwd, _SPEC_MCR2, MCR2Function = _MCR2.fwd, _MCR2.bwd, _MCR2.spec,
 
 
 def class_plan(labels: Tensor, num_classes: int, d: int, class_side: str, device
-               ) -> Tuple[List[Tensor], List[int], List[bool]]:
-    """The mcr2 op's (index, counts, dims) for CPU int64 ``labels``: the reference's batches of
-    classes (reference/spectrum.py class_batches), so both backends factor the same matrices."""
+               ) -> Tuple[Tensor, List[int], List[int], List[bool]]:
+    """The mcr2 op's (index, shapes, counts, dims) for CPU int64 ``labels``: the reference's batches
+    of classes (reference/spectrum.py class_batches), so both backends factor the same matrices;
+    ``index`` every batch's (classes, m) row indices (padding: N) flattened and concatenated,
+    ``shapes`` their (classes, m) pairs, ``counts`` each class's rows, ``dims`` each batch's side."""
     counts = torch.bincount(labels, minlength=num_classes).tolist()
-    index, sizes, dims = [], [], []
+    index, shapes, sizes, dims = [], [], [], []
     for s, classes, idx in S.class_batches(labels, counts, d, class_side):
-        index.append(idx.to(device))
+        index.append(idx.reshape(-1))
+        shapes += list(idx.shape)
         sizes += [counts[c] for c in classes]
         dims.append(s == "dimension")
-    return index, sizes, dims
+    return torch.cat(index).to(device), shapes, sizes, dims
 
 
 def coding_rate(z: Tensor, eps: float, side: str) -> Tensor:
@@ -317,6 +327,6 @@ def coding_rate(z: Tensor, eps: float, side: str) -> Tensor:
 
 def mcr2(z: Tensor, labels: Tensor, eps: float, gamma: float, num_classes: int, side: str, class_side: str):
     """(loss, {"R", "Rc"}) of the official MCR² (docs/spec.md §7.7); ``labels`` int64 on the CPU."""
-    index, counts, dims = class_plan(labels, num_classes, z.shape[1], class_side, z.device)
-    loss, r, rc = apply(_SPEC_MCR2, z, index, counts, dims, float(eps), float(gamma), side)
+    plan = class_plan(labels, num_classes, z.shape[1], class_side, z.device)
+    loss, r, rc = apply(_SPEC_MCR2, z, *plan, float(eps), float(gamma), side)[:3]
     return loss, {"R": r, "Rc": rc}
