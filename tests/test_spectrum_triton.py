@@ -151,9 +151,11 @@ def test_compile_fullgraph_and_drop_in_functions():
         return dk.coding_rate_loss(a, side="sample", backend="torch") + loss + 0.3 * terms["R"] - 0.2 * terms["Rc"]
 
     _agree(both, public, z, 1e-12, "drop-in Functions")
-    compiled = torch.compile(lambda a: dk.coding_rate_loss(a, side="dimension", backend="triton"), fullgraph=True,
-                             backend="aot_eager")
-    _agree(compiled, lambda a: dk.coding_rate_loss(a, side="dimension", backend="torch"), z, 1e-12, "compiled tcr")
+    for dynamic in (False, True):
+        compiled = torch.compile(lambda a: dk.coding_rate_loss(a, side="dimension", backend="triton"), fullgraph=True,
+                                 dynamic=dynamic, backend="aot_eager")
+        _agree(compiled, lambda a: dk.coding_rate_loss(a, side="dimension", backend="torch"), z, 1e-12,
+               f"compiled tcr, dynamic={dynamic}")
     _agree(torch.compile(both, fullgraph=True, backend="aot_eager"), public, z, 1e-12, "compiled drop-ins")
 
 
