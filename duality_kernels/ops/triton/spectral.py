@@ -275,7 +275,8 @@ def _mcr2_bwd_impl(z: Tensor, index: Tensor, flat: Tensor, g_loss: Tensor, g_r: 
             k = x.shape[0]
             w = torch.tensor([2 * v for v in weights[c:c + k]], dtype=torch.float64).to(z.device, acc) * g_class
             gx = _solve(x.to(acc), flat[off:off + k * m * m].view(k, m, m), s) * w[:, None, None]
-            dz.index_add_(0, idx.reshape(-1), gx.reshape(-1, d))
+            # a sorted accumulation (deterministic on CUDA too); only the dropped row N receives several
+            dz.index_put_((idx.reshape(-1),), gx.reshape(-1, d), accumulate=True)
             c += k
     return dz[:n].to(z.dtype)
 
