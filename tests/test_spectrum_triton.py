@@ -18,21 +18,12 @@ from duality_kernels.testing import official_spectrum as O
 
 from . import accuracy as A
 from .dist_util import assert_matches_global, mlp, rank_results, save_rank
+from .test_spectrum import _labels, _z
 
 T = pytest.importorskip("duality_kernels.ops.triton.spectral")
 
 SIDES = ("sample", "dimension")
 SHAPES = [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1)]
-
-
-def _z(n, d, seed=0, dtype=torch.float64, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scale + 0.2).to(dtype)
-
-
-def _labels(n, k, seed=0):
-    g = torch.Generator().manual_seed(seed + 100)
-    return torch.randint(0, k, (n,), generator=g)
 
 
 def _close(a, b, rtol, msg):
