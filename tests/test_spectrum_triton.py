@@ -150,6 +150,20 @@ def test_compile_fullgraph_and_drop_in_functions():
     _agree(torch.compile(both, fullgraph=True, backend="aot_eager"), public, z, 1e-12, "compiled drop-ins")
 
 
+def test_gradcheck_and_no_double_backward():
+    """The closed-form backward against finite differences on both sides (float64); differentiating
+    it again raises naming backend="torch" (docs/spec.md §8.5)."""
+    z = _z(4, 6, seed=4).requires_grad_()
+    lab = torch.tensor([0, 1, 1, 0])
+    for side in SIDES:
+        torch.autograd.gradcheck(lambda a: dk.coding_rate_loss(a, 0.3, side=side, backend="triton"), (z,))
+        torch.autograd.gradcheck(lambda a: dk.mcr2_loss(a, lab, 0.4, 0.8, side=side, return_terms=True,
+                                                        backend="triton")[1]["Rc"], (z,))
+    (g,) = torch.autograd.grad(dk.coding_rate_loss(z, backend="triton"), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="backend='torch'"):
+        g.sum().backward()
+
+
 def test_factorization_failures_are_errors_not_nan():
     z = _z(6, 4)
     z[2, 1] = float("inf")
@@ -251,3 +265,23 @@ def test_distributed_equals_global_batch():
         loss.backward()
         assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model,
                               rtol_grad=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# the GPU half (cuBLAS's half-operand GEMM with a float32 result, cuSOLVER; benchmarks/gpu_check.sh)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_emp_ssl_chunk(dtype):
+    """EMP-SSL's chunk (N = 100, D = 1024) and MCR² with ten classes: the Triton backend against the
+    torch reference on the same GPU (same accumulation), values and gradients."""
+    z = _z(100, 1024, seed=8, dtype=dtype).cuda()
+    lab = (torch.arange(100) % 10).cuda()
+    for fn in (lambda a, be: dk.coding_rate_loss(a, backend=be),
+               lambda a, be: dk.mcr2_loss(a, lab, backend=be)):
+        (out, g), (rout, rg) = (_run(lambda a: fn(a, be), z) for be in ("triton", "torch"))
+        _close(out[0], rout[0], 1e-5, f"{dtype} value")
+        _close(g.float(), rg.float(), 1e-3 if dtype == torch.bfloat16 else 1e-5, f"{dtype} gradient")
+

@@ -95,11 +95,14 @@ def _size(rows: int, d: int, side: str) -> int:
 def _shifted_gram(shift: Tensor, x: Tensor, side: str, alpha: float) -> Tensor:
     """shift + α·(x's Gram) by ONE addmm/baddbmm, accumulated in shift's dtype (reference/spectrum.py's
     accumulation_dtype): half operands on CUDA stay half (tensor cores, float32 result, as
-    reference._mm_fp32); everything else is upcast first (exact products on the CPU)."""
+    reference._mm_fp32) through baddbmm's out_dtype form, which takes a float32 shift (addmm's
+    wants the shift in the operands' dtype); everything else is upcast first (exact products on the CPU)."""
     a, b = _pair(x, side)
-    gemm = torch.baddbmm if x.dim() == 3 else torch.addmm
     if x.dtype in _HALF and x.is_cuda and shift.dtype == torch.float32 and _MM_OUT_DTYPE:
-        return gemm(shift, a, b, out_dtype=torch.float32, beta=1, alpha=alpha)
+        if x.dim() == 2:
+            return torch.baddbmm(shift[None], a[None], b[None], out_dtype=torch.float32, beta=1, alpha=alpha)[0]
+        return torch.baddbmm(shift, a, b, out_dtype=torch.float32, beta=1, alpha=alpha)
+    gemm = torch.baddbmm if x.dim() == 3 else torch.addmm
     return gemm(shift, a.to(shift.dtype), b.to(shift.dtype), beta=1, alpha=alpha)
 
 
