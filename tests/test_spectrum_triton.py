@@ -142,6 +142,9 @@ def test_compile_fullgraph_and_drop_in_functions():
         return dk.coding_rate_loss(a, side="sample", backend="torch") + loss + 0.3 * terms["R"] - 0.2 * terms["Rc"]
 
     _agree(both, public, z, 1e-12, "drop-in Functions")
+    zt = _z(5, 7, seed=6).T  # a non-contiguous input, through the modules
+    _agree(lambda a: dk.CodingRateLoss(0.3, backend="triton")(a) + dk.MCR2Loss(backend="triton")(a, lab),
+           lambda a: dk.coding_rate_loss(a, 0.3) + dk.mcr2_loss(a, lab), zt, 1e-12, "modules, transposed input")
     for dynamic in (False, True):
         compiled = torch.compile(lambda a: dk.coding_rate_loss(a, side="dimension", backend="triton"), fullgraph=True,
                                  dynamic=dynamic, backend="aot_eager")
