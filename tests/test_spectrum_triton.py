@@ -1,4 +1,5 @@
-"""The Triton backend of coding_rate_loss and mcr2_loss (docs/spec.md §7.7, ops/triton/spectral.py),
+"""The Triton backend of coding_rate_loss, mcr2_loss, singular_values and rankme (docs/spec.md §7.6-7.7,
+ops/triton/spectral.py),
 under the Triton interpreter on CPU tensors: values and gradients against the torch reference and
 the official transcriptions (duality_kernels/testing/official_spectrum.py) in float64 on both
 sides and odd shapes, float32 by docs/design.md convention 5, half inputs, the custom ops
@@ -39,7 +40,7 @@ def _run(fn, z):
     x = z.detach().clone().requires_grad_()
     outs = fn(x)
     outs = outs if isinstance(outs, (tuple, list)) else [outs]
-    total = sum(o * (1.0 + 0.37 * i) for i, o in enumerate(outs))
+    total = sum((o * (1.0 + 0.37 * i)).sum() for i, o in enumerate(outs))
     return [o.detach() for o in outs], torch.autograd.grad(total, x)[0]
 
 
@@ -73,6 +74,41 @@ def test_float64_equals_reference_and_official(n, d):
             official = [kw.get(k, v) for k, v in (("eps", 0.5), ("gamma", 1.0), ("num_classes", None))]
             _agree(lambda a: ours(a, lab, "triton"), lambda a: O.mcr2_official(a, lab, *official), z, 1e-10,
                    f"mcr2 official {side} {kw}")
+
+
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_spectrum_float64_equals_reference_and_official(n, d):
+    z = _z(n, d, seed=n * 7 + d)
+    weights = torch.linspace(1.0, 2.0, min(n, d), dtype=torch.float64)
+    for side in SIDES + ("auto",):
+        sv = [lambda a, b=b: dk.singular_values(a, side=side, backend=b) * weights for b in ("triton", "torch")]
+        _agree(sv[0], sv[1], z, 1e-12, f"singular values {side}")
+        _agree(sv[0], lambda a: torch.linalg.svdvals(a) * weights, z, 1e-10, f"svdvals {side}")
+        for eps in (1e-7, 1e-2):
+            rk = [lambda a, b=b: dk.rankme(a, eps, side=side, backend=b) for b in ("triton", "torch")]
+            _agree(rk[0], rk[1], z, 1e-12, f"rankme {side} eps={eps}")
+            _agree(rk[0], lambda a: O.rankme_official(a, eps), z, 1e-10, f"rankme official {side}")
+    with torch.no_grad():  # no eigenvectors kept: the same values
+        _close(dk.rankme(z, backend="triton"), O.rankme_official(z), 1e-10, "rankme without grad")
+
+
+def test_spectrum_float32_ill_conditioned_and_nan():
+    """float32 against float64 (the reference's float64 retry for a spread spectrum), a zero singular
+    value's gradient, and NaN reaching the output (docs/spec.md §6)."""
+    z, _ = A.views(40, 12, torch.float32, seed=3, device="cpu")
+    A._check(lambda a: dk.rankme(a, backend="triton"), O.rankme_official, [z])
+    low = _z(9, 6, seed=4, dtype=torch.float32)
+    low[:, 3] = low[:, 0] * 1e-3  # σ_min/σ_max far below SQRT_EIG_MIN_RATIO: float64 retry
+    _agree(lambda a: dk.singular_values(a, backend="triton"), lambda a: dk.singular_values(a, backend="torch"), low,
+           1e-6, "float64 retry")
+    _agree(lambda a: dk.rankme(a, backend="triton"), lambda a: dk.rankme(a, backend="torch"), low, 1e-6, "rankme")
+    rank1 = torch.ones(5, 3, dtype=torch.float64)  # σ = (√15, 0, 0)
+    _agree(lambda a: dk.singular_values(a, backend="triton"), lambda a: dk.singular_values(a, backend="torch"),
+           rank1, 1e-12, "zero singular values")
+    bad = _z(5, 3)
+    bad[1, 2] = float("nan")
+    assert torch.isnan(dk.singular_values(bad, backend="triton")).all()
+    assert torch.isnan(dk.rankme(bad, backend="triton"))
 
 
 def test_mcr2_singleton_and_empty_classes_on_every_class_side():
@@ -120,6 +156,11 @@ def test_custom_ops_opcheck():
         torch.library.opcheck(T.coding_rate_fwd, (z, 0.3, side))
         loss, chol = T.coding_rate_fwd(z.detach(), 0.3, side)
         torch.library.opcheck(T.coding_rate_bwd, (z.detach(), chol, torch.ones((), dtype=z.dtype), 0.3, side))
+    for side in SIDES:
+        for args in ((side, 0.0, False, True), (side, 1e-3, True, True), (side, 1e-3, True, False)):
+            torch.library.opcheck(T.rankme_fwd, (z, *args))
+        vec, coef, sigma = T.rankme_fwd(z.detach(), side, 1e-3, True, True)[1:]
+        torch.library.opcheck(T.rankme_bwd, (z.detach(), vec, coef, sigma, torch.ones((), dtype=z.dtype), side, True))
     index, *plan = T.class_plan(torch.tensor([0, 1, 1, 0, 2, 1]), 4, 9, "auto", z.device)
     args = (*plan, 0.4, 1.2, "sample")
     torch.library.opcheck(T.mcr2_fwd, (z, index, *args))
@@ -135,11 +176,15 @@ def test_compile_fullgraph_and_drop_in_functions():
 
     def both(a):
         loss, r, rc = T.MCR2Function.apply(a, *plan, 0.5, 0.9, "dimension")
-        return T.CodingRateFunction.apply(a, 0.2, "sample")[0] + loss + 0.3 * r - 0.2 * rc
+        sv = T.SingularValuesFunction.apply(a, "sample", 0.0, False, True)[0]
+        rk = T.RankMeFunction.apply(a, "dimension", 1e-3, True, True)[0]
+        return T.CodingRateFunction.apply(a, 0.2, "sample")[0] + loss + 0.3 * r - 0.2 * rc + sv[0] - sv[-1] + rk
 
     def public(a):
         loss, terms = dk.mcr2_loss(a, lab, gamma=0.9, side="dimension", return_terms=True, backend="torch")
-        return dk.coding_rate_loss(a, side="sample", backend="torch") + loss + 0.3 * terms["R"] - 0.2 * terms["Rc"]
+        sv = dk.singular_values(a, side="sample", backend="torch")
+        return (dk.coding_rate_loss(a, side="sample", backend="torch") + loss + 0.3 * terms["R"] - 0.2 * terms["Rc"]
+                + sv[0] - sv[-1] + dk.rankme(a, 1e-3, side="dimension", backend="torch"))
 
     _agree(both, public, z, 1e-12, "drop-in Functions")
     zt = _z(5, 7, seed=6).T  # a non-contiguous input, through the modules
@@ -207,9 +252,10 @@ def test_bad_input_raises_before_any_kernel(monkeypatch):
                                                                      "sample")),
         (TypeError, "dims must be a list of", lambda: T.mcr2_fwd(z, index, shapes, counts, dims + [True], 0.5, 1.0,
                                                                  "sample")),
-        (BackendUnavailableError, "does not implement rankme", lambda: dk.rankme(z, backend="triton")),
-        (BackendUnavailableError, "does not implement singular_values",
-         lambda: dk.singular_values(z, backend="triton")),
+        (BackendUnavailableError, "does not implement mec_loss", lambda: dk.mec_loss(z, z, backend="triton")),
+        (ValueError, "eps must be a finite number > 0", lambda: dk.rankme(z, 0.0, backend="triton")),
+        (TypeError, "vectors must be a bool", lambda: T.RankMeFunction.apply(z, "sample", 1e-7, True, 1)),
+        (ValueError, "eps must be a finite number > 0", lambda: T.rankme_fwd(z, "sample", -1.0, True, False)),
     ]
     for exc, pattern, call in cases:
         with pytest.raises(exc, match=pattern):
@@ -218,7 +264,7 @@ def test_bad_input_raises_before_any_kernel(monkeypatch):
 
 def test_auto_keeps_torch_for_the_spectral_family():
     """Family "spectral" is no "auto" row (_cost.auto_order): torch until measured on a GPU."""
-    assert registry.FAMILY["coding_rate_loss"] == registry.FAMILY["mcr2_loss"] == "spectral"
+    assert {registry.FAMILY[f] for f in ("coding_rate_loss", "mcr2_loss", "singular_values", "rankme")} == {"spectral"}
     assert _cost.auto_order("spectral", "coding_rate_loss", 100, 1024, torch.bfloat16) == ("torch",)
     assert _backend.resolve("auto", "coding_rate_loss", _z(4, 3)) == "torch"
     cap = registry.capability("triton", "mcr2_loss")
@@ -234,6 +280,7 @@ N_LOCAL, D_IN = 4, 5
 def _dist_cases():
     return {f"{name}-{d}": (d, fn) for d in (6, 20) for name, fn in (
         ("tcr", lambda a, y, g: dk.coding_rate_loss(a, 0.3, gather_distributed=g, backend="triton")),
+        ("rankme", lambda a, y, g: dk.rankme(a, gather_distributed=g, backend="triton")),
         ("mcr2", lambda a, y, g: dk.mcr2_loss(a, y, 0.4, 0.8, gather_distributed=g, backend="triton")))}
 
 

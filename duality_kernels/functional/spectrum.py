@@ -2,7 +2,7 @@
 losses TCR (EMP-SSL), MCR² and MEC, each on the cheaper side of the duality.
 
 Validation (docs/spec.md §6) and backend selection as in the other public functions. The torch
-reference implements every one; Triton (ops/triton/spectral.py) coding_rate_loss and mcr2_loss,
+reference implements every one; Triton (ops/triton/spectral.py) all but mec_loss,
 whose op contracts and descriptions (family "spectral": "auto" keeps torch) are here; a backend
 that lacks a function raises BackendUnavailableError. ``side="auto"``: ``_cost.resolve_side``.
 ``gather_distributed=True`` (docs/spec.md §5): every rank computes the global batch's value from
@@ -79,7 +79,23 @@ def check_mcr2(z, index, shapes, counts, dims, eps, gamma, side) -> None:
     V.check_choice(side, "side", OP_SIDES)
 
 
+def check_spectrum(z, side, eps, rank, vectors) -> None:
+    """The singular_values and rankme ops: z (N, D), the resolved side, eps > 0 for RankMe (``rank``),
+    ``vectors``: whether the eigenvectors are kept for a backward."""
+    V.check_tensor(z, "z")
+    V.check_choice(side, "side", OP_SIDES)
+    V.check_flag(rank, "rank")
+    V.check_flag(vectors, "vectors")
+    if rank:
+        V.check_positive(eps, "eps")
+
+
 registry.describe(
+    registry.OpDef("singular_values", ("singular_values",), "spectral", check_spectrum, 1, "SingularValuesFunction",
+                   "singular values (docs/spec.md §7.6): ``apply(z, side, 0.0, False, vectors)`` -> (σ,); "
+                   "vectors=True keeps the eigenvectors a backward needs."),
+    registry.OpDef("rankme", ("rankme",), "spectral", check_spectrum, 1, "RankMeFunction",
+                   "RankMe (docs/spec.md §7.6): ``apply(z, side, eps, True, vectors)`` -> (RankMe,)."),
     registry.OpDef("coding_rate", ("coding_rate_loss",), "spectral", check_coding_rate, 1, "CodingRateFunction",
                    "TCR (docs/spec.md §7.7): ``apply(z, eps, side)`` -> (loss,); side \"sample\" or \"dimension\"."),
     registry.OpDef("mcr2", ("mcr2_loss",), "spectral", check_mcr2, 3, "MCR2Function",
@@ -108,8 +124,12 @@ def singular_values(z: Tensor, *, side: str = "auto", gather_distributed: bool =
     dσ_k/dz = u_k v_kᵀ (0 where σ_k = 0).
     """
     V.check_tensor(z, "z")
-    ctx, s, strat, _ = _setup("singular_values", z, side, gather_distributed, backend)
+    ctx, s, strat, be = _setup("singular_values", z, side, gather_distributed, backend)
     with _no_autocast(z):
+        if be == "triton":  # the global batch from the all-gathered rows (the reference's "gather")
+            from ..ops.triton import spectral as T
+
+            return T.singular_values(ctx.gather(z), s)
         return S.singular_values(z, s, ctx, strat)
 
 
@@ -122,8 +142,12 @@ def rankme(z: Tensor, eps: float = 1e-7, *, side: str = "auto", gather_distribut
     """
     V.check_tensor(z, "z")
     eps = V.check_positive(eps, "eps")
-    ctx, s, strat, _ = _setup("rankme", z, side, gather_distributed, backend)
+    ctx, s, strat, be = _setup("rankme", z, side, gather_distributed, backend)
     with _no_autocast(z):
+        if be == "triton":
+            from ..ops.triton import spectral as T
+
+            return T.rankme(ctx.gather(z), eps, s)
         return S.rankme(z, eps, s, ctx, strat)
 
 

@@ -305,6 +305,138 @@ mcr2_fwd, mcr2_bwd, _SPEC_MCR2, MCR2Function = _MCR2.fwd, _MCR2.bwd, _MCR2.spec,
 
 
 # --------------------------------------------------------------------------------------------
+# singular_values and rankme: one GEMM (the Gram), eigh (cuSOLVER syevd), one kernel
+
+
+@triton.jit
+def _spectrum_kernel(lam_ptr, poison_ptr, eps_ptr, sigma_ptr, coef_ptr, r_ptr, m, k, RANKME: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """One program over the Gram's ascending eigenvalues λ (m): σ_j = sqrt(max(λ_{m-1-j}, 0)) + poison,
+    j < k, descending (poison: 0, or NaN for a non-finite Gram, docs/spec.md §6). RANKME: in float64,
+    p_j = σ_j/S + eps (S = Σσ), R = exp(−Σ p log p) and dR/dσ_j = R·(T/S² − (log p_j + 1)/S) with
+    T = Σ (log p + 1)·σ, for the backward. Each pass recomputes σ from λ (no barrier between passes)."""
+    lanes = tl.arange(0, BLOCK)
+    poison = tl.load(poison_ptr).to(tl.float64)
+    acc = tl.zeros((BLOCK,), tl.float64)
+    for j0 in range(0, k, BLOCK):
+        j = j0 + lanes
+        s = tl.sqrt(tl.maximum(tl.load(lam_ptr + (m - 1 - j), mask=j < k, other=0.0).to(tl.float64), 0.0)) + poison
+        tl.store(sigma_ptr + j, s.to(sigma_ptr.dtype.element_ty), mask=j < k)
+        acc += tl.where(j < k, s, 0.0)
+    if RANKME:
+        eps = tl.load(eps_ptr)
+        total = tl.sum(acc, axis=0)
+        h = tl.zeros((BLOCK,), tl.float64)
+        t = tl.zeros((BLOCK,), tl.float64)
+        for j0 in range(0, k, BLOCK):
+            j = j0 + lanes
+            s = tl.sqrt(tl.maximum(tl.load(lam_ptr + (m - 1 - j), mask=j < k, other=0.0).to(tl.float64), 0.0))
+            p = (s + poison) / total + eps
+            lp = tl.log(p)
+            h += tl.where(j < k, -p * lp, 0.0)
+            t += tl.where(j < k, (lp + 1.0) * (s + poison), 0.0)
+        r = tl.exp(tl.sum(h, axis=0))
+        tt = tl.sum(t, axis=0)
+        for j0 in range(0, k, BLOCK):
+            j = j0 + lanes
+            s = tl.sqrt(tl.maximum(tl.load(lam_ptr + (m - 1 - j), mask=j < k, other=0.0).to(tl.float64), 0.0))
+            lp = tl.log((s + poison) / total + eps)
+            tl.store(coef_ptr + j, r * (tt / (total * total) - (lp + 1.0) / total), mask=j < k)
+        tl.store(r_ptr, r.to(r_ptr.dtype.element_ty))
+
+
+def _eig(z: Tensor, side: str, dtype: torch.dtype, vectors: bool):
+    """(λ ascending, eigenvectors or None, 0·ΣG) of z's Gram accumulated in ``dtype``; a finite stand-in
+    is factored (eigh raises on NaN) and the poison carries NaN/Inf to σ, as the reference."""
+    g = S._gram_of(z, side, dtype)
+    finite = torch.where(torch.isfinite(g), g, 0)
+    if vectors:
+        lam, vec = torch.linalg.eigh(finite)
+        return lam, vec, g.sum() * 0
+    return torch.linalg.eigvalsh(finite), None, g.sum() * 0
+
+
+def _spectrum(z: Tensor, side: str, k: int, vectors: bool):
+    """reference/spectrum.py singular_values' precision rule: the Gram in accumulation_dtype, again
+    in float64 when σ_k < SQRT_EIG_MIN_RATIO·σ_max (one host read; float64 directly under capture)."""
+    first = S.accumulation_dtype(z)
+    if first != torch.float64 and not S._capturing(z):
+        lam, vec, poison = _eig(z, side, first, vectors)
+        top = torch.sqrt(lam[[-k, -1]].clamp_min(0)) + poison
+        if not (k > 1 and bool(top[0] < S.SQRT_EIG_MIN_RATIO * top[1])):
+            return lam, vec, poison
+    return _eig(z, side, torch.float64, vectors)
+
+
+def _svals_fwd_impl(z: Tensor, side: str, eps: float, rank: bool, vectors: bool
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> (σ (k,) or RankMe (), the top-k eigenvectors (m, k) descending (empty unless ``vectors``),
+    dR/dσ (k,) float64 and σ for RankMe (empty for the singular values))."""
+    n, d = z.shape
+    k, m = min(n, d), _size(n, d, side)
+    with device_guard(z):
+        lam, vec, poison = _spectrum(z, side, k, vectors)
+        sigma, coef, r = _out(z, k), torch.empty(k if rank else 0, dtype=torch.float64, device=z.device), _out(z)
+        eps_t = torch.full((), eps, dtype=torch.float64, device=z.device)
+        _spectrum_kernel[(1,)](lam, poison, eps_t, sigma, coef, r, m, k, RANKME=rank, BLOCK=_block((min(k, 1024),)))
+        # in accumulation_dtype whichever Gram served (the fake cannot know the float64 retry)
+        acc = S.accumulation_dtype(z)
+        vec = vec.flip(-1)[:, :k].to(acc).contiguous() if vectors else z.new_empty((0, 0), dtype=acc)
+    if rank:
+        return r, vec, coef, sigma
+    return sigma, vec, coef, z.new_empty((0,), dtype=sigma.dtype)
+
+
+def _svals_fwd_fake(z, side, eps, rank, vectors):
+    n, d = z.shape
+    k, m = min(n, d), _size(n, d, side)
+    vec = z.new_empty((m, k) if vectors else (0, 0), dtype=S.accumulation_dtype(z))
+    out = _out(z) if rank else _out(z, k)
+    return out, vec, z.new_empty((k if rank else 0,), dtype=torch.float64), _out(z, k if rank else 0)
+
+
+def _svals_bwd_impl(z: Tensor, vec: Tensor, coef: Tensor, sigma: Tensor, g: Tensor, side: str, rank: bool) -> Tensor:
+    """Σ_j g_j u_j v_jᵀ through the Gram: V diag(g/σ) Vᵀz (sample side) or z V diag(g/σ) Vᵀ, 0 where
+    σ_j = 0 (a zero singular value's one-sided derivative); RankMe's g_j = g·dR/dσ_j. Without saved
+    eigenvectors (``vectors=False``) they are computed again here."""
+    if vec.numel() == 0:  # the forward kept no eigenvectors (no grad was expected): factor again
+        vec = _spectrum(z, side, sigma.shape[0], True)[1].flip(-1)[:, :sigma.shape[0]].to(vec.dtype)
+    gs = (g.to(torch.float64) * coef) if rank else g.to(torch.float64)
+    w = torch.where(sigma > 0, gs / sigma.to(torch.float64).clamp_min(torch.finfo(sigma.dtype).tiny), 0).to(vec.dtype)
+    x = z.to(vec.dtype)
+    with device_guard(z):
+        if side == "sample":
+            dz = (vec * w) @ (vec.T @ x)
+        else:
+            dz = (x @ vec * w) @ vec.T
+    return dz.to(z.dtype)
+
+
+def _svals_setup(ctx, inputs, output):
+    z, side, eps, rank, vectors = inputs
+    ctx.save_for_backward(z, *output[1:] if rank else (output[1], output[2], output[0]))
+    ctx.args = (side, rank)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _svals_backward(ctx, run_bwd, g, *unused):
+    z, vec, coef, sigma = ctx.saved_tensors
+    g = g if g is not None else sigma.new_zeros(() if ctx.args[1] else sigma.shape)
+    return run_bwd(z, vec, coef, sigma, g, *ctx.args), None, None, None, None
+
+
+def _register_spectrum(name: str) -> registry.Registered:
+    return registry.register(name, "triton", fwd=_svals_fwd_impl, fwd_fake=_svals_fwd_fake, bwd=_svals_bwd_impl,
+                             bwd_fake=lambda z, *rest: torch.empty_like(z), setup=_svals_setup,
+                             backward=_svals_backward, device=device_rule, gathers=True)
+
+
+_SV, _RANKME = _register_spectrum("singular_values"), _register_spectrum("rankme")
+singular_values_fwd, singular_values_bwd, _SPEC_SV, SingularValuesFunction = _SV.fwd, _SV.bwd, _SV.spec, _SV.function
+rankme_fwd, rankme_bwd, _SPEC_RANKME, RankMeFunction = _RANKME.fwd, _RANKME.bwd, _RANKME.spec, _RANKME.function
+
+
+# --------------------------------------------------------------------------------------------
 # the functions functional/spectrum.py calls (inputs validated there; rows already gathered)
 
 
@@ -334,3 +466,18 @@ def mcr2(z: Tensor, labels: Tensor, eps: float, gamma: float, num_classes: int, 
     plan = class_plan(labels, num_classes, z.shape[1], class_side, z.device)
     loss, r, rc = apply(_SPEC_MCR2, z, *plan, float(eps), float(gamma), side)[:3]
     return loss, {"R": r, "Rc": rc}
+
+
+def _vectors(z: Tensor) -> bool:
+    return torch.is_grad_enabled() and z.requires_grad
+
+
+def singular_values(z: Tensor, side: str) -> Tensor:
+    """The min(N, D) singular values of z, descending (docs/spec.md §7.6)."""
+    return apply(_SPEC_SV, z, side, 0.0, False, _vectors(z))[0]
+
+
+def rankme(z: Tensor, eps: float, side: str) -> Tensor:
+    """RankMe of z's rows (docs/spec.md §7.6)."""
+    return apply(_SPEC_RANKME, z, side, float(eps), True, _vectors(z))[0]
+
