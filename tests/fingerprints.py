@@ -87,6 +87,8 @@ SPECTRAL = {
                                    lambda be: lambda a, b: dk.coding_rate_loss(a, 0.3, side="dimension", backend=be)),
     "mcr2_loss/auto": ("mcr2_loss", lambda be: lambda a, b: dk.mcr2_loss(
         a, torch.arange(a.shape[0]) % 3, 0.4, 0.7, 4, return_terms=True, backend=be)),
+    "singular_values/auto": ("singular_values", lambda be: lambda a, b: dk.singular_values(a, backend=be)),
+    "rankme/dimension": ("rankme", lambda be: lambda a, b: dk.rankme(a, 1e-3, side="dimension", backend=be)),
 }
 
 
