@@ -1,14 +1,14 @@
-"""Triton backend of the log-determinant losses (docs/spec.md §7.7): coding_rate_loss (TCR) and
-mcr2_loss, on the op registry. No custom GEMM or factorization: per factorized matrix ONE library
-GEMM writes the shifted, scaled Gram (addmm / baddbmm with beta=1 on the shift), cholesky_ex
-factorizes it (cuSOLVER on CUDA) into one flat buffer holding every factor, and ONE Triton launch
-(``_logdet_loss_kernel``) reads the factors' diagonals and writes the loss (and MCR²'s terms).
-
-The backward is the closed form d/dz logdet(I + α z zᵀ) = 2α (I + α z zᵀ)⁻¹ z by cholesky_solve on
-the saved factors (the dimension side: 2α z (I + α zᵀz)⁻¹), scaled on the device by the terms'
-weights and the incoming gradients; MCR²'s class gradients are scattered into their rows.
-Accumulation and the Cholesky check are the reference's (reference/spectrum.py). Bytes and flops:
-docs/triton_spectral.md. Untested on GPU.
+"""Triton backend of the spectral functions (docs/spec.md §7.6-7.7): coding_rate_loss (TCR), mcr2_loss,
+singular_values and rankme, on the op registry. No custom GEMM or factorization. The losses: per
+factorized matrix ONE library GEMM writes the shifted, scaled Gram (addmm / baddbmm with beta=1 on
+the shift), cholesky_ex factorizes it (cuSOLVER on CUDA), MCR²'s factors all in one flat buffer,
+and ONE launch of ``_logdet_loss_kernel`` reads the diagonals and writes the loss (and the terms).
+Their backward: d/dz logdet(I + α z zᵀ) = 2α (I + α z zᵀ)⁻¹ z by cholesky_solve on the saved
+factors (the dimension side 2α z (I + α zᵀz)⁻¹), scaled on the device by the terms' weights and
+the incoming gradients, MCR²'s class rows accumulated into their rows. The spectrum: the Gram,
+eigh, ``_spectrum_kernel`` (σ descending, RankMe and its gradient coefficients); backward on the
+eigenvectors. Accumulation, the float64 retry and the Cholesky check are reference/spectrum.py's.
+Bytes and flops: docs/triton_spectral.md. Untested on GPU.
 """
 
 from __future__ import annotations
