@@ -309,6 +309,12 @@ mcr2_fwd, mcr2_bwd, _SPEC_MCR2, MCR2Function = _MCR2.fwd, _MCR2.bwd, _MCR2.spec,
 
 
 @triton.jit
+def _sigma_at(lam_ptr, m, k, j):
+    """sqrt(max(λ_{m-1-j}, 0)) in float64 (0 for j ≥ k): the j-th largest singular value."""
+    return tl.sqrt(tl.maximum(tl.load(lam_ptr + (m - 1 - j), mask=j < k, other=0.0).to(tl.float64), 0.0))
+
+
+@triton.jit
 def _spectrum_kernel(lam_ptr, poison_ptr, eps_ptr, sigma_ptr, coef_ptr, r_ptr, m, k, RANKME: tl.constexpr,
                      BLOCK: tl.constexpr):
     """One program over the Gram's ascending eigenvalues λ (m): σ_j = sqrt(max(λ_{m-1-j}, 0)) + poison,
@@ -320,7 +326,7 @@ def _spectrum_kernel(lam_ptr, poison_ptr, eps_ptr, sigma_ptr, coef_ptr, r_ptr, m
     acc = tl.zeros((BLOCK,), tl.float64)
     for j0 in range(0, k, BLOCK):
         j = j0 + lanes
-        s = tl.sqrt(tl.maximum(tl.load(lam_ptr + (m - 1 - j), mask=j < k, other=0.0).to(tl.float64), 0.0)) + poison
+        s = _sigma_at(lam_ptr, m, k, j) + poison
         tl.store(sigma_ptr + j, s.to(sigma_ptr.dtype.element_ty), mask=j < k)
         acc += tl.where(j < k, s, 0.0)
     if RANKME:
@@ -330,7 +336,7 @@ def _spectrum_kernel(lam_ptr, poison_ptr, eps_ptr, sigma_ptr, coef_ptr, r_ptr, m
         t = tl.zeros((BLOCK,), tl.float64)
         for j0 in range(0, k, BLOCK):
             j = j0 + lanes
-            s = tl.sqrt(tl.maximum(tl.load(lam_ptr + (m - 1 - j), mask=j < k, other=0.0).to(tl.float64), 0.0))
+            s = _sigma_at(lam_ptr, m, k, j)
             p = (s + poison) / total + eps
             lp = tl.log(p)
             h += tl.where(j < k, -p * lp, 0.0)
@@ -339,7 +345,7 @@ def _spectrum_kernel(lam_ptr, poison_ptr, eps_ptr, sigma_ptr, coef_ptr, r_ptr, m
         tt = tl.sum(t, axis=0)
         for j0 in range(0, k, BLOCK):
             j = j0 + lanes
-            s = tl.sqrt(tl.maximum(tl.load(lam_ptr + (m - 1 - j), mask=j < k, other=0.0).to(tl.float64), 0.0))
+            s = _sigma_at(lam_ptr, m, k, j)
             lp = tl.log((s + poison) / total + eps)
             tl.store(coef_ptr + j, r * (tt / (total * total) - (lp + 1.0) / total), mask=j < k)
         tl.store(r_ptr, r.to(r_ptr.dtype.element_ty))
