@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
     try:
         import duality_kernels.ops.triton.gram  # noqa: F401
         import duality_kernels.ops.triton.lse  # noqa: F401
+        import duality_kernels.ops.triton.spectral  # noqa: F401
     except Exception:  # pragma: no cover - triton missing or broken: its tests skip themselves
         pass
 

@@ -76,6 +76,19 @@ DROPINS = {
     "InfoNCEFunction": (lambda: (0.3, "mean"), 2, ("triton",)),
     "VICRegExpFunction": (lambda: (25.0, 25.0, 1.0, 1.3, 1e-4, 0.3), 2, ("triton",)),
     "VICRegCtrFunction": (lambda: (25.0, 25.0, 1.0, 1.3, 1e-4, 0.3), 2, ("triton",)),
+    "CodingRateFunction": (lambda: (0.3, "dimension"), 1, ("triton",)),
+}
+
+# the spectral functions that a compiled backend registers (docs/spec.md §7.7): key -> (public name, fn(backend))
+SPECTRAL = {
+    "coding_rate_loss/sample": ("coding_rate_loss",
+                                lambda be: lambda a, b: dk.coding_rate_loss(a, 0.3, side="sample", backend=be)),
+    "coding_rate_loss/dimension": ("coding_rate_loss",
+                                   lambda be: lambda a, b: dk.coding_rate_loss(a, 0.3, side="dimension", backend=be)),
+    "mcr2_loss/auto": ("mcr2_loss", lambda be: lambda a, b: dk.mcr2_loss(
+        a, torch.arange(a.shape[0]) % 3, 0.4, 0.7, 4, return_terms=True, backend=be)),
+    "singular_values/auto": ("singular_values", lambda be: lambda a, b: dk.singular_values(a, backend=be)),
+    "rankme/dimension": ("rankme", lambda be: lambda a, b: dk.rankme(a, 1e-3, side="dimension", backend=be)),
 }
 
 
@@ -85,7 +98,7 @@ def dropin_class(backend, name):
 
     places = {"cuda": ("duality_kernels.ops.cuda",),
               "triton": ("duality_kernels.ops.triton.gram", "duality_kernels.ops.triton.lse",
-                         "duality_kernels.ops.triton")}
+                         "duality_kernels.ops.triton", "duality_kernels.ops.triton.spectral")}
     for mod in places[backend]:
         try:
             m = importlib.import_module(mod)
@@ -146,6 +159,10 @@ def fingerprints():
                     for be in backends(name):
                         z1, z2 = views(n, d, dtype, 10 * si + pi)
                         out[f"fn/{name}/{pi}/{be}/{dt}/{shape}"] = digest(call(name, params, be), (z1, z2))
+            for key, (name, fn) in SPECTRAL.items():
+                for be in backends(name):
+                    z1, z2 = views(n, d, dtype, 300 + si)
+                    out[f"spectral/{key}/{be}/{dt}/{shape}"] = digest(fn(be), (z1, z2))
             for cls, (args, kw) in MODULES.items():
                 for be in backends(MODULE_BACKENDS[cls]):
                     z1, z2 = views(n, d, dtype, 100 + si)

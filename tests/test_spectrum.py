@@ -249,7 +249,8 @@ def test_errors():
         (ValueError, "backend must be one of", lambda: dk.coding_rate_loss(z, backend="numpy")),
         (TypeError, "gather_distributed must be a bool", lambda: dk.coding_rate_loss(z, gather_distributed=1)),
         (BackendUnavailableError, "does not implement coding_rate_loss",
-         lambda: dk.coding_rate_loss(z, backend="triton")),
+         lambda: dk.coding_rate_loss(z, backend="cuda")),
+        (BackendUnavailableError, "does not implement mec_loss", lambda: dk.mec_loss(z, z, backend="triton")),
         (BackendUnavailableError, "does not implement mec_loss", lambda: dk.mec_loss(z, z, backend="cuda")),
         (BackendUnavailableError, "does not implement rankme", lambda: dk.rankme(z, backend="cuda")),
     ]

@@ -17,6 +17,10 @@ ONE = [
     ("sample_contrastive_criterion", lambda z, be: dk.sample_contrastive_criterion(z, side="dimension", backend=be)),
     ("dimension_contrastive_criterion", lambda z, be: dk.dimension_contrastive_criterion(z, side="sample", backend=be)),
     ("duality_terms", lambda z, be: torch.stack(dk.duality_terms(z, backend=be))),
+    ("coding_rate_loss", lambda z, be: dk.coding_rate_loss(z, 0.3, side="dimension", backend=be)),
+    ("mcr2_loss", lambda z, be: dk.mcr2_loss(z, torch.arange(z.shape[0]) % 3, return_terms=True, backend=be)),
+    ("singular_values", lambda z, be: dk.singular_values(z, side="sample", backend=be)),
+    ("rankme", lambda z, be: dk.rankme(z, 1e-3, backend=be)),
 ]
 TWO = [
     ("cross_correlation", lambda a, b, be: dk.cross_correlation(a, b, 1e-3, backend=be)),

@@ -1,9 +1,10 @@
 """Public spectral functions (docs/spec.md §7): singular values, RankMe, and the coding-rate
 losses TCR (EMP-SSL), MCR² and MEC, each on the cheaper side of the duality.
 
-Validation (docs/spec.md §6) and backend selection as in the other public functions; only the
-torch reference implements these ops, so "auto" runs it and "triton"/"cuda" raise
-BackendUnavailableError. ``side="auto"`` asks ``_cost.resolve_side`` on the global batch.
+Validation (docs/spec.md §6) and backend selection as in the other public functions. The torch
+reference implements every one; Triton (ops/triton/spectral.py) all but mec_loss,
+whose op contracts and descriptions (family "spectral": "auto" keeps torch) are here; a backend
+that lacks a function raises BackendUnavailableError. ``side="auto"``: ``_cost.resolve_side``.
 ``gather_distributed=True`` (docs/spec.md §5): every rank computes the global batch's value from
 all-gathered rows, or, for a dimension-side Gram, from the all-reduced D×D Gram when the cost
 model prefers it (``distributed.strategy``); the backward sums over ranks, so DDP's averaged
@@ -23,6 +24,8 @@ import torch
 from .. import _backend, _cost
 from .. import _validation as V
 from .. import distributed as _dist
+from ..ops import registry
+from ..ops._checks import OP_SIDES
 from ..reference import spectrum as S
 
 Tensor = torch.Tensor
@@ -36,13 +39,79 @@ def _no_autocast(z: Tensor):
     return torch.autocast(z.device.type, enabled=False)
 
 
+# ---- the ops' contracts (docs/spec.md §6), run by the public functions' checks and the ops' entries
+
+
+def check_coding_rate(z, eps, side) -> None:
+    """The coding_rate op: z (N, D), eps > 0, the resolved side."""
+    V.check_tensor(z, "z")
+    V.check_positive(eps, "eps")
+    V.check_choice(side, "side", OP_SIDES)
+
+
+def _check_int_list(values, name: str, length: int, lo: int, his) -> None:
+    if not isinstance(values, (list, tuple)) or len(values) != length:
+        raise TypeError(f"{name} must be a list of {length} ints, got {values!r}")
+    for v, hi in zip(values, his):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= v <= hi:
+            raise ValueError(f"{name} must hold ints in [{lo}, {hi}], got {v!r}")
+
+
+def check_mcr2(z, index, shapes, counts, dims, eps, gamma, side) -> None:
+    """The mcr2 op (ops/triton/spectral.py class_plan builds its arguments): ``index`` 1-D int64 on
+    z's device, the batches' (classes, m) row indices (padding N; values not read), ``shapes`` their
+    (classes, m) pairs, ``counts`` each class's rows (1..m), ``dims`` per batch whether its classes
+    use the dimension side; eps > 0, gamma finite."""
+    V.check_tensor(z, "z")
+    if not isinstance(shapes, (list, tuple)) or len(shapes) % 2:
+        raise TypeError(f"shapes must be a list of (classes, rows) pairs, flattened; got {shapes!r}")
+    _check_int_list(shapes, "shapes", len(shapes), 1, [z.shape[0]] * len(shapes))
+    pairs = list(zip(shapes[::2], shapes[1::2]))
+    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.dim() != 1 \
+            or index.numel() != sum(k * m for k, m in pairs) or index.device != z.device:
+        raise ValueError(f"index must be a 1-D int64 tensor of {sum(k * m for k, m in pairs)} row indices on "
+                         f"{z.device}, got {index!r:.80}")
+    _check_int_list(counts, "counts", sum(k for k, _ in pairs), 1, [m for k, m in pairs for _ in range(k)])
+    if not isinstance(dims, (list, tuple)) or len(dims) != len(pairs) or not all(isinstance(v, bool) for v in dims):
+        raise TypeError(f"dims must be a list of {len(pairs)} bools (one per batch), got {dims!r}")
+    V.check_positive(eps, "eps")
+    V.check_finite(gamma, "gamma")
+    V.check_choice(side, "side", OP_SIDES)
+
+
+def check_spectrum(z, side, eps, rank, vectors) -> None:
+    """The singular_values and rankme ops: z (N, D), the resolved side, eps > 0 for RankMe (``rank``),
+    ``vectors``: whether the eigenvectors are kept for a backward."""
+    V.check_tensor(z, "z")
+    V.check_choice(side, "side", OP_SIDES)
+    V.check_flag(rank, "rank")
+    V.check_flag(vectors, "vectors")
+    if rank:
+        V.check_positive(eps, "eps")
+
+
+registry.describe(
+    registry.OpDef("singular_values", ("singular_values",), "spectral", check_spectrum, 1, "SingularValuesFunction",
+                   "singular values (docs/spec.md §7.6): ``apply(z, side, 0.0, False, vectors)`` -> (σ,); "
+                   "vectors=True keeps the eigenvectors a backward needs."),
+    registry.OpDef("rankme", ("rankme",), "spectral", check_spectrum, 1, "RankMeFunction",
+                   "RankMe (docs/spec.md §7.6): ``apply(z, side, eps, True, vectors)`` -> (RankMe,)."),
+    registry.OpDef("coding_rate", ("coding_rate_loss",), "spectral", check_coding_rate, 1, "CodingRateFunction",
+                   "TCR (docs/spec.md §7.7): ``apply(z, eps, side)`` -> (loss,); side \"sample\" or \"dimension\"."),
+    registry.OpDef("mcr2", ("mcr2_loss",), "spectral", check_mcr2, 3, "MCR2Function",
+                   "MCR² (docs/spec.md §7.7): ``apply(z, index, shapes, counts, dims, eps, gamma, side)`` -> "
+                   "(loss, R, Rc); (index, shapes, counts, dims) from "
+                   "``class_plan(labels, num_classes, D, class_side, device)``."),
+)
+
+
 def _setup(op: str, z: Tensor, side, gather_distributed, backend):
-    """(ctx, resolved side, strategy) after the checks every spectral function shares."""
+    """(ctx, resolved side, strategy, backend) after the checks every spectral function shares."""
     side = V.check_side(side)
     ctx = _dist.context(gather_distributed, z, op)
-    _backend.resolve(backend, op, z, ctx.active)  # "torch" (the only implementation) or an error
+    be = _backend.resolve(backend, op, z, ctx.active)
     n, d = z.shape
-    return ctx, _cost.resolve_side(side, ctx.world * n, d), _dist.strategy(ctx, n, d)
+    return ctx, _cost.resolve_side(side, ctx.world * n, d), _dist.strategy(ctx, n, d), be
 
 
 def singular_values(z: Tensor, *, side: str = "auto", gather_distributed: bool = False,
@@ -55,8 +124,12 @@ def singular_values(z: Tensor, *, side: str = "auto", gather_distributed: bool =
     dσ_k/dz = u_k v_kᵀ (0 where σ_k = 0).
     """
     V.check_tensor(z, "z")
-    ctx, s, strat = _setup("singular_values", z, side, gather_distributed, backend)
+    ctx, s, strat, be = _setup("singular_values", z, side, gather_distributed, backend)
     with _no_autocast(z):
+        if be == "triton":  # the global batch from the all-gathered rows (the reference's "gather")
+            from ..ops.triton import spectral as T
+
+            return T.singular_values(ctx.gather(z), s)
         return S.singular_values(z, s, ctx, strat)
 
 
@@ -69,8 +142,12 @@ def rankme(z: Tensor, eps: float = 1e-7, *, side: str = "auto", gather_distribut
     """
     V.check_tensor(z, "z")
     eps = V.check_positive(eps, "eps")
-    ctx, s, strat = _setup("rankme", z, side, gather_distributed, backend)
+    ctx, s, strat, be = _setup("rankme", z, side, gather_distributed, backend)
     with _no_autocast(z):
+        if be == "triton":
+            from ..ops.triton import spectral as T
+
+            return T.rankme(ctx.gather(z), eps, s)
         return S.rankme(z, eps, s, ctx, strat)
 
 
@@ -82,8 +159,12 @@ def coding_rate_loss(z: Tensor, eps: float = 0.2, *, side: str = "auto", gather_
     factorization here instead of the official 1024×1024."""
     V.check_tensor(z, "z")
     eps = V.check_positive(eps, "eps")
-    ctx, s, strat = _setup("coding_rate_loss", z, side, gather_distributed, backend)
+    ctx, s, strat, be = _setup("coding_rate_loss", z, side, gather_distributed, backend)
     with _no_autocast(z):
+        if be == "triton":  # the global batch from the all-gathered rows (the reference's "gather")
+            from ..ops.triton import spectral as T
+
+            return T.coding_rate(ctx.gather(z), eps, s)
         return S.coding_rate(z, eps, s, ctx, strat)
 
 
@@ -127,10 +208,17 @@ def mcr2_loss(z: Tensor, labels: Tensor, eps: float = 0.5, gamma: float = 1.0, n
     V.check_flag(return_terms, "return_terms")
     lab = _check_labels(labels, z, num_classes)
     side_arg = V.check_side(side)
-    ctx, s, _ = _setup("mcr2_loss", z, side, gather_distributed, backend)
+    ctx, s, _, be = _setup("mcr2_loss", z, side, gather_distributed, backend)
+    k = None if num_classes is None else int(num_classes)
     with _no_autocast(z):
-        loss, terms = S.mcr2(z, lab, eps, gamma, None if num_classes is None else int(num_classes), s,
-                             side_arg, ctx)
+        if be == "triton":
+            from ..ops.triton import spectral as T
+
+            lab = S._gather_labels(lab, ctx, z.device).cpu()
+            k = int(lab.max()) + 1 if k is None else k
+            loss, terms = T.mcr2(ctx.gather(z), lab, eps, gamma, k, s, side_arg)
+        else:
+            loss, terms = S.mcr2(z, lab, eps, gamma, k, s, side_arg, ctx)
     return (loss, terms) if return_terms else loss
 
 
@@ -157,6 +245,6 @@ def mec_loss(z1: Tensor, z2: Tensor, eps_sq: float = 64.0, order: int = 4, *, la
     order = _check_order(order)
     if lamda_inv is not None:
         lamda_inv = V.check_positive(lamda_inv, "lamda_inv")
-    ctx, s, strat = _setup("mec_loss", z1, side, gather_distributed, backend)
+    ctx, s, strat, _ = _setup("mec_loss", z1, side, gather_distributed, backend)
     with _no_autocast(z1):
         return S.mec(z1, z2, eps_sq, order, lamda_inv, s, ctx, strat)

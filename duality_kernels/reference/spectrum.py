@@ -269,6 +269,23 @@ def _class_buckets(counts, d: int, side: str):
     return buckets
 
 
+def class_batches(labels: Tensor, counts, d: int, class_side: str):
+    """[(side, classes, index)] of ``_class_buckets``, in a fixed order: ``index`` (classes, m) holds
+    each class's rows (labels' order) padded with N, the index of a zero row appended to z."""
+    n = labels.shape[0]
+    order = torch.argsort(labels, stable=True)
+    starts = [0]
+    for n_c in counts:
+        starts.append(starts[-1] + n_c)
+    out = []
+    for (s, m), classes in sorted(_class_buckets(counts, d, class_side).items()):
+        idx = torch.full((len(classes), m), n, dtype=torch.int64)
+        for j, c in enumerate(classes):
+            idx[j, :counts[c]] = order[starts[c]:starts[c + 1]]
+        out.append((s, classes, idx))
+    return out
+
+
 def mcr2(z: Tensor, labels: Tensor, eps: float, gamma: float, num_classes: Optional[int], side: str,
          class_side: str, ctx: Context = LOCAL):
     """The official MaximalCodingRateReduction(eps, gamma)(z, labels) total loss −R + γ·Rc:
@@ -286,16 +303,9 @@ def mcr2(z: Tensor, labels: Tensor, eps: float, gamma: float, num_classes: Optio
     counts = torch.bincount(labels, minlength=k).tolist()
     cd, acc = compute_dtype(z.dtype), accumulation_dtype(z)
     r = (0.5 * shifted_logdet(gram(z, side), d / (n * eps), "mcr2_loss")).to(cd)
-    order = torch.argsort(labels, stable=True)
-    starts = [0]
-    for n_c in counts:
-        starts.append(starts[-1] + n_c)
     padded = torch.cat([z, z.new_zeros(1, d)])  # row n is the zero padding row
     rc = None
-    for (s, m), classes in sorted(_class_buckets(counts, d, class_side).items()):
-        idx = torch.full((len(classes), m), n, dtype=torch.int64)
-        for j, c in enumerate(classes):
-            idx[j, :counts[c]] = order[starts[c]:starts[c + 1]]
+    for s, classes, idx in class_batches(labels, counts, d, class_side):
         xc = padded[idx.to(z.device)]  # (classes, m, D)
         tr = torch.tensor([counts[c] + CLASS_COUNT_EPS for c in classes], dtype=torch.float64)
         alpha = (d / (tr * eps)).to(device=z.device, dtype=acc)
@@ -341,5 +351,5 @@ def mec(z1: Tensor, z2: Tensor, eps_sq: float, order: int, lamda_inv: Optional[f
     return -lam_inv * trace_power_series(m, order) / n
 
 
-__all__ = ["singular_values", "rankme", "coding_rate", "mcr2", "mec", "gram", "shifted_logdet",
+__all__ = ["singular_values", "rankme", "coding_rate", "mcr2", "mec", "gram", "shifted_logdet", "class_batches",
            "trace_power_series", "accumulation_dtype", "CLASS_COUNT_EPS"]
