@@ -169,6 +169,11 @@ LOSSES: Dict[str, Callable] = {
     "hard_negative": lambda a, b: dk.hard_negative_ntxent_loss(a, b, backend="triton"),
     "clip": lambda a, b: dk.clip_loss(a, b, 14.3, backend="triton"),
     "siglip": lambda a, b: dk.siglip_loss(a, b, 10.0, -10.0, backend="triton"),
+    # the spectral functions (ops/triton/spectral.py): their kernels read the factors' diagonals or
+    # the eigenvalues; MCR² with 10 classes (its labels on the host: the class sizes are read there)
+    "coding_rate": lambda a, b: dk.coding_rate_loss(a, backend="triton"),
+    "mcr2": lambda a, b: dk.mcr2_loss(a, torch.arange(a.shape[0]) % 10, backend="triton"),
+    "rankme": lambda a, b: dk.rankme(a, backend="triton"),
     "vicreg_gathered": lambda a, b: _gathered("vicreg", a, b),
     "barlow_gathered": lambda a, b: _gathered("barlow", a, b),
     "spectral_gathered": lambda a, b: _gathered("spectral", a, b),
@@ -203,6 +208,7 @@ HEADLINE = [
     # the wave-3 losses at their target shapes
     ("supcon", 8192, 128), ("moco", 256, 128), ("hard_negative", 16384, 256),
     ("clip", 65536, 512), ("clip", 4096, 512), ("siglip", 65536, 512), ("siglip", 4096, 512),
+    ("coding_rate", 100, 1024), ("mcr2", 1000, 128), ("rankme", 25600, 2048),
     # per-rank shapes of the gathered forms (the strategy the cost model picks at W = 8)
     ("vicreg_gathered", 2048, 8192), ("barlow_gathered", 2048, 8192), ("spectral_gathered", 16384, 256),
 ]

@@ -66,7 +66,8 @@ FULL_ARCH = 90
 # Every kernel of both families, at the headline shapes whose tiles are the largest per family
 ARCH_CASES = ["ntxent:2048x256", "ntxent:16384x256", "infonce:32768x256", "vicreg_exp:2048x1024",
               "vicreg:2048x8192", "barlow:2048x8192", "spectral:16384x256", "supcon:8192x128", "moco:256x128",
-              "hard_negative:16384x256", "clip:65536x512", "siglip:65536x512"]
+              "hard_negative:16384x256", "clip:65536x512", "siglip:65536x512", "coding_rate:100x1024",
+              "mcr2:1000x128", "rankme:25600x2048"]
 _REPORTS: dict = {}
 
 

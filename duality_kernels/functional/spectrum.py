@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .. import _backend, _cost
+from .._policy import autocast_off
 from .. import _validation as V
 from .. import distributed as _dist
 from ..ops import registry
@@ -35,8 +36,9 @@ __all__ = ["singular_values", "rankme", "coding_rate_loss", "mcr2_loss", "mec_lo
 
 def _no_autocast(z: Tensor):
     """Autocast stays outside (docs/design.md convention 18): these functions compute as for their
-    input dtype, and a bf16-autocast Gram would cost the log-determinants ~3 digits."""
-    return torch.autocast(z.device.type, enabled=False)
+    input dtype, and a bf16-autocast Gram would cost the log-determinants ~3 digits. (Every device
+    type: meta tensors too, which torch.autocast(z.device.type) refuses.)"""
+    return autocast_off()
 
 
 # ---- the ops' contracts (docs/spec.md §6), run by the public functions' checks and the ops' entries

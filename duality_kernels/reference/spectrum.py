@@ -107,8 +107,10 @@ def global_gram(z: Tensor, side: str, ctx: Context = LOCAL, strategy: str = "gat
 
 
 def _capturing(t: Tensor) -> bool:
-    # nor while torch.compile traces: reading a value would break the graph
-    return torch.compiler.is_compiling() or (t.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+    # nor while torch.compile traces (reading a value would break the graph), nor for meta tensors
+    # (no values: the kernel report records launches on them)
+    return torch.compiler.is_compiling() or t.device.type == "meta" or (
+        t.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def _check_cholesky(info: Tensor, g: Tensor, alpha, what: str) -> None:

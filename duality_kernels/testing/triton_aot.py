@@ -429,6 +429,16 @@ def gram_scenarios(everything: bool) -> List[Case]:
     return runs
 
 
+def spectral_scenarios() -> List[Case]:
+    """The spectral functions on Triton (ops/triton/spectral.py): the loss-from-factors kernel of
+    coding_rate_loss and of MCR² (class batches), and the singular-value kernel with RankMe."""
+    labels = torch.arange(40) % 3  # values: the class sizes are read on the host
+    fp32, bf16 = torch.float32, torch.bfloat16
+    return [Case("coding_rate bf16", fwd_bwd(lambda a, b: dk.coding_rate_loss(a, backend="triton"), bf16, (40, 70))),
+            Case("mcr2 fp32", fwd_bwd(lambda a, b: dk.mcr2_loss(a, labels, backend="triton"), fp32, (40, 70))),
+            Case("rankme fp32", fwd_bwd(lambda a, b: dk.rankme(a, backend="triton"), fp32, (40, 70)))]
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 
@@ -449,7 +459,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, default=DEFAULT_ARCH, help="compute capability, e.g. 90 (default)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
-    variants = record(lse_scenarios(args.all) + gram_scenarios(args.all), args.arch)
+    variants = record(lse_scenarios(args.all) + gram_scenarios(args.all) + spectral_scenarios(), args.arch)
     print(f"{len(variants)} kernel variants to compile for {target(args.arch)}, {args.jobs} processes")
     t0 = time.time()
     failures = 0
