@@ -390,18 +390,15 @@ cudaError_t launch_bn_bwd(const BNBwdArgs& a, double* workspace, cudaStream_t st
 }  // namespace
 
 cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_vicreg_bwd, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_vicreg_bwd, a, stream)
 }
 
 cudaError_t moments_bwd(const MomentsBwdArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_moments_bwd, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_moments_bwd, a, stream)
 }
 
 cudaError_t duality_bwd(const DualityBwdArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_duality_bwd, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_duality_bwd, a, stream)
 }
 
 int64_t bn_bwd_workspace_elems(int64_t n, int64_t d, int dtype) {
@@ -411,8 +408,7 @@ int64_t bn_bwd_workspace_elems(int64_t n, int64_t d, int dtype) {
 }
 
 cudaError_t bn_bwd(const BNBwdArgs& a, int dtype, double* workspace, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_bn_bwd, a, workspace, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_bn_bwd, a, workspace, stream)
 }
 
 }  // namespace duality_kernels

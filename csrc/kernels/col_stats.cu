@@ -243,20 +243,17 @@ int col_stats_groups(int mode, int views, int sqdiff) {
 }
 
 cudaError_t col_stats(const ColStatsArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_col_stats, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_col_stats, a, stream)
 }
 
 int col_merge_blocks(int64_t d) { return static_cast<int>(ceil_div(d > 0 ? d : 1, kThreads)); }
 
 cudaError_t col_merge(const ColMergeArgs& a, int dtype, cudaStream_t stream) {
-  if (a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_col_merge, a, stream)
+  DK_DISPATCH_UNLESS(a.d <= 0, dtype, launch_col_merge, a, stream)
 }
 
 cudaError_t center(const CenterArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_center, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_center, a, stream)
 }
 
 }  // namespace duality_kernels
