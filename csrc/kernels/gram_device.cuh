@@ -196,6 +196,17 @@ __device__ __forceinline__ TileRows tile_rows(const ColPlan& p, int64_t n) {
   return t;
 }
 
+// The start of every column-tile kernel: this thread's lane and warp, and the block's TileRows
+// (`const auto [lane, warp, t] = tile_thread(p, n);`).
+struct TileThread {
+  int lane, warp;
+  TileRows t;
+};
+__device__ __forceinline__ TileThread tile_thread(const ColPlan& p, int64_t n) {
+  const int lane = lane_id(), warp = warp_id();
+  return {lane, warp, tile_rows(p, n)};
+}
+
 // max(nrm, 1e-12) that keeps a NaN norm (a row with a NaN): the row's scale and gradients are
 // then NaN, as the reference's (docs/spec.md §8.3); `nrm > 1e-12 ? nrm : 1e-12` made it 1e12.
 template <typename acc_t>
