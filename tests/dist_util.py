@@ -17,6 +17,16 @@ def spawn(fn, world, args, limit_s=240):
             pytest.fail(f"distributed workers did not finish in {limit_s} s")
 
 
+def init_gloo(rank, world, init_file, timeout_s=60):
+    """A worker's first step: its gloo process group of ``world`` ranks, met through ``init_file``."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
 def rank_results(worker, world):
     """Runs ``worker(rank, world, init_file, out_dir)`` on ``world`` ranks; each saves its results to
     ``out_dir/rank<r>.pt``. Returns them in rank order."""

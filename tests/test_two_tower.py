@@ -5,12 +5,10 @@ path, extreme scale and bias in fp32 and bf16 under the accuracy rule (tests/acc
 backend selection, and open_clip's local-loss semantics with 2 and 3 gloo processes (docs/spec.md §5).
 """
 
-import datetime
 import math
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import duality_kernels as dk
 from duality_kernels import _backend
@@ -18,7 +16,7 @@ from duality_kernels.reference import two_tower as RT
 from duality_kernels.testing import official_two_tower as O
 
 from .accuracy import _check, views
-from .dist_util import assert_matches_global, rank_results, save_rank
+from .dist_util import assert_matches_global, init_gloo, rank_results, save_rank
 
 SCALE = 1 / 0.07   # CLIP's initial exp(logit_scale); not a float32 number
 BIAS = -10 / 3     # not a float32 number either
@@ -481,8 +479,7 @@ def _data(world):
 
 
 def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, init_file)
     x_image, x_text = _data(world)
     own = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
     results = {}
@@ -497,6 +494,9 @@ def _worker(rank, world, init_file, out_dir):
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_local_loss_equals_global_batch(world):
+    """docs/spec.md §5 on W ranks of DDP-wrapped towers: each rank's loss is open_clip's loss on that
+    rank (its rows against every rank's columns), their mean is the global batch's loss, and DDP's
+    averaged gradients are the global batch's gradients."""
     ranks = rank_results(_worker, world)
     x_image, x_text = _data(world)
     for name, (fn, official_rank, learn_scale, learn_bias) in _dist_cases().items():
@@ -504,7 +504,7 @@ def test_distributed_local_loss_equals_global_batch(world):
         outs = model(x_image, x_text)
         loss = fn(*outs, False)
         loss.backward()
-        # each rank's loss is open_clip's loss on that rank (its rows against every rank's columns)
+        # each rank's loss is open_clip's loss on that rank
         for r in range(world):
             want = official_rank(*(o.detach() if torch.is_tensor(o) else o for o in outs), r, world)
             torch.testing.assert_close(ranks[r][name][0], want, rtol=1e-10, atol=1e-12, msg=f"{name}: rank {r}")

@@ -7,17 +7,15 @@ ops (opcheck, torch.compile); bad input; open_clip's local loss with 2 and 3 glo
 Under the Triton interpreter on CPU tensors; bf16 (whose interpreted dot is not bf16) on a GPU only.
 """
 
-import datetime
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import duality_kernels as dk
 from duality_kernels.testing import official_two_tower as O
 
 from .accuracy import _check, views
-from .dist_util import rank_results, save_rank
+from .dist_util import init_gloo, rank_results, save_rank
 
 pytest.importorskip("triton")
 lse = pytest.importorskip("duality_kernels.ops.triton.lse")
@@ -220,8 +218,7 @@ def _dist_losses():
 
 
 def _dist_worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, init_file)
     a, b = _dist_data(world)
     own = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
     results = {}

@@ -16,8 +16,7 @@ template <typename T, bool A, typename C = typename AccType<T>::type>
 __global__ void __launch_bounds__(kThreads) vicreg_bwd_kernel(VICRegBwdArgs a, ColPlan p) {
   using acc_t = typename AccType<T>::type;
   constexpr int V = kVec<T>;
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, a.n);
+  const auto [lane, warp, t] = tile_thread(p, a.n);
   const int64_t d = a.d;
   const C gl = static_cast<C>(grad_or_zero<acc_t>(a.g[0]));
   const C w_inv = gl * static_cast<C>(a.inv_w) + static_cast<C>(grad_or_zero<acc_t>(a.g[1]));
@@ -74,8 +73,7 @@ template <typename T, bool A, typename C = typename AccType<T>::type>
 __global__ void __launch_bounds__(kThreads) duality_bwd_kernel(DualityBwdArgs a, ColPlan p) {
   using acc_t = typename AccType<T>::type;
   constexpr int V = kVec<T>;
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, a.n);
+  const auto [lane, warp, t] = tile_thread(p, a.n);
   const int64_t d = a.d;
   const C g_lc = static_cast<C>(grad_or_zero<acc_t>(a.g[0]));
   const C g_lnc = static_cast<C>(grad_or_zero<acc_t>(a.g[1]));
@@ -124,8 +122,7 @@ __global__ void __launch_bounds__(kThreads) moments_bwd_kernel(MomentsBwdArgs a,
   using acc_t = typename AccType<T>::type;
   using I = typename Inner<T>::type;
   constexpr int V = kVecBN<T>;
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, a.n);
+  const auto [lane, warp, t] = tile_thread(p, a.n);
   const int64_t d = a.d;
   const acc_t ci = 2 * grad_or_zero<acc_t>(a.g_inv) / (static_cast<acc_t>(a.n) * static_cast<acc_t>(d));
   // dz_v = P_v ± ci (z1 - z2) + g_mean/n + 2 g_m2 (z_v - mean): with mean = mh + ml (mh its
@@ -217,8 +214,7 @@ __global__ void __launch_bounds__(kThreads) bn_bwd_partial_kernel(BNBwdArgs a, C
   using acc_t = typename AccType<T>::type;
   using I = typename Inner<T>::type;
   constexpr int V = kVecBN<T>;
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, a.n);
+  const auto [lane, warp, t] = tile_thread(p, a.n);
   const int64_t d = a.d;
   I alpha = 0, beta[2][V];
   for (int v = 0; v < 2; ++v) {
@@ -270,8 +266,7 @@ __global__ void __launch_bounds__(kThreads) bn_bwd_apply_kernel(BNBwdArgs a, Col
   using acc_t = typename AccType<T>::type;
   using I = typename Inner<T>::type;
   constexpr int V = kVecBN<T>;
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, a.n);
+  const auto [lane, warp, t] = tile_thread(p, a.n);
   const int64_t d = a.d;
   const double n = static_cast<double>(a.n);
   I alpha = 0, beta[2][V], cs[2][V], m1[2][V], m2[2][V], ma[2][V];
@@ -390,18 +385,15 @@ cudaError_t launch_bn_bwd(const BNBwdArgs& a, double* workspace, cudaStream_t st
 }  // namespace
 
 cudaError_t vicreg_bwd(const VICRegBwdArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_vicreg_bwd, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_vicreg_bwd, a, stream)
 }
 
 cudaError_t moments_bwd(const MomentsBwdArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_moments_bwd, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_moments_bwd, a, stream)
 }
 
 cudaError_t duality_bwd(const DualityBwdArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_duality_bwd, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_duality_bwd, a, stream)
 }
 
 int64_t bn_bwd_workspace_elems(int64_t n, int64_t d, int dtype) {
@@ -411,8 +403,7 @@ int64_t bn_bwd_workspace_elems(int64_t n, int64_t d, int dtype) {
 }
 
 cudaError_t bn_bwd(const BNBwdArgs& a, int dtype, double* workspace, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_bn_bwd, a, workspace, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_bn_bwd, a, workspace, stream)
 }
 
 }  // namespace duality_kernels

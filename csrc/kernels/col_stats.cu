@@ -21,8 +21,7 @@ template <typename T, bool A>
 __global__ void __launch_bounds__(kThreads) col_stats_kernel(ColStatsArgs a, ColPlan p) {
   using I = typename Inner<T>::type;
   constexpr int V = kVec<T>;
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, a.n);
+  const auto [lane, warp, t] = tile_thread(p, a.n);
   const int64_t d = a.d;
   const T* z0 = static_cast<const T*>(a.z[0]);
   const T* z1 = a.views > 1 ? static_cast<const T*>(a.z[1]) : nullptr;
@@ -136,8 +135,7 @@ __global__ void __launch_bounds__(kThreads) center_kernel(CenterArgs a, ColPlan 
   // float64 inputs divide like the reference; float32 ones multiply by the float64 reciprocal
   // (its rounding, 1e-16, is far below theirs, and it spares a float64 division per element).
   constexpr bool kDivide = sizeof(T) == sizeof(double);
-  const int lane = lane_id(), warp = warp_id();
-  const TileRows t = tile_rows(p, a.n);
+  const auto [lane, warp, t] = tile_thread(p, a.n);
   const int64_t d = a.d;
   const double n = static_cast<double>(a.n);
   I mh[2][V], sc[2][V];
@@ -243,20 +241,17 @@ int col_stats_groups(int mode, int views, int sqdiff) {
 }
 
 cudaError_t col_stats(const ColStatsArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_col_stats, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_col_stats, a, stream)
 }
 
 int col_merge_blocks(int64_t d) { return static_cast<int>(ceil_div(d > 0 ? d : 1, kThreads)); }
 
 cudaError_t col_merge(const ColMergeArgs& a, int dtype, cudaStream_t stream) {
-  if (a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_col_merge, a, stream)
+  DK_DISPATCH_UNLESS(a.d <= 0, dtype, launch_col_merge, a, stream)
 }
 
 cudaError_t center(const CenterArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_center, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_center, a, stream)
 }
 
 }  // namespace duality_kernels

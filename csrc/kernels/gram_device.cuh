@@ -78,16 +78,21 @@ __device__ __forceinline__ int64_t tcol(int64_t c0, int lane, int j) {
   return A ? c0 + static_cast<int64_t>(lane) * V + j : c0 + static_cast<int64_t>(j) * 32 + lane;
 }
 
-// v[j] = row[tcol(j)] converted to W, 0 past d.
-template <int V, bool A, typename W, typename U>
-__device__ __forceinline__ void load_row(const U* row, int64_t c0, int lane, int64_t d, W (&v)[V]) {
+// v[j] = row[tcol(j)] for the columns below d: converted to W, past d W(0); Raw: the storage values
+// themselves (W = U), past d untouched.
+template <int V, bool A, bool Raw, typename W, typename U>
+__device__ __forceinline__ void load_cols(const U* row, int64_t c0, int lane, int64_t d, W (&v)[V]) {
+  const auto in = [](U x) -> W {
+    if constexpr (Raw) return x;
+    else return cvt_in<W>(x);
+  };
   if (A) {
     const int64_t c = c0 + static_cast<int64_t>(lane) * V;
     if (c < d) {
       const Arr<U, V> t = load_arr<U, V>(row + c);
 #pragma unroll
-      for (int j = 0; j < V; ++j) v[j] = cvt_in<W>(t.v[j]);
-    } else {
+      for (int j = 0; j < V; ++j) v[j] = in(t.v[j]);
+    } else if (!Raw) {
 #pragma unroll
       for (int j = 0; j < V; ++j) v[j] = W(0);
     }
@@ -95,9 +100,19 @@ __device__ __forceinline__ void load_row(const U* row, int64_t c0, int lane, int
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const int64_t c = c0 + static_cast<int64_t>(j) * 32 + lane;
-      v[j] = c < d ? cvt_in<W>(row[c]) : W(0);
+      if (Raw) {
+        if (c < d) v[j] = in(row[c]);
+      } else {
+        v[j] = c < d ? in(row[c]) : W(0);
+      }
     }
   }
+}
+
+// v[j] = row[tcol(j)] converted to W, 0 past d.
+template <int V, bool A, typename W, typename U>
+__device__ __forceinline__ void load_row(const U* row, int64_t c0, int lane, int64_t d, W (&v)[V]) {
+  load_cols<V, A, false>(row, c0, lane, d, v);
 }
 
 // load_row of the row at base + off, or zeros where base is null (an optional operand).
@@ -115,20 +130,7 @@ __device__ __forceinline__ void load_row_or_zero(const U* base, int64_t off, int
 // The same without conversion (raw storage values; past d: untouched).
 template <int V, bool A, typename U>
 __device__ __forceinline__ void load_raw(const U* row, int64_t c0, int lane, int64_t d, U (&v)[V]) {
-  if (A) {
-    const int64_t c = c0 + static_cast<int64_t>(lane) * V;
-    if (c < d) {
-      const Arr<U, V> t = load_arr<U, V>(row + c);
-#pragma unroll
-      for (int j = 0; j < V; ++j) v[j] = t.v[j];
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const int64_t c = c0 + static_cast<int64_t>(j) * 32 + lane;
-      if (c < d) v[j] = row[c];
-    }
-  }
+  load_cols<V, A, true>(row, c0, lane, d, v);
 }
 
 // row[tcol(j)] = v[j] (storage values) for the columns below d.
@@ -192,6 +194,17 @@ __device__ __forceinline__ TileRows tile_rows(const ColPlan& p, int64_t n) {
   t.r0 = t.chunk * p.rows_per_chunk;
   t.r1 = min(n, t.r0 + p.rows_per_chunk);
   return t;
+}
+
+// The start of every column-tile kernel: this thread's lane and warp, and the block's TileRows
+// (`const auto [lane, warp, t] = tile_thread(p, n);`).
+struct TileThread {
+  int lane, warp;
+  TileRows t;
+};
+__device__ __forceinline__ TileThread tile_thread(const ColPlan& p, int64_t n) {
+  const int lane = lane_id(), warp = warp_id();
+  return {lane, warp, tile_rows(p, n)};
 }
 
 // max(nrm, 1e-12) that keeps a NaN norm (a row with a NaN): the row's scale and gradients are

@@ -36,6 +36,12 @@ constexpr int64_t kMaxChunkRowsF32 = 32 * kWarps;
       return cudaErrorInvalidValue;          \
   }
 
+// A public entry point's body: cudaSuccess when the problem is `empty` (nothing to launch), else
+// DK_DISPATCH.
+#define DK_DISPATCH_UNLESS(empty, dtype, FN, ...) \
+  if (empty) return cudaSuccess;                  \
+  DK_DISPATCH(dtype, FN, __VA_ARGS__)
+
 inline int dtype_size(int dtype) { return dtype == kFloat64 ? 8 : dtype == kFloat32 ? 4 : 2; }
 
 // 16-byte vector accesses: rows of d elements of T start at 16-byte boundaries, and so do the

@@ -292,8 +292,7 @@ cudaError_t finalize(const FinalizeArgs& a, int dtype, cudaStream_t stream) {
 
 cudaError_t sym_scale(const void* g, int64_t m, double scale, int dtype, void* out,
                       cudaStream_t stream) {
-  if (m <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_sym_scale, g, m, scale, out, stream)
+  DK_DISPATCH_UNLESS(m <= 0, dtype, launch_sym_scale, g, m, scale, out, stream)
 }
 
 }  // namespace duality_kernels

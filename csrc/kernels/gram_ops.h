@@ -49,10 +49,7 @@ ColPlan col_plan(int64_t n, int64_t d, int dtype);  // n, d >= 1
 // in float32, so the only float32 roundings are those of ≤ 32-term sums (relative 2e-6 at worst,
 // far below the inputs' own 4e-3 / 5e-4), and a float64 conversion per element would cost as
 // much as the memory traffic (H200: 16 conversions per SM and clock against 15 µs per 64 MB).
-enum ColStatsMode : int {
-  kStatsMoments = 0,
-  kStatsSumSq = 1,
-};
+enum ColStatsMode : int { kStatsMoments = 0, kStatsSumSq = 1 };
 struct ColStatsArgs {
   const void* z[2];
   int64_t n, d;
@@ -73,11 +70,7 @@ cudaError_t col_stats(const ColStatsArgs& a, int dtype, cudaStream_t stream);
 // kMergeBarlowDiag (one group Σ_i a_ik b_ik): C_kk = Σ/n into cdiag (acc); fin slot 0 =
 //   Σ_k (1 - C_kk)², slot 1 = Σ_k C_kk².
 // fin has 2 slots of col_merge_blocks(d) partials each (slot j at fin + j * blocks); may be null.
-enum MergeMode : int {
-  kMergeMoments = 0,
-  kMergeSum = 1,
-  kMergeBarlowDiag = 2,
-};
+enum MergeMode : int { kMergeMoments = 0, kMergeSum = 1, kMergeBarlowDiag = 2 };
 struct ColMergeArgs {
   int mode;
   const double* part;
@@ -101,11 +94,7 @@ cudaError_t col_merge(const ColMergeArgs& a, int dtype, cudaStream_t stream);
 // column reduction of the ROUNDED outputs, the values the GEMM will see (same plan as
 // col_stats): kCenterSumSq: one group Σ_i out_v² per view; kCenterSumDot: one group
 // Σ_i out_0 out_1.
-enum CenterSum : int {
-  kCenterNoSum = 0,
-  kCenterSumSq = 1,
-  kCenterSumDot = 2,
-};
+enum CenterSum : int { kCenterNoSum = 0, kCenterSumSq = 1, kCenterSumDot = 2 };
 struct CenterArgs {
   const void* z[2];
   void* out[2];
@@ -124,11 +113,7 @@ cudaError_t center(const CenterArgs& a, int dtype, cudaStream_t stream);
 // fin + j * row_blocks(n)): kRowFinSpectral: slot 0 = Σ_i p_i, slot 1 = Σ_i p_i² with p_i =
 // s(q1_i) s(q2_i) q12_i (the clamped rows' dot products); kRowFinSumSq: slot 0 = Σ_i q1_i².
 // p (two views, when given): p_i itself (acc, n), computed as for kRowFinSpectral.
-enum RowFin : int {
-  kRowFinNone = 0,
-  kRowFinSpectral = 1,
-  kRowFinSumSq = 2,
-};
+enum RowFin : int { kRowFinNone = 0, kRowFinSpectral = 1, kRowFinSumSq = 2 };
 struct RowScaleArgs {
   const void* z[2];
   void* out[2];
@@ -181,12 +166,7 @@ cudaError_t gram_pass(const GramPassArgs& a, cudaStream_t stream);
 //    s3 = Σ p_i²; w0 = mu; out = loss, positive, negative.
 //  kFinDuality: s0/s1 = full/off-diagonal Σ G², s2 = Σ_i q_i², s3 = Σ_k c_k²; out = L_c, L_nc,
 //    Σ_i ‖z_i‖⁴, Σ_k ‖z_:k‖⁴.
-enum FinalizeMode : int {
-  kFinVICReg = 0,
-  kFinBarlow = 1,
-  kFinSpectral = 2,
-  kFinDuality = 3,
-};
+enum FinalizeMode : int { kFinVICReg = 0, kFinBarlow = 1, kFinSpectral = 2, kFinDuality = 3 };
 constexpr int kFinSlots = 5;
 struct FinalizeArgs {
   int mode;

@@ -112,6 +112,19 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(RowScaleArgs a) {
 // ---------------------------------------------------------------------------------------------
 // row_bwd: the backward of row_scale's scaling
 
+// f(x) for each of this lane's entries x of the row zr (d columns, converted to I), a tile of
+// 32 V columns at a time.
+template <int V, bool A, typename I, typename T, typename F>
+__device__ __forceinline__ void for_row_entries(const T* zr, int64_t d, int lane, F&& f) {
+#pragma unroll 1
+  for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
+    I u[V];
+    load_row<V, A>(zr, c0, lane, d, u);
+#pragma unroll
+    for (int j = 0; j < V; ++j) f(u[j]);
+  }
+}
+
 // The norm of a row whose sum of squares overflowed: every entry scaled by the power of two 2^-e
 // of the largest |entry| first (exact), as torch.linalg.vector_norm scales before squaring
 // (docs/spec.md §8.2); Inner arithmetic (float64 for float32). An infinite entry gives inf. Every
@@ -120,13 +133,7 @@ template <int V, bool A, typename T>
 __device__ __forceinline__ typename Inner<T>::type scaled_row_norm(const T* zr, int64_t d, int lane) {
   using I = typename Inner<T>::type;
   I m = 0;
-#pragma unroll 1
-  for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
-    I u[V];
-    load_row<V, A>(zr, c0, lane, d, u);
-#pragma unroll
-    for (int j = 0; j < V; ++j) m = fabs(u[j]) > m ? fabs(u[j]) : m;
-  }
+  for_row_entries<V, A, I>(zr, d, lane, [&](I x) { m = fabs(x) > m ? fabs(x) : m; });
 #pragma unroll
   for (int k = 16; k > 0; k >>= 1) {
     const I o = __shfl_xor_sync(0xffffffffu, m, k);
@@ -137,13 +144,7 @@ __device__ __forceinline__ typename Inner<T>::type scaled_row_norm(const T* zr, 
   frexp(m, &e);
   const I down = ldexp(I(1), -e);
   I s = 0;
-#pragma unroll 1
-  for (int64_t c0 = 0; c0 < d; c0 += 32 * V) {
-    I u[V];
-    load_row<V, A>(zr, c0, lane, d, u);
-#pragma unroll
-    for (int j = 0; j < V; ++j) s += (u[j] * down) * (u[j] * down);
-  }
+  for_row_entries<V, A, I>(zr, d, lane, [&](I x) { s += (x * down) * (x * down); });
   return ldexp(sqrt(warp_sum(s)), e);
 }
 
@@ -292,13 +293,11 @@ cudaError_t launch_row_bwd(const RowBwdArgs& a, cudaStream_t stream) {
 int row_blocks(int64_t n) { return warp_row_blocks(n, kMaxRowBlocks); }
 
 cudaError_t row_scale(const RowScaleArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_row_scale, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0, dtype, launch_row_scale, a, stream)
 }
 
 cudaError_t row_bwd(const RowBwdArgs& a, int dtype, cudaStream_t stream) {
-  if (a.n <= 0 || a.d <= 0) return cudaSuccess;
-  DK_DISPATCH(dtype, launch_row_bwd, a, stream)
+  DK_DISPATCH_UNLESS(a.n <= 0 || a.d <= 0, dtype, launch_row_bwd, a, stream)
 }
 
 }  // namespace duality_kernels

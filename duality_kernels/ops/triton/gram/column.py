@@ -9,7 +9,7 @@ import torch
 
 from .._common import scalar as _scalar
 from .._common import arch_family, tl, triton
-from .helpers import _bn_inv, _clamp0, _operand, _stripe
+from .helpers import _bn_inv, _chunk_tile, _clamp0, _operand, _stripe
 from .plan import _APPLY, _BN, _DIAG_NONE, _DIAG_SQ, _FUSED, _SQ, _STATS, _WARPS, _blocks, _cdiv, _chunks, _dummy
 
 Tensor = torch.Tensor
@@ -58,9 +58,7 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
         Q2 = tl.zeros([BD], tl.float64)
         R = tl.zeros([BD], tl.float64)
         for r0 in range(r_lo, r_hi, BR):
-            rows = r0 + tl.arange(0, BR)
-            mask = (rows < r_hi)[:, None] & cmask[None, :]
-            idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+            mask, idx = _chunk_tile(r0, r_hi, cols, cmask, D, BR)
             a = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(ST)
             d1 = tl.where(mask, a - s1[None, :], 0.0)
             S1 += tl.sum(d1, axis=0).to(tl.float64)
@@ -120,9 +118,7 @@ def _colpass_kernel(z1_ptr, z2_ptr, x_ptr, mean_ptr, m2_ptr, sq_ptr, cs_ptr, par
         g0 = tl.zeros([BD], tl.float64)
         g1 = tl.zeros([BD], tl.float64)
         for r0 in range(r_lo, r_hi, BR):
-            rows = r0 + tl.arange(0, BR)
-            mask = (rows < r_hi)[:, None] & cmask[None, :]
-            idx = rows.to(tl.int64)[:, None] * D + cols[None, :]
+            mask, idx = _chunk_tile(r0, r_hi, cols, cmask, D, BR)
             x1 = _operand(tl.load(z1_ptr + idx, mask=mask, other=0.0), mean1[None, :], inv1[None, :], T)
             tl.store(x_ptr + idx, x1, mask=mask)
             f1 = tl.where(mask, x1.to(tl.float64), 0.0)

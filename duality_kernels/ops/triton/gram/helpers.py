@@ -24,6 +24,15 @@ def _stripe(N, D, BD: tl.constexpr, RPC: tl.constexpr):
 
 
 @triton.jit
+def _chunk_tile(r0, r_hi, cols, cmask, D, BR: tl.constexpr):
+    """The (BR rows from r0) × stripe tile of a column pass: (its mask below r_hi and D, the
+    elements' offsets in a row-major (N, D) view)."""
+    rows = r0 + tl.arange(0, BR)
+    mask = (rows < r_hi)[:, None] & cmask[None, :]
+    return mask, rows.to(tl.int64)[:, None] * D + cols[None, :]
+
+
+@triton.jit
 def _view_ptrs(v, lv, p0_ptr, p1_ptr, dz0_ptr, dz1_ptr, z1_ptr, z2_ptr):
     """An epilogue program's pointers for view v (the launch's view lv): its product P, its gradient,
     its input and the other view's."""

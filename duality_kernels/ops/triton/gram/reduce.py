@@ -141,6 +141,16 @@ def _vsum(ptr, n, BV: tl.constexpr):
 
 
 @triton.jit
+def _store_terms(o0_ptr, o1_ptr, o2_ptr, o3_ptr, x0, x1, x2, x3, FOUR: tl.constexpr):
+    """The finalize's 0-dim outputs x0, x1, x2 (and x3 when FOUR), each rounded once to its dtype."""
+    tl.store(o0_ptr, x0.to(o0_ptr.dtype.element_ty))
+    tl.store(o1_ptr, x1.to(o1_ptr.dtype.element_ty))
+    tl.store(o2_ptr, x2.to(o2_ptr.dtype.element_ty))
+    if FOUR:
+        tl.store(o3_ptr, x3.to(o3_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _finalize_kernel(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr,
                      N, D, NCH, w0: tl.float64, w1: tl.float64, w2: tl.float64,
                      w3: tl.float64, w4: tl.float64,
@@ -196,10 +206,7 @@ def _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o
         cov = cov / ((nf - 1.0) * (nf - 1.0) * df)
         loss = _scalar(w0, tl.float64) * inv + _scalar(w1, tl.float64) * var \
             + _scalar(w2, tl.float64) * cov
-        tl.store(o0_ptr, loss.to(o0_ptr.dtype.element_ty))
-        tl.store(o1_ptr, inv.to(o1_ptr.dtype.element_ty))
-        tl.store(o2_ptr, var.to(o2_ptr.dtype.element_ty))
-        tl.store(o3_ptr, cov.to(o3_ptr.dtype.element_ty))
+        _store_terms(o0_ptr, o1_ptr, o2_ptr, o3_ptr, loss, inv, var, cov, True)
     if MODE == 1:
         on = tl.zeros([BV], tl.float64)
         dd = tl.zeros([BV], tl.float64)
@@ -215,9 +222,7 @@ def _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o
             off_s = off0 / (nf * nf)
         else:
             off_s = off0 / (nf * nf) - tl.sum(dd, axis=0)
-        tl.store(o0_ptr, (on_s + _scalar(w0, tl.float64) * off_s).to(o0_ptr.dtype.element_ty))
-        tl.store(o1_ptr, on_s.to(o1_ptr.dtype.element_ty))
-        tl.store(o2_ptr, off_s.to(o2_ptr.dtype.element_ty))
+        _store_terms(o0_ptr, o1_ptr, o2_ptr, o3_ptr, on_s + _scalar(w0, tl.float64) * off_s, on_s, off_s, off_s, False)
     if MODE == 2:
         mu = _scalar(w0, tl.float64)
         sp = tl.zeros([BV], tl.float64)
@@ -233,9 +238,7 @@ def _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o
             offsq = off0 - tl.sum(spp, axis=0)
         pos = -2.0 * tl.sum(sp, axis=0) / nf / mu
         neg = offsq / (nf * (nf - 1.0)) / mu
-        tl.store(o0_ptr, (pos + neg).to(o0_ptr.dtype.element_ty))
-        tl.store(o1_ptr, pos.to(o1_ptr.dtype.element_ty))
-        tl.store(o2_ptr, neg.to(o2_ptr.dtype.element_ty))
+        _store_terms(o0_ptr, o1_ptr, o2_ptr, o3_ptr, pos + neg, pos, neg, neg, False)
     if MODE == 3:
         rr = tl.zeros([BV], tl.float64)
         cc = tl.zeros([BV], tl.float64)
@@ -254,10 +257,7 @@ def _finalize_body(part_ptr, nrb, a_ptr, b_ptr, c_ptr, dv_ptr, o0_ptr, o1_ptr, o
         else:
             lc = off0
             lnc = (off0 + dg0) - c4
-        tl.store(o0_ptr, lc.to(o0_ptr.dtype.element_ty))
-        tl.store(o1_ptr, lnc.to(o1_ptr.dtype.element_ty))
-        tl.store(o2_ptr, r4.to(o2_ptr.dtype.element_ty))
-        tl.store(o3_ptr, c4.to(o3_ptr.dtype.element_ty))
+        _store_terms(o0_ptr, o1_ptr, o2_ptr, o3_ptr, lc, lnc, r4, c4, True)
 
 
 class _Prep(NamedTuple):

@@ -16,7 +16,7 @@ import torch
 from .._common import (acc_dtype, arch_family, input_precision, interpreting, round_tf32, scalar, tf32_rounding, tl,
                        triton)
 from .plan import Masks, Tensor, _acc_tl, _bwd_tiles, _coef_tiles, _fused_bwd, _orient, _scale_pair
-from .tiles import _key_range, _neg_logits, _partners, _s_tile, _s_tile_o, _special_tile, _tile_masks
+from .tiles import _key_range, _key_tile, _neg_logits, _partners, _program_rows, _s_tile_o, _special_tile, _tile_masks
 
 
 @triton.jit
@@ -54,6 +54,19 @@ def _side_vectors(lse_ptr, s_lam, q_ptr, g_ptr, idx, ok, s_g, POS: tl.constexpr,
         if not DROP_POS:
             gp = g * tl.load(q_ptr + idx, mask=ok, other=0.0)
     return m, g * tl.exp(-lam), gp
+
+
+@triton.jit
+def _side_or_zeros(lse_ptr, s_lam, q_ptr, g_ptr, idx, ok, s_g, HAS: tl.constexpr, POS: tl.constexpr,
+                   DROP_POS: tl.constexpr, ACC: tl.constexpr, B: tl.constexpr):
+    """_side_vectors of a side with loss terms (HAS), else three zero vectors of length B."""
+    if HAS:
+        m, gl, gp = _side_vectors(lse_ptr, s_lam, q_ptr, g_ptr, idx, ok, s_g, POS, DROP_POS, ACC)
+    else:
+        m = tl.zeros((B,), ACC)
+        gl = m
+        gp = m
+    return m, gl, gp
 
 
 @triton.jit
@@ -98,6 +111,20 @@ def _l2_jacobian(acc, a_ptr, ra_ptr, keep_ptr, vidx, roff, ok, ks, K, TILE_SCALE
 
 
 @triton.jit
+def _staged_chunk(out_ptr, v, s_o, a_ptr, ra, roff, ok, K, k0, TILE_SCALE: tl.constexpr, ACC: tl.constexpr,
+                  KC: tl.constexpr):
+    """(columns kk, mask, g_a, n_a) of columns [k0, k0 + KC) of the rows v of ``out`` (g_a) and of
+    their operand rows at a_ptr + roff (n_a, times r_a when TILE_SCALE)."""
+    kk = k0 + tl.arange(0, KC)
+    mk = ok[:, None] & (kk[None, :] < K)
+    g = tl.load(out_ptr + v[:, None] * s_o + kk[None, :], mask=mk, other=0.0)
+    n_a = tl.load(a_ptr + roff[:, None] + kk[None, :], mask=mk, other=0.0).to(ACC)
+    if TILE_SCALE:
+        n_a = n_a * ra[:, None]
+    return kk, mk, g, n_a
+
+
+@triton.jit
 def _l2_jacobian_staged(out_ptr, v, s_o, a_ptr, ra_ptr, keep_ptr, vidx, roff, ok, K, TILE_SCALE: tl.constexpr,
                         ACC: tl.constexpr, BK: tl.constexpr, KC: tl.constexpr):
     """_l2_jacobian on rows g_a already stored at out (an ACC buffer) by this program, in chunks of
@@ -107,21 +134,11 @@ def _l2_jacobian_staged(out_ptr, v, s_o, a_ptr, ra_ptr, keep_ptr, vidx, roff, ok
     keep = tl.load(keep_ptr + vidx, mask=ok, other=0.0)
     proj = tl.zeros(ra.shape, ACC)
     for k0 in tl.static_range(0, BK, KC):
-        kk = k0 + tl.arange(0, KC)
-        mk = ok[:, None] & (kk[None, :] < K)
-        g = tl.load(out_ptr + v[:, None] * s_o + kk[None, :], mask=mk, other=0.0)
-        n_a = tl.load(a_ptr + roff[:, None] + kk[None, :], mask=mk, other=0.0).to(ACC)
-        if TILE_SCALE:
-            n_a = n_a * ra[:, None]
+        kk, mk, g, n_a = _staged_chunk(out_ptr, v, s_o, a_ptr, ra, roff, ok, K, k0, TILE_SCALE, ACC, KC)
         proj += tl.sum(n_a * g, axis=1)
     proj = keep * proj
     for k0 in tl.static_range(0, BK, KC):
-        kk = k0 + tl.arange(0, KC)
-        mk = ok[:, None] & (kk[None, :] < K)
-        g = tl.load(out_ptr + v[:, None] * s_o + kk[None, :], mask=mk, other=0.0)
-        n_a = tl.load(a_ptr + roff[:, None] + kk[None, :], mask=mk, other=0.0).to(ACC)
-        if TILE_SCALE:
-            n_a = n_a * ra[:, None]
+        kk, mk, g, n_a = _staged_chunk(out_ptr, v, s_o, a_ptr, ra, roff, ok, K, k0, TILE_SCALE, ACC, KC)
         tl.store(out_ptr + v[:, None] * s_o + kk[None, :], ra[:, None] * (g - proj[:, None] * n_a), mask=mk)
 
 
@@ -156,31 +173,17 @@ def _bwd_step(a, a_ptr, b_ptr, n0, r0, rows, rows64, row_ok, M, MB, K, HALF_A, H
               ORIENT: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr,
               RNA: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DUAL: tl.constexpr):
     """One key tile of the fused backward (see _lse_bwd_kernel)."""
-    cols = n0 + tl.arange(0, BN)
-    col_ok = cols < MB
-    rb = ra
-    if TILE_SCALE:
-        rb = tl.load(rb_ptr + bid * MB + cols, mask=col_ok, other=0.0)
-    s, b = _s_tile_o(a, a_ptr, b_ptr, n0, r0, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
-                     ORIENT, True, TILE_SCALE, ACC, IP, BM, BN, BK)
-    if COL_SIDE:
-        mb, glb, gpb = _side_vectors(lseb_ptr, s_lb, qb_ptr, gb_ptr, bid * MB + cols, col_ok, s_gb, POS, DROP_POS, ACC)
-    else:
-        mb = tl.zeros((BN,), ACC)
-        glb = mb
-        gpb = mb
+    cols, col_ok, rb, s, b = _key_tile(a, a_ptr, b_ptr, rb_ptr, n0, r0, bid, rows64, row_ok, ra, MB, K, s_am, s_bm,
+                                       ORIENT, True, TILE_SCALE, ACC, IP, BM, BN, BK)
+    mb, glb, gpb = _side_or_zeros(lseb_ptr, s_lb, qb_ptr, gb_ptr, bid * MB + cols, col_ok, s_gb, COL_SIDE, POS,
+                                  DROP_POS, ACC, BN)
     c = _tile_coefs(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t, inv_lo, lo_s, hi_s, lo_p,
                         hi_p, gla, ma, gpa, glb, mb, gpb, SELF, POS, TRANSFORM, ROW_SIDE, COL_SIDE, TRANSPOSED,
                         False, True, ACC, BM, BN)
     c = c * inv_t
     if DUAL:  # the second scale's coefficients from the same tile, into the same C
-        if COL_SIDE:
-            mb2, glb2, gpb2 = _side_vectors(lseb2_ptr, s_lb, qb_ptr, gb2_ptr, bid * MB + cols, col_ok, s_gb, POS,
-                                            DROP_POS, ACC)
-        else:
-            mb2 = tl.zeros((BN,), ACC)
-            glb2 = mb2
-            gpb2 = mb2
+        mb2, glb2, gpb2 = _side_or_zeros(lseb2_ptr, s_lb, qb_ptr, gb2_ptr, bid * MB + cols, col_ok, s_gb, COL_SIDE,
+                                         POS, DROP_POS, ACC, BN)
         c2 = _tile_coefs(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t2, inv_lo2, lo_s, hi_s,
                          lo_p, hi_p, gla2, ma2, gpa2, glb2, mb2, gpb2, SELF, POS, TRANSFORM, ROW_SIDE, COL_SIDE,
                          TRANSPOSED, False, True, ACC, BM, BN)
@@ -214,29 +217,17 @@ def _lse_bwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, keep_ptr, lsea_ptr, qa_ptr, ga
     strides and q of the first), its coefficients added to the same C (the hard-negative loss)."""
     pid = tl.program_id(0)
     bid = tl.program_id(1)
-    inv_t = scalar(inv_t, ACC)
-    inv_lo = scalar(inv_lo, ACC)
-    a_ptr += bid.to(tl.int64) * s_abat
-    b_ptr += bid.to(tl.int64) * s_bbat
-    r0 = pid * BM
-    rows = r0 + tl.arange(0, BM)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)
+    inv_t, inv_lo, a_ptr, b_ptr, r0, rows, row_ok, rows64 = _program_rows(a_ptr, b_ptr, s_abat, s_bbat, inv_t, inv_lo,
+                                                                          pid, bid, M, ACC, BM)
     ks = tl.arange(0, BK)
     a = tl.load(a_ptr + rows64[:, None] * s_am + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
     if TILE_SCALE:
         ra = tl.load(ra_ptr + bid * M + rows, mask=row_ok, other=0.0)
     else:
         ra = rows
-    if ROW_SIDE:
-        ma, gla, gpa = _side_vectors(lsea_ptr, s_la, qa_ptr, ga_ptr, bid * M + rows, row_ok, s_ga, POS, DROP_POS, ACC)
-    else:
-        ma = tl.zeros((BM,), ACC)
-        gla = ma
-        gpa = ma
-    ma2 = ma
-    gla2 = gla
-    gpa2 = gpa
+    ma, gla, gpa = _side_or_zeros(lsea_ptr, s_la, qa_ptr, ga_ptr, bid * M + rows, row_ok, s_ga, ROW_SIDE, POS,
+                                  DROP_POS, ACC, BM)
+    ma2, gla2, gpa2 = ma, gla, gpa  # DUAL's row side (only read with DUAL)
     if DUAL:
         inv_t2 = scalar(inv_t2, ACC)
         inv_lo2 = scalar(inv_lo2, ACC)
@@ -320,31 +311,12 @@ def _lse_coef_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lsea_ptr, qa_ptr, ga_ptr, lse
     else:
         ra = rows
         rb = cols
-    if ORIENT == 2:
-        s, _ = _s_tile(rows, a_ptr, b_ptr, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
-                       True, False, TILE_SCALE, ACC, IP, BM, BN, BK)
-    elif ORIENT == 1:
-        if n0 < r0:
-            s, _ = _s_tile(rows, a_ptr, b_ptr, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
-                           True, False, TILE_SCALE, ACC, IP, BM, BN, BK)
-        else:
-            s, _ = _s_tile(rows, a_ptr, b_ptr, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
-                           False, False, TILE_SCALE, ACC, IP, BM, BN, BK)
-    else:
-        s, _ = _s_tile(rows, a_ptr, b_ptr, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
-                       False, False, TILE_SCALE, ACC, IP, BM, BN, BK)
-    if ROW_SIDE:
-        ma, gla, gpa = _side_vectors(lsea_ptr, s_la, qa_ptr, ga_ptr, bid * M + rows, row_ok, s_ga, POS, DROP_POS, ACC)
-    else:
-        ma = tl.zeros((BM,), ACC)
-        gla = ma
-        gpa = ma
-    if COL_SIDE:
-        mb, glb, gpb = _side_vectors(lseb_ptr, s_lb, qb_ptr, gb_ptr, bid * MB + cols, col_ok, s_gb, POS, DROP_POS, ACC)
-    else:
-        mb = tl.zeros((BN,), ACC)
-        glb = mb
-        gpb = mb
+    s, _ = _s_tile_o(rows, a_ptr, b_ptr, n0, r0, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
+                     ORIENT, False, TILE_SCALE, ACC, IP, BM, BN, BK)
+    ma, gla, gpa = _side_or_zeros(lsea_ptr, s_la, qa_ptr, ga_ptr, bid * M + rows, row_ok, s_ga, ROW_SIDE, POS,
+                                  DROP_POS, ACC, BM)
+    mb, glb, gpb = _side_or_zeros(lseb_ptr, s_lb, qb_ptr, gb_ptr, bid * MB + cols, col_ok, s_gb, COL_SIDE, POS,
+                                  DROP_POS, ACC, BN)
     lo_s, hi_s, lo_p, hi_p = _key_range(rows, row_ok, HALF_A, HALF_B, OFF, POS)
     c = _tile_coefs(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t, inv_lo, lo_s, hi_s, lo_p,
                        hi_p, gla, ma, gpa, glb, mb, gpb, SELF, POS, TRANSFORM, ROW_SIDE, COL_SIDE, TRANSPOSED,

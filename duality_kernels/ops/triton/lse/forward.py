@@ -12,7 +12,7 @@ import torch
 
 from .._common import acc_dtype, arch_family, input_precision, interpreting, scalar, tl, triton
 from .plan import Masks, Tensor, _acc_tl, _fwd_tiles, _orient, _scale_pair
-from .tiles import _key_range, _neg_logits, _s_tile_o, _scaled, _special_tile, _tile_masks
+from .tiles import _key_range, _key_tile, _neg_logits, _program_rows, _scaled, _special_tile, _tile_masks
 
 # The online max starts at −inf: a finite start (it was −1e30) made every row whose logits all lie
 # below it (float64 inputs at scales past ~6e14, temperatures near 1e-300) −inf. Exponentials are
@@ -123,14 +123,8 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_
     tile, its (m, λ) and term to lse2 and term2 (not with COLS)."""
     pid = tl.program_id(0)
     bid = tl.program_id(1)
-    inv_t = scalar(inv_t, ACC)
-    inv_lo = scalar(inv_lo, ACC)
-    a_ptr += bid.to(tl.int64) * s_abat
-    b_ptr += bid.to(tl.int64) * s_bbat
-    r0 = pid * BM
-    rows = r0 + tl.arange(0, BM)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)
+    inv_t, inv_lo, a_ptr, b_ptr, r0, rows, row_ok, rows64 = _program_rows(a_ptr, b_ptr, s_abat, s_bbat, inv_t, inv_lo,
+                                                                          pid, bid, M, ACC, BM)
     ks = tl.arange(0, BK)
     if ONE_K:
         a = tl.load(a_ptr + rows64[:, None] * s_am + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K),
@@ -153,13 +147,8 @@ def _lse_fwd_kernel(a_ptr, b_ptr, ra_ptr, rb_ptr, lse_ptr, lam_ptr, q_ptr, term_
         inv_lo2 = scalar(inv_lo2, ACC)
     part = (bid * tl.num_programs(0) + pid).to(tl.int64) * MB
     for n0 in range(0, MB, BN):
-        cols = n0 + tl.arange(0, BN)
-        col_ok = cols < MB
-        rb = ra
-        if TILE_SCALE:
-            rb = tl.load(rb_ptr + bid * MB + cols, mask=col_ok, other=0.0)
-        s, _ = _s_tile_o(a, a_ptr, b_ptr, n0, r0, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
-                         ORIENT, ONE_K, TILE_SCALE, ACC, IP, BM, BN, BK)
+        cols, col_ok, rb, s, _ = _key_tile(a, a_ptr, b_ptr, rb_ptr, n0, r0, bid, rows64, row_ok, ra, MB, K, s_am, s_bm,
+                                           ORIENT, ONE_K, TILE_SCALE, ACC, IP, BM, BN, BK)
         m_i, l_i, p_i = _fwd_step(s, n0, r0, rows, cols, row_ok, col_ok, M, MB, HALF_A, HALF_B, OFF, inv_t, inv_lo,
                                   lo_s, hi_s, lo_p, hi_p, m_i, l_i, p_i, cm_ptr, cl_ptr, part,
                                   SELF, POS, DROP_POS, TRANSFORM, COLS, ACC, BM, BN)

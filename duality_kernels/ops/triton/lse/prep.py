@@ -18,6 +18,16 @@ from .tiles import _eps
 
 
 @triton.jit
+def _view(V: tl.constexpr, z1_ptr, z2_ptr, s_1n, s_1d, s_2n, s_2d):
+    """View V's (pointer, row stride, column stride)."""
+    if V == 0:
+        z_ptr, s_n, s_d = z1_ptr, s_1n, s_1d
+    else:
+        z_ptr, s_n, s_d = z2_ptr, s_2n, s_2d
+    return z_ptr, s_n, s_d
+
+
+@triton.jit
 def _lse_colstats_kernel(z1_ptr, z2_ptr, mean_ptr, m2_ptr, inv_ptr, N, D, s_1n, s_1d, s_2n, s_2d,
                      VIEWS: tl.constexpr, INV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     """Per column of each view: the mean (stored in the accumulation dtype) and Σ_i (z − mean)²
@@ -28,14 +38,7 @@ def _lse_colstats_kernel(z1_ptr, z2_ptr, mean_ptr, m2_ptr, inv_ptr, N, D, s_1n, 
     d_ok = ds < D
     ds64 = ds.to(tl.int64)
     for v in tl.static_range(VIEWS):
-        if v == 0:
-            z_ptr = z1_ptr
-            s_n = s_1n
-            s_d = s_1d
-        else:
-            z_ptr = z2_ptr
-            s_n = s_2n
-            s_d = s_2d
+        z_ptr, s_n, s_d = _view(v, z1_ptr, z2_ptr, s_1n, s_1d, s_2n, s_2d)
         s1 = tl.zeros((BD,), tl.float64)
         for i0 in range(0, N, BR):
             rs = i0 + tl.arange(0, BR)
@@ -190,6 +193,18 @@ def _lse_prep_kernel(z1_ptr, z2_ptr, mean_ptr, m2_ptr, op_ptr, r_ptr, keep_ptr, 
 
 
 @triton.jit
+def _grad_rows(src_ptr, v, s_srcv, s_srci, s_srcd, i0, N, d_ok, ds64, ACC: tl.constexpr, BR: tl.constexpr):
+    """Rows [i0, i0 + BR) of view v of the incoming gradient at src: (the rows, which are valid, the
+    rows as int64, the tile's mask over the valid columns d_ok, and the gradient tile in ACC)."""
+    rs = i0 + tl.arange(0, BR)
+    r_ok = rs < N
+    rs64 = rs.to(tl.int64)
+    mk = r_ok[:, None] & d_ok[None, :]
+    g = tl.load(src_ptr + v * s_srcv + rs64[:, None] * s_srci + ds64[None, :] * s_srcd, mask=mk, other=0.0).to(ACC)
+    return rs, r_ok, rs64, mk, g
+
+
+@triton.jit
 def _lse_finish_kernel(src_ptr, z1_ptr, z2_ptr, mean_ptr, m2_ptr, rmean_ptr, rstd_ptr, dz1_ptr, dz2_ptr,
                    gl_ptr, gi_ptr, gv_ptr, N, D, s_srci, s_srcd, s_srcv, s_1n, s_1d, s_2n, s_2d, s_d1, s_d2,
                    inv_w: tl.float64, var_w: tl.float64, gamma: tl.float64, var_eps: tl.float64,
@@ -221,14 +236,7 @@ def _lse_finish_kernel(src_ptr, z1_ptr, z2_ptr, mean_ptr, m2_ptr, rmean_ptr, rst
         a_var = gl * scalar(var_w, ACC) + tl.load(gv_ptr).to(ACC)
         a_inv = gl * scalar(inv_w, ACC) + tl.load(gi_ptr).to(ACC)
     for v in tl.static_range(2):
-        if v == 0:
-            z_ptr = z1_ptr
-            s_n = s_1n
-            s_d = s_1d
-        else:
-            z_ptr = z2_ptr
-            s_n = s_2n
-            s_d = s_2d
+        z_ptr, s_n, s_d = _view(v, z1_ptr, z2_ptr, s_1n, s_1d, s_2n, s_2d)
         mu = tl.load(mean_ptr + v * D + ds, mask=d_ok, other=0.0).to(ACC)
         if MODE == 2 or MODE == 3:
             m2 = tl.load(m2_ptr + v * D + ds, mask=d_ok, other=1.0)
@@ -244,12 +252,7 @@ def _lse_finish_kernel(src_ptr, z1_ptr, z2_ptr, mean_ptr, m2_ptr, rmean_ptr, rst
         cs_c = tl.zeros((BD,), ACC)
         if MODE != 3:  # pass 1: the column sums
             for i0 in range(0, N, BR):
-                rs = i0 + tl.arange(0, BR)
-                r_ok = rs < N
-                rs64 = rs.to(tl.int64)
-                mk = r_ok[:, None] & d_ok[None, :]
-                g = tl.load(src_ptr + v * s_srcv + rs64[:, None] * s_srci + ds64[None, :] * s_srcd, mask=mk,
-                            other=0.0).to(ACC)
+                rs, r_ok, rs64, mk, g = _grad_rows(src_ptr, v, s_srcv, s_srci, s_srcd, i0, N, d_ok, ds64, ACC, BR)
                 if MODE == 2:
                     z = tl.load(z_ptr + rs64[:, None] * s_n + ds64[None, :] * s_d, mask=mk, other=0.0).to(ACC)
                     xh = tl.where(mk, (z - mu[None, :]) * c[None, :], 0.0)
@@ -268,12 +271,7 @@ def _lse_finish_kernel(src_ptr, z1_ptr, z2_ptr, mean_ptr, m2_ptr, rmean_ptr, rst
         else:
             mean_dx = cs_a / N
         for i0 in range(0, N, BR):  # pass 2: the gradient
-            rs = i0 + tl.arange(0, BR)
-            r_ok = rs < N
-            rs64 = rs.to(tl.int64)
-            mk = r_ok[:, None] & d_ok[None, :]
-            g = tl.load(src_ptr + v * s_srcv + rs64[:, None] * s_srci + ds64[None, :] * s_srcd, mask=mk,
-                        other=0.0).to(ACC)
+            rs, r_ok, rs64, mk, g = _grad_rows(src_ptr, v, s_srcv, s_srci, s_srcd, i0, N, d_ok, ds64, ACC, BR)
             if MODE >= 2:
                 z = tl.load(z_ptr + rs64[:, None] * s_n + ds64[None, :] * s_d, mask=mk, other=0.0).to(ACC)
             if MODE == 2:

@@ -5,7 +5,7 @@ tile itself with the operand order that gives dot_ab and dot_ba the same bits (s
 
 from __future__ import annotations
 
-from .._common import tl, triton
+from .._common import scalar, tl, triton
 from .plan import L2_EPS
 
 
@@ -182,3 +182,33 @@ def _s_tile_o(a, a_ptr, b_ptr, n0, r0, rows64, row_ok, cols64, col_ok, K, s_am, 
         s, b = _s_tile(a, a_ptr, b_ptr, rows64, row_ok, cols64, col_ok, K, s_am, s_bm, ra, rb,
                        ORIENT == 2, ONE_K, TILE_SCALE, ACC, IP, BM, BN, BK)
     return s, b
+
+
+@triton.jit
+def _program_rows(a_ptr, b_ptr, s_abat, s_bbat, inv_t, inv_lo, pid, bid, M, ACC: tl.constexpr, BM: tl.constexpr):
+    """The start of a program over row block ``pid`` of batch ``bid``: (the scale pair in ACC
+    (_scale_pair), the batch's A and B, the block's first row, its rows, which are valid, and the
+    rows as int64)."""
+    inv_t = scalar(inv_t, ACC)
+    inv_lo = scalar(inv_lo, ACC)
+    a_ptr += bid.to(tl.int64) * s_abat
+    b_ptr += bid.to(tl.int64) * s_bbat
+    r0 = pid * BM
+    rows = r0 + tl.arange(0, BM)
+    return inv_t, inv_lo, a_ptr, b_ptr, r0, rows, rows < M, rows.to(tl.int64)
+
+
+@triton.jit
+def _key_tile(a, a_ptr, b_ptr, rb_ptr, n0, r0, bid, rows64, row_ok, ra, MB, K, s_am, s_bm, ORIENT: tl.constexpr,
+              ONE_K: tl.constexpr, TILE_SCALE: tl.constexpr, ACC: tl.constexpr, IP: tl.constexpr, BM: tl.constexpr,
+              BN: tl.constexpr, BK: tl.constexpr):
+    """Key tile [n0, n0 + BN) of a row block: (its columns, which are valid, the keys' l2 scales
+    r_b (TILE_SCALE; else ``ra``), and _s_tile_o's S tile and key rows)."""
+    cols = n0 + tl.arange(0, BN)
+    col_ok = cols < MB
+    rb = ra
+    if TILE_SCALE:
+        rb = tl.load(rb_ptr + bid * MB + cols, mask=col_ok, other=0.0)
+    s, b = _s_tile_o(a, a_ptr, b_ptr, n0, r0, rows64, row_ok, cols.to(tl.int64), col_ok, K, s_am, s_bm, ra, rb,
+                     ORIENT, ONE_K, TILE_SCALE, ACC, IP, BM, BN, BK)
+    return cols, col_ok, rb, s, b

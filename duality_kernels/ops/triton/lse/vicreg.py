@@ -116,31 +116,23 @@ def _vicreg_lse_bwd(z1, z2, op, lse, mean, info, g_loss, g_inv, g_var, g_cov, in
     return dz1, dz2
 
 
-def _vicreg_exp_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
-                         gamma: float, eps: float, temperature: float
-                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (loss, invariance, variance, covariance, op, lse, mean, m2)."""
-    return _vicreg_lse_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature, False)
+def _vicreg_impls(ctr: bool):
+    """The custom ops' forward and backward of VICReg-ctr (``ctr``) or VICReg-exp. The forward
+    returns (loss, invariance, variance, covariance, op, lse, mean, info): info is m2 for
+    VICReg-exp, rinfo (row mean, row std) for VICReg-ctr."""
+
+    def fwd(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float, gamma: float,
+            eps: float, temperature: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return _vicreg_lse_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature, ctr)
+
+    def bwd(z1: Tensor, z2: Tensor, op: Tensor, lse: Tensor, mean: Tensor, info: Tensor, g_loss: Tensor,
+            g_inv: Tensor, g_var: Tensor, g_cov: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
+            gamma: float, eps: float, temperature: float) -> Tuple[Tensor, Tensor]:
+        return _vicreg_lse_bwd(z1, z2, op, lse, mean, info, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight,
+                               cov_weight, gamma, eps, temperature, ctr)
+
+    return fwd, bwd
 
 
-def _vicreg_ctr_fwd_impl(z1: Tensor, z2: Tensor, inv_weight: float, var_weight: float, cov_weight: float,
-                         gamma: float, eps: float, temperature: float
-                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (loss, invariance, variance, covariance, op, lse, mean, rinfo (row mean, row std))."""
-    return _vicreg_lse_fwd(z1, z2, inv_weight, var_weight, cov_weight, gamma, eps, temperature, True)
-
-
-def _vicreg_exp_bwd_impl(z1: Tensor, z2: Tensor, op: Tensor, lse: Tensor, mean: Tensor, info: Tensor,
-                         g_loss: Tensor, g_inv: Tensor, g_var: Tensor, g_cov: Tensor, inv_weight: float,
-                         var_weight: float, cov_weight: float, gamma: float, eps: float,
-                         temperature: float) -> Tuple[Tensor, Tensor]:
-    return _vicreg_lse_bwd(z1, z2, op, lse, mean, info, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight,
-                           cov_weight, gamma, eps, temperature, False)
-
-
-def _vicreg_ctr_bwd_impl(z1: Tensor, z2: Tensor, op: Tensor, lse: Tensor, mean: Tensor, info: Tensor,
-                         g_loss: Tensor, g_inv: Tensor, g_var: Tensor, g_cov: Tensor, inv_weight: float,
-                         var_weight: float, cov_weight: float, gamma: float, eps: float,
-                         temperature: float) -> Tuple[Tensor, Tensor]:
-    return _vicreg_lse_bwd(z1, z2, op, lse, mean, info, g_loss, g_inv, g_var, g_cov, inv_weight, var_weight,
-                           cov_weight, gamma, eps, temperature, True)
+_vicreg_exp_fwd_impl, _vicreg_exp_bwd_impl = _vicreg_impls(False)
+_vicreg_ctr_fwd_impl, _vicreg_ctr_bwd_impl = _vicreg_impls(True)
