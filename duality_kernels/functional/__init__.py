@@ -297,13 +297,13 @@ def _gram_loss(op: str, name: str, z1, z2, args, side, gather_distributed, retur
     be = _backend.resolve(backend, op, z1, ctx.active)
     n, d = z1.shape
     side = _cost.resolve_side(side, ctx.world * n, d)
-    how = {"strategy": _dist.strategy(ctx, n, d)} if strategy else {}
     ops = _gram_ops(be, op)
+    if ops is not None and not ctx.active:  # one process on a compiled backend: no strategy to choose
+        return _out(*getattr(ops, name)(z1, z2, *args, side), return_terms)
+    how = {"strategy": _dist.strategy(ctx, n, d)} if strategy else {}
     if ops is None:
         return _out(*getattr(R, name)(z1, z2, *args, side, ctx=ctx, **how), return_terms)
-    if ctx.active:
-        return _out(*getattr(_gathered, name)(ops, ctx, *how.values(), z1, z2, *args, side), return_terms)
-    return _out(*getattr(ops, name)(z1, z2, *args, side), return_terms)
+    return _out(*getattr(_gathered, name)(ops, ctx, *how.values(), z1, z2, *args, side), return_terms)
 
 
 @public
