@@ -108,11 +108,25 @@ def test_sides_agree_in_float64(n, d):
 def test_auto_side_is_the_cost_model_choice(monkeypatch):
     seen = []
     real = RS.gram
-    monkeypatch.setattr(RS, "gram", lambda z, side, *a: seen.append(side) or real(z, side, *a))
+    monkeypatch.setattr(RS, "gram", lambda z, side, *a, **k: seen.append(side) or real(z, side, *a, **k))
     dk.coding_rate_loss(_z(4, 9))
     dk.coding_rate_loss(_z(9, 4))
     dk.rankme(_z(5, 5))
     assert seen == ["sample", "dimension", "dimension"]
+
+
+@pytest.mark.parametrize("side", ["sample", "dimension"])
+def test_lower_panel_gram_is_the_grams_lower_triangle(side):
+    """The singular values' CPU Gram, in row panels of its lower triangle (the part eigh reads):
+    those entries equal the full product's, at a size (130) the panels do not divide."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(130, 131, generator=g) if side == "sample" else torch.randn(131, 130, generator=g)
+    full = RS._gram_of(x, side, torch.float32)
+    low = RS._gram_of(x, side, torch.float32, lower=True)
+    assert RS._PANEL_MIN <= 130
+    # each entry the same dot product (equal on this machine's BLAS; another may sum in another order)
+    torch.testing.assert_close(torch.tril(low), torch.tril(full), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(torch.linalg.eigvalsh(low), torch.linalg.eigvalsh(full), rtol=1e-6, atol=1e-3)
 
 
 @pytest.mark.parametrize("side", SIDES)
