@@ -6,11 +6,9 @@ sides and odd shapes, float32 by docs/design.md convention 5, half inputs, the c
 (opcheck, torch.compile), the drop-in Functions, errors, and the gathered form under gloo.
 """
 
-import datetime
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import duality_kernels as dk
 from duality_kernels import BackendUnavailableError, _backend, _cost
@@ -18,7 +16,7 @@ from duality_kernels.ops import registry
 from duality_kernels.testing import official_spectrum as O
 
 from . import accuracy as A
-from .dist_util import assert_matches_global, mlp, rank_results, save_rank
+from .dist_util import assert_matches_global, init_gloo, mlp, rank_results, save_rank
 from .test_spectrum import _labels, _z
 
 T = pytest.importorskip("duality_kernels.ops.triton.spectral")
@@ -291,8 +289,7 @@ def _data(world):
 
 
 def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, init_file)
     x, y = _data(world)
     sl = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
     results = {}
@@ -305,8 +302,8 @@ def _worker(rank, world, init_file, out_dir):
 
 
 @pytest.mark.distributed
-def test_distributed_equals_global_batch():
-    world = 2
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_equals_global_batch(world):
     ranks = rank_results(_worker, world)
     x, y = _data(world)
     for name, (d, fn) in _dist_cases().items():
