@@ -61,6 +61,16 @@ def assert_matches_global(name, rank_losses, rank_grads, loss, model, rtol_grad=
             torch.testing.assert_close(g, p.grad, rtol=rtol_grad, atol=atol, msg=f"{name}: gradient")
 
 
+def assert_cases_match_global(ranks, cases, global_loss, **tol):
+    """``assert_matches_global`` for every case ``name -> spec`` of the ranks' saved results:
+    ``global_loss(spec) -> (loss, model)`` is the global batch's loss in one process, not yet
+    backpropagated."""
+    for name, spec in cases.items():
+        loss, model = global_loss(spec)
+        loss.backward()
+        assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model, **tol)
+
+
 def save_rank(out_dir, rank, results):
     """A worker's last step: its results to ``out_dir/rank<r>.pt`` (``rank_results`` loads them),
     then the process group's end."""

@@ -16,7 +16,7 @@ from duality_kernels.ops import registry
 from duality_kernels.testing import official_spectrum as O
 
 from . import accuracy as A
-from .dist_util import assert_matches_global, init_gloo, mlp, rank_results, save_rank
+from .dist_util import assert_cases_match_global, init_gloo, mlp, rank_results, save_rank
 from .test_spectrum import _labels, _z
 
 T = pytest.importorskip("duality_kernels.ops.triton.spectral")
@@ -306,12 +306,12 @@ def _worker(rank, world, init_file, out_dir):
 def test_distributed_equals_global_batch(world):
     ranks = rank_results(_worker, world)
     x, y = _data(world)
-    for name, (d, fn) in _dist_cases().items():
+
+    def global_loss(case):
+        d, fn = case
         model = mlp(D_IN, d)
-        loss = fn(model(x), y, False)
-        loss.backward()
-        assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model,
-                              rtol_grad=1e-9)
+        return fn(model(x), y, False), model
+    assert_cases_match_global(ranks, _dist_cases(), global_loss, rtol_grad=1e-9)
 
 
 # --------------------------------------------------------------------------------------------

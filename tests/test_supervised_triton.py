@@ -12,7 +12,7 @@ import duality_kernels as dk
 from duality_kernels.ops import registry
 from duality_kernels.testing import official_supervised as O
 
-from .dist_util import assert_matches_global, ddp_results, rank_results, save_rank
+from .dist_util import assert_cases_match_global, ddp_results, rank_results, save_rank
 from .test_supervised import (B_LOCAL, _accuracy, _apply, _dist_data, _init, _model, compare, features, gen,
                               labels_of, pair)
 
@@ -323,12 +323,11 @@ def _worker(rank, world, init_file, out_dir):
 def test_gathered_triton_equals_global_batch(world):
     ranks = rank_results(_worker, world)
     x, labels = _dist_data(world)
-    for name, fn in _cases().items():
+
+    def global_loss(fn):
         model = _model()
-        loss = fn(_apply(model, x), labels, "torch")
-        loss.backward()
-        assert_matches_global(name, [r[name][0] for r in ranks], [r[name][1] for r in ranks], loss, model,
-                              atol=1e-12)
+        return fn(_apply(model, x), labels, "torch"), model
+    assert_cases_match_global(ranks, _cases(), global_loss, atol=1e-12)
     with torch.no_grad():
         f = _apply(_model(), x)
     _, terms = dk.supcon_loss(f[:, :1], labels, return_terms=True)

@@ -34,13 +34,6 @@ Tensor = torch.Tensor
 __all__ = ["singular_values", "rankme", "coding_rate_loss", "mcr2_loss", "mec_loss"]
 
 
-def _no_autocast(z: Tensor):
-    """Autocast stays outside (docs/design.md convention 18): these functions compute as for their
-    input dtype, and a bf16-autocast Gram would cost the log-determinants ~3 digits. (Every device
-    type: meta tensors too, which torch.autocast(z.device.type) refuses.)"""
-    return autocast_off()
-
-
 # ---- the ops' contracts (docs/spec.md §6), run by the public functions' checks and the ops' entries
 
 
@@ -127,7 +120,7 @@ def singular_values(z: Tensor, *, side: str = "auto", gather_distributed: bool =
     """
     V.check_tensor(z, "z")
     ctx, s, strat, be = _setup("singular_values", z, side, gather_distributed, backend)
-    with _no_autocast(z):
+    with autocast_off():  # docs/design.md convention 18: a bf16-autocast Gram would cost ~3 digits
         if be == "triton":  # the global batch from the all-gathered rows (the reference's "gather")
             from ..ops.triton import spectral as T
 
@@ -145,7 +138,7 @@ def rankme(z: Tensor, eps: float = 1e-7, *, side: str = "auto", gather_distribut
     V.check_tensor(z, "z")
     eps = V.check_positive(eps, "eps")
     ctx, s, strat, be = _setup("rankme", z, side, gather_distributed, backend)
-    with _no_autocast(z):
+    with autocast_off():
         if be == "triton":
             from ..ops.triton import spectral as T
 
@@ -162,7 +155,7 @@ def coding_rate_loss(z: Tensor, eps: float = 0.2, *, side: str = "auto", gather_
     V.check_tensor(z, "z")
     eps = V.check_positive(eps, "eps")
     ctx, s, strat, be = _setup("coding_rate_loss", z, side, gather_distributed, backend)
-    with _no_autocast(z):
+    with autocast_off():
         if be == "triton":  # the global batch from the all-gathered rows (the reference's "gather")
             from ..ops.triton import spectral as T
 
@@ -212,7 +205,7 @@ def mcr2_loss(z: Tensor, labels: Tensor, eps: float = 0.5, gamma: float = 1.0, n
     side_arg = V.check_side(side)
     ctx, s, _, be = _setup("mcr2_loss", z, side, gather_distributed, backend)
     k = None if num_classes is None else int(num_classes)
-    with _no_autocast(z):
+    with autocast_off():
         if be == "triton":
             from ..ops.triton import spectral as T
 
@@ -248,5 +241,5 @@ def mec_loss(z1: Tensor, z2: Tensor, eps_sq: float = 64.0, order: int = 4, *, la
     if lamda_inv is not None:
         lamda_inv = V.check_positive(lamda_inv, "lamda_inv")
     ctx, s, strat, _ = _setup("mec_loss", z1, side, gather_distributed, backend)
-    with _no_autocast(z1):
+    with autocast_off():
         return S.mec(z1, z2, eps_sq, order, lamda_inv, s, ctx, strat)

@@ -351,14 +351,9 @@ def _spectrum_kernel(lam_ptr, poison_ptr, eps_ptr, sigma_ptr, coef_ptr, r_ptr, m
 
 
 def _eig(z: Tensor, side: str, dtype: torch.dtype, vectors: bool):
-    """(λ ascending, eigenvectors or None, 0·ΣG) of z's Gram accumulated in ``dtype``; a finite stand-in
-    is factored (eigh raises on NaN) and the poison carries NaN/Inf to σ, as the reference."""
-    g = S._gram_of(z, side, dtype)
-    finite = torch.where(torch.isfinite(g), g, 0)
-    if vectors:
-        lam, vec = torch.linalg.eigh(finite)
-        return lam, vec, g.sum() * 0
-    return torch.linalg.eigvalsh(finite), None, g.sum() * 0
+    """(λ ascending, eigenvectors or None, 0·ΣG) of z's Gram accumulated in ``dtype`` (the reference's
+    eig_poisoned: NaN/Inf inputs reach σ)."""
+    return S.eig_poisoned(S._gram_of(z, side, dtype), vectors)
 
 
 def _spectrum(z: Tensor, side: str, k: int, vectors: bool):
